@@ -1,0 +1,3 @@
+from care_ray.cli import run
+
+run()

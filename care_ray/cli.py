@@ -1,0 +1,126 @@
+"""The `care-ray` command: each command turns its options into a config and makes one library call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="care-ray: client-perceived alliance (WAI-SR) at corpus scale.")
+log = logging.getLogger("care_ray")
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one line, exit code 2, no traceback."""
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+def _parse_map(pairs: list[str], mapping_file: Path | None) -> dict:
+    import yaml
+
+    spec: dict = {}
+    if mapping_file:
+        spec.update(yaml.safe_load(mapping_file.read_text(encoding="utf-8")) or {})
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--map takes KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        key = key.strip().replace("-", "_")
+        list_fields = {"client_values", "counselor_values", "labels", "metadata", "client_wai", "counselor_wai"}
+        spec[key] = [v.strip() for v in value.split(",") if v.strip()] if key in list_fields else value.strip()
+    return spec
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging (may include record origins, never transcript text)")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def ingest(
+    inputs: Annotated[list[Path], typer.Argument(help="input files or folders")],
+    out: Annotated[Path, typer.Option("--out", help="corpus folder to write")],
+    fmt: Annotated[str, typer.Option("--format", help="esconv | turns-csv | turns-jsonl | sessions-jsonl")] = "esconv",
+    map_: Annotated[list[str] | None, typer.Option("--map", help="turns-*: column mapping KEY=VALUE, e.g. session=conv_id role=speaker text=utterance client_values=patient order=ts labels=score1,score2")] = None,
+    mapping_file: Annotated[Path | None, typer.Option("--mapping", help="turns-*: the mapping as a YAML file (same keys as --map)")] = None,
+    source: Annotated[str | None, typer.Option(help="override the source name (the partition key)")] = None,
+    chunk_size: Annotated[int, typer.Option(help="sessions per written part; bounds memory")] = 1000,
+) -> None:
+    """Read sessions, validate them against the contract, write sessions/ + quarantine/ + manifest.json."""
+    from pydantic import ValidationError
+
+    from care_ray.ingest import FORMATS, MappingError, TurnsMapping, ingest_files
+
+    if fmt not in FORMATS:
+        _fail(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    mapping = None
+    try:
+        if fmt.startswith("turns-"):
+            spec = _parse_map(map_ or [], mapping_file)
+            mapping = TurnsMapping(**spec)
+        elif map_ or mapping_file:
+            raise UserError(f"--map/--mapping apply to turns-csv and turns-jsonl, not {fmt}")
+        manifest = ingest_files(fmt, inputs, out, mapping=mapping, chunk_size=chunk_size, source=source)
+    except ValidationError as e:
+        _fail("bad column mapping: " + "; ".join(f"{'.'.join(map(str, err['loc'])) or 'mapping'}: {err['msg']}" for err in e.errors()))
+    except (UserError, MappingError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+
+
+@app.command()
+def validate(corpus: Annotated[Path, typer.Argument(help="a corpus folder written by `care-ray ingest`")]) -> None:
+    """Check a corpus against the session contract and its manifest; print a summary."""
+    from care_ray.corpus import validate_corpus
+
+    try:
+        summary = validate_corpus(corpus)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+    if not summary["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    corpus: Annotated[Path, typer.Argument(help="a corpus folder")],
+    out: Annotated[Path, typer.Option("--out", help="sessions-jsonl file to write")],
+) -> None:
+    """Write a corpus as sessions-jsonl (one session per line in the contract; `ingest --format sessions-jsonl` reads it back)."""
+    from care_ray.corpus import export_sessions_jsonl
+
+    try:
+        n = export_sessions_jsonl(corpus, out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {n} sessions to {out}")
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out: Annotated[Path, typer.Option("--out", help="folder for the model")],
+    seed: Annotated[int, typer.Option()] = 0,
+    max_len: Annotated[int, typer.Option(help="max positions")] = 4096,
+) -> None:
+    """Build a tiny random Llama (+ local tokenizer, chat template) for tests and cluster smoke runs."""
+    from care_ray.tiny_model import build_tiny_model
+
+    path = build_tiny_model(out, seed=seed, max_position_embeddings=max_len)
+    typer.echo(f"tiny model written to {path}")
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m care_ray`
+    app(prog_name="care-ray")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

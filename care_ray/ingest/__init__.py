@@ -1,0 +1,88 @@
+"""Ingest: source files → a validated sessions corpus (+ quarantine, + manifest).
+
+One reader per format turns input records into Candidates; the CorpusWriter validates each
+against the contract, writes or quarantines it, and reconciles the counts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from care_ray.ingest.esconv import esconv_files, read_esconv
+from care_ray.ingest.records import iter_json_lines
+from care_ray.ingest.turns import MappingError, TurnsMapping, read_turns
+from care_ray.ingest.types import Candidate
+from care_ray.ingest.writer import CorpusWriter
+
+FORMATS = ("esconv", "turns-csv", "turns-jsonl", "sessions-jsonl")
+
+__all__ = ["FORMATS", "Candidate", "MappingError", "TurnsMapping", "ingest_files"]
+
+
+def _expand(inputs: list[Path], fmt: str) -> list[Path]:
+    paths: list[Path] = []
+    for p in map(Path, inputs):
+        if not p.exists():
+            raise FileNotFoundError(f"input not found: {p}")
+        if p.is_dir():
+            if fmt == "esconv":
+                paths += esconv_files(p)
+            else:
+                suffixes = {".csv", ".tsv"} if fmt == "turns-csv" else {".jsonl", ".json"}
+                paths += sorted(q for q in p.iterdir() if q.suffix in suffixes)
+        else:
+            paths.append(p)
+    if not paths:
+        raise FileNotFoundError(f"no {fmt} input files in {[str(p) for p in inputs]}")
+    return paths
+
+
+def _esconv_candidates(paths: list[Path]) -> Iterator[Candidate]:
+    for rec, session in read_esconv(paths):
+        yield Candidate(rec.origin, rec.raw, 1, session, rec.error, "esconv")
+
+
+def _sessions_jsonl_candidates(paths: list[Path]) -> Iterator[Candidate]:
+    for rec in (r for p in paths for r in iter_json_lines(p)):
+        source = (rec.value or {}).get("source") or "sessions-jsonl"
+        yield Candidate(rec.origin, rec.raw, 1, rec.value, rec.error, str(source))
+
+
+def ingest_files(
+    fmt: str,
+    inputs: list[Path],
+    out: Path,
+    mapping: TurnsMapping | None = None,
+    chunk_size: int = 1000,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Ingest `inputs` of format `fmt` into `out`/{sessions,quarantine,manifest.json}; returns the manifest."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    paths = _expand(inputs, fmt)
+    if fmt == "esconv":
+        candidates = _esconv_candidates(paths)
+    elif fmt == "sessions-jsonl":
+        candidates = _sessions_jsonl_candidates(paths)
+    else:
+        if mapping is None:
+            raise ValueError(f"format {fmt} needs a column mapping")
+        if source:
+            mapping = mapping.model_copy(update={"source": source})
+        candidates = read_turns(paths, fmt, mapping, chunk_rows=max(chunk_size * 50, 1000))
+    writer = CorpusWriter(out, chunk_size=chunk_size)
+    try:
+        for c in candidates:
+            src = source or c.source
+            writer.add_input(src, c.n_input_records)
+            if c.error is not None:
+                writer.reject(src, c.origin, c.error, c.raw, c.n_input_records, (c.session or {}).get("session_id"))
+            else:
+                if source:
+                    c.session["source"] = source
+                writer.add_session(c.session, c.n_input_records, c.origin, c.raw)
+        return writer.close({"format": fmt, "inputs": [str(p) for p in paths]})
+    except BaseException:
+        writer.abort()
+        raise
