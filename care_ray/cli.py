@@ -118,6 +118,11 @@ def tiny_model(
     typer.echo(f"tiny model written to {path}")
 
 
+from care_ray.training.cli import register as _register_training  # noqa: E402
+
+_register_training(app)
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m care_ray`
     app(prog_name="care-ray")
 

@@ -1,0 +1,92 @@
+"""What the model must answer per item: the schema (from schemas/output.schema.json), a tolerant
+parse, validation, and the check that each quote really occurs in the session."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from enum import StrEnum
+from functools import cache
+from typing import Any
+
+import jsonschema
+
+from care_ray.paths import schemas_dir
+
+
+class OutputError(StrEnum):
+    TRUNCATED = "truncated"  # stopped at max_tokens before the JSON closed
+    INVALID_JSON = "invalid_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    ENGINE_ERROR = "engine_error"
+
+
+class InvalidOutput(ValueError):
+    def __init__(self, reason: OutputError, detail: str):
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@cache
+def _file_schema() -> dict:
+    return json.loads((schemas_dir() / "output.schema.json").read_text(encoding="utf-8"))
+
+
+def output_schema(max_rationale_chars: int | None = None, max_quotes: int | None = None, max_quote_chars: int | None = None) -> dict:
+    """The output schema, optionally with tighter length bounds: guided decoding then cannot run
+    past max_tokens, which matters most for small or weak models that ramble."""
+    schema = copy.deepcopy(_file_schema())
+    props = schema["properties"]
+    if max_rationale_chars:
+        props["rationale"]["maxLength"] = max_rationale_chars
+    if max_quotes is not None:
+        props["quotes"]["maxItems"] = max_quotes
+    if max_quote_chars:
+        props["quotes"]["items"]["maxLength"] = max_quote_chars
+    return schema
+
+
+def format_item_output(score: int, rationale: str, quotes: list[str]) -> str:
+    """The exact text a model is trained to produce (compact JSON, score first)."""
+    return json.dumps({"score": int(score), "rationale": rationale, "quotes": list(quotes)}, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_item_output(text: str, schema: dict | None = None, finish_reason: str | None = None) -> dict[str, Any]:
+    """Parse and validate one model answer. Guided output can still carry raw control characters
+    inside strings, so JSON is parsed with strict=False before schema validation."""
+    schema = schema or _file_schema()
+    stripped = text.strip()
+    # tolerate a code fence or chatter around the object (the hf fallback has no guidance)
+    if not stripped.startswith("{"):
+        m = re.search(r"\{.*\}", stripped, flags=re.S)
+        stripped = m.group(0) if m else stripped
+    try:
+        value = json.loads(stripped, strict=False)
+    except json.JSONDecodeError as e:
+        if finish_reason == "length":
+            raise InvalidOutput(OutputError.TRUNCATED, f"output cut at max_tokens ({len(text)} chars)") from None
+        raise InvalidOutput(OutputError.INVALID_JSON, f"{e.msg} at char {e.pos}") from None
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as e:
+        path = "/".join(map(str, e.absolute_path)) or "(root)"
+        raise InvalidOutput(OutputError.SCHEMA_VIOLATION, f"{path}: {e.message[:200]}") from None
+    return value
+
+
+_WS = re.compile(r"\s+")
+
+
+def _norm(s: str) -> str:
+    return _WS.sub(" ", s).strip().casefold()
+
+
+def quote_found_share(quotes: list[str], dialogue: str) -> float | None:
+    """Share of quotes that occur verbatim (whitespace and case normalised) in the dialogue;
+    None when the answer quotes nothing."""
+    if not quotes:
+        return None
+    hay = _norm(dialogue)
+    return sum(1 for q in quotes if _norm(q) and _norm(q) in hay) / len(quotes)
