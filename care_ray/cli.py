@@ -118,6 +118,70 @@ def tiny_model(
     typer.echo(f"tiny model written to {path}")
 
 
+def _load_config(model_cls, config_file: Path | None, given: dict):
+    """YAML file (same keys as the options) overlaid with the options given on the command line."""
+    import yaml
+    from pydantic import ValidationError
+
+    values: dict = {}
+    if config_file is not None:
+        if not config_file.exists():
+            _fail(f"config file not found: {config_file}")
+        loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            _fail(f"{config_file}: expected a mapping of option names to values")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in given.items() if v is not None})
+    try:
+        return model_cls(**values)
+    except ValidationError as e:
+        _fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+
+
+@app.command()
+def score(
+    sessions: Annotated[Path | None, typer.Option(help="corpus folder written by `care-ray ingest`")] = None,
+    model: Annotated[str | None, typer.Option(help="model folder (HF layout, safetensors)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (items/, sessions/, errors/, manifest.json); rerun to resume")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter folder")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same keys as these options")] = None,
+    items: Annotated[str | None, typer.Option(help="all | goal | task | bond | item ids '1,2,10'")] = None,
+    limit: Annotated[int | None, typer.Option(help="score the first N sessions only")] = None,
+    engine: Annotated[str | None, typer.Option(help="vllm (default) | hf (transformers fallback)")] = None,
+    num_engines: Annotated[int | None, typer.Option(help="engine replicas (Ray actors)")] = None,
+    gpus_per_engine: Annotated[float | None, typer.Option(help="GPUs per replica (0 = CPU)")] = None,
+    cpus_per_engine: Annotated[float | None, typer.Option(help="logical CPUs per replica (default: fit the node)")] = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel", help="tensor parallel degree per replica")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="context length; longer sessions lose their middle turns")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="token budget per answer (a failed answer is retried once with twice this)")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy (default)")] = None,
+    samples: Annotated[int | None, typer.Option(help="answers per item; > 1 gives a spread")] = None,
+    language: Annotated[str | None, typer.Option(help="rubric language: en | zh")] = None,
+    rubric: Annotated[Path | None, typer.Option(help="your own rubric YAML (see schemas/rubrics/)")] = None,
+    max_rationale_chars: Annotated[int | None, typer.Option(help="bound rationales during guided decoding")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: local Ray, or the job's cluster)")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+) -> None:
+    """Score every session × WAI-SR item with an LLM on Ray Data + vLLM; resumable."""
+    given = {k: v for k, v in locals().items() if k != "config"}
+    cfg = _load_config(_score_config_cls(), config, given)
+    from care_ray.scoring import score_corpus
+
+    try:
+        manifest = score_corpus(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps({k: v for k, v in manifest.items() if k not in ("config", "versions")}, indent=2))
+    if manifest["items_scored"] == 0 and manifest["items_in"] > 0:
+        raise typer.Exit(1)
+
+
+def _score_config_cls():
+    from care_ray.scoring import ScoreConfig
+
+    return ScoreConfig
+
+
 from care_ray.training.cli import register as _register_training  # noqa: E402
 
 _register_training(app)

@@ -2,8 +2,77 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+
+def _fail(msg: str) -> None:
+    from care_ray.cli import _fail as fail  # the app's one-line error, exit 2; imported late (care_ray.cli imports us)
+
+    fail(msg)
 
 
 def register(app: typer.Typer) -> None:
     """Add the training commands to `app`."""
+
+    @app.command("sft-data")
+    def sft_data(
+        sessions: Annotated[Path, typer.Option("--sessions", help="a corpus folder written by `care-ray ingest`")],
+        out: Annotated[Path, typer.Option("--out", help="folder for examples.parquet + manifest.json")],
+        target: Annotated[str, typer.Option(help="score+rationale (CARE) | score (the ablation)")] = "score+rationale",
+        folds: Annotated[int, typer.Option(help="client-disjoint folds, stratified on the session's mean score")] = 5,
+        label_map: Annotated[
+            list[str] | None,
+            typer.Option("--label-map", help="proxy targets for sessions without client_wai: LABEL=DIMENSIONS_OR_ITEMS, repeatable (default ESConv: empathy=bond relevance=goal,task)"),
+        ] = None,
+        items: Annotated[str | None, typer.Option(help="rubric items: all | a dimension | ids such as 1,3,4")] = None,
+        rubric: Annotated[Path | None, typer.Option(help="rubric file; default: the session's language")] = None,
+        model: Annotated[str | None, typer.Option(help="model folder whose tokenizer applies scoring's token budget (with --max-model-len)")] = None,
+        max_model_len: Annotated[int | None, typer.Option(help="cut long transcripts exactly as `care-ray score` does at this context length")] = None,
+        max_new_tokens: Annotated[int, typer.Option(help="the answer's token reserve in that budget (same as scoring's)")] = 512,
+        max_sessions: Annotated[int | None, typer.Option(help="a deterministic sample of this many sessions (smoke runs)")] = None,
+        seed: Annotated[int, typer.Option()] = 123,
+        rationale_key: Annotated[str, typer.Option(help="metadata key of reference rationales; {item} = item id")] = "rationale_{item}",
+        feedback_key: Annotated[str, typer.Option(help="metadata key of the client's free-text feedback (proxy rationales)")] = "seeker_question1",
+    ) -> None:
+        """Build chat-format SFT examples, one per (session, item), with client-disjoint folds."""
+        from care_ray.training.sft_data import SFTDataError, SFTOptions, make_sft_data, parse_label_map
+
+        try:
+            if label_map is not None:
+                from care_ray.rubric import load_rubric
+
+                parse_label_map(label_map, load_rubric(rubric) if rubric else load_rubric())  # fail fast on a typo
+                spec = {k.strip(): v.strip() for k, v in (entry.split("=", 1) for entry in label_map)}
+            else:
+                spec = None
+            opts = SFTOptions(
+                target=target, folds=folds, seed=seed, label_map=spec, items=items,
+                rationale_key=rationale_key, feedback_key=feedback_key, max_sessions=max_sessions,
+            )
+            manifest = make_sft_data(sessions, out, opts, rubric_path=rubric, tokenizer_path=model, max_model_len=max_model_len, max_new_tokens=max_new_tokens)
+        except (SFTDataError, FileNotFoundError, ValueError, OSError) as e:
+            _fail(str(e))
+        typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+
+    @app.command("finetune")
+    def finetune(
+        config: Annotated[Path, typer.Option("--config", help="YAML config (see configs/finetune-*.yaml)")],
+    ) -> None:
+        """Rationale-augmented SFT on Ray Train (LoRA or full), one run per held-out fold; the best
+        checkpoint by held-out Pearson r is written as a PEFT adapter folder with metrics.json."""
+        from care_ray.training.config import ConfigError, load_finetune_config
+        from care_ray.training.trainer import held_out_folds, run_finetune
+
+        try:
+            cfg = load_finetune_config(config)
+            if not Path(cfg.model).is_dir():
+                raise ConfigError(f"{config}: model folder not found: {cfg.model}")
+            held_out_folds(cfg)  # the data exists and has the configured folds
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            _fail(str(e))
+        summary = run_finetune(cfg)
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False, default=str))

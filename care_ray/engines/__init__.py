@@ -1,0 +1,83 @@
+"""Engines turn rendered prompts into sampled texts. One small protocol; vLLM is the product,
+transformers the fallback where vLLM is missing. Heavy imports happen inside `make_engine`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+
+@dataclass
+class Sample:
+    text: str
+    finish_reason: str | None
+    output_tokens: int
+
+
+@dataclass
+class Generation:
+    """All samples for one prompt, with the prompt-side token accounting."""
+
+    samples: list[Sample]
+    prompt_tokens: int
+    cached_tokens: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, prompts: list[str], max_tokens: int) -> list[Generation]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class EngineConfig(BaseModel):
+    """How one engine replica is built and sampled. The same for every replica of a job."""
+
+    model: str = Field(description="model folder (HF layout, safetensors)")
+    adapter: str | None = Field(None, description="PEFT LoRA adapter folder applied to every request")
+    kind: Literal["vllm", "hf"] = "vllm"
+    max_model_len: int = 4096
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    samples: int = Field(1, ge=1)
+    seed: int = 0
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpus_per_engine: float = 0.0
+    enable_prefix_caching: bool = True
+    block_size: int | None = None
+    enforce_eager: bool | None = Field(None, description="default: True on CPU (start-up 20 s instead of 50 s)")
+    kv_cache_gib: float = Field(1.0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    max_num_seqs: int = 64
+    guided: bool = Field(True, description="JSON-schema guided decoding (vllm only)")
+    output_schema: dict = Field(default_factory=dict, description="filled by the scoring job from schemas/output.schema.json")
+    trust_remote_code: bool = False
+    crash_once_marker: str | None = Field(None, description="TEST ONLY: fault injection, see engines/faults.py")
+
+    def adapter_rank(self) -> int | None:
+        if not self.adapter:
+            return None
+        cfg = json.loads((Path(self.adapter) / "adapter_config.json").read_text())
+        return int(cfg.get("r", 8))
+
+
+def make_engine(config: EngineConfig) -> Engine:
+    if config.kind == "vllm":
+        from care_ray.engines.vllm import VLLMEngine
+
+        engine: Engine = VLLMEngine(config)
+    else:
+        from care_ray.engines.hf import HFEngine
+
+        engine = HFEngine(config)
+    if config.crash_once_marker:
+        from care_ray.engines.faults import CrashOnceEngine
+
+        engine = CrashOnceEngine(engine, Path(config.crash_once_marker))
+    return engine

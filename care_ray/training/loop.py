@@ -1,0 +1,206 @@
+"""The torch side of fine-tuning: encoding chat examples, the model (LoRA or full), one training
+step, held-out scoring by the first score digit, and checkpoint files. Imported by Ray Train
+workers (care_ray.training.trainer) and by tests; nothing here knows about Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from care_ray.training.config import FinetuneConfig
+from care_ray.training.sft_data import SCORE_PREFIX
+
+TRAINER_STATE_FILE = "trainer_state.pt"
+HELDOUT_FILE = "heldout.json"
+SCORE_DIGITS = ("1", "2", "3", "4", "5")
+
+
+@dataclass
+class Encoded:
+    """One tokenized example: prompt ids (exactly what scoring feeds the engine) + target ids."""
+
+    prompt_ids: list[int]
+    target_ids: list[int]
+    session_id: str
+    item_id: int
+    dimension: str
+    score: int
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt_ids) + len(self.target_ids)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def encode_examples(rows: Sequence[Mapping[str, Any]], tokenizer, render, max_seq_len: int) -> tuple[list[Encoded], int]:
+    """Rows of the example table → Encoded, and how many were dropped for exceeding max_seq_len.
+
+    The prompt is rendered by `render` (PromptBuilder.render: the chat template with the
+    generation prompt, as scoring does) and tokenized without added special tokens (the template
+    holds them). The target is tokenized on its own, as the model will produce it after the
+    prompt, and ends with the end-of-turn token so the model learns to stop."""
+    eos = tokenizer.eos_token or ""
+    prompts = [render([dict(m) for m in r["messages"]]) for r in rows]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if rows else []
+    target_ids = tokenizer([r["target"] + eos for r in rows], add_special_tokens=False)["input_ids"] if rows else []
+    out, dropped = [], 0
+    for r, p, t in zip(rows, prompt_ids, target_ids, strict=True):
+        if len(p) + len(t) > max_seq_len:
+            dropped += 1
+            continue
+        out.append(Encoded(p, t, r["session_id"], int(r["item_id"]), r["dimension"], int(r["score"])))
+    return out, dropped
+
+
+def score_digit_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """The token ids of the target prefix `{"score":` and of the digits 1..5 that follow it, checked
+    against how a whole target tokenizes: the held-out score is the argmax over exactly the tokens
+    that greedy decoding chooses between at that point."""
+    prefix = tokenizer(SCORE_PREFIX, add_special_tokens=False)["input_ids"]
+    digits = []
+    for d in SCORE_DIGITS:
+        ids = tokenizer(f'{SCORE_PREFIX}{d},"rationale":', add_special_tokens=False)["input_ids"]
+        if ids[: len(prefix)] != prefix or len(ids) <= len(prefix) or tokenizer.decode(ids[len(prefix)]).strip() != d:
+            raise ValueError(f"the tokenizer does not give score digit {d} a token of its own after {SCORE_PREFIX!r}; held-out scoring by digit logits needs one")
+        digits.append(ids[len(prefix)])
+    return prefix, digits
+
+
+def collate(batch: Sequence[Encoded], pad_id: int, with_targets: bool = True) -> dict[str, torch.Tensor]:
+    """Right-padded input ids, attention mask, and labels that are -100 except on target tokens
+    (the loss is on the assistant's answer only)."""
+    seqs = [e.prompt_ids + e.target_ids if with_targets else e.prompt_ids for e in batch]
+    width = max(map(len, seqs))
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (e, s) in enumerate(zip(batch, seqs, strict=True)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        attention[i, : len(s)] = 1
+        if with_targets:
+            labels[i, len(e.prompt_ids) : len(s)] = torch.tensor(e.target_ids)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def rank_order(n: int, world_size: int, rank: int, seed: int, epoch: int) -> list[int]:
+    """This rank's example indices for an epoch: one seeded shuffle shared by all ranks, strided,
+    padded by wrap-around so every rank runs the same number of steps (DDP needs that)."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    per_rank = math.ceil(n / world_size)
+    order += order[: per_rank * world_size - n]
+    return order[rank::world_size]
+
+
+def optimizer_steps_per_epoch(n_train: int, world_size: int, micro_batch_size: int, grad_accum: int) -> int:
+    micro_batches = math.ceil(math.ceil(n_train / world_size) / micro_batch_size)
+    return math.ceil(micro_batches / grad_accum)
+
+
+def load_base_model(cfg: FinetuneConfig, dtype: torch.dtype, weights_dir: str | None = None):
+    """The base model from safetensors (or, resuming full fine-tuning, the checkpoint's weights)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(weights_dir or cfg.model, dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
+
+
+def build_model(cfg: FinetuneConfig, dtype: torch.dtype, checkpoint_dir: str | None = None):
+    """LoRA (default) or full fine-tuning, restored from `checkpoint_dir` when resuming."""
+    if cfg.method == "full":
+        model = load_base_model(cfg, dtype, checkpoint_dir)
+    else:
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        model = get_peft_model(
+            load_base_model(cfg, dtype),
+            LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"),
+        )
+        if checkpoint_dir is not None:
+            result = set_peft_model_state_dict(model, load_file(str(Path(checkpoint_dir) / "adapter_model.safetensors")))
+            if getattr(result, "unexpected_keys", None):
+                raise RuntimeError(f"checkpoint adapter does not fit the configured LoRA: unexpected keys {result.unexpected_keys[:3]}")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method == "lora":
+            model.enable_input_require_grads()
+    return model
+
+
+def unwrap(model):
+    """The module inside DistributedDataParallel, if wrapped."""
+    return getattr(model, "module", model)
+
+
+def training_loss(model, batch: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over the target tokens of the micro-batch (transformers shifts labels)."""
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), labels=batch["labels"].to(device), use_cache=False)
+    return out.loss
+
+
+@torch.no_grad()
+def score_by_first_digit(model, examples: Sequence[Encoded], prefix_ids: list[int], digit_ids: list[int], pad_id: int, device: torch.device, batch_size: int = 4) -> list[tuple[int, float]]:
+    """For each example: (argmax score, expected score) from the next-token logits after the
+    prompt + `{"score":`, restricted to the digits 1..5. The argmax is the score greedy guided
+    decoding writes; the expectation is a smoother signal for diagnostics. Batches are sorted by
+    length (less padding) and only the last real position goes through the LM head."""
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+    out: list[tuple[int, float] | None] = [None] * len(examples)
+    digits = torch.tensor(digit_ids, device=device)
+    values = torch.arange(1, 6, device=device, dtype=torch.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = [Encoded(examples[i].prompt_ids + prefix_ids, [], "", 0, "", 0) for i in idx]
+        enc = collate(batch, pad_id, with_targets=False)
+        last = enc["attention_mask"].sum(dim=1) - 1
+        # logits_to_keep with a tensor keeps those positions in every row: a b×b block, tiny next to b×T×V
+        logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device), logits_to_keep=last.to(device), use_cache=False).logits
+        rows = logits[torch.arange(len(idx), device=device), torch.arange(len(idx), device=device)]
+        digit_logits = rows[:, digits].float()
+        probs = torch.softmax(digit_logits, dim=-1)
+        for j, i in enumerate(idx):
+            out[i] = (int(digit_logits[j].argmax().item()) + 1, float((probs[j] * values).sum().item()))
+    model.train()
+    return out  # type: ignore[return-value]
+
+
+def save_training_checkpoint(directory: Path, model, cfg: FinetuneConfig, optimizer, scheduler, state: Mapping[str, Any], heldout: Mapping[str, Any], tokenizer=None) -> Path:
+    """A checkpoint folder that is at once a standard PEFT adapter folder (LoRA) or model folder
+    (full; + tokenizer), loadable by transformers and vLLM as it is, plus trainer_state.pt (optimizer,
+    schedule, step, RNG) for resuming and heldout.json (its held-out metrics)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    inner = unwrap(model)
+    inner.save_pretrained(directory, safe_serialization=True)
+    if cfg.method == "full" and tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), **dict(state)},
+        directory / TRAINER_STATE_FILE,
+    )
+    (directory / HELDOUT_FILE).write_text(json.dumps(heldout, indent=2, default=_json_safe) + "\n", encoding="utf-8")
+    return directory
+
+
+def load_trainer_state(directory: str | Path) -> dict[str, Any]:
+    # weights_only: the file holds tensors, numbers, strings, lists and dicts only
+    return torch.load(Path(directory) / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    raise TypeError(type(v).__name__)

@@ -1,0 +1,97 @@
+"""Which checkpoint to keep: held-out agreement (Pearson r per dimension, the paper's criterion)
+from per-item predicted scores, and the export of the best checkpoint as a standard PEFT adapter
+folder (+ metrics.json, + optionally merged weights)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from care_ray.evaluation import dimension_agreement, dimension_means, flat_metrics
+from care_ray.rubric import DIMENSIONS
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+NOT_EXPORTED = ("trainer_state.pt",)  # optimizer state: for resuming, not for serving
+
+
+def heldout_metrics(session_ids: Sequence[str], item_ids: Sequence[int], dimensions: Sequence[str], true_scores: Sequence[int], predictions: Sequence[tuple[int, float]], prefix: str = "heldout_") -> dict[str, float]:
+    """Per-item (argmax, expected) predictions → per-dimension Pearson/Spearman/MSE of dimension
+    means against the targets, item-level exact accuracy, and `{prefix}pearson_mean`, the
+    selection score. A dimension whose r is undefined (a constant predictor, common early in
+    training) counts as r = 0 in that mean: no association has been shown, and the score stays a
+    finite number Ray Train can rank checkpoints by."""
+    dims = dict(zip(item_ids, dimensions, strict=True))
+    truth = dimension_means(session_ids, item_ids, list(true_scores), dims)
+    argmax = dimension_means(session_ids, item_ids, [p[0] for p in predictions], dims)
+    expected = dimension_means(session_ids, item_ids, [p[1] for p in predictions], dims)
+    present = [d for d in DIMENSIONS if d in truth] + sorted(set(truth) - set(DIMENSIONS))
+    by_dim = dimension_agreement(argmax, truth, present)
+    metrics = flat_metrics(by_dim, prefix)
+    metrics.update({f"{prefix}pearson_expected_{d}": m["pearson"] for d, m in dimension_agreement(expected, truth, present).items()})
+    rs = [by_dim[d]["pearson"] for d in present]
+    metrics[f"{prefix}pearson_mean"] = float(sum(0.0 if math.isnan(r) else r for r in rs) / len(rs)) if rs else 0.0
+    metrics[f"{prefix}item_accuracy"] = float(sum(p[0] == t for p, t in zip(predictions, true_scores, strict=True)) / max(len(predictions), 1))
+    metrics[f"{prefix}sessions"] = len({s for s in session_ids})
+    metrics[f"{prefix}items"] = len(predictions)
+    return metrics
+
+
+def finite_or_none(value: Any) -> Any:
+    """NaN/inf → None (recursively), so metrics survive JSON round trips (Ray's snapshot,
+    metrics.json) unchanged and stay valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def best_checkpoint(best_checkpoints: Sequence[tuple[Any, Mapping[str, Any]]], metric: str) -> tuple[Any, Mapping[str, Any]]:
+    """The (checkpoint, metrics) with the highest `metric`; the later one on ties (more training)."""
+    scored = [(c, m) for c, m in best_checkpoints if isinstance(m.get(metric), int | float)]
+    if not scored:
+        raise RuntimeError(f"no checkpoint reported {metric!r}; nothing to select")
+    return max(enumerate(scored), key=lambda im: (im[1][1][metric], im[1][1].get("step", 0), im[0]))[1]
+
+
+def export_checkpoint(checkpoint_dir: Path, out_dir: Path, method: str) -> Path:
+    """Copy a checkpoint's servable files (adapter or model folder) to out_dir, leaving the
+    optimizer state behind."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(checkpoint_dir, out_dir, ignore=shutil.ignore_patterns(*NOT_EXPORTED))
+    if method == "lora":
+        missing = [f for f in ADAPTER_FILES if not (out_dir / f).exists()]
+        if missing:
+            raise RuntimeError(f"checkpoint {checkpoint_dir} is not a PEFT adapter folder (missing {missing})")
+    return out_dir
+
+
+def merge_adapter(base_model: str, adapter_dir: Path, out_dir: Path, trust_remote_code: bool = False) -> Path:
+    """Base + LoRA adapter → one model folder (safetensors + tokenizer) that needs no PEFT to load."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    out_dir = Path(out_dir)
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
+    return out_dir
+
+
+def write_metrics(path: Path, metrics: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(finite_or_none(metrics), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,67 @@
+import os
+
+import pyarrow as pa
+import pytest
+
+from care_ray.contract import sessions_to_table
+from care_ray.prompts import PromptBuilder, load_tokenizer
+from care_ray.rubric import load_rubric
+
+
+def session(n_turns=6, words=5, sid="s1"):
+    turns = [{"role": "client" if i % 2 == 0 else "counselor", "text": f"turn{i} " + " ".join(["word"] * words)} for i in range(n_turns)]
+    return {"session_id": sid, "client_id": "c", "language": "en", "source": "t", "turns": turns}
+
+
+def test_twelve_prompts_share_the_transcript_prefix_and_end_with_the_item(tiny_model):
+    rubric = load_rubric()
+    b = PromptBuilder(rubric, load_tokenizer(str(tiny_model)), max_model_len=2048, max_new_tokens=256)
+    table = b.build_item_prompts(sessions_to_table([session()]), rubric.items)
+    prompts = table.column("prompt").to_pylist()
+    assert len(prompts) == 12 and table.column("item_id").to_pylist() == list(range(1, 13))
+    prefix = os.path.commonprefix(prompts)
+    assert "turn5 word" in prefix  # the whole transcript is inside the shared prefix
+    for item, p in zip(rubric.items, prompts, strict=True):
+        assert item.text not in prefix
+        assert p.index(item.text) > p.index("turn5")  # item last
+        assert p == b.render(b.messages(b.transcript(session()["turns"]).text, item))
+
+
+def test_long_sessions_keep_opening_and_recent_turns_within_budget(tiny_model):
+    rubric = load_rubric()
+    tok = load_tokenizer(str(tiny_model))
+    b = PromptBuilder(rubric, tok, max_model_len=600, max_new_tokens=100)
+    s = session(n_turns=80, words=12)
+    table = b.build_item_prompts(sessions_to_table([s]), rubric.items[:2])
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["truncated"] and row["n_turns"] == 80 and 0 < row["n_elided_turns"] < 80
+    assert "turn0 " in row["prompt"] and "turn79 " in row["prompt"] and "turn40 " not in row["prompt"]
+    assert f"[... {row['n_elided_turns']} turns omitted ...]" in row["prompt"]
+    assert len(tok(row["prompt"], add_special_tokens=False)["input_ids"]) <= 600 - 100
+    short = b.build_item_prompts(sessions_to_table([session()]), rubric.items[:1]).to_pylist()[0]
+    assert not short["truncated"] and short["n_elided_turns"] == 0
+
+
+def test_chinese_rubric_and_item_selection(tiny_model):
+    zh = load_rubric(language="zh")
+    assert zh.language == "zh" and len(zh.items) == 12
+    assert [i.id for i in zh.select("bond")] == [3, 5, 7, 9]
+    assert [i.id for i in zh.select("1,task")] == [1, 2, 10, 12]
+    b = PromptBuilder(zh, load_tokenizer(str(tiny_model)))
+    s = {"session_id": "z", "client_id": "c", "language": "zh", "source": "t",
+         "turns": [{"role": "client", "text": "我最近很焦虑。"}, {"role": "counselor", "text": "能多说一点吗？"}]}
+    p = b.build_item_prompts(sessions_to_table([s]), zh.select("3")).column("prompt")[0].as_py()
+    assert "来访者（你）: 我最近很焦虑。" in p and zh.item(3).text in p
+    with pytest.raises(ValueError, match="neither a dimension"):
+        zh.select("rapport")
+
+
+def test_budget_too_small_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="max_model_len"):
+        PromptBuilder(load_rubric(), load_tokenizer(str(tiny_model)), max_model_len=256, max_new_tokens=200)
+
+
+def test_prompt_table_schema(tiny_model):
+    rubric = load_rubric()
+    t = PromptBuilder(rubric, load_tokenizer(str(tiny_model))).build_item_prompts(sessions_to_table([session()]), rubric.items)
+    assert t.schema.field("truncated").type == pa.bool_()

@@ -1,0 +1,179 @@
+"""Scoring on the real engine: Ray Data + vLLM (CPU build) + the tiny Llama, on real ESConv sessions."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from care_ray.scoring import ScoreConfig, score_corpus
+
+pytestmark = pytest.mark.slow
+
+# Bounds keep a random model's rambling short; guided decoding enforces them.
+SMALL = dict(max_model_len=1024, max_new_tokens=160, max_rationale_chars=160, max_quotes=2, max_quote_chars=60, sessions_per_block=4, progress=False)
+
+
+def cfg(corpus, model, out, **kw):
+    return ScoreConfig(sessions=corpus, model=str(model), out=out, **{**SMALL, **kw})
+
+
+def pairs(folder):
+    t = ds.dataset(folder).to_table(columns=["session_id", "item_id"])
+    return list(zip(t.column("session_id").to_pylist(), t.column("item_id").to_pylist(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def scored(esconv_corpus, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scored")
+    manifest = score_corpus(cfg(esconv_corpus, tiny_model, out, limit=6))
+    return out, manifest
+
+
+def test_every_session_gets_twelve_validated_items(scored):
+    out, m = scored
+    assert m["sessions_in"] == 6 and m["items_in"] == 72
+    assert m["items_scored"] == 72 and m["items_errors"] == 0  # guided decoding: nothing unparsed
+    items = pq.read_table(out / "items").to_pylist()
+    assert len(items) == 72 and len(set(pairs(out / "items"))) == 72
+    for r in items:
+        assert r["score"] in (1, 2, 3, 4, 5) and r["rationale"] and isinstance(r["quotes"], list)
+        assert r["model"] and r["rubric_id"] == "wai-sr-client-en-v1" and r["engine"] == "vllm"
+        assert r["quote_found"] is None or 0 <= r["quote_found"] <= 1
+    assert not (out / "errors").exists() or not pairs(out / "errors")
+
+
+def test_session_scores_are_the_mean_of_their_dimension_items(scored):
+    out, _ = scored
+    items = pq.read_table(out / "items").to_pylist()
+    sessions = {r["session_id"]: r for r in pq.read_table(out / "sessions").to_pylist()}
+    assert len(sessions) == 6
+    for sid, s in sessions.items():
+        for dim in ("goal", "task", "bond"):
+            vals = [r["score"] for r in items if r["session_id"] == sid and r["dimension"] == dim]
+            assert len(vals) == 4 and s[dim] == pytest.approx(sum(vals) / 4)
+        assert s["n_items_scored"] == 12
+
+
+def test_prefix_cache_serves_the_shared_transcript(scored):
+    out, m = scored
+    items = pq.read_table(out / "items").to_pylist()
+    by_session = {}
+    for r in items:
+        by_session.setdefault(r["session_id"], []).append(r)
+    for rows in by_session.values():
+        hits = [r for r in rows if (r["cached_tokens"] or 0) > 0]
+        assert len(hits) >= 11  # at most the first prompt of a session computes its transcript
+    assert m["cached_prompt_tokens"] / m["prompt_tokens"] > 0.5
+
+
+def test_failed_answers_are_retried_then_kept_in_errors(esconv_corpus, tiny_model, tmp_path):
+    # No length bounds and 16 tokens: most answers are cut, retried at 32 tokens, cut again.
+    m = score_corpus(ScoreConfig(sessions=esconv_corpus, model=str(tiny_model), out=tmp_path, limit=2, items="bond",
+                                 max_model_len=1024, max_new_tokens=16, progress=False))
+    assert m["items_in"] == 8 and m["items_scored"] + m["items_errors"] == 8
+    assert m["items_errors"] >= 1
+    errors = pq.read_table(tmp_path / "errors").to_pylist()
+    assert all(e["attempts"] == 2 and e["raw_output"] and e["error_reason"] in ("truncated", "invalid_json", "schema_violation") for e in errors)
+    assert m["sessions_in"] == m["sessions_complete"] + m["sessions_with_errors"]
+
+
+def test_a_dead_engine_actor_is_restarted_and_the_job_completes(esconv_corpus, tiny_model, tmp_path):
+    marker = tmp_path / "crashed"
+    m = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "out", limit=4, crash_once_marker=str(marker), samples=2, temperature=0.8))
+    assert marker.exists()  # the engine process really died once
+    assert m["items_in"] == 48 and m["items_scored"] + m["items_errors"] == 48
+    assert m["items_scored"] == 48
+    items = pq.read_table(tmp_path / "out" / "items").to_pylist()
+    assert all(1 <= len(r["scores"]) <= 2 and r["n_valid_samples"] == len(r["scores"]) for r in items)
+    sessions = pq.read_table(tmp_path / "out" / "sessions").to_pylist()
+    assert any(s["goal_spread"] is not None for s in sessions)
+
+
+def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    args = ["--sessions", str(esconv_corpus), "--model", str(tiny_model), "--out", str(out), "--limit", "16",
+            "--max-model-len", "1024", "--max-new-tokens", "160", "--max-rationale-chars", "160", "--no-progress"]
+    env = {**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "2"}
+    p = subprocess.Popen([sys.executable, "-m", "care_ray", "score", "--ray-address", "local", *args],
+                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not list((out / "items").glob("part-*.parquet")):
+            assert p.poll() is None, "scoring finished or died before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)  # driver, its local Ray and the engine: a real kill
+        p.wait()
+    assert not (out / "manifest.json").exists()
+    before = set(pairs(out / "items"))
+    assert 0 < len(before) < 16 * 12
+    m = score_corpus(cfg(esconv_corpus, tiny_model, out, limit=16))
+    assert m["pairs_done_before"] == len(before)
+    after = pairs(out / "items") + (pairs(out / "errors") if (out / "errors").exists() else [])
+    assert len(after) == len(set(after)) == 16 * 12  # exactly one row per pair
+    assert before <= set(after)
+    assert m["items_scored"] + m["items_errors"] == m["items_in"] == 192
+
+
+def test_transformers_fallback_engine_runs_the_same_pipeline(esconv_corpus, tiny_model, tmp_path):
+    m = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path, limit=1, items="1,3", engine="hf", max_new_tokens=24))
+    assert m["items_in"] == 2 and m["items_scored"] + m["items_errors"] == 2
+    rows = (pq.read_table(tmp_path / "items").to_pylist() if (tmp_path / "items").exists() else []) + (
+        pq.read_table(tmp_path / "errors").to_pylist() if (tmp_path / "errors").exists() else [])
+    assert {r["engine"] for r in rows} == {"hf"}
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    repo = Path(__file__).resolve().parents[1]
+    port, dash = _free_port(), _free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+                             "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    try:
+        client = None
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
+                break
+            except Exception:
+                time.sleep(1)
+        assert client is not None, "Ray head did not come up"
+        out = tmp_path / "job-out"
+        entry = (f"python -m jobs.score --sessions {esconv_corpus} --model {tiny_model} --out {out} --limit 2 --items bond "
+                 "--max-model-len 1024 --max-new-tokens 160 --max-rationale-chars 160 --no-progress")
+        job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(repo), "excludes": [".venv", ".git", "*.parquet", "out", "demo-out"]})
+        status = None
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            status = client.get_job_status(job)
+            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                break
+            time.sleep(2)
+        assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-3000:]
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["items_in"] == 8 and m["items_scored"] + m["items_errors"] == 8
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)

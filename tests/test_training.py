@@ -1,0 +1,224 @@
+"""Fine-tuning end to end on ESConv proxy labels: a real local Ray cluster, Ray Train with 2 CPU
+workers, PEFT LoRA on the tiny Llama, and the written adapter served by vLLM.
+
+One module-scoped run (2 folds, score+rationale) feeds most tests; a second run (1 fold,
+score-only targets) has a worker killed mid-run and must resume from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from care_ray.prompts import PromptBuilder, load_tokenizer
+from care_ray.rubric import load_rubric
+from care_ray.training.config import FinetuneConfig, load_finetune_config
+from care_ray.training.loop import encode_examples, score_digit_ids
+from care_ray.training.sft_data import SFTOptions, iter_fold, make_sft_data, read_examples
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_MODEL_LEN = 640  # scoring's budget for these examples; vLLM below runs with the same
+
+
+def _sft(esconv_corpus, tiny_model, out: Path, target: str) -> Path:
+    make_sft_data(esconv_corpus, out, SFTOptions(target=target, folds=2, max_sessions=40, seed=5), tokenizer_path=str(tiny_model), max_model_len=MAX_MODEL_LEN, max_new_tokens=128)
+    return out
+
+
+def _config(tiny_model, data: Path, work: Path, name: str, **overrides) -> FinetuneConfig:
+    """The shipped tiny-CPU config, pointed at this test's files and shrunk to test size."""
+    settings = {
+        "name": name,
+        "model": str(tiny_model),
+        "data": str(data),
+        "output_dir": str(work / "out"),
+        "storage_path": str(work / "ray"),
+        "max_train_examples": 64,
+        "max_eval_examples": 96,
+        "max_failures": 1,
+        **overrides,
+    }
+    return load_finetune_config(REPO / "configs" / "finetune-tiny-cpu.yaml", settings)
+
+
+@pytest.fixture(scope="module")
+def two_fold_run(esconv_corpus, tiny_model, tmp_path_factory):
+    from care_ray.training.trainer import run_finetune
+
+    work = tmp_path_factory.mktemp("finetune-2fold")
+    data = _sft(esconv_corpus, tiny_model, work / "sft", "score+rationale")
+    cfg = _config(tiny_model, data, work, "twofold", folds=[0, 1], merge=True)
+    summary = run_finetune(cfg)
+    return {"cfg": cfg, "summary": summary, "data": data}
+
+
+def _fold_record(run, fold: int) -> dict:
+    return json.loads((Path(run["cfg"].output_dir) / f"fold{fold}" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_folds_train_and_the_loss_falls(two_fold_run):
+    summary = two_fold_run["summary"]
+    assert summary["folds"] == [0, 1] and summary["proxy_labels"] is True and summary["target"] == "score+rationale"
+    for fold in (0, 1):
+        rec = _fold_record(two_fold_run, fold)
+        losses = [loss for _, loss in rec["loss_history"]]
+        steps = [s for s, _ in rec["loss_history"]]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) == 16  # 64 examples / 8 per step × 2 epochs
+        first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+        assert last < 0.8 * first, f"fold {fold}: loss {first:.2f} → {last:.2f} did not fall"
+        assert rec["metrics"]["train_tokens_per_s"] > 0
+        assert rec["attempts"] == [{"start_step": 0, "world_size": 2}]
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_chosen_by_heldout_pearson_and_written_with_metrics(two_fold_run):
+    cfg = two_fold_run["cfg"]
+    table = read_examples(two_fold_run["data"])
+    for fold in (0, 1):
+        rec = _fold_record(two_fold_run, fold)
+        m = rec["metrics"]
+        cands = rec["candidates"]
+        assert len(cands) == 2  # one checkpoint per epoch, num_to_keep=2
+        assert m["heldout_pearson_mean"] == max(c["heldout_pearson_mean"] for c in cands)
+        assert rec["selected_checkpoint"] in {c["checkpoint"] for c in cands}
+        assert rec["selected_by"] == "heldout_pearson_mean" and rec["proxy_labels"] is True
+        for dim in ("goal", "task", "bond"):
+            for stat in ("pearson", "spearman", "mse"):
+                assert f"heldout_{stat}_{dim}" in m
+        # the held-out scores really are the fold's examples: whole sessions, never a training client
+        held_clients = {r["client_id"] for r in iter_fold(table, fold, held_out=True)}
+        train_clients = {r["client_id"] for r in iter_fold(table, fold, held_out=False)}
+        assert held_clients.isdisjoint(train_clients)
+        heldout = json.loads((Path(rec["adapter"]) / "heldout.json").read_text())
+        assert {row[0] for row in heldout["predictions"]} <= {r["session_id"] for r in iter_fold(table, fold, held_out=True)}
+        assert m["heldout_items"] == len(heldout["predictions"]) == 12 * m["heldout_sessions"]
+        assert all(1 <= row[4][0] <= 5 for row in heldout["predictions"])
+        adapter = Path(rec["adapter"])
+        assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+        assert not (adapter / "trainer_state.pt").exists()
+        assert json.loads((adapter / "adapter_config.json").read_text())["r"] == cfg.lora.r
+    summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+    assert summary["over_folds"]["heldout_pearson_mean"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_merged_weights_agree_with_the_adapter(two_fold_run, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    rec = _fold_record(two_fold_run, 0)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    base_logits_model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    with_adapter = PeftModel.from_pretrained(base, rec["adapter"]).eval()
+    merged = AutoModelForCausalLM.from_pretrained(rec["merged"], dtype=torch.float32).eval()
+    ids = torch.randint(10, 4000, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, m, b = with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits, base_logits_model(input_ids=ids).logits
+    assert torch.allclose(a, m, atol=1e-4), (a - m).abs().max()
+    assert (a - b).abs().max() > 1e-2  # and the adapter is not a no-op
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_the_last_checkpoint_with_score_only_targets(esconv_corpus, tiny_model, tmp_path_factory):
+    from care_ray.training.trainer import run_finetune
+
+    work = tmp_path_factory.mktemp("finetune-fault")
+    data = _sft(esconv_corpus, tiny_model, work / "sft", "score")
+    flag = work / "worker-killed.flag"
+    # 8 steps per epoch, checkpoint after each epoch: die at step 11, resume from step 8
+    cfg = _config(tiny_model, data, work, "fault", folds=[0], fault_injection={"at_step": 11, "flag_file": str(flag), "rank": 1})
+    summary = run_finetune(cfg)
+    assert flag.exists(), "the injected failure never happened"
+    rec = json.loads((Path(cfg.output_dir) / "fold0" / "metrics.json").read_text())
+    assert rec["target"] == "score"
+    assert rec["attempts"] == [{"start_step": 0, "world_size": 2}, {"start_step": 8, "world_size": 2}]
+    steps = [s for s, _ in rec["loss_history"]]
+    assert steps == list(range(1, 17))  # steps 9–10 of the lost attempt were redone once, not 1–8
+    losses = [loss for _, loss in rec["loss_history"]]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    last = max(rec["candidates"], key=lambda c: c["step"])
+    assert last["step"] == 16
+    assert summary["per_fold"][0]["fold"] == 0
+
+
+def _heldout_prompts(run, tiny_model, n: int = 6) -> list[str]:
+    table = read_examples(run["data"])
+    builder = PromptBuilder(load_rubric(), load_tokenizer(str(tiny_model)))
+    rows = list(iter_fold(table, 0, held_out=True))[:n]
+    return [builder.render(r["messages"]) for r in rows]
+
+
+@pytest.mark.slow
+def test_written_adapter_loads_in_vllm_and_changes_outputs_in_a_mixed_batch(two_fold_run, tiny_model):
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    rec = _fold_record(two_fold_run, 0)
+    prompts = _heldout_prompts(two_fold_run, tiny_model)
+    n = len(prompts)
+    adapter = LoRARequest("fold0", 1, rec["adapter"])
+    llm = LLM(model=str(tiny_model), enable_lora=True, max_lora_rank=8, max_loras=2, dtype="float32", enforce_eager=True, max_model_len=MAX_MODEL_LEN + 64, seed=0)
+    try:
+        greedy = SamplingParams(temperature=0.0, max_tokens=12)
+        mixed = llm.generate(prompts + prompts, greedy, lora_request=[None] * n + [adapter] * n, use_tqdm=False)
+        base_only = llm.generate(prompts, greedy, use_tqdm=False)
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+    base = [list(o.outputs[0].token_ids) for o in mixed[:n]]
+    tuned = [list(o.outputs[0].token_ids) for o in mixed[n:]]
+    assert base == [list(o.outputs[0].token_ids) for o in base_only], "base rows of a mixed batch got the adapter"
+    assert all(b != t for b, t in zip(base, tuned, strict=True)), "the adapter did not change vLLM's greedy output"
+
+    # and vLLM applies it as PEFT does: the same greedy tokens from transformers + the adapter
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(str(tiny_model))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32), rec["adapter"]).eval()
+    for prompt, vllm_ids in zip(prompts[:3], tuned[:3], strict=False):
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=len(vllm_ids), do_sample=False)
+        assert out[0, ids.shape[1] :].tolist()[:6] == vllm_ids[:6]
+
+
+def test_score_digits_are_single_tokens_and_targets_keep_the_prompt_intact(tiny_model, esconv_corpus, tmp_path):
+    tok = load_tokenizer(str(tiny_model))
+    prefix, digits = score_digit_ids(tok)
+    assert len(set(digits)) == 5 and [tok.decode(d) for d in digits] == ["1", "2", "3", "4", "5"]
+    data = _sft(esconv_corpus, tiny_model, tmp_path / "sft", "score+rationale")
+    rows = read_examples(data).slice(0, 4).to_pylist()
+    builder = PromptBuilder(load_rubric(), tok)
+    enc, dropped = encode_examples(rows, tok, builder.render, max_seq_len=4096)
+    assert dropped == 0
+    for e, r in zip(enc, rows, strict=True):
+        # the prompt tokens are exactly what scoring sends; the target starts with the score prefix
+        assert e.prompt_ids == tok(builder.render(r["messages"]), add_special_tokens=False)["input_ids"]
+        assert e.target_ids[: len(prefix)] == prefix and e.target_ids[len(prefix)] == digits[r["score"] - 1]
+        assert e.target_ids[-1] == tok.eos_token_id
+    _, dropped = encode_examples(rows, tok, builder.render, max_seq_len=64)
+    assert dropped == 4  # too long: dropped and counted, never cut
+
+
+def test_finetune_cli_rejects_bad_configs_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from care_ray.cli import app
+
+    runner = CliRunner()
+    bad = tmp_path / "bad.yaml"
+    cases = {
+        "name: x\nmodel: m\n": "Field required",
+        "name: x\nmodel: m\ndata: d\noutput_dir: o\nstorage_path: s\nmicro_batch_size: 3\neffective_batch_size: 8\n": "not a multiple",
+        "name: x\nmodel: m\ndata: d\noutput_dir: o\nstorage_path: s\nlearning_rat: 1\n": "learning_rat",
+        f"name: x\nmodel: {tmp_path}\ndata: {tmp_path / 'nodata'}\noutput_dir: o\nstorage_path: s\n": "no SFT examples",
+        "[1, 2": "not valid YAML",
+    }
+    for text, message in cases.items():
+        bad.write_text(text)
+        res = runner.invoke(app, ["finetune", "--config", str(bad)])
+        assert res.exit_code == 2, (text, res.output)
+        assert message in res.output and "Traceback" not in res.output
