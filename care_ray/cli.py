@@ -176,6 +176,22 @@ def score(
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the model, corpus and scores")] = Path("demo-out"),
+    sessions: Annotated[int, typer.Option(help="ESConv sessions to score")] = 8,
+    esconv: Annotated[Path | None, typer.Option(help="ESConv folder (default: ../shared/data/esconv or $CARE_RAY_ESCONV)")] = None,
+) -> None:
+    """The whole pipeline on local Ray: tiny model → ingest ESConv → score a sample."""
+    from care_ray.demo import run_demo
+
+    try:
+        summary = run_demo(out, sessions=sessions, esconv=esconv)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
+
+
 def _score_config_cls():
     from care_ray.scoring import ScoreConfig
 

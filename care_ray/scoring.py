@@ -92,11 +92,12 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
         gens = [e] * len(texts)
     attempts = [1] * len(texts)
     judged = [(_judge(g.samples, schema) if not isinstance(g, Exception) else ([], InvalidOutput(OutputError.ENGINE_ERROR, type(g).__name__))) for g in gens]
-    retry = [i for i, (valid, _) in enumerate(judged) if not valid]
+    # One retry with twice the budget, where the context has room for more than the first try.
+    room = [config.max_model_len - (g.prompt_tokens if not isinstance(g, Exception) else 0) for g in gens]
+    retry = [i for i, (valid, _) in enumerate(judged) if not valid and (isinstance(gens[i], Exception) or room[i] > budget)]
     if retry:
-        longer = [min(2 * budget, max(budget, config.max_model_len - (gens[i].prompt_tokens if not isinstance(gens[i], Exception) else 0) - 1)) for i in retry]
         try:
-            regen = engine.generate([texts[i] for i in retry], max(longer))
+            regen = engine.generate([texts[i] for i in retry], [min(2 * budget, room[i]) for i in retry])
             for i, g in zip(retry, regen, strict=True):
                 gens[i], attempts[i] = g, 2
                 judged[i] = _judge(g.samples, schema)
@@ -162,10 +163,9 @@ def _read_folder(folder: Path, columns: list[str]) -> pa.Table | None:
     if not folder.is_dir():
         return None
     good = []
-    for f in sorted(folder.glob("*.parquet")) + sorted(folder.glob(".tmp-*")):
-        if f.name.startswith(".tmp-"):
-            f.unlink()
-            continue
+    for f in folder.glob(".tmp-*"):
+        f.unlink(missing_ok=True)
+    for f in sorted(folder.glob("part-*.parquet")):
         try:
             pq.read_metadata(f)
             good.append(str(f))
@@ -200,8 +200,8 @@ def compact_duplicates(folder: Path) -> int:
         return 0
     t = t.append_column("_row", pa.array(range(t.num_rows)))
     first = t.group_by(["session_id", "item_id"]).aggregate([("_row", "min")]).column("_row_min")
-    deduped = t.take(pc.sort(first)).drop(["_row"])
-    old = list(folder.glob("*.parquet"))
+    deduped = t.take(sorted(first.to_pylist())).drop(["_row"])
+    old = list(folder.glob("part-*.parquet"))
     _write_atomic(deduped, folder)
     for f in old:
         f.unlink()

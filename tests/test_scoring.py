@@ -86,14 +86,21 @@ def test_failed_answers_are_retried_then_kept_in_errors(esconv_corpus, tiny_mode
 
 def test_a_dead_engine_actor_is_restarted_and_the_job_completes(esconv_corpus, tiny_model, tmp_path):
     marker = tmp_path / "crashed"
-    m = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "out", limit=4, crash_once_marker=str(marker), samples=2, temperature=0.8))
+    m = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "out", limit=4, crash_once_marker=str(marker)))
     assert marker.exists()  # the engine process really died once
     assert m["items_in"] == 48 and m["items_scored"] + m["items_errors"] == 48
     assert m["items_scored"] == 48
-    items = pq.read_table(tmp_path / "out" / "items").to_pylist()
-    assert all(1 <= len(r["scores"]) <= 2 and r["n_valid_samples"] == len(r["scores"]) for r in items)
-    sessions = pq.read_table(tmp_path / "out" / "sessions").to_pylist()
-    assert any(s["goal_spread"] is not None for s in sessions)
+
+
+def test_samples_give_a_spread(esconv_corpus, tiny_model, tmp_path):
+    m = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path, limit=2, items="bond", samples=3, temperature=1.0, seed=1))
+    assert m["items_scored"] + m["items_errors"] == 8
+    items = pq.read_table(tmp_path / "items").to_pylist()
+    assert all(1 <= len(r["scores"]) <= 3 and r["n_valid_samples"] == len(r["scores"]) for r in items)
+    assert all(r["score"] == pytest.approx(sum(r["scores"]) / len(r["scores"])) for r in items)
+    sessions = pq.read_table(tmp_path / "sessions").to_pylist()
+    assert all(s["goal"] is None for s in sessions)  # only bond items were asked for
+    assert any(s["bond_spread"] is not None for s in sessions)
 
 
 def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tmp_path):
@@ -112,7 +119,7 @@ def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tm
         os.killpg(p.pid, signal.SIGKILL)  # driver, its local Ray and the engine: a real kill
         p.wait()
     assert not (out / "manifest.json").exists()
-    before = set(pairs(out / "items"))
+    before = set(pairs(out / "items")) | (set(pairs(out / "errors")) if (out / "errors").exists() else set())
     assert 0 < len(before) < 16 * 12
     m = score_corpus(cfg(esconv_corpus, tiny_model, out, limit=16))
     assert m["pairs_done_before"] == len(before)

@@ -31,7 +31,9 @@ class Generation:
 class Engine(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], max_tokens: int) -> list[Generation]: ...
+    def generate(self, prompts: list[str], max_tokens: int | list[int]) -> list[Generation]:
+        """`max_tokens` for all prompts, or one per prompt."""
+        ...
 
     def shutdown(self) -> None: ...
 

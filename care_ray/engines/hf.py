@@ -29,8 +29,16 @@ class HFEngine:
         self.model = model.to(self.device).eval()
         torch.manual_seed(config.seed)
 
-    def generate(self, prompts: list[str], max_tokens: int) -> list[Generation]:
+    def generate(self, prompts: list[str], max_tokens: int | list[int]) -> list[Generation]:
         import torch
+
+        if isinstance(max_tokens, list):  # one generate call per distinct budget
+            out: list[Generation] = [None] * len(prompts)  # type: ignore[list-item]
+            for limit in sorted(set(max_tokens)):
+                idx = [i for i, m in enumerate(max_tokens) if m == limit]
+                for i, g in zip(idx, self.generate([prompts[i] for i in idx], limit), strict=True):
+                    out[i] = g
+            return out
 
         out: list[Generation] = []
         sample = self.config.temperature > 0

@@ -69,8 +69,9 @@ class VLLMEngine:
             structured_outputs=structured,
         )
 
-    def generate(self, prompts: list[str], max_tokens: int) -> list[Generation]:
-        outs = self.llm.generate(prompts, self._params(max_tokens), lora_request=self.lora_request, use_tqdm=False)
+    def generate(self, prompts: list[str], max_tokens: int | list[int]) -> list[Generation]:
+        params = [self._params(m) for m in max_tokens] if isinstance(max_tokens, list) else self._params(max_tokens)
+        outs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
         return [
             Generation(
                 samples=[Sample(c.text, c.finish_reason, len(c.token_ids)) for c in o.outputs],

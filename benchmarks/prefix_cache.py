@@ -1,0 +1,55 @@
+"""Prefix cache: prompt tokens vs tokens actually computed per session of 12 items, relative to
+one transcript prompt (goal ≤ 1.3×). Real ESConv sessions, tiny model, vLLM CPU.
+
+    .venv/bin/python benchmarks/prefix_cache.py [--sessions 40] [--block-sizes 128,32,16]
+"""
+
+import argparse
+import statistics
+
+from _common import esconv_corpus, tiny_model
+
+from care_ray.corpus import sessions_dataset
+from care_ray.engines import EngineConfig
+from care_ray.output import output_schema
+from care_ray.prompts import PromptBuilder, load_tokenizer
+from care_ray.rubric import load_rubric
+
+
+def run(block_size: int | None, prompts, n_sessions: int) -> dict:
+    from care_ray.engines.vllm import VLLMEngine
+
+    cfg = EngineConfig(model=str(tiny_model()), max_model_len=4096, max_new_tokens=48, block_size=block_size,
+                       output_schema=output_schema(max_rationale_chars=40, max_quotes=0))
+    engine = VLLMEngine(cfg)
+    try:
+        gens = engine.generate(prompts.column("prompt").to_pylist(), 48)
+    finally:
+        engine.shutdown()
+    ratios = []
+    for s in range(n_sessions):
+        g = gens[12 * s : 12 * s + 12]
+        computed = sum(x.prompt_tokens - (x.cached_tokens or 0) for x in g)
+        ratios.append(computed / g[0].prompt_tokens)
+    total = sum(x.prompt_tokens for x in gens)
+    cached = sum(x.cached_tokens or 0 for x in gens)
+    return {"block_size": block_size or "default", "prompt_tokens": total, "cached": cached, "computed_over_one_prompt_median": statistics.median(ratios),
+            "computed_over_one_prompt_mean": statistics.fmean(ratios), "mean_prompt_tokens": total / len(gens)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sessions", type=int, default=40)
+    ap.add_argument("--block-sizes", default="default,32,16")
+    a = ap.parse_args()
+    rubric = load_rubric()
+    sessions = sessions_dataset(esconv_corpus()).to_table(columns=["session_id", "turns"]).slice(0, a.sessions)
+    prompts = PromptBuilder(rubric, load_tokenizer(str(tiny_model())), max_model_len=4096, max_new_tokens=48).build_item_prompts(sessions, rubric.items)
+    for bs in a.block_sizes.split(","):
+        r = run(None if bs == "default" else int(bs), prompts, a.sessions)
+        print(f"block_size={r['block_size']}: mean prompt {r['mean_prompt_tokens']:.0f} tokens, cached {r['cached'] / r['prompt_tokens']:.1%} of prompt tokens; "
+              f"computed per session / one prompt = {r['computed_over_one_prompt_median']:.2f}x median, {r['computed_over_one_prompt_mean']:.2f}x mean (goal <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()
