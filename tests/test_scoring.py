@@ -153,7 +153,9 @@ def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
                              "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # a job's `python` is the cluster's python: here, this venv's
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     try:
         client = None
         deadline = time.time() + 120
@@ -167,7 +169,14 @@ def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
         out = tmp_path / "job-out"
         entry = (f"python -m jobs.score --sessions {esconv_corpus} --model {tiny_model} --out {out} --limit 2 --items bond "
                  "--max-model-len 1024 --max-new-tokens 160 --max-rationale-chars 160 --no-progress")
-        job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(repo), "excludes": [".venv", ".git", "*.parquet", "out", "demo-out"]})
+        job = None
+        while job is None and time.time() < deadline:
+            try:  # the dashboard answers before its job agent is ready
+                job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(repo), "excludes": [".venv", ".git", "*.parquet", "out", "demo-out"]})
+            except RuntimeError as e:
+                if "No available agent" not in str(e):
+                    raise
+                time.sleep(2)
         status = None
         deadline = time.time() + 400
         while time.time() < deadline:
