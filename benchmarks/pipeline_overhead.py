@@ -34,7 +34,7 @@ def bare(sessions: int, per_call: int) -> tuple[float, float, int]:
     try:
         for start in range(0, sessions, per_call):
             prompts = builder.build_item_prompts(table.slice(start, per_call), rubric.items)
-            for g in engine.generate(prompts.column("prompt").to_pylist(), cfg.max_new_tokens):
+            for g in engine.generate(prompts.column("prompt_token_ids").to_pylist(), cfg.max_new_tokens):
                 try:
                     parse_item_output(g.samples[0].text, output_schema(), g.samples[0].finish_reason)
                 except ValueError:

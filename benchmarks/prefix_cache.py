@@ -23,7 +23,7 @@ def run(block_size: int | None, prompts, n_sessions: int) -> dict:
                        output_schema=output_schema(max_rationale_chars=40, max_quotes=0))
     engine = VLLMEngine(cfg)
     try:
-        gens = engine.generate(prompts.column("prompt").to_pylist(), 48)
+        gens = engine.generate(prompts.column("prompt_token_ids").to_pylist(), 48)
     finally:
         engine.shutdown()
     ratios = []

@@ -6,11 +6,13 @@ the same functions, so training and scoring prompts cannot drift apart."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from care_ray.rubric import Rubric, RubricItem
@@ -20,7 +22,8 @@ ITEM_PROMPT_SCHEMA = pa.schema(
         ("session_id", pa.string()),
         ("item_id", pa.int32()),
         ("dimension", pa.string()),
-        ("prompt", pa.string()),  # chat-template-rendered text, ready for the engine
+        ("prompt", pa.string()),  # chat-template-rendered text
+        ("prompt_token_ids", pa.list_(pa.int32())),  # the same, tokenised: what the engine gets
         ("n_turns", pa.int32()),
         ("n_elided_turns", pa.int32()),
         ("truncated", pa.bool_()),
@@ -29,7 +32,9 @@ ITEM_PROMPT_SCHEMA = pa.schema(
 )
 
 
-_ITEM_SLOT = "\uE000care-ray-item\uE000"  # a private-use marker no transcript contains
+# private-use markers no transcript contains
+_ITEM_SLOT = "\uE000care-ray-item\uE000"
+_TRANSCRIPT_SLOT = "\uE001care-ray-transcript\uE001"
 
 
 @cache
@@ -61,7 +66,12 @@ class PromptBuilder:
 
     With `max_model_len`, the transcript gets at most max_model_len - max_new_tokens - (the longest
     item question's overhead) tokens; longer sessions keep the opening turns (up to `head_share` of
-    that budget) and the most recent ones, with a marker saying how many turns were cut."""
+    that budget) and the most recent ones, with a marker saying how many turns were cut.
+
+    The chat template is rendered once, with placeholders for transcript and item; a prompt is
+    then header + transcript + middle + item + tail. Token ids are assembled the same way (the
+    transcript is tokenised once per session, not 12 times), after checking on the first session
+    that this equals tokenising the whole prompt; if it ever does not, every prompt is tokenised whole."""
 
     def __init__(self, rubric: Rubric, tokenizer=None, max_model_len: int | None = None, max_new_tokens: int = 512, head_share: float = 0.25):
         self.rubric = rubric
@@ -69,6 +79,10 @@ class PromptBuilder:
         self.max_new_tokens = max_new_tokens
         self.head_share = head_share
         self.budget: int | None = None
+        self._parts = self._split_template() if tokenizer is not None else None
+        self._pieces_checked = False
+        self._suffix_cache: dict[int, list[int]] = {}
+        self._pieces_safe = self._parts is not None
         if max_model_len is not None:
             if tokenizer is None:
                 raise ValueError("a token budget needs a tokenizer")
@@ -78,16 +92,41 @@ class PromptBuilder:
             if self.budget < 64:
                 raise ValueError(f"max_model_len {max_model_len} leaves {self.budget} tokens for the transcript; raise it or lower max_new_tokens")
 
+    def _ids(self, text: str | list[str]):
+        fast = getattr(self.tokenizer, "backend_tokenizer", None)
+        if fast is None:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # the Rust tokenizer directly: the transformers wrapper costs as much as the encoding here
+        if isinstance(text, str):
+            return fast.encode(text, add_special_tokens=False).ids
+        return [e.ids for e in fast.encode_batch(text, add_special_tokens=False)]
+
     def _count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self._ids(text))
+
+    def _split_template(self) -> tuple[str, str, str] | None:
+        probe = RubricItem(id=1, dimension=self.rubric.items[0].dimension, text=_ITEM_SLOT)
+        rendered = self.render(self.messages(_TRANSCRIPT_SLOT, probe))
+        if rendered.count(_TRANSCRIPT_SLOT) != 1 or rendered.count(_ITEM_SLOT) != 1 or rendered.index(_TRANSCRIPT_SLOT) > rendered.index(_ITEM_SLOT):
+            return None  # a template that moves or rewrites content: render each prompt whole
+        header, rest = rendered.split(_TRANSCRIPT_SLOT)
+        middle, tail = rest.split(_ITEM_SLOT)
+        self._header_ids = self._ids(header)
+        return header, middle, tail
 
     def transcript(self, turns: Sequence[dict[str, Any]]) -> Transcript:
+        return self._transcript(turns)[0]
+
+    def _transcript(self, turns: Sequence[dict[str, Any]]) -> tuple[Transcript, list[int] | None]:
+        """The transcript within budget, and its token ids when they were computed anyway."""
         lines = [render_turn(t, self.rubric) for t in turns]
+        text = "\n".join(lines)
         if self.budget is None:
-            return Transcript("\n".join(lines), len(lines), 0)
-        counts = [len(ids) + 1 for ids in self.tokenizer(lines, add_special_tokens=False)["input_ids"]]
-        if sum(counts) <= self.budget:
-            return Transcript("\n".join(lines), len(lines), 0)
+            return Transcript(text, len(lines), 0), None
+        ids = self._ids(text)  # one pass decides the common case: the session fits
+        if len(ids) <= self.budget:
+            return Transcript(text, len(lines), 0), ids
+        counts = [len(x) + 1 for x in self._ids(lines)]
         head: list[int] = []
         used = 0
         for i, c in enumerate(counts):
@@ -103,11 +142,11 @@ class PromptBuilder:
             used += counts[i]
         tail.reverse()
         if not head and not tail:  # one turn longer than the whole budget: keep its end
-            ids = self.tokenizer(lines[-1], add_special_tokens=False)["input_ids"][-self.budget :]
-            lines, counts, tail = lines[:-1] + [self.tokenizer.decode(ids)], counts, [len(lines) - 1]
+            lines[-1] = self.tokenizer.decode(self._ids(lines[-1])[-self.budget :])
+            tail = [len(lines) - 1]
         n_elided = len(lines) - len(head) - len(tail)
         kept = [lines[i] for i in head] + [self.rubric.prompt.elided.format(n=n_elided)] + [lines[i] for i in tail]
-        return Transcript("\n".join(kept), len(lines), n_elided)
+        return Transcript("\n".join(kept), len(lines), n_elided), None
 
     def messages(self, transcript_text: str, item: RubricItem) -> list[dict[str, str]]:
         p = self.rubric.prompt
@@ -120,27 +159,57 @@ class PromptBuilder:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def render_items(self, transcript_text: str, items: Sequence[RubricItem]) -> list[str]:
-        """The rendered prompt of each item. The chat template runs once per session with a
-        placeholder item, then each item's text is substituted: the same bytes, 12× less Jinja."""
-        probe = RubricItem(id=1, dimension=items[0].dimension, text=_ITEM_SLOT)
-        rendered = self.render(self.messages(transcript_text, probe))
-        if rendered.count(_ITEM_SLOT) != 1 or _ITEM_SLOT in transcript_text:
+        """The rendered prompt of each item: the same bytes as rendering each one whole."""
+        if self._parts is None or _TRANSCRIPT_SLOT in transcript_text or _ITEM_SLOT in transcript_text:
             return [self.render(self.messages(transcript_text, item)) for item in items]
-        return [rendered.replace(_ITEM_SLOT, item.text) for item in items]
+        header, middle, tail = self._parts
+        return [f"{header}{transcript_text}{middle}{item.text}{tail}" for item in items]
+
+    def _suffix_ids(self, item: RubricItem) -> list[int]:
+        """Tokens after the transcript: the same for every session, so computed once per item."""
+        cached = self._suffix_cache.get(item.id)
+        if cached is None:
+            _, middle, tail = self._parts
+            cached = self._suffix_cache[item.id] = self._ids(f"{middle}{item.text}{tail}")
+        return cached
+
+    def item_prompts(self, turns: Sequence[dict[str, Any]], items: Sequence[RubricItem]) -> tuple[Transcript, list[str], list[list[int]]]:
+        """One session's prompts as text and as token ids (what the engine is given)."""
+        t, transcript_ids = self._transcript(turns)
+        prompts = self.render_items(t.text, items)
+        if not self._pieces_safe or self._parts is None:
+            return t, prompts, self._ids(prompts)
+        if transcript_ids is None:
+            transcript_ids = self._ids(t.text)
+        ids = [self._header_ids + transcript_ids + self._suffix_ids(item) for item in items]
+        if not self._pieces_checked:
+            self._pieces_checked = True
+            if ids[0] != self._ids(prompts[0]):
+                logging.getLogger(__name__).info("this tokenizer merges across the prompt's pieces; tokenising prompts whole")
+                self._pieces_safe = False
+                return t, prompts, self._ids(prompts)
+        return t, prompts, ids
 
     def build_item_prompts(self, sessions: pa.Table, items: Sequence[RubricItem]) -> pa.Table:
         """sessions (contract columns session_id, turns) → one row per (session, item)."""
-        out: dict[str, list] = {name: [] for name in ITEM_PROMPT_SCHEMA.names}
+        out: dict[str, list] = {name: [] for name in ITEM_PROMPT_SCHEMA.names if name != "prompt_token_ids"}
+        flat: list[np.ndarray] = []
         for sid, turns in zip(sessions.column("session_id").to_pylist(), sessions.column("turns").to_pylist(), strict=True):
-            t = self.transcript(turns)
+            t, prompts, ids = self.item_prompts(turns, items)
             dialogue = full_dialogue(turns)
-            for item, prompt in zip(items, self.render_items(t.text, items), strict=True):
+            for item, prompt, prompt_ids in zip(items, prompts, ids, strict=True):
                 out["session_id"].append(sid)
                 out["item_id"].append(item.id)
                 out["dimension"].append(item.dimension)
                 out["prompt"].append(prompt)
+                flat.append(np.asarray(prompt_ids, dtype=np.int32))
                 out["n_turns"].append(t.n_turns)
                 out["n_elided_turns"].append(t.n_elided)
                 out["truncated"].append(t.n_elided > 0)
                 out["transcript"].append(dialogue)
-        return pa.table(out, schema=ITEM_PROMPT_SCHEMA)
+        # one flat int32 buffer + offsets: building the list column row by row from Python ints is slow
+        offsets = np.zeros(len(flat) + 1, dtype=np.int32)
+        np.cumsum([len(a) for a in flat], out=offsets[1:])
+        values = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int32)
+        out["prompt_token_ids"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+        return pa.table({name: out[name] for name in ITEM_PROMPT_SCHEMA.names}, schema=ITEM_PROMPT_SCHEMA)

@@ -83,7 +83,7 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
     # Tighter bounds in config.output_schema only steer generation; answers are judged against
     # the contract in schemas/ (a grammar counts bytes of a broken UTF-8 sequence differently).
     schema = output_schema()
-    texts = prompts.column("prompt").to_pylist()
+    texts = prompts.column("prompt_token_ids").to_pylist()
     budget = config.max_new_tokens
     try:
         gens = engine.generate(texts, budget)

@@ -65,3 +65,17 @@ def test_prompt_table_schema(tiny_model):
     rubric = load_rubric()
     t = PromptBuilder(rubric, load_tokenizer(str(tiny_model))).build_item_prompts(sessions_to_table([session()]), rubric.items)
     assert t.schema.field("truncated").type == pa.bool_()
+
+
+def test_token_ids_equal_tokenising_each_prompt_whole(tiny_model):
+    tok = load_tokenizer(str(tiny_model))
+    for lang in ("en", "zh"):
+        rubric = load_rubric(language=lang)
+        b = PromptBuilder(rubric, tok, max_model_len=2048, max_new_tokens=128)
+        sessions = [session(sid=f"s{k}", n_turns=4 + k) for k in range(3)] + [
+            {"session_id": "z", "client_id": "c", "language": "zh", "source": "t",
+             "turns": [{"role": "client", "text": "我最近很焦虑，睡不好。"}, {"role": "counselor", "text": "能多说一点吗？"}]}]
+        t = b.build_item_prompts(sessions_to_table(sessions), rubric.items)
+        for prompt, ids in zip(t.column("prompt").to_pylist(), t.column("prompt_token_ids").to_pylist(), strict=True):
+            assert ids == tok(prompt, add_special_tokens=False)["input_ids"]
+        assert b._pieces_safe  # the fast path held for this tokenizer

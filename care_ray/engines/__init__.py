@@ -31,8 +31,8 @@ class Generation:
 class Engine(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], max_tokens: int | list[int]) -> list[Generation]:
-        """`max_tokens` for all prompts, or one per prompt."""
+    def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
+        """Token-id prompts (already chat-templated); `max_tokens` for all, or one per prompt."""
         ...
 
     def shutdown(self) -> None: ...

@@ -16,7 +16,7 @@ class CrashOnceEngine:
         self.marker = marker
         self.name = f"crash-once({inner.name})"
 
-    def generate(self, prompts: list[str], max_tokens: int | list[int]) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
         try:
             fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:

@@ -29,7 +29,7 @@ class HFEngine:
         self.model = model.to(self.device).eval()
         torch.manual_seed(config.seed)
 
-    def generate(self, prompts: list[str], max_tokens: int | list[int]) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
         import torch
 
         if isinstance(max_tokens, list):  # one generate call per distinct budget
@@ -44,7 +44,7 @@ class HFEngine:
         sample = self.config.temperature > 0
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            enc = self.tokenizer.pad({"input_ids": chunk}, return_tensors="pt", padding=True).to(self.device)
             with torch.no_grad():
                 gen = self.model.generate(
                     **enc,

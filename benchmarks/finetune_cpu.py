@@ -1,0 +1,147 @@
+"""Benchmark: the tiny-model CPU fine-tune (configs/finetune-tiny-cpu.yaml) end to end.
+
+    .venv/bin/python benchmarks/finetune_cpu.py [--work out/bench-finetune] [--folds 0,1]
+
+Prepares what the config needs (ESConv corpus, tiny model, SFT examples: 80 sessions, 2 folds,
+score+rationale, whole transcripts) unless already there, then times `run_finetune` and prints
+one JSON object: wall time of the fine-tune, peak RSS of the whole process tree (driver, Ray's
+processes, the training workers; sampled every 0.2 s, RSS summed — shared pages count once per
+process, so it is an upper bound), and the training loop's tokens/s (tokens of the forward and
+backward passes over the time spent in optimizer steps, all workers together; held-out scoring
+and checkpointing are not in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class PeakTreeRSS:
+    """Samples the summed RSS of this process and all its descendants in a background thread."""
+
+    def __init__(self, interval_s: float = 0.2):
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process(os.getpid())
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakTreeRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def prepare(work: Path) -> dict[str, Path]:
+    """The corpus, model and SFT examples the tiny config names, built once under `work`."""
+    from care_ray.ingest import ingest_files
+    from care_ray.paths import esconv_dir
+    from care_ray.tiny_model import build_tiny_model
+    from care_ray.training.sft_data import SFTOptions, make_sft_data
+
+    paths = {"corpus": work / "esconv", "model": work / "tiny-llama", "data": work / "sft-esconv-tiny"}
+    if not (paths["corpus"] / "manifest.json").exists():
+        ingest_files("esconv", [esconv_dir()], paths["corpus"])
+    if not (paths["model"] / "config.json").exists():
+        build_tiny_model(paths["model"])
+    if not (paths["data"] / "examples.parquet").exists():
+        make_sft_data(paths["corpus"], paths["data"], SFTOptions(target="score+rationale", folds=2, max_sessions=80))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=REPO / "out" / "bench-finetune")
+    parser.add_argument("--folds", default="0,1")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "finetune-tiny-cpu.yaml")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    from care_ray.training.config import load_finetune_config
+    from care_ray.training.trainer import run_finetune
+
+    t0 = time.perf_counter()
+    paths = prepare(args.work)
+    prep_s = time.perf_counter() - t0
+    name = f"bench-{int(time.time())}"
+    cfg = load_finetune_config(
+        args.config,
+        {
+            "name": name,
+            "model": str(paths["model"]),
+            "data": str(paths["data"]),
+            "output_dir": str(args.work / "finetune" / name),
+            "storage_path": str(args.work / "ray-results"),
+            "folds": [int(f) for f in args.folds.split(",")],
+        },
+    )
+    with PeakTreeRSS() as rss:
+        t1 = time.perf_counter()
+        summary = run_finetune(cfg)
+        wall = time.perf_counter() - t1
+    folds = []
+    for fold in cfg.folds:
+        rec = json.loads((Path(cfg.output_dir) / f"fold{fold}" / "metrics.json").read_text())
+        rates = [c["train_tokens_per_s"] for c in rec["candidates"] if c.get("train_tokens_per_s")]
+        losses = [loss for _, loss in rec["loss_history"]]
+        folds.append(
+            {
+                "fold": fold,
+                "seconds": rec.get("seconds"),
+                "steps": len(losses),
+                "loss_first_last": [round(losses[0], 3), round(losses[-1], 3)],
+                "train_tokens_per_s_by_checkpoint": [round(r) for r in rates],
+                "selected_step": rec["metrics"]["step"],
+                "heldout_pearson_mean": rec["metrics"]["heldout_pearson_mean"],
+                "train_examples": rec["metrics"]["train_examples"],
+                "heldout_items": rec["metrics"]["heldout_items"],
+            }
+        )
+    all_rates = [r for f in folds for r in f["train_tokens_per_s_by_checkpoint"]]
+    result = {
+        "benchmark": "finetune_cpu",
+        "command": "python benchmarks/finetune_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "config": {k: getattr(cfg, k) for k in ("method", "epochs", "micro_batch_size", "effective_batch_size", "learning_rate", "max_train_examples", "max_eval_examples")}
+        | {"workers": cfg.scaling.num_workers, "cpus_per_worker": cfg.scaling.cpus_per_worker, "folds": cfg.folds},
+        "prepare_seconds": round(prep_s, 1),
+        "finetune_wall_seconds": round(wall, 1),
+        "peak_tree_rss_gib": round(rss.peak / 2**30, 2),
+        "train_tokens_per_s_mean": round(sum(all_rates) / len(all_rates)) if all_rates else None,
+        "folds": folds,
+        "summary_seconds": summary["seconds"],
+    }
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
