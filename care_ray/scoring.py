@@ -309,6 +309,21 @@ def _write_results_batch(results: pa.Table, out: str) -> pa.Table:
     return pa.table({"items": [counts["items"]], "errors": [counts["errors"]], "session_ids": [json.dumps(sessions)]})
 
 
+def init_ray(address: str | None) -> None:
+    """Join the cluster named by `address` or by RAY_ADDRESS (set inside `ray job submit`), else
+    start a private local one. Ray's own default would attach to whatever cluster a stale
+    /tmp/ray/ray_current_cluster names, and wait forever if that cluster is gone."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        ray.init(address="local", log_to_driver=False, include_dashboard=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+
+
 def plan_cpus(total_cpus: float, num_engines: int, requested: float | None, gpus_per_engine: float) -> float:
     """CPUs per engine actor such that read, prompt and write tasks always keep a share of the
     node: 2 engine actors at 1 CPU each on a 2-core node deadlock the pipeline, and so does one
@@ -362,11 +377,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     run_meta = {"n_items_selected": len(items), "model": config.model, "adapter": config.adapter, "rubric_id": rubric.id, "engine": config.engine}
     log.info("scoring %d sessions × %d items (%d sessions pending, %d pairs already done)", len(session_ids), len(items), pending_sessions, sum(map(len, done.values())))
 
-    if not ray.is_initialized():
-        if config.ray_address == "local":
-            ray.init(address="local", log_to_driver=False, include_dashboard=False)
-        else:
-            ray.init(address=config.ray_address, log_to_driver=False)
+    init_ray(config.ray_address)
     engine_cfg = config.engine_config()
     cpus = plan_cpus(ray.cluster_resources().get("CPU", 1.0), config.num_engines, config.cpus_per_engine, config.gpus_per_engine)
     light = {"num_cpus": 0.25}

@@ -3,8 +3,10 @@
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,7 +153,8 @@ def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     port, dash = _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+    temp_dir = tempfile.mkdtemp(prefix="crt-", dir="/tmp")  # short: Ray puts sockets in it
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
                              "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             # a job's `python` is the cluster's python: here, this venv's
@@ -170,6 +173,7 @@ def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
         entry = (f"python -m jobs.score --sessions {esconv_corpus} --model {tiny_model} --out {out} --limit 2 --items bond "
                  "--max-model-len 1024 --max-new-tokens 160 --max-rationale-chars 160 --no-progress")
         job = None
+        deadline = time.time() + 180
         while job is None and time.time() < deadline:
             try:  # the dashboard answers before its job agent is ready
                 job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(repo), "excludes": [".venv", ".git", "*.parquet", "out", "demo-out"]})
@@ -177,6 +181,7 @@ def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
                 if "No available agent" not in str(e):
                     raise
                 time.sleep(2)
+        assert job is not None, "the head's job agent never came up"
         status = None
         deadline = time.time() + 400
         while time.time() < deadline:
@@ -193,3 +198,5 @@ def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not Path("/tmp/ray/ray_current_cluster").exists() or "crt-" not in Path("/tmp/ray/ray_current_cluster").read_text()
