@@ -1,14 +1,14 @@
-"""Benchmark: the tiny-model CPU fine-tune (configs/finetune-tiny-cpu.yaml) end to end.
+"""Benchmark: `care-ray finetune --config configs/finetune-tiny-cpu.yaml`, end to end, as a user runs it.
 
     .venv/bin/python benchmarks/finetune_cpu.py [--work out/bench-finetune] [--folds 0,1]
 
 Prepares what the config needs (ESConv corpus, tiny model, SFT examples: 80 sessions, 2 folds,
-score+rationale, whole transcripts) unless already there, then times `run_finetune` and prints
-one JSON object: wall time of the fine-tune, peak RSS of the whole process tree (driver, Ray's
-processes, the training workers; sampled every 0.2 s, RSS summed — shared pages count once per
-process, so it is an upper bound), and the training loop's tokens/s (tokens of the forward and
-backward passes over the time spent in optimizer steps, all workers together; held-out scoring
-and checkpointing are not in it).
+score+rationale, whole transcripts) unless already there, writes a copy of the config pointing at
+them under a fresh run name, runs the CLI as a child process and prints one JSON object: wall
+time of the command, peak RSS of its whole process tree (the CLI, the local Ray it starts, the
+training workers; sampled every 0.2 s, RSS summed — shared pages count once per process, so an
+upper bound), and the training loop's tokens/s (tokens through forward + backward over the time
+spent in optimizer steps, all workers together; held-out scoring and checkpointing excluded).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
@@ -28,18 +29,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class PeakTreeRSS:
-    """Samples the summed RSS of this process and all its descendants in a background thread."""
+    """Samples the summed RSS of a process and all its descendants in a background thread."""
 
-    def __init__(self, interval_s: float = 0.2):
+    def __init__(self, pid: int, interval_s: float = 0.2):
+        self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        me = psutil.Process(os.getpid())
         total = 0
-        for p in [me, *me.children(recursive=True)]:
+        try:
+            tree = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        for p in tree:
             try:
                 total += p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -85,31 +90,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    from care_ray.training.config import load_finetune_config
-    from care_ray.training.trainer import run_finetune
+    import yaml
 
     t0 = time.perf_counter()
     paths = prepare(args.work)
     prep_s = time.perf_counter() - t0
-    name = f"bench-{int(time.time())}"
-    cfg = load_finetune_config(
-        args.config,
-        {
-            "name": name,
-            "model": str(paths["model"]),
-            "data": str(paths["data"]),
-            "output_dir": str(args.work / "finetune" / name),
-            "storage_path": str(args.work / "ray-results"),
-            "folds": [int(f) for f in args.folds.split(",")],
-        },
+    name = f"bench-{int(time.time())}"  # fresh: the same name would resume the earlier run
+    config = yaml.safe_load(args.config.read_text())
+    config.update(
+        name=name,
+        model=str(paths["model"]),
+        data=str(paths["data"]),
+        output_dir=str(args.work / "finetune" / name),
+        storage_path=str(args.work / "ray-results"),
+        folds=[int(f) for f in args.folds.split(",")],
     )
-    with PeakTreeRSS() as rss:
-        t1 = time.perf_counter()
-        summary = run_finetune(cfg)
-        wall = time.perf_counter() - t1
+    config_file = args.work / f"{name}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    cli = [sys.executable, "-m", "care_ray", "finetune", "--config", str(config_file)]
+    t1 = time.perf_counter()
+    log_file = args.work / f"{name}.log"
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT)
+        with PeakTreeRSS(proc.pid) as rss:
+            proc.wait()
+    wall = time.perf_counter() - t1
+    if proc.returncode != 0:
+        print(f"care-ray finetune failed with exit code {proc.returncode}; see {log_file}", file=sys.stderr)
+        return proc.returncode
+    output_dir = Path(config["output_dir"])
+    summary = json.loads((output_dir / "summary.json").read_text())
     folds = []
-    for fold in cfg.folds:
-        rec = json.loads((Path(cfg.output_dir) / f"fold{fold}" / "metrics.json").read_text())
+    for fold in config["folds"]:
+        rec = json.loads((output_dir / f"fold{fold}" / "metrics.json").read_text())
         rates = [c["train_tokens_per_s"] for c in rec["candidates"] if c.get("train_tokens_per_s")]
         losses = [loss for _, loss in rec["loss_history"]]
         folds.append(
@@ -130,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "finetune_cpu",
         "command": "python benchmarks/finetune_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
-        "config": {k: getattr(cfg, k) for k in ("method", "epochs", "micro_batch_size", "effective_batch_size", "learning_rate", "max_train_examples", "max_eval_examples")}
-        | {"workers": cfg.scaling.num_workers, "cpus_per_worker": cfg.scaling.cpus_per_worker, "folds": cfg.folds},
+        "config": {k: config[k] for k in ("method", "epochs", "micro_batch_size", "effective_batch_size", "learning_rate", "max_train_examples", "max_eval_examples", "folds")}
+        | {"workers": config["scaling"]["num_workers"], "cpus_per_worker": config["scaling"]["cpus_per_worker"]},
+        "finetune_command": " ".join(cli[1:]),
+        "log": str(log_file),
         "prepare_seconds": round(prep_s, 1),
         "finetune_wall_seconds": round(wall, 1),
         "peak_tree_rss_gib": round(rss.peak / 2**30, 2),
