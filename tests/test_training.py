@@ -1,8 +1,9 @@
 """Fine-tuning end to end on ESConv proxy labels: a real local Ray cluster, Ray Train with 2 CPU
 workers, PEFT LoRA on the tiny Llama, and the written adapter served by vLLM.
 
-One module-scoped run (2 folds, score+rationale) feeds most tests; a second run (1 fold,
-score-only targets) has a worker killed mid-run and must resume from its last checkpoint."""
+One module-scoped run (2 folds, score+rationale, LoRA/DDP) feeds most tests; a second run (1 fold,
+score-only targets) has a worker killed mid-run and must resume from its last checkpoint; a third
+does full fine-tuning sharded with FSDP2 over gloo."""
 
 from __future__ import annotations
 
@@ -222,3 +223,51 @@ def test_finetune_cli_rejects_bad_configs_in_one_line(tmp_path):
         res = runner.invoke(app, ["finetune", "--config", str(bad)])
         assert res.exit_code == 2, (text, res.output)
         assert message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_full_finetuning_with_fsdp_writes_a_loadable_model(esconv_corpus, tiny_model, tmp_path_factory):
+    """The paper's recipe is full fine-tuning; on 2 CPU workers FSDP2 shards it over gloo."""
+    from transformers import AutoModelForCausalLM
+
+    from care_ray.training.trainer import run_finetune
+
+    work = tmp_path_factory.mktemp("finetune-full")
+    data = _sft(esconv_corpus, tiny_model, work / "sft", "score+rationale")
+    cfg = _config(tiny_model, data, work, "full", folds=[1], method="full", parallel="fsdp", epochs=1, learning_rate=1e-3, max_train_examples=32, max_eval_examples=24)
+    run_finetune(cfg)
+    rec = json.loads((Path(cfg.output_dir) / "fold1" / "metrics.json").read_text())
+    losses = [loss for _, loss in rec["loss_history"]]
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.5
+    model_dir = Path(rec["model"])
+    assert not (model_dir / "optimizer.pt").exists() and (model_dir / "tokenizer.json").exists()
+    tuned = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    tuned_params = dict(tuned.named_parameters())
+    assert all(tuned_params[n].shape == p.shape for n, p in base.named_parameters())  # whole tensors, not shards
+    changed = [n for n, p in base.named_parameters() if not torch.equal(p, tuned_params[n])]
+    assert len(changed) == len(tuned_params)  # full fine-tuning moved every tensor
+
+
+def test_shipped_configs_validate_and_keep_the_papers_hyper_parameters():
+    configs = {p.name: load_finetune_config(p) for p in sorted((REPO / "configs").glob("finetune-*.yaml"))}
+    assert {"finetune-tiny-cpu.yaml", "finetune-llama-3.1-8b.yaml", "finetune-llama-3.1-8b-full.yaml"} <= set(configs)
+    full = configs["finetune-llama-3.1-8b-full.yaml"]
+    assert (full.method, full.learning_rate, full.epochs, full.warmup_ratio, full.seed, full.effective_batch_size) == ("full", 5e-7, 10, 0.1, 123, 64)
+    assert full.parallel == "fsdp" and full.scaling.num_workers == 8 and full.scaling.use_gpu
+    lora = configs["finetune-llama-3.1-8b.yaml"]
+    assert lora.method == "lora" and lora.grad_accum_steps == 8 and lora.max_seq_len == 8192
+    tiny = configs["finetune-tiny-cpu.yaml"]
+    assert tiny.scaling.num_workers == 2 and not tiny.scaling.use_gpu and tiny.grad_accum_steps == 2
+
+
+def test_job_entrypoint_parses_arguments_and_reports_config_errors(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\n")
+    res = subprocess.run([sys.executable, str(REPO / "jobs" / "finetune.py"), "--config", str(bad)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().startswith("error:") and "model: Field required" in res.stderr
+    res = subprocess.run([sys.executable, str(REPO / "jobs" / "finetune.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "--folds" in res.stdout

@@ -61,7 +61,10 @@ class FinetuneConfig(_Strict):
     effective_batch_size: int = Field(64, ge=1, description="sequences per optimizer step over all workers = micro × accumulation × workers")
     max_seq_len: int = Field(8192, ge=16, description="longer examples are dropped and counted, never cut (cutting would train on prompts scoring never sends)")
     seed: int = 123
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on GPU (LoRA: frozen bf16 base, fp32 adapters; full: fp32 master weights, bf16 compute), fp32 on CPU"
+    )
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a model copy per worker; fsdp: parameters, gradients and optimizer state sharded (FSDP2) — full fine-tuning of models that do not fit one device")
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 

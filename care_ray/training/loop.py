@@ -4,6 +4,7 @@ workers (care_ray.training.trainer) and by tests; nothing here knows about Ray."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -17,7 +18,8 @@ import torch
 from care_ray.training.config import FinetuneConfig
 from care_ray.training.sft_data import SCORE_PREFIX
 
-TRAINER_STATE_FILE = "trainer_state.pt"
+TRAINER_STATE_FILE = "trainer_state.pt"  # step, epoch, schedule, RNG, loss history: small
+OPTIMIZER_FILE = "optimizer.pt"  # the full (unsharded) optimizer state: large for full fine-tuning
 HELDOUT_FILE = "heldout.json"
 SCORE_DIGITS = ("1", "2", "3", "4", "5")
 
@@ -38,10 +40,30 @@ class Encoded:
         return len(self.prompt_ids) + len(self.target_ids)
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return torch.float32
+@dataclass(frozen=True)
+class Precision:
+    """How weights are stored and computed. LoRA on GPU: the frozen base in bf16, adapters in fp32
+    (PEFT keeps them there). Full fine-tuning on GPU: fp32 master weights with bf16 compute, as the
+    paper's DeepSpeed bf16 run — pure bf16 weights would round away updates at lr 5e-7. CPU: fp32."""
+
+    load_dtype: torch.dtype
+    compute_dtype: torch.dtype | None  # autocast / FSDP param dtype; None = the weights' own dtype
+
+
+def precision_plan(precision: str, method: str, device: torch.device) -> Precision:
+    low = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not low:
+        return Precision(torch.float32, None)
+    if method == "lora":
+        return Precision(torch.bfloat16, None)
+    return Precision(torch.float32, torch.bfloat16)
+
+
+def autocast(device: torch.device, plan: Precision):
+    """bf16 autocast where the plan computes in a lower dtype than it stores, else a no-op."""
+    if plan.compute_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=plan.compute_dtype)
 
 
 def encode_examples(rows: Sequence[Mapping[str, Any]], tokenizer, render, max_seq_len: int) -> tuple[list[Encoded], int]:
@@ -139,9 +161,38 @@ def build_model(cfg: FinetuneConfig, dtype: torch.dtype, checkpoint_dir: str | N
     return model
 
 
+def shard_fsdp(model, device: torch.device, plan: Precision):
+    """FSDP2: each transformer block (the model's `_no_split_modules`) is a unit, then the root.
+    Works on CPU (gloo) as on GPU (NCCL); in place, so `unwrap` is the model itself."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    model = model.to(device)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    block_names = set(getattr(base, "_no_split_modules", None) or [])
+    if not block_names:
+        raise ValueError(f"{type(base).__name__} names no transformer blocks (_no_split_modules); use parallel: ddp")
+    mp = MixedPrecisionPolicy(param_dtype=plan.compute_dtype, reduce_dtype=torch.float32) if plan.compute_dtype else MixedPrecisionPolicy()
+    for module in list(model.modules()):
+        if type(module).__name__ in block_names:
+            fully_shard(module, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
 def unwrap(model):
     """The module inside DistributedDataParallel, if wrapped."""
     return getattr(model, "module", model)
+
+
+def gradient_sync(model, enabled: bool):
+    """Skip the gradient all-reduce / reduce-scatter on accumulation micro-batches (DDP no_sync,
+    FSDP2 set_requires_gradient_sync); the last micro-batch of a step syncs."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+    if not enabled and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def training_loss(model, batch: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -177,27 +228,44 @@ def score_by_first_digit(model, examples: Sequence[Encoded], prefix_ids: list[in
     return out  # type: ignore[return-value]
 
 
-def save_training_checkpoint(directory: Path, model, cfg: FinetuneConfig, optimizer, scheduler, state: Mapping[str, Any], heldout: Mapping[str, Any], tokenizer=None) -> Path:
+def full_state(model, optimizer, method: str) -> tuple[dict, dict]:
+    """(model state, optimizer state), unsharded, on CPU, on rank 0 (others get empty dicts under
+    FSDP). Collective under FSDP: every rank must call it. LoRA keeps only the trainable
+    (adapter) parameters, so an 8B base is never copied for a checkpoint."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    inner = unwrap(model)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=method == "lora")
+    return get_model_state_dict(inner, options=options), get_optimizer_state_dict(inner, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def restore_optimizer(model, optimizer, state: dict, from_rank0: bool) -> None:
+    """Load a full optimizer state (from full_state). Under FSDP only rank 0 passes it and it is
+    broadcast and sharded; otherwise every rank loads the same copy."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0))
+
+
+def save_training_checkpoint(directory: Path, model, cfg: FinetuneConfig, model_state: dict, optimizer_state: dict, scheduler, state: Mapping[str, Any], heldout: Mapping[str, Any], tokenizer=None) -> Path:
     """A checkpoint folder that is at once a standard PEFT adapter folder (LoRA) or model folder
-    (full; + tokenizer), loadable by transformers and vLLM as it is, plus trainer_state.pt (optimizer,
-    schedule, step, RNG) for resuming and heldout.json (its held-out metrics)."""
+    (full; + tokenizer), loadable by transformers and vLLM as it is, plus trainer_state.pt
+    (schedule, step, RNG, history) and optimizer.pt for resuming, and heldout.json (its held-out
+    metrics and predictions)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    inner = unwrap(model)
-    inner.save_pretrained(directory, safe_serialization=True)
+    unwrap(model).save_pretrained(directory, state_dict=model_state, safe_serialization=True)
     if cfg.method == "full" and tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), **dict(state)},
-        directory / TRAINER_STATE_FILE,
-    )
+    torch.save({"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), **dict(state)}, directory / TRAINER_STATE_FILE)
+    torch.save(optimizer_state, directory / OPTIMIZER_FILE)
     (directory / HELDOUT_FILE).write_text(json.dumps(heldout, indent=2, default=_json_safe) + "\n", encoding="utf-8")
     return directory
 
 
-def load_trainer_state(directory: str | Path) -> dict[str, Any]:
-    # weights_only: the file holds tensors, numbers, strings, lists and dicts only
-    return torch.load(Path(directory) / TRAINER_STATE_FILE, map_location="cpu", weights_only=True)
+def load_trainer_state(directory: str | Path, name: str = TRAINER_STATE_FILE) -> dict[str, Any]:
+    # weights_only: the files hold tensors, numbers, strings, lists and dicts only
+    return torch.load(Path(directory) / name, map_location="cpu", weights_only=True)
 
 
 def _json_safe(v: Any) -> Any:

@@ -18,7 +18,7 @@ from care_ray.rubric import DIMENSIONS
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-NOT_EXPORTED = ("trainer_state.pt",)  # optimizer state: for resuming, not for serving
+NOT_EXPORTED = ("trainer_state.pt", "optimizer.pt")  # for resuming, not for serving
 
 
 def heldout_metrics(session_ids: Sequence[str], item_ids: Sequence[int], dimensions: Sequence[str], true_scores: Sequence[int], predictions: Sequence[tuple[int, float]], prefix: str = "heldout_") -> dict[str, float]:
@@ -38,7 +38,7 @@ def heldout_metrics(session_ids: Sequence[str], item_ids: Sequence[int], dimensi
     rs = [by_dim[d]["pearson"] for d in present]
     metrics[f"{prefix}pearson_mean"] = float(sum(0.0 if math.isnan(r) else r for r in rs) / len(rs)) if rs else 0.0
     metrics[f"{prefix}item_accuracy"] = float(sum(p[0] == t for p, t in zip(predictions, true_scores, strict=True)) / max(len(predictions), 1))
-    metrics[f"{prefix}sessions"] = len({s for s in session_ids})
+    metrics[f"{prefix}sessions"] = len(set(session_ids))
     metrics[f"{prefix}items"] = len(predictions)
     return metrics
 

@@ -291,6 +291,7 @@ def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubr
         raise SFTDataError(f"--target must be one of {', '.join(TARGET_MODES)}, got {opts.target!r}")
     validator = output_validator()
     rubrics: dict[str, Rubric] = {}
+    label_maps: dict[str, LabelMap] = {}  # per rubric
     stats = opts.stats
     rows: list[dict[str, Any]] = []
     session_rows: list[tuple[str, str, float]] = []
@@ -300,7 +301,9 @@ def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubr
         items = r.select(opts.items)
         label_map = None
         if s.get("client_wai") is None:
-            label_map = parse_label_map(opts.label_map if opts.label_map is not None else ESCONV_LABEL_MAP, r)
+            if r.id not in label_maps:
+                label_maps[r.id] = parse_label_map(opts.label_map if opts.label_map is not None else ESCONV_LABEL_MAP, r)
+            label_map = label_maps[r.id]
         targets = session_targets(s, r, items, label_map, opts)
         if not targets:
             stats["sessions_without_targets"] += 1

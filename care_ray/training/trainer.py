@@ -18,9 +18,9 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,10 @@ def _fold_examples(cfg: FinetuneConfig, fold: int) -> tuple[list[dict], list[dic
     if cfg.max_train_examples and len(train) > cfg.max_train_examples:
         train = [train[i] for i in sorted(rng.sample(range(len(train)), cfg.max_train_examples))]
     if cfg.max_eval_examples and len(held_out) > cfg.max_eval_examples:
-        sessions = sorted({r["session_id"] for r in held_out})
+        sizes = Counter(r["session_id"] for r in held_out)
+        sessions = sorted(sizes)
         rng.shuffle(sessions)
         keep, n = set(), 0
-        sizes = {}
-        for r in held_out:
-            sizes[r["session_id"]] = sizes.get(r["session_id"], 0) + 1
         for s in sessions:
             if n + sizes[s] > cfg.max_eval_examples and keep:
                 break
@@ -94,6 +92,14 @@ def _maybe_inject_failure(cfg: FinetuneConfig, rank: int, step: int) -> None:
     os._exit(1)
 
 
+def _equal_shards(items: list, rank: int, world: int) -> tuple[list, int]:
+    """This rank's strided share, padded to the common length by repeating an item (FSDP needs
+    every rank to run the same number of forward passes); returns (share, how many are real)."""
+    real = items[rank::world]
+    width = -(-len(items) // world)
+    return real + (real or items[:1])[-1:] * (width - len(real)), len(real)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker entry point. loop_config = {"config": FinetuneConfig as dict, "fold": k}."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -114,7 +120,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(cfg.scaling.threads_per_worker or max(1, int(cfg.scaling.cpus_per_worker)))
-    dtype = loop.resolve_dtype(cfg.precision, device)
+    plan = loop.precision_plan(cfg.precision, cfg.method, device)
+    fsdp = cfg.parallel == "fsdp" and world > 1
     torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
@@ -125,15 +132,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     held_out, dropped_eval = loop.encode_examples(eval_rows, tokenizer, builder.render, cfg.max_seq_len)
     prefix_ids, digit_ids = loop.score_digit_ids(tokenizer)
 
+    # Resume: weights first (they shape the model), optimizer and schedule once it exists.
     checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "loss_history": [], "attempts": []}
-    restored_dir, saved = None, None
-    if checkpoint is not None:
-        restored_dir = checkpoint.to_directory()  # a local copy, also for object-store URIs
-        saved = loop.load_trainer_state(restored_dir)
-        state.update({k: saved[k] for k in state})
-    model = loop.build_model(cfg, dtype, restored_dir)
-    model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+    saved: dict[str, Any] | None = None
+    optimizer_state: dict[str, Any] = {}
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restored_dir:
+        if restored_dir is not None:
+            saved = loop.load_trainer_state(restored_dir)
+            state.update({k: saved[k] for k in state})
+            if rank == 0 or not fsdp:  # under FSDP rank 0 reads it and broadcasts the shards
+                optimizer_state = loop.load_trainer_state(restored_dir, loop.OPTIMIZER_FILE)
+        model = loop.build_model(cfg, plan.load_dtype, restored_dir)
+    model = loop.shard_fsdp(model, device, plan) if fsdp else ray.train.torch.prepare_model(model, parallel_strategy="ddp")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     accum = cfg.grad_accum_steps
@@ -141,25 +152,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=int(round(cfg.warmup_ratio * total_steps)), num_training_steps=total_steps)
     if saved is not None:
-        optimizer.load_state_dict(saved["optimizer"])
+        loop.restore_optimizer(model, optimizer, optimizer_state, from_rank0=fsdp)
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
-        shutil.rmtree(restored_dir, ignore_errors=True)
+        del optimizer_state
     state["attempts"].append({"start_step": state["global_step"], "world_size": world})
     if rank == 0:
         log.info(
-            "fold %d: %d train / %d held-out examples (%d / %d dropped > max_seq_len), %d steps × %d epochs, accumulation %d, %s on %s, start step %d",
-            fold, len(train), len(held_out), dropped_train, dropped_eval, steps_per_epoch, cfg.epochs, accum, dtype, device, state["global_step"],
+            "fold %d: %d train / %d held-out examples (%d / %d dropped > max_seq_len), %d steps x %d epochs, accumulation %d, %s (%s) on %s, start step %d",
+            fold, len(train), len(held_out), dropped_train, dropped_eval, steps_per_epoch, cfg.epochs, accum,
+            plan, "fsdp" if fsdp else "ddp", device, state["global_step"],
         )
 
-    my_eval = held_out[rank::world]
+    my_eval, my_real = _equal_shards(held_out, rank, world)
     window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
 
     def evaluate_and_report(epoch_done: bool) -> None:
         t0 = time.perf_counter()
-        preds = loop.score_by_first_digit(loop.unwrap(model), my_eval, prefix_ids, digit_ids, pad_id, device, cfg.eval_batch_size)
-        gathered = _all_gather([(e.session_id, e.item_id, e.dimension, e.score, p) for e, p in zip(my_eval, preds, strict=True)])
-        rows = [r for part in gathered for r in part]
+        with loop.autocast(device, plan):
+            preds = loop.score_by_first_digit(loop.unwrap(model), my_eval, prefix_ids, digit_ids, pad_id, device, cfg.eval_batch_size)
+        mine = [(e.session_id, e.item_id, e.dimension, e.score, p) for e, p in zip(my_eval[:my_real], preds[:my_real], strict=True)]
+        rows = [r for part in _all_gather(mine) for r in part]
         sids, iids, dims, scores, ps = (list(x) for x in zip(*rows, strict=True))
         loss_sum, steps, tokens, seconds = _all_reduce_sum([window["loss_sum"], window["steps"], window["tokens"], window["seconds"]], device)
         metrics = heldout_metrics(sids, iids, dims, scores, ps)
@@ -180,12 +193,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         )
         metrics = finite_or_none(metrics)
         window.update(loss_sum=0.0, steps=0, tokens=0, seconds=0.0)
+        model_state, optim_state = loop.full_state(model, optimizer, cfg.method)  # collective under FSDP
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
-            return
-        with tempfile.TemporaryDirectory(prefix="care-ray-ckpt-") as tmp:
-            loop.save_training_checkpoint(Path(tmp), model, cfg, optimizer, scheduler, state, {"metrics": metrics, "predictions": rows}, tokenizer)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{state['global_step']:06d}")
+        else:
+            with tempfile.TemporaryDirectory(prefix="care-ray-ckpt-") as tmp:
+                loop.save_training_checkpoint(Path(tmp), model, cfg, model_state, optim_state, scheduler, state, {"metrics": metrics, "predictions": rows}, tokenizer)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{state['global_step']:06d}")
+        # The controller registers a reported checkpoint asynchronously; a worker lost before that
+        # would restart from the previous one (seen: a kill 3 steps later restarted from zero).
+        # Waiting for the commit makes "reported" mean "resumable".
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
 
     model.train()
     while state["epoch"] < cfg.epochs:
@@ -197,9 +215,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             step_loss = 0.0
             for j, idx in enumerate(group):
                 batch = loop.collate([train[i] for i in idx], pad_id)
-                # all-reduce gradients only on the last micro-batch of the step
-                sync = j == len(group) - 1 or not hasattr(model, "no_sync")
-                with model.no_sync() if not sync else contextlib.nullcontext():
+                with loop.gradient_sync(model, enabled=j == len(group) - 1), loop.autocast(device, plan):
                     loss = loop.training_loss(model, batch, device)
                     (loss / len(group)).backward()
                 step_loss += loss.item() / len(group)
@@ -229,9 +245,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Connect to `address` / RAY_ADDRESS, or start a local Ray. Locally, token authentication
-    is turned off unless the user chose otherwise (it needs a token file and buys nothing on a
-    one-user machine)."""
+    """Connect to `address` / RAY_ADDRESS, or start a private local Ray. `address="local"` because
+    a bare ray.init() would join whatever cluster `ray start` left on the machine (and die with
+    its `ray stop`). Locally, token authentication is off unless the user chose otherwise (it needs
+    a token file and buys nothing on a one-user machine)."""
     import ray
 
     if ray.is_initialized():
@@ -241,7 +258,7 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(include_dashboard=False, log_to_driver=True)
+    ray.init(address="local")
 
 
 def held_out_folds(cfg: FinetuneConfig) -> list[int]:
@@ -254,6 +271,18 @@ def held_out_folds(cfg: FinetuneConfig) -> list[int]:
     if unknown:
         raise ValueError(f"folds {unknown} are not in {cfg.data} (it has folds {present})")
     return list(cfg.folds)
+
+
+def with_absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Local paths resolved against the driver's working directory: Ray workers need not share it."""
+    update: dict[str, Any] = {"data": Path(cfg.data).resolve(), "output_dir": Path(cfg.output_dir).resolve()}
+    if Path(cfg.model).exists():
+        update["model"] = str(Path(cfg.model).resolve())
+    if cfg.rubric is not None:
+        update["rubric"] = Path(cfg.rubric).resolve()
+    if "://" not in cfg.storage_path:
+        update["storage_path"] = str(Path(cfg.storage_path).resolve())
+    return cfg.model_copy(update=update)
 
 
 def make_trainer(cfg: FinetuneConfig, fold: int):
@@ -271,14 +300,14 @@ def make_trainer(cfg: FinetuneConfig, fold: int):
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=f"{cfg.name}-fold{fold}",
-            storage_path=cfg.storage_path if "://" in cfg.storage_path else str(Path(cfg.storage_path).resolve()),
+            storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=cfg.selection_metric, checkpoint_score_order="max"),
         ),
     )
 
 
-def export_fold(cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str, Any]) -> dict[str, Any]:
+def export_fold(cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str, Any], fit_seconds: float) -> dict[str, Any]:
     """Best checkpoint of a fold → output_dir/foldK/{adapter|model}/ + metrics.json (+ merged/)."""
     from care_ray.training.selection import best_checkpoint, export_checkpoint, merge_adapter, write_metrics
 
@@ -296,7 +325,10 @@ def export_fold(cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str,
         "selected_by": cfg.selection_metric,
         "selected_checkpoint": checkpoint.path,
         "metrics": dict(metrics),
-        "candidates": [{"checkpoint": c.path, cfg.selection_metric: m.get(cfg.selection_metric), "step": m.get("step")} for c, m in result.best_checkpoints],
+        "candidates": [
+            {"checkpoint": c.path, "step": m.get("step"), cfg.selection_metric: m.get(cfg.selection_metric), "train_loss": m.get("train_loss"), "train_tokens_per_s": m.get("train_tokens_per_s")}
+            for c, m in result.best_checkpoints
+        ],
         "adapter" if cfg.method == "lora" else "model": str(served),
         "merged": str(merged) if merged else None,
         "base_model": cfg.model,
@@ -307,6 +339,7 @@ def export_fold(cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str,
         "loss_history": run_info.get("loss_history"),
         "attempts": run_info.get("attempts"),
         "run_path": result.path,
+        "seconds": round(fit_seconds, 1),
         "config": cfg.model_dump(mode="json"),
     }
     write_metrics(fold_dir / "metrics.json", record)
@@ -318,9 +351,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     A rerun with the same name and storage_path resumes each unfinished run where it stopped
     (Ray Train restores its checkpoint manager from storage)."""
     from care_ray.evaluation import fold_summary
-    from care_ray.training.selection import write_metrics
+    from care_ray.training.selection import finite_or_none, write_metrics
     from care_ray.training.sft_data import MANIFEST_FILE
 
+    cfg = with_absolute_paths(cfg)
     manifest_path = Path(cfg.data) / MANIFEST_FILE
     data_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     folds = held_out_folds(cfg)
@@ -330,8 +364,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     for fold in folds:
         t0 = time.time()
         result = make_trainer(cfg, fold).fit()
-        record = export_fold(cfg, fold, result, data_manifest)
-        record["seconds"] = round(time.time() - t0, 1)
+        record = export_fold(cfg, fold, result, data_manifest, time.time() - t0)
         records.append(record)
         log.info("fold %d: best %s = %.3f at step %s", fold, cfg.selection_metric, record["metrics"][cfg.selection_metric], record["metrics"].get("step"))
     per_fold = [{k: v for k, v in r["metrics"].items() if k.startswith("heldout_") and isinstance(v, int | float)} for r in records]
@@ -346,4 +379,4 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "seconds": round(time.time() - started, 1),
     }
     write_metrics(Path(cfg.output_dir) / "summary.json", summary)
-    return summary
+    return finite_or_none(summary)
