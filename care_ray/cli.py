@@ -159,6 +159,7 @@ def score(
     language: Annotated[str | None, typer.Option(help="rubric language: en | zh")] = None,
     rubric: Annotated[Path | None, typer.Option(help="your own rubric YAML (see schemas/rubrics/)")] = None,
     max_rationale_chars: Annotated[int | None, typer.Option(help="bound rationales during guided decoding")] = None,
+    score_only: Annotated[bool | None, typer.Option("--score-only/--with-rationale", help="answers are {score} alone (models trained with --target score)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join: 'auto', host:port or ray://… (default: the job's cluster under `ray job submit`, else a private local Ray)")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
 ) -> None:

@@ -34,11 +34,16 @@ def _file_schema() -> dict:
     return json.loads((schemas_dir() / "output.schema.json").read_text(encoding="utf-8"))
 
 
-def output_schema(max_rationale_chars: int | None = None, max_quotes: int | None = None, max_quote_chars: int | None = None) -> dict:
+def output_schema(max_rationale_chars: int | None = None, max_quotes: int | None = None, max_quote_chars: int | None = None, score_only: bool = False) -> dict:
     """The output schema, optionally with tighter length bounds: guided decoding then cannot run
-    past max_tokens, which matters most for small or weak models that ramble."""
+    past max_tokens, which matters most for small or weak models that ramble. `score_only` is the
+    ablation's answer, {"score": n}: a model trained without rationales must not be forced to write one."""
     schema = copy.deepcopy(_file_schema())
     props = schema["properties"]
+    if score_only:
+        schema["properties"] = {"score": props["score"]}
+        schema["required"] = ["score"]
+        return schema
     if max_rationale_chars:
         props["rationale"]["maxLength"] = max_rationale_chars
     if max_quotes is not None:
@@ -53,10 +58,19 @@ def format_item_output(score: int, rationale: str, quotes: list[str]) -> str:
     return json.dumps({"score": int(score), "rationale": rationale, "quotes": list(quotes)}, ensure_ascii=False, separators=(",", ":"))
 
 
+@cache
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
 def parse_item_output(text: str, schema: dict | None = None, finish_reason: str | None = None) -> dict[str, Any]:
     """Parse and validate one model answer. Guided output can still carry raw control characters
     inside strings, so JSON is parsed with strict=False before schema validation."""
-    schema = schema or _file_schema()
+    # one compiled validator per schema: jsonschema.validate re-checks the schema on every call
+    validator = _validator(json.dumps(schema or _file_schema(), sort_keys=True))
     stripped = text.strip()
     # tolerate a code fence or chatter around the object (the hf fallback has no guidance)
     if not stripped.startswith("{"):
@@ -68,11 +82,10 @@ def parse_item_output(text: str, schema: dict | None = None, finish_reason: str 
         if finish_reason == "length":
             raise InvalidOutput(OutputError.TRUNCATED, f"output cut at max_tokens ({len(text)} chars)") from None
         raise InvalidOutput(OutputError.INVALID_JSON, f"{e.msg} at char {e.pos}") from None
-    try:
-        jsonschema.validate(value, schema)
-    except jsonschema.ValidationError as e:
-        path = "/".join(map(str, e.absolute_path)) or "(root)"
-        raise InvalidOutput(OutputError.SCHEMA_VIOLATION, f"{path}: {e.message[:200]}") from None
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is not None:
+        path = "/".join(map(str, error.absolute_path)) or "(root)"
+        raise InvalidOutput(OutputError.SCHEMA_VIOLATION, f"{path}: {error.message[:200]}")
     return value
 
 

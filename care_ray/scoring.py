@@ -82,7 +82,7 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
     the token budget. Returns one RESULT_SCHEMA row per input row: status ok or error."""
     # Tighter bounds in config.output_schema only steer generation; answers are judged against
     # the contract in schemas/ (a grammar counts bytes of a broken UTF-8 sequence differently).
-    schema = output_schema()
+    schema = output_schema(score_only=config.score_only)
     texts = prompts.column("prompt_token_ids").to_pylist()
     budget = config.max_new_tokens
     try:
@@ -120,9 +120,9 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
             status="ok" if ok else "error",
             score=statistics.fmean(scores) if scores else None,
             scores=scores or None,
-            rationale=first["rationale"] if first else None,
-            quotes=first["quotes"] if first else None,
-            quote_found=quote_found_share(first["quotes"], dialogues[i]) if first else None,
+            rationale=first.get("rationale") if first else None,
+            quotes=first.get("quotes") if first else None,
+            quote_found=quote_found_share(first["quotes"], dialogues[i]) if first and "quotes" in first else None,
             n_valid_samples=len(valid),
             prompt_tokens=None if isinstance(g, Exception) else g.prompt_tokens,
             output_tokens=sum(s.output_tokens for s in samples) if samples else None,
@@ -237,6 +237,7 @@ class ScoreConfig(BaseModel):
     max_rationale_chars: int | None = Field(None, description="bound the rationale (guided decoding stops it)")
     max_quotes: int | None = None
     max_quote_chars: int | None = None
+    score_only: bool = Field(False, description="answers are {score} alone: for models trained with --target score (the ablation)")
     sessions_per_block: int = Field(default_factory=lambda: int(os.environ.get("CARE_RAY_SESSIONS_PER_BLOCK", 16)), ge=1,
                                     description="sessions per Ray Data block (12 prompts each)")
     prompt_workers: int = Field(1, ge=1, description="prompt-building actors (each holds the tokenizer)")
@@ -251,7 +252,8 @@ class ScoreConfig(BaseModel):
             temperature=self.temperature, samples=self.samples, seed=self.seed, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
             gpus_per_engine=self.gpus_per_engine, enable_prefix_caching=self.enable_prefix_caching, block_size=self.block_size,
             kv_cache_gib=self.kv_cache_gib, max_num_seqs=self.max_num_seqs, trust_remote_code=self.trust_remote_code,
-            output_schema=output_schema(self.max_rationale_chars, self.max_quotes, self.max_quote_chars), crash_once_marker=self.crash_once_marker,
+            output_schema=output_schema(self.max_rationale_chars, self.max_quotes, self.max_quote_chars, self.score_only),
+            score_only=self.score_only, crash_once_marker=self.crash_once_marker,
         )
 
 

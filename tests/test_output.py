@@ -41,3 +41,10 @@ def test_quote_check_normalises_whitespace_and_case():
     assert quote_found_share(["i just can't get up.", "what happens then?"], dialogue) == 1.0
     assert quote_found_share(["I never said this"], dialogue) == 0.0
     assert quote_found_share([], dialogue) is None
+
+
+def test_score_only_schema_for_the_ablation():
+    schema = output_schema(score_only=True)
+    assert parse_item_output('{"score":3}', schema) == {"score": 3}
+    with pytest.raises(InvalidOutput):
+        parse_item_output('{"score":3}')  # the full contract wants a rationale

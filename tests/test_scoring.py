@@ -193,10 +193,37 @@ def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
         m = json.loads((out / "manifest.json").read_text())
         assert m["items_in"] == 8 and m["items_scored"] + m["items_errors"] == 8
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        # SIGKILL, not SIGTERM: `ray start --block` answers SIGTERM by stopping every Ray on the machine
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not Path("/tmp/ray/ray_current_cluster").exists() or "crt-" not in Path("/tmp/ray/ray_current_cluster").read_text()
+
+
+@pytest.fixture(scope="module")
+def random_adapter(tiny_model, tmp_path_factory):
+    """A LoRA adapter with random (non-zero) weights: enough to change greedy outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_score_with_adapter_really_applies_it(esconv_corpus, tiny_model, random_adapter, tmp_path):
+    base = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "base", limit=2, items="bond"))
+    tuned = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "tuned", limit=2, items="bond", adapter=str(random_adapter)))
+    assert base["items_in"] == tuned["items_in"] == 8
+    key = lambda r: (r["session_id"], r["item_id"])  # noqa: E731
+    b = {key(r): r for r in pq.read_table(tmp_path / "base" / "items").to_pylist()}
+    t = {key(r): r for r in pq.read_table(tmp_path / "tuned" / "items").to_pylist()}
+    assert {r["adapter"] for r in t.values()} == {str(random_adapter)} and {r["adapter"] for r in b.values()} == {None}
+    shared = b.keys() & t.keys()
+    assert shared
+    # greedy decoding on the same prompts: any difference comes from the adapter
+    assert sum((b[k]["score"], b[k]["rationale"]) != (t[k]["score"], t[k]["rationale"]) for k in shared) >= len(shared) // 2

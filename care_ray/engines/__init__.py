@@ -59,6 +59,7 @@ class EngineConfig(BaseModel):
     max_num_seqs: int = 64
     guided: bool = Field(True, description="JSON-schema guided decoding (vllm only)")
     output_schema: dict = Field(default_factory=dict, description="filled by the scoring job from schemas/output.schema.json")
+    score_only: bool = False
     trust_remote_code: bool = False
     crash_once_marker: str | None = Field(None, description="TEST ONLY: fault injection, see engines/faults.py")
 
