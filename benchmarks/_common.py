@@ -54,12 +54,14 @@ def esconv_corpus(copies: int = 1) -> Path:
 
 
 class PeakRSS:
-    """Peak resident memory of this process and all its descendants (Ray's too), sampled."""
+    """Peak summed resident memory of a process (default: this one) and all its descendants
+    (Ray's processes too), sampled in a background thread. Shared pages count once per process,
+    so it is an upper bound."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, pid: int | None = None, interval: float = 0.2):
         import psutil
 
-        self.proc = psutil.Process()
+        self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -68,18 +70,22 @@ class PeakRSS:
     def _sample(self) -> int:
         import psutil
 
+        try:
+            tree = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
         total = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
+        for p in tree:
             try:
                 total += p.memory_info().rss
-            except psutil.Error:
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self._sample())
-            time.sleep(self.interval)
+            self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRSS:
         self._t.start()

@@ -19,50 +19,14 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class PeakTreeRSS:
-    """Samples the summed RSS of a process and all its descendants in a background thread."""
-
-    def __init__(self, pid: int, interval_s: float = 0.2):
-        self.root = psutil.Process(pid)
-        self.interval_s = interval_s
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self) -> int:
-        total = 0
-        try:
-            tree = [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        for p in tree:
-            try:
-                total += p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> PeakTreeRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PeakRSS  # noqa: E402
 
 
 def prepare(work: Path) -> dict[str, Path]:
@@ -112,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     log_file = args.work / f"{name}.log"
     with open(log_file, "w") as log:
         proc = subprocess.Popen(cli, stdout=log, stderr=subprocess.STDOUT)
-        with PeakTreeRSS(proc.pid) as rss:
+        with PeakRSS(proc.pid) as rss:
             proc.wait()
     wall = time.perf_counter() - t1
     if proc.returncode != 0:
