@@ -58,3 +58,22 @@ def test_sessions_jsonl_round_trips(esconv_corpus, tmp_path):
     assert before.keys() == after.keys()
     some = sorted(before)[:50]
     assert [before[k] for k in some] == [after[k] for k in some]
+
+
+def test_validate_command_flags_a_broken_corpus(esconv_corpus, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from care_ray.cli import app
+
+    ok = CliRunner().invoke(app, ["validate", str(esconv_corpus)])
+    assert ok.exit_code == 0 and json.loads(ok.output)["sessions"] == 1496
+    broken = tmp_path / "broken"
+    shutil.copytree(esconv_corpus, broken)
+    part = next((broken / "sessions" / "source=esconv").glob("*.parquet"))
+    shutil.copy(part, part.with_name("copy-" + part.name))  # every session of that part twice
+    bad = CliRunner().invoke(app, ["validate", str(broken)])
+    assert bad.exit_code == 1
+    summary = json.loads(bad.output)
+    assert not summary["ok"] and any("duplicate session_id" in p for p in summary["problems"])
