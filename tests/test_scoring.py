@@ -150,11 +150,15 @@ def _free_port():
 def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
+    import ray
+
+    ray.shutdown()  # the local Ray of earlier tests holds the default dashboard-agent port
     repo = Path(__file__).resolve().parents[1]
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     temp_dir = tempfile.mkdtemp(prefix="crt-", dir="/tmp")  # short: Ray puts sockets in it
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-agent-listen-port={agent}",
                              "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             # a job's `python` is the cluster's python: here, this venv's
