@@ -388,7 +388,8 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
         selected_ref = ray.put(set(session_ids)) if config.limit else None
         sessions_path = sessions_dataset(config.sessions).files
         ds_ = (
-            ray.data.read_parquet(sessions_path, columns=["session_id", "turns"], partitioning=None, **light)
+            ray.data.read_parquet(sessions_path, partitioning=None, **light)
+            .select_columns(["session_id", "turns"])
             .repartition(target_num_rows_per_block=config.sessions_per_block)
             .map_batches(BuildItemPrompts, fn_constructor_kwargs=dict(config=config, item_ids=item_ids, done_ref=done_ref, selected_ref=selected_ref),
                          batch_format="pyarrow", batch_size=None, compute=ray.data.ActorPoolStrategy(size=config.prompt_workers), **light)
