@@ -208,6 +208,27 @@ def compact_duplicates(folder: Path) -> int:
     return t.num_rows - deduped.num_rows
 
 
+def drop_errors_scored_since(out: Path) -> int:
+    """A pair in both items/ and errors/ (a straggler of a killed run wrote one side just as the
+    rerun read what was done) keeps its score: the error row goes. Returns how many went."""
+    errors_dir = Path(out) / "errors"
+    items = _read_folder(Path(out) / "items", ["session_id", "item_id"])
+    errors = _read_folder(errors_dir, None)
+    if items is None or errors is None:
+        return 0
+    scored = set(zip(items.column("session_id").to_pylist(), items.column("item_id").to_pylist(), strict=True))
+    keep = [(s, i) not in scored for s, i in zip(errors.column("session_id").to_pylist(), errors.column("item_id").to_pylist(), strict=True)]
+    if all(keep):
+        return 0
+    old = list(errors_dir.glob("part-*.parquet"))
+    kept = errors.filter(pa.array(keep))
+    if kept.num_rows:
+        _write_atomic(kept, errors_dir)
+    for f in old:
+        f.unlink()
+    return len(keep) - kept.num_rows
+
+
 class ScoreConfig(BaseModel):
     """Everything `care-ray score` takes; loadable from YAML with the same keys."""
 
@@ -305,7 +326,16 @@ class ScoreItemsActor:
             engine.shutdown()
 
 
-def _write_results_batch(results: pa.Table, out: str) -> pa.Table:
+RUN_ID_FILE = ".run-id"
+
+
+def _write_results_batch(results: pa.Table, out: str, run_id: str) -> pa.Table:
+    # Fencing: a worker of a killed earlier run can outlive its driver for a while and still
+    # finish a batch; once a newer run has claimed the folder, that batch is dropped, not written.
+    current = (Path(out) / RUN_ID_FILE).read_text().strip() if (Path(out) / RUN_ID_FILE).exists() else None
+    if current != run_id:
+        log.warning("dropping %d results of a superseded run", results.num_rows)
+        return pa.table({"items": [0], "errors": [0], "session_ids": ["[]"]})
     counts = write_results(results, Path(out))
     sessions = pc.unique(results.column("session_id")).to_pylist() if results.num_rows else []
     return pa.table({"items": [counts["items"]], "errors": [counts["errors"]], "session_ids": [json.dumps(sessions)]})
@@ -373,6 +403,8 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     items = rubric.select(config.items)
     session_ids = select_sessions(config.sessions, config.limit)
     item_ids = [i.id for i in items]
+    run_id = uuid.uuid4().hex
+    (out / RUN_ID_FILE).write_text(run_id + "\n")  # before reading what is done: see _write_results_batch
     done = done_pairs(out)
     pairs_done_before = sum(len(done.get(s, set()) & set(item_ids)) for s in session_ids)
     pending_sessions = sum(1 for s in session_ids if not set(item_ids) <= done.get(s, set()))
@@ -395,7 +427,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                          batch_format="pyarrow", batch_size=None, compute=ray.data.ActorPoolStrategy(size=config.prompt_workers), **light)
             .map_batches(ScoreItemsActor, fn_constructor_kwargs=dict(config=engine_cfg, run_meta=run_meta), batch_format="pyarrow", batch_size=None,
                          compute=ray.data.ActorPoolStrategy(size=config.num_engines), num_cpus=cpus, num_gpus=config.gpus_per_engine or None)
-            .map_batches(_write_results_batch, fn_kwargs=dict(out=str(out)), batch_format="pyarrow", batch_size=None, **light)
+            .map_batches(_write_results_batch, fn_kwargs=dict(out=str(out), run_id=run_id), batch_format="pyarrow", batch_size=None, **light)
         )
         seen: set[str] = set()
         with _progress(pending_sessions, config.progress) as bar:
@@ -411,7 +443,7 @@ def finalize(out: Path, session_ids: list[str], item_ids: list[int], config: Sco
     """Deduplicate, aggregate sessions/ with queries/session_scores.sql, reconcile counts, write the manifest."""
     from care_ray.queries import connect, read_query
 
-    dropped = compact_duplicates(out / "items") + compact_duplicates(out / "errors")
+    dropped = compact_duplicates(out / "items") + compact_duplicates(out / "errors") + drop_errors_scored_since(out)
     selected = set(session_ids)
     wanted = {(s, i) for s in session_ids for i in item_ids}
     items = _read_folder(out / "items", ["session_id", "item_id", "prompt_tokens", "cached_tokens", "output_tokens"])

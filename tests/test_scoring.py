@@ -124,7 +124,9 @@ def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tm
     before = set(pairs(out / "items")) | (set(pairs(out / "errors")) if (out / "errors").exists() else set())
     assert 0 < len(before) < 16 * 12
     m = score_corpus(cfg(esconv_corpus, tiny_model, out, limit=16))
-    assert m["pairs_done_before"] == len(before)
+    # Ray workers of the killed run can outlive it by seconds and finish a batch: at least what
+    # was on disk at the kill counts as done, and nothing they write after the rerun starts lands
+    assert m["pairs_done_before"] >= len(before)
     after = pairs(out / "items") + (pairs(out / "errors") if (out / "errors").exists() else [])
     assert len(after) == len(set(after)) == 16 * 12  # exactly one row per pair
     assert before <= set(after)

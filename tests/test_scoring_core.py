@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from care_ray.scoring import ITEM_COLUMNS, RESULT_SCHEMA, compact_duplicates, done_pairs, plan_cpus, write_results
+from care_ray.scoring import ITEM_COLUMNS, RESULT_SCHEMA, _write_results_batch, compact_duplicates, done_pairs, drop_errors_scored_since, plan_cpus, write_results
 
 
 def results(rows):
@@ -45,3 +45,19 @@ def test_a_retried_write_leaves_one_row_per_pair(tmp_path):
     rows = pq.read_table(tmp_path / "items").to_pylist()
     assert sorted((r["session_id"], r["item_id"]) for r in rows) == [("a", 1), ("a", 2)]
     assert compact_duplicates(tmp_path / "items") == 0
+
+
+def test_a_pair_both_scored_and_failed_keeps_its_score(tmp_path):
+    write_results(results([{"session_id": "a", "item_id": 1, "status": "error", "error_reason": "truncated", "raw_output": "{"},
+                           {"session_id": "a", "item_id": 2, "status": "error", "error_reason": "truncated", "raw_output": "{"}]), tmp_path)
+    write_results(results([{"session_id": "a", "item_id": 1, "status": "ok", "score": 5.0, "scores": [5]}]), tmp_path)
+    assert drop_errors_scored_since(tmp_path) == 1
+    assert [(r["session_id"], r["item_id"]) for r in pq.read_table(tmp_path / "errors").to_pylist()] == [("a", 2)]
+
+
+def test_a_superseded_run_cannot_write(tmp_path):
+    (tmp_path / ".run-id").write_text("new\n")
+    t = results([{"session_id": "a", "item_id": 1, "status": "ok", "score": 4.0, "scores": [4]}])
+    assert _write_results_batch(t, str(tmp_path), "old").column("items").to_pylist() == [0]
+    assert not (tmp_path / "items").exists()
+    assert _write_results_batch(t, str(tmp_path), "new").column("items").to_pylist() == [1]
