@@ -14,10 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from care_ray.errors import ReasonedError
 from care_ray.paths import schemas_dir
 
 ROLES = ("client", "counselor")
-WAI_ITEMS = 12
 
 
 class Reason(StrEnum):
@@ -35,13 +35,8 @@ class Reason(StrEnum):
     RATING_OUT_OF_RANGE = "rating_out_of_range"
 
 
-class ContractError(ValueError):
-    """A record breaks the contract; `reason` says how, `detail` says where (never transcript text)."""
-
-    def __init__(self, reason: Reason, detail: str):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class ContractError(ReasonedError):
+    """A record breaks the contract; `reason` (a Reason) says how, `detail` says where."""
 
 
 _SCALARS = {

@@ -12,6 +12,7 @@ from typing import Any
 
 import jsonschema
 
+from care_ray.errors import ReasonedError
 from care_ray.paths import schemas_dir
 
 
@@ -22,11 +23,8 @@ class OutputError(StrEnum):
     ENGINE_ERROR = "engine_error"
 
 
-class InvalidOutput(ValueError):
-    def __init__(self, reason: OutputError, detail: str):
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class InvalidOutput(ReasonedError):
+    """A model answer that cannot be used; `reason` is an OutputError."""
 
 
 @cache

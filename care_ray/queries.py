@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
 from care_ray.paths import queries_dir
 
@@ -32,8 +31,3 @@ def read_query(name: str) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no query {name!r} in {queries_dir()}")
     return path.read_text(encoding="utf-8")
-
-
-def run_query(name: str, views: dict[str, Path], con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
-    con = con or connect(views)
-    return con.sql(read_query(name)).to_arrow_table()
