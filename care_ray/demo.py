@@ -20,13 +20,16 @@ def _tiny_model(ctx: dict) -> dict:
     model = ctx["out"] / "tiny-model"
     if not (model / "model.safetensors").exists():
         build_tiny_model(model)
+    from care_ray.model_check import check_model_folder
+
+    check_model_folder(model)
     return {"model": str(model)}
 
 
 def _ingest(ctx: dict) -> dict:
     from care_ray.ingest import ingest_files
 
-    m = ingest_files("esconv", [ctx["esconv"]], ctx["out"] / "corpus")
+    m = ingest_files("esconv", [ctx["esconv"]], ctx["out"] / "corpus", mode="overwrite")  # a rerun of the demo rebuilds it
     return {"ingest": {k: m[k] for k in ("input_records", "sessions_written", "records_quarantined", "quarantined_by_reason")}}
 
 

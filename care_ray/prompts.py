@@ -15,7 +15,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from care_ray.rubric import Rubric, RubricItem
+from care_ray.rubric import Rubric, RubricItem, rubric_for_language
+
+# Bumped whenever the prompt's wording or layout changes in code (not in a rubric file): a scoring
+# run's fingerprint includes it, so a folder is never resumed with differently built prompts.
+PROMPT_VERSION = 2
 
 ITEM_PROMPT_SCHEMA = pa.schema(
     [
@@ -28,6 +32,7 @@ ITEM_PROMPT_SCHEMA = pa.schema(
         ("n_elided_turns", pa.int32()),
         ("truncated", pa.bool_()),
         ("transcript", pa.string()),  # the session's full dialogue text, for the quote check
+        ("rubric_id", pa.string()),
     ]
 )
 
@@ -207,9 +212,33 @@ class PromptBuilder:
                 out["n_elided_turns"].append(t.n_elided)
                 out["truncated"].append(t.n_elided > 0)
                 out["transcript"].append(dialogue)
+                out["rubric_id"].append(self.rubric.id)
         # one flat int32 buffer + offsets: building the list column row by row from Python ints is slow
         offsets = np.zeros(len(flat) + 1, dtype=np.int32)
         np.cumsum([len(a) for a in flat], out=offsets[1:])
         values = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int32)
         out["prompt_token_ids"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
         return pa.table({name: out[name] for name in ITEM_PROMPT_SCHEMA.names}, schema=ITEM_PROMPT_SCHEMA)
+
+
+class PromptBuilders:
+    """One PromptBuilder per rubric, sharing a tokenizer and token budget; a session's rubric comes
+    from `rubric_for_language`, the rule sft-data and score both use."""
+
+    def __init__(self, tokenizer=None, max_model_len: int | None = None, max_new_tokens: int = 512, rubric_file=None, language_override: str | None = None):
+        self.tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self.max_new_tokens = max_new_tokens
+        self.rubric_file = rubric_file
+        self.language_override = language_override
+        self._by_rubric: dict[str, PromptBuilder] = {}
+
+    def rubric(self, language: str | None) -> Rubric:
+        return rubric_for_language(language, self.rubric_file, self.language_override)
+
+    def for_language(self, language: str | None) -> PromptBuilder:
+        rubric = self.rubric(language)
+        builder = self._by_rubric.get(rubric.id)
+        if builder is None:
+            builder = self._by_rubric[rubric.id] = PromptBuilder(rubric, self.tokenizer, self.max_model_len, self.max_new_tokens)
+        return builder

@@ -72,6 +72,30 @@ def rubric_path(language: str = "en") -> Path:
     return schemas_dir() / "rubrics" / f"wai-sr-client.{language}.yaml"
 
 
+def primary_language(tag: str | None) -> str:
+    """A BCP-47 tag's primary subtag, lowercased: 'zh-Hans-CN' → 'zh'; none → 'en'."""
+    return (str(tag or "en").replace("_", "-").split("-")[0].strip().lower()) or "en"
+
+
+def rubric_for_language(language: str | None, rubric_file: Path | str | None = None, language_override: str | None = None) -> Rubric:
+    """The rubric a session is trained and scored with — one rule for sft-data and score, so the
+    two prompts of a (session, item) are the same bytes: the user's rubric file if given; else the
+    shipped rubric in `language_override` if given, else in the session's own language; else English."""
+    if rubric_file:
+        return load_rubric(rubric_file)
+    if language_override:
+        return load_rubric(language=primary_language(language_override))
+    lang = primary_language(language)
+    return load_rubric(language=lang) if rubric_path(lang).exists() else load_rubric(language="en")
+
+
+def rubric_files(rubric_file: Path | str | None = None) -> list[Path]:
+    """Every rubric file a run may pick from (for fingerprinting what a run read)."""
+    if rubric_file:
+        return [Path(rubric_file)]
+    return sorted((schemas_dir() / "rubrics").glob("wai-sr-client.*.yaml"))
+
+
 @cache
 def load_rubric(path: Path | str | None = None, language: str = "en") -> Rubric:
     p = Path(path) if path else rubric_path(language)

@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from care_ray.engines import Engine, EngineConfig
+from care_ray.fingerprint import FINGERPRINT_FILE
 from care_ray.output import InvalidOutput, OutputError, output_schema, parse_item_output, quote_found_share
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,19 @@ RESULT_SCHEMA = pa.schema(
         ("adapter", pa.string()),
         ("rubric_id", pa.string()),
         ("engine", pa.string()),
+        ("run_fingerprint", pa.string()),  # fingerprint.json of the folder: one configuration per folder
     ]
 )
 ITEM_COLUMNS = [c for c in RESULT_SCHEMA.names if c not in ("status", "error_reason", "error_detail", "raw_output")]
 ERROR_COLUMNS = ["session_id", "item_id", "dimension", "error_reason", "error_detail", "raw_output", "attempts",
-                 "prompt_tokens", "output_tokens", "truncated", "finish_reason", "n_items_selected", "model", "adapter", "rubric_id", "engine"]
+                 "prompt_tokens", "output_tokens", "truncated", "finish_reason", "n_items_selected", "model", "adapter", "rubric_id", "engine", "run_fingerprint"]
+ERROR_REASONS = tuple(r.value for r in OutputError)
+
+
+def engine_message(e: BaseException) -> str:
+    """The engine's own words, kept in errors/ (an error type alone tells a user nothing)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}"[:1000] if text else type(e).__name__
 
 
 def _judge(samples: Sequence, schema: dict) -> tuple[list[dict], InvalidOutput | None]:
@@ -80,18 +89,19 @@ def _judge(samples: Sequence, schema: dict) -> tuple[list[dict], InvalidOutput |
 def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, run_meta: dict[str, Any]) -> pa.Table:
     """Generate, parse and validate every (session, item) prompt; retry failures once with twice
     the token budget. Returns one RESULT_SCHEMA row per input row: status ok or error."""
-    # Tighter bounds in config.output_schema only steer generation; answers are judged against
-    # the contract in schemas/ (a grammar counts bytes of a broken UTF-8 sequence differently).
-    schema = output_schema(score_only=config.score_only)
+    # Answers are judged against the schema that steered generation, tighter bounds included:
+    # a --max-rationale-chars the grammar let slip is an error row, never a longer rationale.
+    schema = config.output_schema or output_schema(score_only=config.score_only)
     texts = prompts.column("prompt_token_ids").to_pylist()
     budget = config.max_new_tokens
     try:
         gens = engine.generate(texts, budget)
     except Exception as e:  # an engine that raises (not dies) fails its rows, not the job
         log.warning("engine failed on a batch of %d prompts: %s", len(texts), type(e).__name__)
+        log.debug("engine error: %s", engine_message(e))
         gens = [e] * len(texts)
     attempts = [1] * len(texts)
-    judged = [(_judge(g.samples, schema) if not isinstance(g, Exception) else ([], InvalidOutput(OutputError.ENGINE_ERROR, type(g).__name__))) for g in gens]
+    judged = [(_judge(g.samples, schema) if not isinstance(g, Exception) else ([], InvalidOutput(OutputError.ENGINE_ERROR, engine_message(g)))) for g in gens]
     # One retry with twice the budget, where the context has room for more than the first try.
     room = [config.max_model_len - (g.prompt_tokens if not isinstance(g, Exception) else 0) for g in gens]
     retry = [i for i, (valid, _) in enumerate(judged) if not valid and (isinstance(gens[i], Exception) or room[i] > budget)]
@@ -106,7 +116,9 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
             for i in retry:
                 attempts[i] = 2
 
-    rows = prompts.select(["session_id", "item_id", "dimension", "n_turns", "n_elided_turns", "truncated"]).to_pylist()
+    # each session's rubric follows its language, so the rubric id comes with the prompt
+    keep = ["session_id", "item_id", "dimension", "n_turns", "n_elided_turns", "truncated"] + (["rubric_id"] if "rubric_id" in prompts.schema.names else [])
+    rows = prompts.select(keep).to_pylist()
     dialogues = prompts.column("transcript").to_pylist()
     out: list[dict] = []
     for i, row in enumerate(rows):
@@ -132,7 +144,7 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
             error_reason=None if ok else err.reason.value,
             error_detail=None if ok else err.detail,
             raw_output=None if ok else (samples[0].text if samples else ""),
-            **run_meta,
+            **{k: v for k, v in run_meta.items() if k not in row},
         )
         out.append(row)
     return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
@@ -248,7 +260,7 @@ class ScoreConfig(BaseModel):
     temperature: float = Field(0.0, ge=0)
     samples: int = Field(1, ge=1)
     seed: int = 0
-    language: str = "en"
+    language: str | None = Field(None, description="score every session with this language's rubric; default: each session's own language")
     rubric: Path | None = None
     dtype: str = "auto"
     enable_prefix_caching: bool = True
@@ -265,7 +277,50 @@ class ScoreConfig(BaseModel):
     ray_address: str | None = None
     trust_remote_code: bool = False
     progress: bool = True
+    retry_errors: str | None = Field(None, description="re-score pairs in errors/: 'all' or reasons, e.g. 'truncated,invalid_json'")
+    overwrite: bool = Field(False, description="discard what --out holds and start over (needed when the configuration changed)")
     crash_once_marker: str | None = Field(None, description="TEST ONLY: fault injection")
+    fail_while_marker: str | None = Field(None, description="TEST ONLY: fault injection")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoreConfig:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"--samples {self.samples} needs --temperature > 0 (at temperature 0 every sample is the same answer)")
+        if self.retry_errors is not None:
+            self.retry_errors = ",".join(sorted({r.strip() for r in self.retry_errors.split(",") if r.strip()})) or "all"
+            unknown = set(self.retry_errors.split(",")) - {"all", *ERROR_REASONS}
+            if unknown:
+                raise ValueError(f"--retry-errors: unknown reason {sorted(unknown)[0]!r}; use 'all' or any of {', '.join(ERROR_REASONS)}")
+        return self
+
+    def retry_reasons(self) -> set[str] | None:
+        """The error reasons to re-score (None: none)."""
+        if self.retry_errors is None:
+            return None
+        reasons = set(self.retry_errors.split(","))
+        return set(ERROR_REASONS) if "all" in reasons else reasons
+
+    def fingerprint_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(settings that change results, for comparison; where things were, for information)."""
+        from care_ray.fingerprint import file_digest, folder_digest
+        from care_ray.prompts import PROMPT_VERSION
+        from care_ray.rubric import rubric_files
+
+        engine_cfg = self.engine_config()
+        settings = {
+            "model": folder_digest(self.model) or self.model,
+            "adapter": (folder_digest(self.adapter) or self.adapter) if self.adapter else None,
+            "rubrics": {p.name: file_digest(p) for p in rubric_files(self.rubric)},
+            "rubric_language": self.language,
+            "prompt_version": PROMPT_VERSION,
+            "output_schema": engine_cfg.output_schema,
+            "sampling": {"temperature": self.temperature, "samples": self.samples, "seed": self.seed, "max_new_tokens": self.max_new_tokens},
+            "max_model_len": self.max_model_len,
+            "engine": self.engine,
+            "dtype": self.dtype,
+        }
+        info = {"model": self.model, "adapter": self.adapter, "rubric": str(self.rubric) if self.rubric else None}
+        return settings, info
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -274,7 +329,7 @@ class ScoreConfig(BaseModel):
             gpus_per_engine=self.gpus_per_engine, enable_prefix_caching=self.enable_prefix_caching, block_size=self.block_size,
             kv_cache_gib=self.kv_cache_gib, max_num_seqs=self.max_num_seqs, trust_remote_code=self.trust_remote_code,
             output_schema=output_schema(self.max_rationale_chars, self.max_quotes, self.max_quote_chars, self.score_only),
-            score_only=self.score_only, crash_once_marker=self.crash_once_marker,
+            score_only=self.score_only, crash_once_marker=self.crash_once_marker, fail_while_marker=self.fail_while_marker,
         )
 
 
@@ -282,14 +337,13 @@ class BuildItemPrompts:
     """Ray Data stage: a block of sessions → its pending (session, item) prompts."""
 
     def __init__(self, config: ScoreConfig, item_ids: list[int], done_ref: Any, selected_ref: Any):
-        from care_ray.prompts import PromptBuilder, load_tokenizer
-        from care_ray.rubric import load_rubric
+        from care_ray.prompts import PromptBuilders, load_tokenizer
 
         import ray
 
-        self.rubric = load_rubric(config.rubric, config.language)
-        self.items = [self.rubric.item(i) for i in item_ids]
-        self.builder = PromptBuilder(self.rubric, load_tokenizer(config.model, config.trust_remote_code), config.max_model_len, config.max_new_tokens)
+        tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+        self.builders = PromptBuilders(tokenizer, config.max_model_len, config.max_new_tokens, rubric_file=config.rubric, language_override=config.language)
+        self.item_ids = item_ids
         self.done: dict[str, set[int]] = ray.get(done_ref) if done_ref is not None else {}
         self.selected: set[str] | None = ray.get(selected_ref) if selected_ref is not None else None
 
@@ -297,13 +351,15 @@ class BuildItemPrompts:
         from care_ray.prompts import ITEM_PROMPT_SCHEMA
 
         parts = []
-        for sid, turns in zip(sessions.column("session_id").to_pylist(), sessions.column("turns").to_pylist(), strict=True):
+        columns = (sessions.column("session_id").to_pylist(), sessions.column("turns").to_pylist(), sessions.column("language").to_pylist())
+        for sid, turns, language in zip(*columns, strict=True):
             if self.selected is not None and sid not in self.selected:
                 continue
-            pending = [i for i in self.items if i.id not in self.done.get(sid, ())]
+            builder = self.builders.for_language(language)
+            pending = [builder.rubric.item(i) for i in self.item_ids if i not in self.done.get(sid, ())]
             if pending:
                 one = pa.table({"session_id": [sid], "turns": pa.array([turns], type=sessions.schema.field("turns").type)})
-                parts.append(self.builder.build_item_prompts(one, pending))
+                parts.append(builder.build_item_prompts(one, pending))
         return pa.concat_tables(parts) if parts else ITEM_PROMPT_SCHEMA.empty_table()
 
 
@@ -347,13 +403,15 @@ def init_ray(address: str | None) -> None:
     /tmp/ray/ray_current_cluster names, and wait forever if that cluster is gone."""
     import ray
 
+    from care_ray.model_check import offline_runtime_env
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
-        ray.init(address="local", log_to_driver=False, include_dashboard=False)
+        ray.init(address="local", log_to_driver=False, include_dashboard=False, runtime_env=offline_runtime_env())
     else:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=offline_runtime_env())
 
 
 def plan_cpus(total_cpus: float, num_engines: int, requested: float | None, gpus_per_engine: float) -> float:
@@ -389,27 +447,87 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="session", desc="scored", disable=not enabled, mininterval=2.0, smoothing=0.1)
 
 
+def prepare_run_folder(out: Path, config: ScoreConfig) -> str:
+    """Make sure `out` holds nothing or results of this very configuration, then claim it; returns
+    the fingerprint. A mismatch is refused before anything in `out` is touched."""
+    from care_ray.fingerprint import FingerprintMismatch, differences, read_fingerprint, write_fingerprint
+
+    settings, info = config.fingerprint_settings()
+    recorded = read_fingerprint(out)
+    counts = {sub: sum(pq.read_metadata(f).num_rows for f in (out / sub).glob("part-*.parquet")) for sub in ("items", "errors") if (out / sub).is_dir()}
+    holds = f"{counts.get('items', 0)} scored items and {counts.get('errors', 0)} errors"
+    if recorded is None and any(counts.values()) and not config.overwrite:
+        raise FingerprintMismatch(f"{out} holds {holds} but no {FINGERPRINT_FILE} (an older care-ray wrote it), so a rerun cannot tell whether "
+                                  "it would mix configurations; score into a new --out folder, or pass --overwrite to start over there")
+    if recorded is not None and not config.overwrite:
+        diffs = differences(recorded["settings"], json.loads(json.dumps(settings, default=str)))
+        if diffs:
+            raise FingerprintMismatch(f"{out} holds {holds} from another configuration ({'; '.join(diffs)}); "
+                                      "score into a new --out folder, or pass --overwrite to discard them and start over")
+    if config.overwrite:
+        for name in ("items", "errors", "sessions"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("manifest.json", FINGERPRINT_FILE):
+            (out / name).unlink(missing_ok=True)
+        if any(counts.values()):
+            log.warning("--overwrite: discarded %s in %s", holds, out)
+    out.mkdir(parents=True, exist_ok=True)
+    if recorded is not None and not config.overwrite:
+        return recorded["fingerprint"]
+    return write_fingerprint(out, settings, info)
+
+
+def release_errors(out: Path, reasons: set[str], session_ids: Sequence[str], item_ids: Sequence[int]) -> int:
+    """Take the selected pairs whose error reason is in `reasons` out of errors/, so this run
+    scores them again (a kill before they are rescored leaves them pending, never lost).
+    Returns how many were released."""
+    errors_dir = out / "errors"
+    errors = _read_folder(errors_dir, None)
+    if errors is None:
+        return 0
+    release = pc.and_(
+        pc.and_(pc.is_in(errors.column("error_reason"), pa.array(sorted(reasons))), pc.is_in(errors.column("session_id"), pa.array(list(session_ids), pa.string()))),
+        pc.is_in(errors.column("item_id"), pa.array(list(item_ids), pa.int32())),
+    )
+    n = int(pc.sum(release).as_py() or 0)
+    if n:
+        old = list(errors_dir.glob("part-*.parquet"))
+        _write_atomic(errors.filter(pc.invert(release)), errors_dir)
+        for f in old:
+            f.unlink()
+    return n
+
+
 def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     """Run the whole scoring job on the current Ray cluster (local by default)."""
+    from care_ray.model_check import check_adapter_folder, check_model_folder, go_offline
+
+    go_offline()
+    # every argument check comes before Ray starts and before --out is created or touched
+    check_model_folder(config.model)
+    if config.adapter:
+        check_adapter_folder(config.adapter, config.model)
     import ray
 
     from care_ray.corpus import sessions_dataset
-    from care_ray.rubric import load_rubric
+    from care_ray.rubric import rubric_for_language
 
     started = time.time()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rubric = load_rubric(config.rubric, config.language)
-    items = rubric.select(config.items)
+    items = rubric_for_language(None, config.rubric, config.language).select(config.items)
     session_ids = select_sessions(config.sessions, config.limit)
     item_ids = [i.id for i in items]
+    fingerprint = prepare_run_folder(out, config)
     run_id = uuid.uuid4().hex
     (out / RUN_ID_FILE).write_text(run_id + "\n")  # before reading what is done: see _write_results_batch
+    reasons = config.retry_reasons()
+    released = release_errors(out, reasons, session_ids, item_ids) if reasons else 0
     done = done_pairs(out)
     pairs_done_before = sum(len(done.get(s, set()) & set(item_ids)) for s in session_ids)
     pending_sessions = sum(1 for s in session_ids if not set(item_ids) <= done.get(s, set()))
-    run_meta = {"n_items_selected": len(items), "model": config.model, "adapter": config.adapter, "rubric_id": rubric.id, "engine": config.engine}
-    log.info("scoring %d sessions × %d items (%d sessions pending, %d pairs already done)", len(session_ids), len(items), pending_sessions, sum(map(len, done.values())))
+    run_meta = {"n_items_selected": len(items), "model": config.model, "adapter": config.adapter, "engine": config.engine, "run_fingerprint": fingerprint}
+    log.info("scoring %d sessions × %d items (%d sessions pending, %d pairs already done, %d errors released for retry)",
+             len(session_ids), len(items), pending_sessions, sum(map(len, done.values())), released)
 
     init_ray(config.ray_address)
     engine_cfg = config.engine_config()
@@ -421,7 +539,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
         sessions_path = sessions_dataset(config.sessions).files
         ds_ = (
             ray.data.read_parquet(sessions_path, partitioning=None, **light)
-            .select_columns(["session_id", "turns"])
+            .select_columns(["session_id", "turns", "language"])
             .repartition(target_num_rows_per_block=config.sessions_per_block)
             .map_batches(BuildItemPrompts, fn_constructor_kwargs=dict(config=config, item_ids=item_ids, done_ref=done_ref, selected_ref=selected_ref),
                          batch_format="pyarrow", batch_size=None, compute=ray.data.ActorPoolStrategy(size=config.prompt_workers), **light)
@@ -436,18 +554,30 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                     new = set(json.loads(ids)) - seen
                     seen |= new
                     bar.update(len(new))
-    return finalize(out, session_ids, item_ids, config, started, {"pairs_done_before": pairs_done_before})
+    return finalize(out, session_ids, item_ids, config, started, {"pairs_done_before": pairs_done_before, "errors_released_for_retry": released}, fingerprint)
 
 
-def finalize(out: Path, session_ids: list[str], item_ids: list[int], config: ScoreConfig, started: float, extra: dict | None = None) -> dict[str, Any]:
+def _ensure_table(folder: Path, columns: list[str]) -> None:
+    """An empty results folder still gets a (zero-row) file with the schema, so a DuckDB or Ray
+    glob over a finished run reads an empty table instead of failing on 'no files found'."""
+    if not any(folder.glob("part-*.parquet")):
+        _write_atomic(pa.schema([RESULT_SCHEMA.field(c) for c in columns]).empty_table(), folder)
+
+
+def finalize(out: Path, session_ids: list[str], item_ids: list[int], config: ScoreConfig, started: float, extra: dict | None = None, fingerprint: str | None = None) -> dict[str, Any]:
     """Deduplicate, aggregate sessions/ with queries/session_scores.sql, reconcile counts, write the manifest."""
     from care_ray.queries import connect, read_query
 
     dropped = compact_duplicates(out / "items") + compact_duplicates(out / "errors") + drop_errors_scored_since(out)
+    _ensure_table(out / "items", ITEM_COLUMNS)
+    _ensure_table(out / "errors", ERROR_COLUMNS)
     selected = set(session_ids)
     wanted = {(s, i) for s in session_ids for i in item_ids}
-    items = _read_folder(out / "items", ["session_id", "item_id", "prompt_tokens", "cached_tokens", "output_tokens"])
-    errors = _read_folder(out / "errors", ["session_id", "item_id", "error_reason"])
+    items = _read_folder(out / "items", ["session_id", "item_id", "prompt_tokens", "cached_tokens", "output_tokens", "rubric_id", "run_fingerprint"])
+    errors = _read_folder(out / "errors", ["session_id", "item_id", "error_reason", "run_fingerprint"])
+    foreign = {f for t in (items, errors) for f in pc.unique(t.column("run_fingerprint")).to_pylist()} - {fingerprint}
+    if fingerprint is not None and foreign:
+        raise RuntimeError(f"{out} holds rows of another configuration (fingerprints {sorted(map(str, foreign))}, this run {fingerprint})")
     item_keys = set() if items is None else set(zip(items.column("session_id").to_pylist(), items.column("item_id").to_pylist(), strict=True))
     error_keys = set() if errors is None else set(zip(errors.column("session_id").to_pylist(), errors.column("item_id").to_pylist(), strict=True))
     scored, failed = item_keys & wanted, error_keys & wanted
@@ -458,19 +588,14 @@ def finalize(out: Path, session_ids: list[str], item_ids: list[int], config: Sco
     sessions_dir = out / "sessions"
     if sessions_dir.exists():
         shutil.rmtree(sessions_dir)
-    n_session_rows = 0
-    if items is not None:
-        con = connect({"items": out / "items"})
-        table = con.sql(read_query("session_scores")).to_arrow_table()
-        sessions_dir.mkdir()
-        pq.write_table(table, sessions_dir / "part-00000.parquet")
-        n_session_rows = table.num_rows
-    reasons: dict[str, int] = {}
-    if errors is not None:
-        for r in errors.column("error_reason").to_pylist():
-            reasons[r] = reasons.get(r, 0) + 1
-    prompt_tokens = int(pc.sum(items.column("prompt_tokens")).as_py() or 0) if items is not None else 0
-    cached_tokens = int(pc.sum(items.column("cached_tokens")).as_py() or 0) if items is not None else 0
+    table = connect({"items": out / "items"}).sql(read_query("session_scores")).to_arrow_table()
+    sessions_dir.mkdir()
+    pq.write_table(table, sessions_dir / "part-00000.parquet")
+    n_session_rows = table.num_rows
+    reasons = {r["values"]: r["counts"] for r in pc.value_counts(errors.column("error_reason")).to_pylist()}
+    rubrics = {r["values"]: r["counts"] for r in pc.value_counts(items.column("rubric_id")).to_pylist()}
+    prompt_tokens = int(pc.sum(items.column("prompt_tokens")).as_py() or 0)
+    cached_tokens = int(pc.sum(items.column("cached_tokens")).as_py() or 0)
     manifest = {
         "kind": "care-ray scores",
         "sessions_in": len(selected),
@@ -480,13 +605,15 @@ def finalize(out: Path, session_ids: list[str], item_ids: list[int], config: Sco
         "items_scored": len(scored),
         "items_errors": len(failed),
         "errors_by_reason": reasons,
+        "items_by_rubric": rubrics,
+        "fingerprint": fingerprint,
         "session_rows": n_session_rows,
         "duplicates_dropped": dropped,
         **(extra or {}),
         "prompt_tokens": prompt_tokens,
         "cached_prompt_tokens": cached_tokens,
         "seconds": round(time.time() - started, 2),
-        "config": json.loads(config.model_dump_json(exclude={"crash_once_marker"})),
+        "config": json.loads(config.model_dump_json(exclude={"crash_once_marker", "fail_while_marker"})),
         "versions": _versions(),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

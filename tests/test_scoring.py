@@ -108,7 +108,7 @@ def test_samples_give_a_spread(esconv_corpus, tiny_model, tmp_path):
 def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tmp_path):
     out = tmp_path / "out"
     args = ["--sessions", str(esconv_corpus), "--model", str(tiny_model), "--out", str(out), "--limit", "16",
-            "--max-model-len", "1024", "--max-new-tokens", "160", "--max-rationale-chars", "160", "--no-progress"]
+            "--max-model-len", "1024", "--max-new-tokens", "160", "--max-rationale-chars", "160", "--max-quotes", "2", "--max-quote-chars", "60", "--no-progress"]
     env = {**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "2"}
     p = subprocess.Popen([sys.executable, "-m", "care_ray", "score", "--ray-address", "local", *args],
                          start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

@@ -83,9 +83,14 @@ def test_best_checkpoint_is_chosen_by_heldout_pearson_and_written_with_metrics(t
         m = rec["metrics"]
         cands = rec["candidates"]
         assert len(cands) == 2  # one checkpoint per epoch, num_to_keep=2
-        assert m["heldout_pearson_mean"] == max(c["heldout_pearson_mean"] for c in cands)
+        assert m["heldout_selection_score"] == max(c["heldout_selection_score"] for c in cands)
+        # one rule for every mean: over the defined dimensions, with their count; none defined → null, ranked last
+        defined = [m[f"heldout_pearson_{d}"] for d in ("goal", "task", "bond") if m[f"heldout_pearson_{d}"] is not None]
+        assert m["heldout_pearson_n_defined"] == len(defined)
+        assert m["heldout_pearson_mean"] == (pytest.approx(sum(defined) / len(defined)) if defined else None)
+        assert m["heldout_selection_score"] == (m["heldout_pearson_mean"] if defined else -2.0)
         assert rec["selected_checkpoint"] in {c["checkpoint"] for c in cands}
-        assert rec["selected_by"] == "heldout_pearson_mean" and rec["proxy_labels"] is True
+        assert rec["selected_by"] == "heldout_selection_score" and rec["proxy_labels"] is True
         for dim in ("goal", "task", "bond"):
             for stat in ("pearson", "spearman", "mse"):
                 assert f"heldout_{stat}_{dim}" in m
@@ -102,7 +107,7 @@ def test_best_checkpoint_is_chosen_by_heldout_pearson_and_written_with_metrics(t
         assert not (adapter / "trainer_state.pt").exists()
         assert json.loads((adapter / "adapter_config.json").read_text())["r"] == cfg.lora.r
     summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
-    assert summary["over_folds"]["heldout_pearson_mean"]["n"] == 2
+    assert summary["over_folds"]["heldout_pearson_n_defined"]["n"] == 2
 
 
 @pytest.mark.slow

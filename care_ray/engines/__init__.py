@@ -62,6 +62,7 @@ class EngineConfig(BaseModel):
     score_only: bool = False
     trust_remote_code: bool = False
     crash_once_marker: str | None = Field(None, description="TEST ONLY: fault injection, see engines/faults.py")
+    fail_while_marker: str | None = Field(None, description="TEST ONLY: fault injection, see engines/faults.py")
 
     def adapter_rank(self) -> int | None:
         if not self.adapter:
@@ -83,4 +84,8 @@ def make_engine(config: EngineConfig) -> Engine:
         from care_ray.engines.faults import CrashOnceEngine
 
         engine = CrashOnceEngine(engine, Path(config.crash_once_marker))
+    if config.fail_while_marker:
+        from care_ray.engines.faults import FailWhileMarkerEngine
+
+        engine = FailWhileMarkerEngine(engine, Path(config.fail_while_marker))
     return engine

@@ -27,3 +27,21 @@ class CrashOnceEngine:
 
     def shutdown(self) -> None:
         self.inner.shutdown()
+
+
+class FailWhileMarkerEngine:
+    """TEST DOUBLE for fault injection: every batch raises, as a transient engine failure would,
+    for as long as the marker file exists; then the real engine answers."""
+
+    def __init__(self, inner: Engine, marker: Path):
+        self.inner = inner
+        self.marker = marker
+        self.name = inner.name
+
+    def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
+        if self.marker.exists():
+            raise RuntimeError(f"injected engine failure while {self.marker.name} exists")
+        return self.inner.generate(prompts, max_tokens)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()

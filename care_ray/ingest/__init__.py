@@ -13,11 +13,11 @@ from care_ray.ingest.esconv import esconv_files, read_esconv
 from care_ray.ingest.records import iter_json_lines
 from care_ray.ingest.turns import MappingError, TurnsMapping, read_turns
 from care_ray.ingest.types import Candidate
-from care_ray.ingest.writer import CorpusWriter
+from care_ray.ingest.writer import WRITE_MODES, CorpusExists, CorpusWriter
 
 FORMATS = ("esconv", "turns-csv", "turns-jsonl", "sessions-jsonl")
 
-__all__ = ["FORMATS", "Candidate", "MappingError", "TurnsMapping", "ingest_files"]
+__all__ = ["FORMATS", "WRITE_MODES", "Candidate", "CorpusExists", "MappingError", "TurnsMapping", "ingest_files"]
 
 
 def _expand(inputs: list[Path], fmt: str) -> list[Path]:
@@ -56,8 +56,11 @@ def ingest_files(
     mapping: TurnsMapping | None = None,
     chunk_size: int = 1000,
     source: str | None = None,
+    mode: str = "create",
 ) -> dict[str, Any]:
-    """Ingest `inputs` of format `fmt` into `out`/{sessions,quarantine,manifest.json}; returns the manifest."""
+    """Ingest `inputs` of format `fmt` into `out`/{sessions,quarantine,manifest.json}; returns the
+    manifest. `mode`: create (refuse an `out` that holds a corpus), append (add new sources to it;
+    ids already there are duplicates) or overwrite (replace it)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     paths = _expand(inputs, fmt)
@@ -71,7 +74,7 @@ def ingest_files(
         if source:
             mapping = mapping.model_copy(update={"source": source})
         candidates = read_turns(paths, fmt, mapping, chunk_rows=max(chunk_size * 50, 1000))
-    writer = CorpusWriter(out, chunk_size=chunk_size)
+    writer = CorpusWriter(out, chunk_size=chunk_size, mode=mode, source=source)  # candidates are lazy: a clash is refused before reading
     try:
         for c in candidates:
             src = source or c.source

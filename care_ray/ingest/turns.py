@@ -183,7 +183,11 @@ def read_turns(paths: list[Path], fmt: str, mapping: TurnsMapping, chunk_rows: i
         try:
             con.execute(f"SET memory_limit = '{memory_limit}'")
             con.execute(f"SET temp_directory = '{spill_dir / 'tmp'}'")
-            ordered = con.read_parquet(str(spill_dir / "spill-*.parquet")).order("_session, _order NULLS LAST, _seq")
+            # sessions in the order they first appear in the input (the corpus order --limit promises),
+            # turns by their order column, then by input position
+            spilled = con.read_parquet(str(spill_dir / "spill-*.parquet")).set_alias("spilled")
+            first_seen = spilled.aggregate("_session, min(_seq) AS _first_seq", "_session").set_alias("first_seen")
+            ordered = spilled.join(first_seen, "_session").order("_first_seq, _order NULLS LAST, _seq")
             yield from _group_sessions(ordered.to_arrow_reader(chunk_rows), mapping)
         finally:
             con.close()

@@ -72,7 +72,7 @@ class FinetuneConfig(_Strict):
     eval_batch_size: int = Field(4, ge=1)
     max_train_examples: int | None = Field(None, ge=1, description="smoke runs: a deterministic sample of the training folds")
     max_eval_examples: int | None = Field(None, ge=1, description="smoke runs: held-out examples, whole sessions first")
-    selection_metric: str = Field("heldout_pearson_mean", description="reported metric that picks the checkpoint kept as best (higher is better)")
+    selection_metric: str = Field("heldout_selection_score", description="reported metric that picks the checkpoint kept as best (higher is better)")
     num_to_keep: int = Field(2, ge=1, description="checkpoints kept by Ray Train, ranked by selection_metric")
     max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint (-1: unlimited)")
     merge: bool = Field(False, description="also write merged full weights of the best LoRA checkpoint")

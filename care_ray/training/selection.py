@@ -17,16 +17,22 @@ from care_ray.rubric import DIMENSIONS
 
 log = logging.getLogger(__name__)
 
+MEAN_RULE = "mean over the dimensions where the statistic is defined (STAT_n_defined of them); null when none is"
+NO_DEFINED_SCORE = -2.0  # selection score with no defined Pearson r: below any mean of r in [-1, 1]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 NOT_EXPORTED = ("trainer_state.pt", "optimizer.pt")  # for resuming, not for serving
 
 
 def heldout_metrics(session_ids: Sequence[str], item_ids: Sequence[int], dimensions: Sequence[str], true_scores: Sequence[int], predictions: Sequence[tuple[int, float]], prefix: str = "heldout_") -> dict[str, float]:
     """Per-item (argmax, expected) predictions → per-dimension Pearson/Spearman/MSE of dimension
-    means against the targets, item-level exact accuracy, and `{prefix}pearson_mean`, the
-    selection score. A dimension whose r is undefined (a constant predictor, common early in
-    training) counts as r = 0 in that mean: no association has been shown, and the score stays a
-    finite number Ray Train can rank checkpoints by."""
+    means against the targets, item-level exact accuracy, and `{prefix}selection_score`.
+
+    One rule for every mean (MEAN_RULE, also written into the metrics): a mean is over the
+    dimensions where the statistic is defined, `{prefix}STAT_n_defined` counts them, and a mean
+    with none defined is null. A dimension with a constant predictor (common early in training)
+    has no r and is left out, never counted as 0. Ray Train ranks checkpoints by a finite number,
+    so `{prefix}selection_score` is the Pearson mean, or NO_DEFINED_SCORE (below any mean of r)
+    when no dimension has one: such a checkpoint ranks last."""
     dims = dict(zip(item_ids, dimensions, strict=True))
     truth = dimension_means(session_ids, item_ids, list(true_scores), dims)
     argmax = dimension_means(session_ids, item_ids, [p[0] for p in predictions], dims)
@@ -35,8 +41,9 @@ def heldout_metrics(session_ids: Sequence[str], item_ids: Sequence[int], dimensi
     by_dim = dimension_agreement(argmax, truth, present)
     metrics = flat_metrics(by_dim, prefix)
     metrics.update({f"{prefix}pearson_expected_{d}": m["pearson"] for d, m in dimension_agreement(expected, truth, present).items()})
-    rs = [by_dim[d]["pearson"] for d in present]
-    metrics[f"{prefix}pearson_mean"] = float(sum(0.0 if math.isnan(r) else r for r in rs) / len(rs)) if rs else 0.0
+    mean = metrics[f"{prefix}pearson_mean"]
+    metrics[f"{prefix}selection_score"] = NO_DEFINED_SCORE if math.isnan(mean) else mean
+    metrics[f"{prefix}mean_rule"] = MEAN_RULE
     metrics[f"{prefix}item_accuracy"] = float(sum(p[0] == t for p, t in zip(predictions, true_scores, strict=True)) / max(len(predictions), 1))
     metrics[f"{prefix}sessions"] = len(set(session_ids))
     metrics[f"{prefix}items"] = len(predictions)
@@ -56,11 +63,17 @@ def finite_or_none(value: Any) -> Any:
 
 
 def best_checkpoint(best_checkpoints: Sequence[tuple[Any, Mapping[str, Any]]], metric: str) -> tuple[Any, Mapping[str, Any]]:
-    """The (checkpoint, metrics) with the highest `metric`; the later one on ties (more training)."""
-    scored = [(c, m) for c, m in best_checkpoints if isinstance(m.get(metric), int | float)]
-    if not scored:
+    """The (checkpoint, metrics) with the highest `metric`; the later one on ties (more training).
+    A checkpoint whose metric is missing or undefined (null, NaN) ranks below every defined one."""
+    if not best_checkpoints:
         raise RuntimeError(f"no checkpoint reported {metric!r}; nothing to select")
-    return max(enumerate(scored), key=lambda im: (im[1][1][metric], im[1][1].get("step", 0), im[0]))[1]
+
+    def rank(im: tuple[int, tuple[Any, Mapping[str, Any]]]) -> tuple:
+        value = im[1][1].get(metric)
+        defined = isinstance(value, int | float) and not math.isnan(value)
+        return (defined, value if defined else 0.0, im[1][1].get("step") or 0, im[0])
+
+    return max(enumerate(best_checkpoints), key=rank)[1]
 
 
 def export_checkpoint(checkpoint_dir: Path, out_dir: Path, method: str) -> Path:

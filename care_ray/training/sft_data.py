@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from care_ray.output import format_item_output, output_schema
-from care_ray.prompts import PromptBuilder, full_dialogue
-from care_ray.rubric import Rubric, load_rubric
+from care_ray.prompts import PromptBuilder, PromptBuilders, full_dialogue
+from care_ray.rubric import Rubric
 
 log = logging.getLogger(__name__)
 
@@ -272,32 +272,28 @@ def assign_folds(session_ids: Sequence[str], client_ids: Sequence[str], mean_sco
     return folds
 
 
-def _rubric_for(language: str, rubric: Rubric | None, cache: dict[str, Rubric]) -> Rubric:
-    if rubric is not None:
-        return rubric
-    if language not in cache:
-        try:
-            cache[language] = load_rubric(language=language)
-        except FileNotFoundError:
-            cache[language] = load_rubric(language="en")
-    return cache[language]
-
-
-def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubric: Rubric | None = None, prompt_builder: PromptBuilder | None = None) -> pa.Table:
-    """Canonical sessions → the example table (EXAMPLE_SCHEMA). `prompt_builder` (with a tokenizer
-    and max_model_len) applies scoring's token budget to each transcript; without one the whole
-    transcript goes in and the trainer drops what does not fit its max_seq_len."""
+def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubric: Rubric | None = None, prompt_builder: PromptBuilder | PromptBuilders | None = None) -> pa.Table:
+    """Canonical sessions → the example table (EXAMPLE_SCHEMA). Each session's rubric follows its
+    language by the rule scoring uses (`rubric_for_language`) unless `rubric` fixes one.
+    `prompt_builder` (with a tokenizer and max_model_len: PromptBuilders, one per rubric, or one
+    PromptBuilder that fixes the rubric) applies scoring's token budget to each transcript; without
+    one the whole transcript goes in and the trainer drops what does not fit its max_seq_len."""
     if opts.target not in TARGET_MODES:
         raise SFTDataError(f"--target must be one of {', '.join(TARGET_MODES)}, got {opts.target!r}")
     validator = output_validator()
-    rubrics: dict[str, Rubric] = {}
+    if isinstance(prompt_builder, PromptBuilder) or rubric is not None:
+        fixed = prompt_builder if isinstance(prompt_builder, PromptBuilder) else PromptBuilder(rubric)
+        builder_for = lambda _language: fixed  # noqa: E731
+    else:
+        builder_for = (prompt_builder or PromptBuilders()).for_language
     label_maps: dict[str, LabelMap] = {}  # per rubric
     stats = opts.stats
     rows: list[dict[str, Any]] = []
     session_rows: list[tuple[str, str, float]] = []
     for s in sample_sessions(sessions, opts.max_sessions, opts.seed):
         stats["sessions_read"] += 1
-        r = _rubric_for(s["language"], rubric, rubrics)
+        builder = builder_for(s["language"])
+        r = builder.rubric
         items = r.select(opts.items)
         label_map = None
         if s.get("client_wai") is None:
@@ -308,7 +304,6 @@ def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubr
         if not targets:
             stats["sessions_without_targets"] += 1
             continue
-        builder = prompt_builder or PromptBuilder(r)
         transcript = builder.transcript(s["turns"])
         stats["sessions_truncated"] += transcript.n_elided > 0
         for t in targets:
@@ -388,15 +383,16 @@ def make_sft_data(sessions_dir: Path, out: Path, opts: SFTOptions, rubric_path: 
     """The `care-ray sft-data` command: read a corpus, build examples and folds, write them."""
     from care_ray.corpus import iter_sessions
 
-    rubric = load_rubric(rubric_path) if rubric_path else None
     builder = None
     if max_model_len is not None:
         if tokenizer_path is None:
             raise SFTDataError("--max-model-len needs --model (its tokenizer counts the tokens)")
         from care_ray.prompts import load_tokenizer
 
-        builder = PromptBuilder(rubric or load_rubric(), load_tokenizer(str(tokenizer_path)), max_model_len=max_model_len, max_new_tokens=max_new_tokens)
-    table = build_examples(iter_sessions(sessions_dir), opts, rubric=rubric, prompt_builder=builder)
+        builder = PromptBuilders(load_tokenizer(str(tokenizer_path)), max_model_len=max_model_len, max_new_tokens=max_new_tokens, rubric_file=rubric_path)
+    elif rubric_path:
+        builder = PromptBuilders(rubric_file=rubric_path)
+    table = build_examples(iter_sessions(sessions_dir), opts, prompt_builder=builder)
     manifest = {
         "kind": "care-ray sft examples",
         "sessions": str(sessions_dir),
