@@ -42,6 +42,9 @@ def _parse_map(pairs: list[str], mapping_file: Path | None) -> dict:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging (may include record origins, never transcript text)")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from care_ray.model_check import go_offline
+
+    go_offline()  # before any command can import a hub client
 
 
 @app.command()
@@ -53,6 +56,7 @@ def ingest(
     mapping_file: Annotated[Path | None, typer.Option("--mapping", help="turns-*: the mapping as a YAML file (same keys as --map)")] = None,
     source: Annotated[str | None, typer.Option(help="override the source name (the partition key)")] = None,
     chunk_size: Annotated[int, typer.Option(help="sessions per written part; bounds memory")] = 1000,
+    mode: Annotated[str, typer.Option(help="when --out already holds a corpus: create (refuse), append (add new sources; ids already there are duplicates), overwrite (replace it)")] = "create",
 ) -> None:
     """Read sessions, validate them against the contract, write sessions/ + quarantine/ + manifest.json."""
     from pydantic import ValidationError
@@ -68,7 +72,7 @@ def ingest(
             mapping = TurnsMapping(**spec)
         elif map_ or mapping_file:
             raise UserError(f"--map/--mapping apply to turns-csv and turns-jsonl, not {fmt}")
-        manifest = ingest_files(fmt, inputs, out, mapping=mapping, chunk_size=chunk_size, source=source)
+        manifest = ingest_files(fmt, inputs, out, mapping=mapping, chunk_size=chunk_size, source=source, mode=mode)
     except ValidationError as e:
         _fail("bad column mapping: " + "; ".join(f"{'.'.join(map(str, err['loc'])) or 'mapping'}: {err['msg']}" for err in e.errors()))
     except (UserError, MappingError, FileNotFoundError, ValueError) as e:
@@ -135,7 +139,17 @@ def _load_config(model_cls, config_file: Path | None, given: dict):
     try:
         return model_cls(**values)
     except ValidationError as e:
-        _fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+        _fail(validation_message(e))
+
+
+def validation_message(e) -> str:
+    """A pydantic error as one line: 'field: problem' per error, or the check's own sentence."""
+    parts = []
+    for err in e.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        loc = ".".join(map(str, err["loc"]))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 @app.command()
@@ -156,21 +170,29 @@ def score(
     max_new_tokens: Annotated[int | None, typer.Option(help="token budget per answer (a failed answer is retried once with twice this)")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy (default)")] = None,
     samples: Annotated[int | None, typer.Option(help="answers per item; > 1 gives a spread")] = None,
-    language: Annotated[str | None, typer.Option(help="rubric language: en | zh")] = None,
+    language: Annotated[str | None, typer.Option(help="score every session with this language's rubric (en | zh); default: each session's own language, as sft-data does")] = None,
     rubric: Annotated[Path | None, typer.Option(help="your own rubric YAML (see schemas/rubrics/)")] = None,
     max_rationale_chars: Annotated[int | None, typer.Option(help="bound rationales during guided decoding")] = None,
+    max_quotes: Annotated[int | None, typer.Option(help="at most this many quotes per answer")] = None,
+    max_quote_chars: Annotated[int | None, typer.Option(help="bound each quote's length")] = None,
     score_only: Annotated[bool | None, typer.Option("--score-only/--with-rationale", help="answers are {score} alone (models trained with --target score)")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join: 'auto', host:port or ray://… (default: the job's cluster under `ray job submit`, else a private local Ray)")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    retry_errors: Annotated[str | None, typer.Option(help="re-score the pairs in errors/: 'all' or reasons (truncated, invalid_json, schema_violation, engine_error)")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="discard what --out holds and start over (a rerun with another configuration is refused without it)")] = None,
 ) -> None:
-    """Score every session × WAI-SR item with an LLM on Ray Data + vLLM; resumable."""
+    """Score every session × WAI-SR item with an LLM on Ray Data + vLLM.
+
+    Rerun with the same --out to resume: pairs already in items/ or errors/ are skipped. The folder
+    records a fingerprint of everything that changes results (model and adapter contents, rubric,
+    prompt version, sampling, output bounds, token budget); a rerun with other settings is refused."""
     given = {k: v for k, v in locals().items() if k != "config"}
     cfg = _load_config(_score_config_cls(), config, given)
     from care_ray.scoring import score_corpus
 
     try:
         manifest = score_corpus(cfg)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # FingerprintMismatch is a ValueError
         _fail(str(e))
     typer.echo(json.dumps({k: v for k, v in manifest.items() if k not in ("config", "versions")}, indent=2))
     if manifest["items_scored"] == 0 and manifest["items_in"] > 0:

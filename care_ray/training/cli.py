@@ -42,6 +42,10 @@ def register(app: typer.Typer) -> None:
         from care_ray.training.sft_data import SFTDataError, SFTOptions, make_sft_data, parse_label_map
 
         try:
+            if model is not None:
+                from care_ray.model_check import check_model_folder
+
+                check_model_folder(model, need_weights=False)  # sft-data reads only its tokenizer
             if label_map is not None:
                 from care_ray.rubric import load_rubric
 
@@ -64,13 +68,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rationale-augmented SFT on Ray Train (LoRA or full), one run per held-out fold; the best
         checkpoint by held-out Pearson r is written as a PEFT adapter folder with metrics.json."""
+        from care_ray.model_check import check_model_folder
         from care_ray.training.config import ConfigError, load_finetune_config
         from care_ray.training.trainer import held_out_folds, run_finetune
 
         try:
             cfg = load_finetune_config(config)
-            if not Path(cfg.model).is_dir():
-                raise ConfigError(f"{config}: model folder not found: {cfg.model}")
+            check_model_folder(cfg.model, option=f"{config}: model")
             held_out_folds(cfg)  # the data exists and has the configured folds
         except (ConfigError, FileNotFoundError, ValueError) as e:
             _fail(str(e))

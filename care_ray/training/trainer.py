@@ -251,14 +251,17 @@ def ensure_ray(address: str | None = None) -> None:
     a token file and buys nothing on a one-user machine)."""
     import ray
 
+    from care_ray.model_check import go_offline, offline_runtime_env
+
     if ray.is_initialized():
         return
+    go_offline()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=offline_runtime_env())
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local")
+    ray.init(address="local", runtime_env=offline_runtime_env())
 
 
 def held_out_folds(cfg: FinetuneConfig) -> list[int]:
