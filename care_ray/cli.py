@@ -224,6 +224,11 @@ def _score_config_cls():
 from care_ray.training.cli import register as _register_training  # noqa: E402
 
 _register_training(app)
+from care_ray.report_cli import register as _register_report  # noqa: E402
+_register_report(app)
+from care_ray.evaluation_cli import register as _register_evaluation  # noqa: E402
+
+_register_evaluation(app)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m care_ray`

@@ -1,0 +1,1 @@
+"""care-ray analyze: findings from scored sessions (population, counselor profiles, drivers, contrasts, challenges, trajectories)."""
