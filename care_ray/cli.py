@@ -201,18 +201,20 @@ def score(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for the model, corpus and scores")] = Path("demo-out"),
-    sessions: Annotated[int, typer.Option(help="ESConv sessions to score")] = 8,
+    out: Annotated[Path, typer.Option(help="folder for the model, corpus, scores, evaluation, analyses and report")] = Path("demo-out"),
+    sessions: Annotated[int, typer.Option(help="ESConv sessions to score")] = 16,
     esconv: Annotated[Path | None, typer.Option(help="ESConv folder (default: ../shared/data/esconv or $CARE_RAY_ESCONV)")] = None,
 ) -> None:
-    """The whole pipeline on local Ray: tiny model → ingest ESConv → score a sample."""
+    """The whole pipeline on local Ray: tiny model → ingest ESConv → score a sample → evaluate →
+    analyze → report.html (its path is the last line printed)."""
     from care_ray.demo import run_demo
 
     try:
-        summary = run_demo(out, sessions=sessions, esconv=esconv)
-    except FileNotFoundError as e:
+        summary = run_demo(out, sessions=sessions, esconv=esconv, progress=lambda line: typer.echo(line, err=True))
+    except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(json.dumps(summary, indent=2, default=str), err=True)
+    typer.echo(summary["report"])
 
 
 def _score_config_cls():
@@ -224,6 +226,9 @@ def _score_config_cls():
 from care_ray.training.cli import register as _register_training  # noqa: E402
 
 _register_training(app)
+from care_ray.analytics.cli import register as _register_analytics  # noqa: E402
+
+_register_analytics(app)
 from care_ray.report_cli import register as _register_report  # noqa: E402
 _register_report(app)
 from care_ray.evaluation_cli import register as _register_evaluation  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,23 +38,71 @@ def _score(ctx: dict) -> dict:
     from care_ray.scoring import ScoreConfig, score_corpus
 
     cfg = ScoreConfig(sessions=ctx["out"] / "corpus", model=ctx["model"], out=ctx["out"] / "scores", limit=ctx["sessions"],
-                      max_model_len=2048, max_new_tokens=192, max_rationale_chars=240, max_quotes=2, max_quote_chars=80)
+                      max_model_len=2048, max_new_tokens=192, max_rationale_chars=240, max_quotes=2, max_quote_chars=80, progress=False)
     m = score_corpus(cfg)
     keep = ("sessions_in", "sessions_complete", "items_in", "items_scored", "items_errors", "prompt_tokens", "cached_prompt_tokens", "seconds")
     return {"score": {k: m[k] for k in keep}}
 
 
-DEMO_STEPS: list[tuple[str, Callable[[dict], dict]]] = [("tiny-model", _tiny_model), ("ingest", _ingest), ("score", _score)]
+# ESConv has no WAI ratings: the seeker's own empathy rating stands in for Bond, relevance for Goal and Task
+DEMO_TRUTH = ["labels.empathy=bond", "labels.relevance=goal,task"]
+DEMO_OUTCOMES = ["empathy", "relevance", "emotion_drop=labels.initial_emotion_intensity-labels.final_emotion_intensity"]
+DEMO_BY = ["failed=metadata.split:failed"]
 
 
-def run_demo(out: Path, sessions: int = 8, esconv: Path | None = None) -> dict[str, Any]:
+def _evaluate(ctx: dict) -> dict:
+    from care_ray.evaluate import EvaluateConfig, evaluate_run
+
+    m = evaluate_run(EvaluateConfig(scores=ctx["out"] / "scores", sessions=ctx["out"] / "corpus", out=ctx["out"] / "evaluation", truth=DEMO_TRUTH))
+    return {"evaluate": {"n_sessions": m["n_sessions"], "pearson": {d: v["pearson"] for d, v in m["dimensions"].items()}}}
+
+
+def _analyze_corpus(ctx: dict) -> dict:
+    from care_ray.analytics.analyze import AnalyzeConfig, analyze
+
+    m = analyze(AnalyzeConfig(sessions=ctx["out"] / "corpus", out=ctx["out"] / "analysis-esconv", outcomes=DEMO_OUTCOMES, by=DEMO_BY))
+    return {"analyze_esconv": {"n_sessions": m["n_sessions"], "tables": m["tables"]}}
+
+
+def _analyze_scores(ctx: dict) -> dict:
+    from care_ray.analytics.analyze import AnalyzeConfig, analyze
+
+    m = analyze(AnalyzeConfig(sessions=ctx["out"] / "corpus", scores=ctx["out"] / "scores", out=ctx["out"] / "analysis-scores", by=DEMO_BY))
+    return {"analyze_scores": {"n_sessions": m["n_sessions"], "tables": m["tables"]}}
+
+
+def _report(ctx: dict) -> dict:
+    from care_ray.report import write_report
+
+    page = write_report(ctx["out"] / "report", evaluation=ctx["out"] / "evaluation",
+                        analyses=[ctx["out"] / "analysis-esconv", ctx["out"] / "analysis-scores"],
+                        title="care-ray demo: ESConv, tiny random model")
+    return {"report": str(page)}
+
+
+DEMO_STEPS: list[tuple[str, Callable[[dict], dict]]] = [
+    ("build the tiny model", _tiny_model),
+    ("ingest ESConv", _ingest),
+    ("score a sample on Ray Data + vLLM", _score),
+    ("evaluate against the seekers' ratings", _evaluate),
+    ("analyze all of ESConv (model-free)", _analyze_corpus),
+    ("analyze the scored sample", _analyze_scores),
+    ("write the report", _report),
+]
+
+
+def run_demo(out: Path, sessions: int = 16, esconv: Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run DEMO_STEPS in order; `progress` hears one line as each step starts and ends."""
     ctx: dict[str, Any] = {"out": Path(out), "sessions": sessions, "esconv": Path(esconv) if esconv else esconv_dir()}
     ctx["out"].mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
-    for name, step in DEMO_STEPS:
-        log.info("demo step: %s", name)
+    say = progress or log.info
+    for k, (name, step) in enumerate(DEMO_STEPS, start=1):
+        say(f"[{k}/{len(DEMO_STEPS)}] {name} ...")
+        started = time.monotonic()
         result = step(ctx)
         ctx.update(result)
         summary.update(result)
-    (ctx["out"] / "demo-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        say(f"[{k}/{len(DEMO_STEPS)}] {name}: done in {time.monotonic() - started:.1f} s")
+    (ctx["out"] / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary

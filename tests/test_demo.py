@@ -1,0 +1,72 @@
+"""The README's first command, end to end: `care-ray demo` ends in a report.html that a real
+browser renders (tiny model → ingest ESConv → score → evaluate → analyze → report)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_report_browser import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, esconv_dir):
+    out = tmp_path_factory.mktemp("demo") / "demo-out"
+    p = subprocess.run([sys.executable, "-m", "care_ray", "demo", "--out", str(out), "--sessions", "12", "--esconv", str(esconv_dir)],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out, p
+
+
+def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
+    out, p = demo_run
+    report = Path(p.stdout.strip().splitlines()[-1])
+    assert report == out / "report" / "report.html" and report.is_file()
+    steps = [line for line in p.stderr.splitlines() if line.startswith("[") and ": done in" in line]
+    assert len(steps) == 7
+    summary = json.loads((out / "demo-summary.json").read_text())
+    assert summary["ingest"]["sessions_written"] == 1496
+    assert summary["score"]["items_scored"] + summary["score"]["items_errors"] == 12 * 12
+    assert summary["evaluate"]["n_sessions"] >= 1
+    import duckdb
+
+    rated = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/corpus/sessions/**/*.parquet') WHERE labels['empathy'] IS NOT NULL").fetchall()[0][0]
+    assert summary["analyze_esconv"]["n_sessions"] == rated > 1000  # every conversation with the seeker's ratings
+    manifest = json.loads((out / "analysis-esconv" / "manifest.json").read_text())
+    assert {"population", "contrasts", "drivers", "features"} <= set(manifest["tables"])
+
+
+def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
+    out, p = demo_run
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/setup does it)")
+    from playwright import sync_api
+
+    console, errors, requests = [], [], []
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
+                                                        args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            page.on("console", lambda msg: console.append((msg.type, msg.text)))
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.on("request", lambda req: requests.append(req.url))
+            page.goto((out / "report" / "report.html").resolve().as_uri(), wait_until="load")
+            plots = page.locator("figure svg.plot")
+            assert plots.count() >= 4
+            for i in range(plots.count()):
+                box = plots.nth(i).bounding_box()
+                assert box is not None and box["width"] > 50 and box["height"] > 50
+            for title in ("Agreement", "Population", "Group contrasts"):
+                assert page.locator("h2, h3", has_text=title).first.is_visible(), title
+            page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
+        finally:
+            context.close()
+    assert [c for c in console if c[0] == "error"] == [] and errors == []
+    assert all(u.startswith(("file:", "data:", "about:")) for u in requests)
