@@ -39,8 +39,19 @@ def _parse_map(pairs: list[str], mapping_file: Path | None) -> dict:
     return spec
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"care-ray {version('care-ray')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging (may include record origins, never transcript text)")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging (may include record origins, never transcript text)")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from care_ray.model_check import go_offline
 
@@ -139,58 +150,87 @@ def _load_config(model_cls, config_file: Path | None, given: dict):
     try:
         return model_cls(**values)
     except ValidationError as e:
-        _fail(validation_message(e))
+        _fail(validation_message(e, list(model_cls.model_fields)))
 
 
-def validation_message(e) -> str:
-    """A pydantic error as one line: 'field: problem' per error, or the check's own sentence."""
+def validation_message(e, known: list[str] | None = None) -> str:
+    """A pydantic error as one line, in the user's words: '--max-model-len must be ≥ 256',
+    '--out is required', an unknown key with the nearest valid one, or the check's own sentence."""
+    import difflib
+
     parts = []
     for err in e.errors():
         msg = str(err["msg"]).removeprefix("Value error, ")
-        loc = ".".join(map(str, err["loc"]))
-        parts.append(f"{loc}: {msg}" if loc else msg)
+        field = ".".join(map(str, err["loc"]))
+        option = "--" + field.replace("_", "-") if field else ""
+        if err["type"] == "missing":
+            parts.append(f"{option} is required")
+        elif err["type"] == "extra_forbidden":
+            near = difflib.get_close_matches(field, known or [], n=1)
+            parts.append(f"unknown key {field!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        else:
+            parts.append(f"{option}: {msg}" if option else msg)
     return "; ".join(parts)
+
+
+def _d(field: str) -> str:
+    """' [default: X]' from ScoreConfig, so --help shows the value a run really gets (the options
+    themselves default to None: a --config file fills what the command line leaves out)."""
+    from care_ray.scoring import ScoreConfig
+
+    info = ScoreConfig.model_fields[field]
+    value = info.get_default(call_default_factory=True)
+    return "" if value is None else f" \\[default: {str(value).lower() if isinstance(value, bool) else value}]"  # \\[: not rich markup
 
 
 @app.command()
 def score(
-    sessions: Annotated[Path | None, typer.Option(help="corpus folder written by `care-ray ingest`")] = None,
-    model: Annotated[str | None, typer.Option(help="model folder (HF layout, safetensors)")] = None,
-    out: Annotated[Path | None, typer.Option(help="output folder (items/, sessions/, errors/, manifest.json); rerun to resume")] = None,
-    adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter folder")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same keys as these options")] = None,
-    items: Annotated[str | None, typer.Option(help="all | goal | task | bond | item ids '1,2,10'")] = None,
-    limit: Annotated[int | None, typer.Option(help="score the first N sessions only")] = None,
-    engine: Annotated[str | None, typer.Option(help="vllm (default) | hf (transformers fallback)")] = None,
-    num_engines: Annotated[int | None, typer.Option(help="engine replicas (Ray actors)")] = None,
-    gpus_per_engine: Annotated[float | None, typer.Option(help="GPUs per replica (0 = CPU)")] = None,
-    cpus_per_engine: Annotated[float | None, typer.Option(help="logical CPUs per replica (default: fit the node)")] = None,
-    tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel", help="tensor parallel degree per replica")] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="context length; longer sessions lose their middle turns")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="token budget per answer (a failed answer is retried once with twice this)")] = None,
-    temperature: Annotated[float | None, typer.Option(help="0 = greedy (default)")] = None,
-    samples: Annotated[int | None, typer.Option(help="answers per item; > 1 gives a spread")] = None,
-    language: Annotated[str | None, typer.Option(help="score every session with this language's rubric (en | zh); default: each session's own language, as sft-data does")] = None,
-    rubric: Annotated[Path | None, typer.Option(help="your own rubric YAML (see schemas/rubrics/)")] = None,
-    max_rationale_chars: Annotated[int | None, typer.Option(help="bound rationales during guided decoding")] = None,
+    sessions: Annotated[Path | None, typer.Option(help="corpus folder written by `care-ray ingest` (required)")] = None,
+    model: Annotated[str | None, typer.Option(help="model folder: config.json, safetensors, tokenizer, chat template (required; never a hub id)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (items/, sessions/, errors/, manifest.json, fingerprint.json); rerun to resume (required)")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with the same keys as these options (unknown keys are refused)")] = None,
+    items: Annotated[str | None, typer.Option(help="all | goal | task | bond | item ids '1,2,10'" + _d("items") + " (all)")] = None,
+    limit: Annotated[int | None, typer.Option(help="score the first N sessions of the corpus, in corpus order")] = None,
+    engine: Annotated[str | None, typer.Option(help="vllm | hf (transformers fallback)" + _d("engine"))] = None,
+    num_engines: Annotated[int | None, typer.Option(help="engine replicas (Ray actors)" + _d("num_engines"))] = None,
+    gpus_per_engine: Annotated[float | None, typer.Option(help="GPUs per replica (0 = CPU)" + _d("gpus_per_engine"))] = None,
+    cpus_per_engine: Annotated[float | None, typer.Option(help="logical CPUs per replica \\[default: fit the node so read/write tasks keep a share]")] = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel", help="tensor parallel degree per replica" + _d("tensor_parallel_size"))] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="context length; longer sessions lose their middle turns" + _d("max_model_len"))] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="token budget per answer (a failed answer is retried once with twice this)" + _d("max_new_tokens"))] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy" + _d("temperature"))] = None,
+    samples: Annotated[int | None, typer.Option(help="answers per item; > 1 gives a spread and needs --temperature > 0" + _d("samples"))] = None,
+    seed: Annotated[int | None, typer.Option(help="sampling seed" + _d("seed"))] = None,
+    language: Annotated[str | None, typer.Option(help="score every session with this language's rubric (en | zh) \\[default: each session's own language, as sft-data does]")] = None,
+    rubric: Annotated[Path | None, typer.Option(help="your own rubric YAML (see schemas/rubrics/) for every session")] = None,
+    max_rationale_chars: Annotated[int | None, typer.Option(help="bound each rationale (guided decoding; a longer answer is an error row)")] = None,
     max_quotes: Annotated[int | None, typer.Option(help="at most this many quotes per answer")] = None,
     max_quote_chars: Annotated[int | None, typer.Option(help="bound each quote's length")] = None,
-    score_only: Annotated[bool | None, typer.Option("--score-only/--with-rationale", help="answers are {score} alone (models trained with --target score)")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join: 'auto', host:port or ray://… (default: the job's cluster under `ray job submit`, else a private local Ray)")] = None,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    score_only: Annotated[bool | None, typer.Option("--score-only/--with-rationale", help="answers are {score} alone (models trained with --target score) \\[default: with-rationale]")] = None,
+    dtype: Annotated[str | None, typer.Option(help="weights dtype: auto | float32 | bfloat16 | float16 (auto = float32 on CPU)" + _d("dtype"))] = None,
+    enable_prefix_caching: Annotated[bool | None, typer.Option("--prefix-caching/--no-prefix-caching", help="reuse the shared transcript's KV cache across a session's items \\[default: prefix-caching]")] = None,
+    block_size: Annotated[int | None, typer.Option(help="KV cache block size \\[default: 32 on CPU, the engine's own on GPU]")] = None,
+    kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache GiB per CPU engine" + _d("kv_cache_gib"))] = None,
+    max_num_seqs: Annotated[int | None, typer.Option(help="sequences an engine batches at once" + _d("max_num_seqs"))] = None,
+    sessions_per_block: Annotated[int | None, typer.Option(help="sessions per Ray Data block (12 prompts each)" + _d("sessions_per_block"))] = None,
+    prompt_workers: Annotated[int | None, typer.Option(help="prompt-building actors (each holds the tokenizer)" + _d("prompt_workers"))] = None,
+    trust_remote_code: Annotated[bool | None, typer.Option("--trust-remote-code", help="run the model folder's own Python code (off unless you set it)")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to join: 'auto', host:port or ray://… \\[default: the job's cluster under `ray job submit`, else a private local Ray]")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="a progress bar on stderr \\[default: progress]")] = None,
     retry_errors: Annotated[str | None, typer.Option(help="re-score the pairs in errors/: 'all' or reasons (truncated, invalid_json, schema_violation, engine_error)")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="discard what --out holds and start over (a rerun with another configuration is refused without it)")] = None,
 ) -> None:
     """Score every session × WAI-SR item with an LLM on Ray Data + vLLM.
 
-    Rerun with the same --out to resume: pairs already in items/ or errors/ are skipped. The folder
-    records a fingerprint of everything that changes results (model and adapter contents, rubric,
-    prompt version, sampling, output bounds, token budget); a rerun with other settings is refused."""
+    Rerun with the same --out to resume: pairs already in items/ or errors/ are skipped. The folder records a fingerprint of everything that changes results (model and adapter contents, rubric, prompt version, sampling, output bounds, token budget); a rerun with other settings is refused."""  # noqa: E501 - Typer keeps line breaks
     given = {k: v for k, v in locals().items() if k != "config"}
     cfg = _load_config(_score_config_cls(), config, given)
+    from care_ray.paths import refuse_relative_in_job
     from care_ray.scoring import score_corpus
 
     try:
+        refuse_relative_in_job({"--sessions": cfg.sessions, "--model": cfg.model, "--out": cfg.out, "--adapter": cfg.adapter, "--rubric": cfg.rubric})
         manifest = score_corpus(cfg)
     except (FileNotFoundError, ValueError) as e:  # FingerprintMismatch is a ValueError
         _fail(str(e))

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from care_ray.engines import Engine, EngineConfig
 from care_ray.fingerprint import FINGERPRINT_FILE
@@ -243,6 +243,8 @@ def drop_errors_scored_since(out: Path) -> int:
 
 class ScoreConfig(BaseModel):
     """Everything `care-ray score` takes; loadable from YAML with the same keys."""
+
+    model_config = ConfigDict(extra="forbid")
 
     sessions: Path
     model: str
