@@ -14,13 +14,16 @@ import pyarrow.dataset as ds
 from care_ray.contract import ContractError, conform_table, normalise_session
 
 
-def sessions_dataset(corpus: Path) -> ds.Dataset:
-    """The hive-partitioned sessions of a corpus folder (the folder itself or its sessions/)."""
-    corpus = Path(corpus)
-    root = corpus / "sessions" if (corpus / "sessions").is_dir() else corpus
+def sessions_dataset(corpus: Path | str) -> ds.Dataset:
+    """The hive-partitioned sessions of a corpus folder (the folder itself or its sessions/), a
+    local path or an object-store URI."""
+    from care_ray.storage import location
+
+    top = location(corpus)
+    root = top.join("sessions") if top.join("sessions").is_dir() else top
     if not root.is_dir():
         raise FileNotFoundError(f"no sessions corpus at {corpus} (expected {corpus}/sessions/)")
-    return ds.dataset(root, format="parquet", partitioning="hive")
+    return ds.dataset(root.path, filesystem=root.fs, format="parquet", partitioning="hive")
 
 
 def iter_session_batches(corpus: Path, batch_size: int = 1000) -> Iterator[pa.Table]:

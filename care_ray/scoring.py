@@ -12,62 +12,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import statistics
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from care_ray.engines import Engine, EngineConfig
 from care_ray.fingerprint import FINGERPRINT_FILE
+from care_ray.storage import Location
 from care_ray.output import InvalidOutput, OutputError, output_schema, parse_item_output, quote_found_share
 
 log = logging.getLogger(__name__)
 
-RESULT_SCHEMA = pa.schema(
-    [
-        ("session_id", pa.string()),
-        ("item_id", pa.int32()),
-        ("dimension", pa.string()),
-        ("status", pa.string()),  # ok | error
-        ("score", pa.float64()),  # the score; the mean of valid samples when samples > 1
-        ("scores", pa.list_(pa.int8())),
-        ("rationale", pa.string()),
-        ("quotes", pa.list_(pa.string())),
-        ("quote_found", pa.float64()),
-        ("n_valid_samples", pa.int32()),
-        ("prompt_tokens", pa.int32()),
-        ("output_tokens", pa.int32()),
-        ("cached_tokens", pa.int32()),
-        ("n_turns", pa.int32()),
-        ("n_elided_turns", pa.int32()),
-        ("truncated", pa.bool_()),
-        ("attempts", pa.int8()),
-        ("finish_reason", pa.string()),
-        ("error_reason", pa.string()),
-        ("error_detail", pa.string()),
-        ("raw_output", pa.string()),
-        ("n_items_selected", pa.int32()),
-        ("model", pa.string()),
-        ("adapter", pa.string()),
-        ("rubric_id", pa.string()),
-        ("engine", pa.string()),
-        ("run_fingerprint", pa.string()),  # fingerprint.json of the folder: one configuration per folder
-    ]
-)
-ITEM_COLUMNS = [c for c in RESULT_SCHEMA.names if c not in ("status", "error_reason", "error_detail", "raw_output")]
-ERROR_COLUMNS = ["session_id", "item_id", "dimension", "error_reason", "error_detail", "raw_output", "attempts",
-                 "prompt_tokens", "output_tokens", "truncated", "finish_reason", "n_items_selected", "model", "adapter", "rubric_id", "engine", "run_fingerprint"]
+from care_ray.results import ERROR_COLUMNS, ITEM_COLUMNS, RESULT_SCHEMA, RUN_ID_FILE, RunFolder  # noqa: E402,F401 - the schema lives with the folder
+
 ERROR_REASONS = tuple(r.value for r in OutputError)
+# a local path or an object-store URI, kept as text: Path("s3://b/x") would turn it into "s3:/b/x"
+PathOrURI = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, os.PathLike) else v)]
 
 
 def engine_message(e: BaseException) -> str:
@@ -150,105 +117,14 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
     return pa.Table.from_pylist(out, schema=RESULT_SCHEMA)
 
 
-def _write_atomic(table: pa.Table, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"part-{uuid.uuid4().hex}.parquet"
-    tmp = folder / f".tmp-{name}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, folder / name)
-
-
-def write_results(results: pa.Table, out: Path) -> dict[str, int]:
-    """Split results into items/ and errors/ files; returns the counts written."""
-    out = Path(out)
-    ok = results.filter(pc.equal(results.column("status"), "ok"))
-    bad = results.filter(pc.equal(results.column("status"), "error"))
-    if ok.num_rows:
-        _write_atomic(ok.select(ITEM_COLUMNS), out / "items")
-    if bad.num_rows:
-        _write_atomic(bad.select(ERROR_COLUMNS), out / "errors")
-    return {"items": ok.num_rows, "errors": bad.num_rows}
-
-
-def _read_folder(folder: Path, columns: list[str]) -> pa.Table | None:
-    """Read a results folder, deleting what a killed run left half-written."""
-    if not folder.is_dir():
-        return None
-    good = []
-    for f in folder.glob(".tmp-*"):
-        f.unlink(missing_ok=True)
-    for f in sorted(folder.glob("part-*.parquet")):
-        try:
-            pq.read_metadata(f)
-            good.append(str(f))
-        except (pa.ArrowInvalid, OSError):
-            log.warning("removing unreadable results file %s (its items will be scored again)", f.name)
-            f.unlink()
-    if not good:
-        return None
-    return ds.dataset(good, format="parquet").to_table(columns=columns)
-
-
-def done_pairs(out: Path) -> dict[str, set[int]]:
-    """(session, item) pairs already scored or already in errors: a rerun skips them."""
-    done: dict[str, set[int]] = defaultdict(set)
-    for sub in ("items", "errors"):
-        t = _read_folder(Path(out) / sub, ["session_id", "item_id"])
-        if t is not None:
-            for sid, item in zip(t.column("session_id").to_pylist(), t.column("item_id").to_pylist(), strict=True):
-                done[sid].add(item)
-    return dict(done)
-
-
-def compact_duplicates(folder: Path) -> int:
-    """A write task that Ray retried after it had already renamed its file leaves a pair twice;
-    keep one row per (session, item). Returns how many rows were dropped."""
-    t = _read_folder(folder, None)
-    if t is None:
-        return 0
-    keys = pa.Table.from_arrays([t.column("session_id"), t.column("item_id")], names=["s", "i"])
-    n_unique = keys.group_by(["s", "i"]).aggregate([]).num_rows
-    if n_unique == t.num_rows:
-        return 0
-    t = t.append_column("_row", pa.array(range(t.num_rows)))
-    first = t.group_by(["session_id", "item_id"]).aggregate([("_row", "min")]).column("_row_min")
-    deduped = t.take(sorted(first.to_pylist())).drop(["_row"])
-    old = list(folder.glob("part-*.parquet"))
-    _write_atomic(deduped, folder)
-    for f in old:
-        f.unlink()
-    return t.num_rows - deduped.num_rows
-
-
-def drop_errors_scored_since(out: Path) -> int:
-    """A pair in both items/ and errors/ (a straggler of a killed run wrote one side just as the
-    rerun read what was done) keeps its score: the error row goes. Returns how many went."""
-    errors_dir = Path(out) / "errors"
-    items = _read_folder(Path(out) / "items", ["session_id", "item_id"])
-    errors = _read_folder(errors_dir, None)
-    if items is None or errors is None:
-        return 0
-    scored = set(zip(items.column("session_id").to_pylist(), items.column("item_id").to_pylist(), strict=True))
-    keep = [(s, i) not in scored for s, i in zip(errors.column("session_id").to_pylist(), errors.column("item_id").to_pylist(), strict=True)]
-    if all(keep):
-        return 0
-    old = list(errors_dir.glob("part-*.parquet"))
-    kept = errors.filter(pa.array(keep))
-    if kept.num_rows:
-        _write_atomic(kept, errors_dir)
-    for f in old:
-        f.unlink()
-    return len(keep) - kept.num_rows
-
-
 class ScoreConfig(BaseModel):
     """Everything `care-ray score` takes; loadable from YAML with the same keys."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sessions: Path
+    sessions: PathOrURI
     model: str
-    out: Path
+    out: PathOrURI
     adapter: str | None = None
     items: str | None = Field(None, description="all (default), a dimension (goal|task|bond), or ids '1,2,10'")
     limit: int | None = Field(None, ge=1, description="score only the first N sessions of the corpus")
@@ -281,6 +157,7 @@ class ScoreConfig(BaseModel):
     progress: bool = True
     retry_errors: str | None = Field(None, description="re-score pairs in errors/: 'all' or reasons, e.g. 'truncated,invalid_json'")
     overwrite: bool = Field(False, description="discard what --out holds and start over (needed when the configuration changed)")
+    shared_filesystem: bool = Field(False, description="--out is a local path mounted on every node of a multi-node cluster")
     crash_once_marker: str | None = Field(None, description="TEST ONLY: fault injection")
     fail_while_marker: str | None = Field(None, description="TEST ONLY: fault injection")
 
@@ -338,7 +215,7 @@ class ScoreConfig(BaseModel):
 class BuildItemPrompts:
     """Ray Data stage: a block of sessions → its pending (session, item) prompts."""
 
-    def __init__(self, config: ScoreConfig, item_ids: list[int], done_ref: Any, selected_ref: Any):
+    def __init__(self, config: ScoreConfig, item_ids: list[int], plan_ref: Any):
         from care_ray.prompts import PromptBuilders, load_tokenizer
 
         import ray
@@ -346,8 +223,11 @@ class BuildItemPrompts:
         tokenizer = load_tokenizer(config.model, config.trust_remote_code)
         self.builders = PromptBuilders(tokenizer, config.max_model_len, config.max_new_tokens, rubric_file=config.rubric, language_override=config.language)
         self.item_ids = item_ids
-        self.done: dict[str, set[int]] = ray.get(done_ref) if done_ref is not None else {}
-        self.selected: set[str] | None = ray.get(selected_ref) if selected_ref is not None else None
+        # the resume plan (session → items still to score); None: every session, every item
+        self.pending: dict[str, list[int]] | None = None
+        if plan_ref is not None:
+            plan = ray.get(plan_ref)
+            self.pending = dict(zip(plan.column("session_id").to_pylist(), plan.column("missing").to_pylist(), strict=True))
 
     def __call__(self, sessions: pa.Table) -> pa.Table:
         from care_ray.prompts import ITEM_PROMPT_SCHEMA
@@ -355,10 +235,11 @@ class BuildItemPrompts:
         parts = []
         columns = (sessions.column("session_id").to_pylist(), sessions.column("turns").to_pylist(), sessions.column("language").to_pylist())
         for sid, turns, language in zip(*columns, strict=True):
-            if self.selected is not None and sid not in self.selected:
+            missing = self.item_ids if self.pending is None else self.pending.get(sid)
+            if not missing:
                 continue
             builder = self.builders.for_language(language)
-            pending = [builder.rubric.item(i) for i in self.item_ids if i not in self.done.get(sid, ())]
+            pending = [builder.rubric.item(i) for i in missing]
             if pending:
                 one = pa.table({"session_id": [sid], "turns": pa.array([turns], type=sessions.schema.field("turns").type)})
                 parts.append(builder.build_item_prompts(one, pending))
@@ -384,17 +265,14 @@ class ScoreItemsActor:
             engine.shutdown()
 
 
-RUN_ID_FILE = ".run-id"
-
-
 def _write_results_batch(results: pa.Table, out: str, run_id: str) -> pa.Table:
     # Fencing: a worker of a killed earlier run can outlive its driver for a while and still
     # finish a batch; once a newer run has claimed the folder, that batch is dropped, not written.
-    current = (Path(out) / RUN_ID_FILE).read_text().strip() if (Path(out) / RUN_ID_FILE).exists() else None
-    if current != run_id:
+    run = RunFolder(out)
+    if run.run_id() != run_id:
         log.warning("dropping %d results of a superseded run", results.num_rows)
         return pa.table({"items": [0], "errors": [0], "session_ids": ["[]"]})
-    counts = write_results(results, Path(out))
+    counts = run.write_results(results)
     sessions = pc.unique(results.column("session_id")).to_pylist() if results.num_rows else []
     return pa.table({"items": [counts["items"]], "errors": [counts["errors"]], "session_ids": [json.dumps(sessions)]})
 
@@ -436,11 +314,12 @@ def plan_cpus(total_cpus: float, num_engines: int, requested: float | None, gpus
     return requested
 
 
-def select_sessions(sessions_dir: Path, limit: int | None) -> list[str]:
+def select_sessions(sessions_dir: Path | str, limit: int | None) -> list[str]:
+    """The ids to score, in corpus order (the first `limit` of them)."""
     from care_ray.corpus import sessions_dataset
 
-    ids = sessions_dataset(sessions_dir).to_table(columns=["session_id"]).column("session_id").to_pylist()
-    return ids[:limit] if limit else ids
+    ids = sessions_dataset(sessions_dir).head(limit, columns=["session_id"]) if limit else sessions_dataset(sessions_dir).to_table(columns=["session_id"])
+    return ids.column("session_id").to_pylist()
 
 
 def _progress(total: int, enabled: bool):
@@ -449,15 +328,31 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="session", desc="scored", disable=not enabled, mininterval=2.0, smoothing=0.1)
 
 
-def prepare_run_folder(out: Path, config: ScoreConfig) -> str:
+def check_output_reachable(out: Location, alive_nodes: int, shared_filesystem: bool) -> None:
+    """Engines write their results where they run: on a cluster of several nodes a path on this
+    machine's disk would scatter them over the nodes' own disks."""
+    if out.local and alive_nodes > 1 and not shared_filesystem:
+        raise ValueError(f"--out {out.uri} is a local path, but the cluster has {alive_nodes} nodes: other nodes would write to their own disks. "
+                         "Use an object-store URI (s3://…, gs://…), or pass --shared-filesystem if that path is one filesystem mounted on every node")
+
+
+def check_run_folder(out: Path | str, config: ScoreConfig) -> None:
+    """Refuse, touching nothing, an `out` that holds results of another configuration."""
+    prepare_run_folder(out, config, check_only=True)
+
+
+def prepare_run_folder(out: Path | str, config: ScoreConfig, check_only: bool = False) -> str:
     """Make sure `out` holds nothing or results of this very configuration, then claim it; returns
     the fingerprint. A mismatch is refused before anything in `out` is touched."""
-    from care_ray.fingerprint import FingerprintMismatch, differences, read_fingerprint, write_fingerprint
+    from care_ray.fingerprint import FingerprintMismatch, differences, digest_of
 
+    run = RunFolder(out)
     settings, info = config.fingerprint_settings()
-    recorded = read_fingerprint(out)
-    counts = {sub: sum(pq.read_metadata(f).num_rows for f in (out / sub).glob("part-*.parquet")) for sub in ("items", "errors") if (out / sub).is_dir()}
-    holds = f"{counts.get('items', 0)} scored items and {counts.get('errors', 0)} errors"
+    fp_file = run.loc.join(FINGERPRINT_FILE)
+    text = fp_file.read_text()
+    recorded = json.loads(text) if text else None
+    counts = run.counts()
+    holds = f"{counts['items']} scored items and {counts['errors']} errors"
     if recorded is None and any(counts.values()) and not config.overwrite:
         raise FingerprintMismatch(f"{out} holds {holds} but no {FINGERPRINT_FILE} (an older care-ray wrote it), so a rerun cannot tell whether "
                                   "it would mix configurations; score into a new --out folder, or pass --overwrite to start over there")
@@ -466,38 +361,16 @@ def prepare_run_folder(out: Path, config: ScoreConfig) -> str:
         if diffs:
             raise FingerprintMismatch(f"{out} holds {holds} from another configuration ({'; '.join(diffs)}); "
                                       "score into a new --out folder, or pass --overwrite to discard them and start over")
+        return recorded["fingerprint"]
+    if check_only:
+        return digest_of(settings)
     if config.overwrite:
-        for name in ("items", "errors", "sessions"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("manifest.json", FINGERPRINT_FILE):
-            (out / name).unlink(missing_ok=True)
+        run.wipe()
         if any(counts.values()):
             log.warning("--overwrite: discarded %s in %s", holds, out)
-    out.mkdir(parents=True, exist_ok=True)
-    if recorded is not None and not config.overwrite:
-        return recorded["fingerprint"]
-    return write_fingerprint(out, settings, info)
-
-
-def release_errors(out: Path, reasons: set[str], session_ids: Sequence[str], item_ids: Sequence[int]) -> int:
-    """Take the selected pairs whose error reason is in `reasons` out of errors/, so this run
-    scores them again (a kill before they are rescored leaves them pending, never lost).
-    Returns how many were released."""
-    errors_dir = out / "errors"
-    errors = _read_folder(errors_dir, None)
-    if errors is None:
-        return 0
-    release = pc.and_(
-        pc.and_(pc.is_in(errors.column("error_reason"), pa.array(sorted(reasons))), pc.is_in(errors.column("session_id"), pa.array(list(session_ids), pa.string()))),
-        pc.is_in(errors.column("item_id"), pa.array(list(item_ids), pa.int32())),
-    )
-    n = int(pc.sum(release).as_py() or 0)
-    if n:
-        old = list(errors_dir.glob("part-*.parquet"))
-        _write_atomic(errors.filter(pc.invert(release)), errors_dir)
-        for f in old:
-            f.unlink()
-    return n
+    digest = digest_of(settings)
+    fp_file.write_text(json.dumps({"fingerprint": digest, "settings": settings, "info": info}, indent=2, sort_keys=True, default=str) + "\n")
+    return digest
 
 
 def score_corpus(config: ScoreConfig) -> dict[str, Any]:
@@ -512,42 +385,45 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     import ray
 
     from care_ray.corpus import sessions_dataset
+    from care_ray.results import pending_plan, release_errors
     from care_ray.rubric import rubric_for_language
 
     started = time.time()
-    out = Path(config.out)
     items = rubric_for_language(None, config.rubric, config.language).select(config.items)
     session_ids = select_sessions(config.sessions, config.limit)
     item_ids = [i.id for i in items]
-    fingerprint = prepare_run_folder(out, config)
+    run = RunFolder(config.out)
+    check_run_folder(config.out, config)  # before Ray starts: a refused rerun answers at once
+    init_ray(config.ray_address)
+    check_output_reachable(run.loc, len([n for n in ray.nodes() if n.get("Alive")]), config.shared_filesystem)
+    fingerprint = prepare_run_folder(config.out, config)
     run_id = uuid.uuid4().hex
-    (out / RUN_ID_FILE).write_text(run_id + "\n")  # before reading what is done: see _write_results_batch
+    run.claim(run_id)  # before reading what is done: see _write_results_batch
     reasons = config.retry_reasons()
-    released = release_errors(out, reasons, session_ids, item_ids) if reasons else 0
-    done = done_pairs(out)
-    pairs_done_before = sum(len(done.get(s, set()) & set(item_ids)) for s in session_ids)
-    pending_sessions = sum(1 for s in session_ids if not set(item_ids) <= done.get(s, set()))
+    released = release_errors(run, reasons, session_ids, item_ids) if reasons else 0
+    plan, pairs_done_before = pending_plan(run, session_ids, item_ids)
+    pending_sessions = plan.num_rows
     run_meta = {"n_items_selected": len(items), "model": config.model, "adapter": config.adapter, "engine": config.engine, "run_fingerprint": fingerprint}
     log.info("scoring %d sessions × %d items (%d sessions pending, %d pairs already done, %d errors released for retry)",
-             len(session_ids), len(items), pending_sessions, sum(map(len, done.values())), released)
+             len(session_ids), len(items), pending_sessions, pairs_done_before, released)
 
-    init_ray(config.ray_address)
     engine_cfg = config.engine_config()
     cpus = plan_cpus(ray.cluster_resources().get("CPU", 1.0), config.num_engines, config.cpus_per_engine, config.gpus_per_engine)
     light = {"num_cpus": 0.25}
     if pending_sessions:
-        done_ref = ray.put(done) if done else None
-        selected_ref = ray.put(set(session_ids)) if config.limit else None
-        sessions_path = sessions_dataset(config.sessions).files
+        # the whole corpus, nothing done: no plan to ship (it would be every session)
+        everything = pending_sessions == sessions_dataset(config.sessions).count_rows() and pairs_done_before == 0
+        plan_ref = None if everything else ray.put(plan)
+        corpus = sessions_dataset(config.sessions)
         ds_ = (
-            ray.data.read_parquet(sessions_path, partitioning=None, **light)
+            ray.data.read_parquet(corpus.files, filesystem=corpus.filesystem, partitioning=None, **light)
             .select_columns(["session_id", "turns", "language"])
             .repartition(target_num_rows_per_block=config.sessions_per_block)
-            .map_batches(BuildItemPrompts, fn_constructor_kwargs=dict(config=config, item_ids=item_ids, done_ref=done_ref, selected_ref=selected_ref),
+            .map_batches(BuildItemPrompts, fn_constructor_kwargs=dict(config=config, item_ids=item_ids, plan_ref=plan_ref),
                          batch_format="pyarrow", batch_size=None, compute=ray.data.ActorPoolStrategy(size=config.prompt_workers), **light)
             .map_batches(ScoreItemsActor, fn_constructor_kwargs=dict(config=engine_cfg, run_meta=run_meta), batch_format="pyarrow", batch_size=None,
                          compute=ray.data.ActorPoolStrategy(size=config.num_engines), num_cpus=cpus, num_gpus=config.gpus_per_engine or None)
-            .map_batches(_write_results_batch, fn_kwargs=dict(out=str(out), run_id=run_id), batch_format="pyarrow", batch_size=None, **light)
+            .map_batches(_write_results_batch, fn_kwargs=dict(out=run.loc.uri, run_id=run_id), batch_format="pyarrow", batch_size=None, **light)
         )
         seen: set[str] = set()
         with _progress(pending_sessions, config.progress) as bar:
@@ -556,69 +432,36 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                     new = set(json.loads(ids)) - seen
                     seen |= new
                     bar.update(len(new))
-    return finalize(out, session_ids, item_ids, config, started, {"pairs_done_before": pairs_done_before, "errors_released_for_retry": released}, fingerprint)
+    return finalize(config.out, session_ids, item_ids, config, started, {"pairs_done_before": pairs_done_before, "errors_released_for_retry": released}, fingerprint)
 
 
-def _ensure_table(folder: Path, columns: list[str]) -> None:
-    """An empty results folder still gets a (zero-row) file with the schema, so a DuckDB or Ray
-    glob over a finished run reads an empty table instead of failing on 'no files found'."""
-    if not any(folder.glob("part-*.parquet")):
-        _write_atomic(pa.schema([RESULT_SCHEMA.field(c) for c in columns]).empty_table(), folder)
+def finalize(out: Path | str, session_ids: list[str], item_ids: list[int], config: ScoreConfig, started: float, extra: dict | None = None, fingerprint: str | None = None) -> dict[str, Any]:
+    """Consolidate to one row per pair, aggregate sessions/ with queries/session_scores.sql,
+    reconcile counts (DuckDB over the committed files), write the manifest."""
+    from care_ray.results import consolidate, reconcile, write_session_scores
 
-
-def finalize(out: Path, session_ids: list[str], item_ids: list[int], config: ScoreConfig, started: float, extra: dict | None = None, fingerprint: str | None = None) -> dict[str, Any]:
-    """Deduplicate, aggregate sessions/ with queries/session_scores.sql, reconcile counts, write the manifest."""
-    from care_ray.queries import connect, read_query
-
-    dropped = compact_duplicates(out / "items") + compact_duplicates(out / "errors") + drop_errors_scored_since(out)
-    _ensure_table(out / "items", ITEM_COLUMNS)
-    _ensure_table(out / "errors", ERROR_COLUMNS)
-    selected = set(session_ids)
-    wanted = {(s, i) for s in session_ids for i in item_ids}
-    items = _read_folder(out / "items", ["session_id", "item_id", "prompt_tokens", "cached_tokens", "output_tokens", "rubric_id", "run_fingerprint"])
-    errors = _read_folder(out / "errors", ["session_id", "item_id", "error_reason", "run_fingerprint"])
-    foreign = {f for t in (items, errors) for f in pc.unique(t.column("run_fingerprint")).to_pylist()} - {fingerprint}
+    run = RunFolder(out)
+    orphans = run.remove_orphans()
+    dropped = consolidate(run)
+    run.ensure_tables()
+    counts = reconcile(run, session_ids, item_ids)
+    foreign = set(counts.pop("fingerprints")) - {fingerprint}
     if fingerprint is not None and foreign:
         raise RuntimeError(f"{out} holds rows of another configuration (fingerprints {sorted(map(str, foreign))}, this run {fingerprint})")
-    item_keys = set() if items is None else set(zip(items.column("session_id").to_pylist(), items.column("item_id").to_pylist(), strict=True))
-    error_keys = set() if errors is None else set(zip(errors.column("session_id").to_pylist(), errors.column("item_id").to_pylist(), strict=True))
-    scored, failed = item_keys & wanted, error_keys & wanted
-    missing = wanted - scored - failed
-    if missing or scored & failed:
-        raise RuntimeError(f"scoring counts do not reconcile: {len(missing)} pairs missing, {len(scored & failed)} in both items and errors")
-    sessions_with_errors = {s for s, _ in failed}
-    sessions_dir = out / "sessions"
-    if sessions_dir.exists():
-        shutil.rmtree(sessions_dir)
-    table = connect({"items": out / "items"}).sql(read_query("session_scores")).to_arrow_table()
-    sessions_dir.mkdir()
-    pq.write_table(table, sessions_dir / "part-00000.parquet")
-    n_session_rows = table.num_rows
-    reasons = {r["values"]: r["counts"] for r in pc.value_counts(errors.column("error_reason")).to_pylist()}
-    rubrics = {r["values"]: r["counts"] for r in pc.value_counts(items.column("rubric_id")).to_pylist()}
-    prompt_tokens = int(pc.sum(items.column("prompt_tokens")).as_py() or 0)
-    cached_tokens = int(pc.sum(items.column("cached_tokens")).as_py() or 0)
+    n_session_rows = write_session_scores(run)
     manifest = {
         "kind": "care-ray scores",
-        "sessions_in": len(selected),
-        "sessions_complete": len(selected - sessions_with_errors),
-        "sessions_with_errors": len(sessions_with_errors),
-        "items_in": len(wanted),
-        "items_scored": len(scored),
-        "items_errors": len(failed),
-        "errors_by_reason": reasons,
-        "items_by_rubric": rubrics,
+        **counts,
         "fingerprint": fingerprint,
         "session_rows": n_session_rows,
-        "duplicates_dropped": dropped,
+        "duplicates_dropped": dropped["items_duplicates"] + dropped["errors_dropped"],
+        "orphan_files_removed": orphans,
         **(extra or {}),
-        "prompt_tokens": prompt_tokens,
-        "cached_prompt_tokens": cached_tokens,
         "seconds": round(time.time() - started, 2),
         "config": json.loads(config.model_dump_json(exclude={"crash_once_marker", "fail_while_marker"})),
         "versions": _versions(),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    run.loc.join("manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

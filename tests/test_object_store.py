@@ -1,0 +1,128 @@
+"""Scoring with an object store for input and output (issue 8): a real S3 API served on localhost
+by moto, the endpoint given the way users give theirs (AWS_* environment variables). Score to
+s3://, kill the driver midway, rerun, and find exactly one row per pair."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from care_ray.results import RunFolder
+
+BUCKET = "care-ray-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory):
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import boto3
+
+        deadline = time.time() + 30
+        while True:
+            try:
+                boto3.client("s3").create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield env
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def s3_corpus(s3_env, esconv_corpus):
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}/x")
+    pafs.copy_files(str(esconv_corpus / "sessions"), f"{BUCKET}/corpus/sessions", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return f"s3://{BUCKET}/corpus"
+
+
+def test_the_run_folder_commit_protocol_works_without_rename(s3_env):
+    import pyarrow as pa
+
+    from care_ray.results import RESULT_SCHEMA, consolidate, pending_plan
+
+    run = RunFolder(f"s3://{BUCKET}/protocol")
+    rows = [{"session_id": "a", "item_id": i, "status": "ok", "score": 3.0} for i in (1, 2)]
+    run.write_results(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
+    run.write_results(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
+    # a file whose writer died before its marker: invisible, then removed
+    run.loc.join("items", "part-orphan.parquet").write_parquet(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA).select(["session_id", "item_id"]))
+    assert pending_plan(run, ["a", "b"], [1, 2])[1] == 2
+    assert run.remove_orphans() == 1
+    assert consolidate(run)["items_duplicates"] == 2 and run.read("items").num_rows == 2
+
+
+@pytest.mark.slow
+def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, tiny_model):
+    import ray
+
+    from care_ray.scoring import ScoreConfig, score_corpus
+
+    out = f"s3://{BUCKET}/scores"
+    args = ["--sessions", s3_corpus, "--model", str(tiny_model), "--out", out, "--limit", "12", "--max-model-len", "1024",
+            "--max-new-tokens", "160", "--max-rationale-chars", "160", "--max-quotes", "2", "--max-quote-chars", "60", "--no-progress"]
+    p = subprocess.Popen([sys.executable, "-m", "care_ray", "score", "--ray-address", "local", *args], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "2"})
+    run = RunFolder(out)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not run.committed("items"):
+            assert p.poll() is None, "scoring finished or died before it could be killed"
+            time.sleep(0.3)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not run.loc.join("manifest.json").exists()
+    before = run.read("items", ["session_id", "item_id"]).num_rows + run.read("errors", ["session_id", "item_id"]).num_rows
+    assert 0 < before < 12 * 12
+
+    ray.shutdown()  # the rerun's local Ray starts with this process's AWS_* settings
+    m = score_corpus(ScoreConfig(sessions=s3_corpus, model=str(tiny_model), out=out, limit=12, max_model_len=1024, max_new_tokens=160,
+                                 max_rationale_chars=160, max_quotes=2, max_quote_chars=60, sessions_per_block=2, progress=False))
+    assert m["pairs_done_before"] >= before
+    assert m["items_scored"] + m["items_errors"] == m["items_in"] == 144
+    keys = [(r["session_id"], r["item_id"]) for sub in ("items", "errors") for r in run.read(sub, ["session_id", "item_id"]).to_pylist()]
+    assert len(keys) == len(set(keys)) == 144  # exactly one row per pair
+    assert run.loc.join("sessions", "part-00000.parquet").exists() and run.loc.join("fingerprint.json").exists()
+    names = {i.base_name for i in run.loc.fs.get_file_info(pafs.FileSelector(run.loc.join("items").path))}
+    assert names == {Path(p).name for p in run.committed("items")}  # no orphans left behind
+    ray.shutdown()
+
+
+def test_a_local_output_path_on_a_multi_node_cluster_is_refused():
+    from care_ray.scoring import check_output_reachable
+    from care_ray.storage import location
+
+    with pytest.raises(ValueError, match="other nodes would write to their own disks"):
+        check_output_reachable(location("/tmp/x"), alive_nodes=2, shared_filesystem=False)
+    check_output_reachable(location("/tmp/x"), alive_nodes=2, shared_filesystem=True)  # the user says it is mounted everywhere
+    check_output_reachable(location("/tmp/x"), alive_nodes=1, shared_filesystem=False)
