@@ -44,7 +44,7 @@ def corrupted(esconv_dir, tmp_path_factory):
     failed[4]["dialog"][1]["annotation"]["feedback"] = "9" if "feedback" in failed[4]["dialog"][1]["annotation"] else "9"
     (d / "FailedESConv.json").write_text(json.dumps(failed, ensure_ascii=False))
     out = tmp_path_factory.mktemp("corrupt-out")
-    manifest = ingest_files("esconv", [d], out)
+    manifest = ingest_files("esconv", [d], out, empty_turns="quarantine")  # the default drops blank turns instead
     return {"out": out, "manifest": manifest, "bad": bad, "n_train": 41, "convs": convs}
 
 

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from care_ray.cli import app
-from care_ray.scoring import RESULT_SCHEMA, ScoreConfig, finalize, prepare_run_folder, score_item_prompts, select_sessions, write_results
+from care_ray.results import RESULT_SCHEMA, RunFolder
+from care_ray.scoring import ScoreConfig, finalize, prepare_run_folder, score_item_prompts, select_sessions
 from care_ray.engines import EngineConfig, Generation, Sample
 from care_ray.output import output_schema
 
@@ -56,7 +57,7 @@ def score_cfg(corpus, model, out, **kw):
 def test_a_rerun_with_other_settings_is_refused_and_names_the_differences(esconv_corpus, tiny_model, tmp_path):
     out = tmp_path / "scores"
     fp = prepare_run_folder(out, score_cfg(esconv_corpus, tiny_model, out))
-    write_results(pa.Table.from_pylist([{"session_id": "s", "item_id": 1, "status": "ok", "score": 3.0, "run_fingerprint": fp}], schema=RESULT_SCHEMA), out)
+    RunFolder(out).write_results(pa.Table.from_pylist([{"session_id": "s", "item_id": 1, "status": "ok", "score": 3.0, "run_fingerprint": fp}], schema=RESULT_SCHEMA))
     assert prepare_run_folder(out, score_cfg(esconv_corpus, tiny_model, out)) == fp  # same settings: resume
     base = ["score", "--sessions", str(esconv_corpus), "--model", str(tiny_model), "--out", str(out), "--max-model-len", "1024",
             "--max-new-tokens", "160", "--max-rationale-chars", "160", "--no-progress"]
@@ -78,7 +79,7 @@ def test_new_weights_in_the_same_model_folder_change_the_fingerprint(esconv_corp
     shutil.copytree(tiny_model, model)
     out = tmp_path / "scores"
     prepare_run_folder(out, score_cfg(esconv_corpus, model, out))
-    write_results(pa.Table.from_pylist([{"session_id": "s", "item_id": 1, "status": "ok", "score": 3.0}], schema=RESULT_SCHEMA), out)
+    RunFolder(out).write_results(pa.Table.from_pylist([{"session_id": "s", "item_id": 1, "status": "ok", "score": 3.0}], schema=RESULT_SCHEMA))
     weights = load_file(model / "model.safetensors")
     name = next(iter(weights))
     weights[name] = weights[name] + 0.01  # "retrained": same names and shapes, other values
@@ -91,7 +92,7 @@ def test_new_weights_in_the_same_model_folder_change_the_fingerprint(esconv_corp
 
 
 def test_a_folder_without_a_fingerprint_is_not_resumed_blindly(esconv_corpus, tiny_model, tmp_path):
-    write_results(pa.Table.from_pylist([{"session_id": "s", "item_id": 1, "status": "ok", "score": 3.0}], schema=RESULT_SCHEMA), tmp_path)
+    RunFolder(tmp_path).write_results(pa.Table.from_pylist([{"session_id": "s", "item_id": 1, "status": "ok", "score": 3.0}], schema=RESULT_SCHEMA))
     with pytest.raises(ValueError, match="no fingerprint.json"):
         prepare_run_folder(tmp_path, score_cfg(esconv_corpus, tiny_model, tmp_path))
 
@@ -180,7 +181,8 @@ def test_ingest_into_an_existing_corpus_refuses_or_appends_by_source(esconv_dir,
     clash = runner.invoke(app, ["ingest", "--format", "sessions-jsonl", str(jsonl), "--out", str(out), "--mode", "append"])
     assert clash.exit_code == 2 and "source 'zh-test' is already in" in clash.output
     dup = runner.invoke(app, ["ingest", "--format", "sessions-jsonl", str(jsonl), "--out", str(out), "--mode", "append", "--source", "zh-again"])
-    assert dup.exit_code == 0 and json.loads((out / "manifest.json").read_text())["quarantined_by_reason"] == {"duplicate_session_id": 1}
+    assert dup.exit_code == 1 and "duplicate_session_id ×1" in dup.output  # nothing written: said, with the reason
+    assert json.loads((out / "manifest.json").read_text())["quarantined_by_reason"] == {"duplicate_session_id": 1}
     from care_ray.corpus import validate_corpus
 
     assert validate_corpus(out)["ok"]
@@ -190,7 +192,7 @@ def test_a_finished_run_always_has_items_errors_and_sessions_tables(esconv_corpu
     cfg = score_cfg(esconv_corpus, tiny_model, tmp_path)
     fp = prepare_run_folder(tmp_path, cfg)
     fail = [{"session_id": "s", "item_id": i, "dimension": "task", "status": "error", "error_reason": "truncated", "run_fingerprint": fp} for i in (1, 2)]
-    write_results(pa.Table.from_pylist(fail, schema=RESULT_SCHEMA), tmp_path)  # everything failed
+    RunFolder(tmp_path).write_results(pa.Table.from_pylist(fail, schema=RESULT_SCHEMA))  # everything failed
     m = finalize(tmp_path, ["s"], [1, 2], cfg, 0.0, fingerprint=fp)
     assert m["items_scored"] == 0 and m["items_errors"] == 2
     con = duckdb.connect()
@@ -219,7 +221,7 @@ def test_training_and_scoring_prompts_are_byte_identical_in_english_and_chinese(
     assert {e["language"] for e in examples} == {"en", "zh-CN"}
 
     cfg = score_cfg(mixed_corpus, tiny_model, tmp_path / "out")
-    prompts = BuildItemPrompts(cfg, list(range(1, 13)), None, None)(sessions.select(["session_id", "turns", "language"]))
+    prompts = BuildItemPrompts(cfg, list(range(1, 13)), None)(sessions.select(["session_id", "turns", "language"]))
     scoring = {(r["session_id"], r["item_id"]): r for r in prompts.to_pylist()}
     tok = load_tokenizer(str(tiny_model))
     render = PromptBuilder(load_rubric(), tok).render
@@ -235,7 +237,7 @@ def test_training_and_scoring_prompts_are_byte_identical_in_english_and_chinese(
     assert checked["zh"] == 12 and checked["en"] >= 4
     assert "来访者" in scoring[("zh-1", 1)]["prompt"] or "咨询师" in scoring[("zh-1", 1)]["prompt"]
     # --language overrides: every session gets the English rubric
-    forced = BuildItemPrompts(score_cfg(mixed_corpus, tiny_model, tmp_path / "o2", language="en"), [1], None, None)(sessions.select(["session_id", "turns", "language"]))
+    forced = BuildItemPrompts(score_cfg(mixed_corpus, tiny_model, tmp_path / "o2", language="en"), [1], None)(sessions.select(["session_id", "turns", "language"]))
     assert set(forced.column("rubric_id").to_pylist()) == {"wai-sr-client-en-v1"}
 
 
