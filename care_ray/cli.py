@@ -24,19 +24,70 @@ def _fail(msg: str) -> None:
 
 
 def _parse_map(pairs: list[str], mapping_file: Path | None) -> dict:
+    """The --mapping YAML overlaid with the --map KEY=VALUE pairs: one spec for mapping_from_spec,
+    which treats both alike (a scalar or a comma-separated string where a list is expected)."""
     import yaml
 
     spec: dict = {}
     if mapping_file:
-        spec.update(yaml.safe_load(mapping_file.read_text(encoding="utf-8")) or {})
+        if not mapping_file.exists():
+            raise UserError(f"--mapping file not found: {mapping_file}")
+        try:
+            loaded = yaml.safe_load(mapping_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{mapping_file}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{mapping_file}: expected 'KEY: COLUMN' lines with the keys of --map")
+        spec.update(loaded)
     for pair in pairs:
         if "=" not in pair:
             raise UserError(f"--map takes KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        list_fields = {"client_values", "counselor_values", "labels", "metadata", "client_wai", "counselor_wai"}
-        spec[key] = [v.strip() for v in value.split(",") if v.strip()] if key in list_fields else value.strip()
+        spec[key.strip()] = value.strip()
     return spec
+
+
+_INGEST_EXAMPLE = """care-ray ingest export.csv --out corpus \\
+    --map session=conv_id --map role=speaker --map text=utterance \\
+    --map order=turn_no --map client_values=patient \\
+    --map counselor_values=therapist --map strategy=therapist_code \\
+    --map reaction=patient_code --map metadata=quality_flag,topic"""
+
+
+def _ingest_help() -> str:
+    """The ingest command's help: every mapping key with its description, from TurnsMapping itself."""
+    from care_ray.ingest import mapping_help
+
+    keys = "\n".join(f"  {line}" for line in mapping_help().splitlines())
+    return (
+        "Read sessions, validate them against the contract, write sessions/ + quarantine/ + manifest.json.\n\n"
+        "The format is inferred from the input (.csv/.tsv: turns-csv; JSON: esconv, sessions-jsonl or turns-jsonl by "
+        "the first record) unless --format is given. Turn-per-row exports need a mapping: --map KEY=COLUMN per key "
+        "(list keys take COL1,COL2), or the same keys in a --mapping YAML file. Columns no key names are not kept; "
+        "the summary lists them.\n\n"
+        f"Mapping keys (each takes a column name unless marked value):\n{keys}\n\n"
+        f"Example, an utterance-per-row CSV:\n  {_INGEST_EXAMPLE}\n\n"
+        "Ends with a summary (written, quarantined by reason, dropped turns, unmapped label values, columns not kept) "
+        "and the manifest path; exits 1 when nothing was written."
+    )
+
+
+def _default_null_values() -> str:
+    from care_ray.ingest import DEFAULT_NULL_VALUES
+
+    return ",".join(v for v in DEFAULT_NULL_VALUES if v)
+
+
+def _ingest_values(fmt: str, null_values: str | None, map_values: Path | None, mapping):
+    """LabelValues from --null-values and --map-values (turn-per-row formats only)."""
+    from care_ray.ingest import LabelValues
+    from care_ray.ingest.mapping import load_value_maps, parse_null_values
+
+    if not fmt.startswith("turns-"):
+        if null_values is not None or map_values is not None:
+            raise UserError(f"--null-values/--map-values apply to turns-csv and turns-jsonl, not {fmt}")
+        return None
+    return LabelValues(null_values=parse_null_values(null_values), maps=load_value_maps(map_values, mapping) if map_values else {})
 
 
 def _version(value: bool) -> None:
@@ -58,37 +109,48 @@ def main(
     go_offline()  # before any command can import a hub client
 
 
-@app.command()
+@app.command(help=_ingest_help())
 def ingest(
     inputs: Annotated[list[Path], typer.Argument(help="input files or folders")],
     out: Annotated[Path, typer.Option("--out", help="corpus folder to write")],
-    fmt: Annotated[str, typer.Option("--format", help="esconv | turns-csv | turns-jsonl | sessions-jsonl")] = "esconv",
-    map_: Annotated[list[str] | None, typer.Option("--map", help="turns-*: column mapping KEY=VALUE, e.g. session=conv_id role=speaker text=utterance client_values=patient order=ts labels=score1,score2")] = None,
-    mapping_file: Annotated[Path | None, typer.Option("--mapping", help="turns-*: the mapping as a YAML file (same keys as --map)")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="esconv | turns-csv | turns-jsonl | sessions-jsonl (default: inferred from the input)")] = None,
+    map_: Annotated[list[str] | None, typer.Option("--map", help="turns-*: KEY=COLUMN, repeated; the keys are listed above, e.g. --map session=conv_id --map metadata=topic,quality_flag")] = None,
+    mapping_file: Annotated[Path | None, typer.Option("--mapping", help="turns-*: the mapping as a YAML file (the same keys and values as --map)")] = None,
+    empty_turns: Annotated[str, typer.Option(help="a turn with blank text: drop it (counted in the manifest and the session's metadata.dropped_turns) or quarantine its whole session")] = "drop",
+    null_values: Annotated[str | None, typer.Option(help="turns-*: comma-separated values meaning 'no label' in strategy, reaction, rating, labels and WAI columns, case-insensitive; blank always counts; a list given replaces the defaults (default: " + _default_null_values() + ")")] = None,
+    map_values: Annotated[Path | None, typer.Option(help="turns-*: YAML {role|strategy|reaction or its column: {raw value: canonical value}}; values it does not list are reported in the summary and manifest")] = None,
     source: Annotated[str | None, typer.Option(help="override the source name (the partition key)")] = None,
     chunk_size: Annotated[int, typer.Option(help="sessions per written part; bounds memory")] = 1000,
     mode: Annotated[str, typer.Option(help="when --out already holds a corpus: create (refuse), append (add new sources; ids already there are duplicates), overwrite (replace it)")] = "create",
+    json_: Annotated[bool, typer.Option("--json", help="print the full manifest as JSON on stdout (the summary goes to stderr)")] = False,
 ) -> None:
     """Read sessions, validate them against the contract, write sessions/ + quarantine/ + manifest.json."""
-    from pydantic import ValidationError
+    from care_ray.ingest import FORMATS, MappingError, infer_format, ingest_files, ingest_summary, mapping_from_spec, nothing_written
 
-    from care_ray.ingest import FORMATS, MappingError, TurnsMapping, ingest_files
-
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         _fail(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     mapping = None
     try:
+        fmt = fmt or infer_format(inputs)
         if fmt.startswith("turns-"):
-            spec = _parse_map(map_ or [], mapping_file)
-            mapping = TurnsMapping(**spec)
+            mapping = mapping_from_spec(_parse_map(map_ or [], mapping_file))
         elif map_ or mapping_file:
-            raise UserError(f"--map/--mapping apply to turns-csv and turns-jsonl, not {fmt}")
-        manifest = ingest_files(fmt, inputs, out, mapping=mapping, chunk_size=chunk_size, source=source, mode=mode)
-    except ValidationError as e:
-        _fail("bad column mapping: " + "; ".join(f"{'.'.join(map(str, err['loc'])) or 'mapping'}: {err['msg']}" for err in e.errors()))
+            raise UserError(f"--map/--mapping apply to turns-csv and turns-jsonl, not {fmt} (pass --format if the input was taken for {fmt})")
+        values = _ingest_values(fmt, null_values, map_values, mapping)
+        manifest = ingest_files(fmt, inputs, out, mapping=mapping, chunk_size=chunk_size, source=source, mode=mode,
+                                empty_turns=empty_turns, values=values)
     except (UserError, MappingError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+    summary = ingest_summary(manifest, out)
+    if json_:
+        typer.echo(summary, err=True)
+        typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(summary)
+    why = nothing_written(manifest, out)
+    if why:
+        typer.secho(f"error: {why}", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -185,9 +247,9 @@ def _d(field: str) -> str:
 
 @app.command()
 def score(
-    sessions: Annotated[Path | None, typer.Option(help="corpus folder written by `care-ray ingest` (required)")] = None,
+    sessions: Annotated[str | None, typer.Option(help="corpus folder written by `care-ray ingest`, a local path or an object-store URI (required)")] = None,
     model: Annotated[str | None, typer.Option(help="model folder: config.json, safetensors, tokenizer, chat template (required; never a hub id)")] = None,
-    out: Annotated[Path | None, typer.Option(help="output folder (items/, sessions/, errors/, manifest.json, fingerprint.json); rerun to resume (required)")] = None,
+    out: Annotated[str | None, typer.Option(help="output folder (items/, sessions/, errors/, manifest.json, fingerprint.json), a local path or an s3://, gs:// URI; rerun to resume (required)")] = None,
     adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML with the same keys as these options (unknown keys are refused)")] = None,
     items: Annotated[str | None, typer.Option(help="all | goal | task | bond | item ids '1,2,10'" + _d("items") + " (all)")] = None,
@@ -220,6 +282,7 @@ def score(
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="a progress bar on stderr \\[default: progress]")] = None,
     retry_errors: Annotated[str | None, typer.Option(help="re-score the pairs in errors/: 'all' or reasons (truncated, invalid_json, schema_violation, engine_error)")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="discard what --out holds and start over (a rerun with another configuration is refused without it)")] = None,
+    shared_filesystem: Annotated[bool | None, typer.Option("--shared-filesystem", help="a local --out is one filesystem mounted on every node (else a multi-node run needs an object-store URI)")] = None,
 ) -> None:
     """Score every session × WAI-SR item with an LLM on Ray Data + vLLM.
 
@@ -274,6 +337,9 @@ _register_report(app)
 from care_ray.evaluation_cli import register as _register_evaluation  # noqa: E402
 
 _register_evaluation(app)
+from care_ray.plan_cli import register as _register_plan  # noqa: E402
+
+_register_plan(app)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m care_ray`
