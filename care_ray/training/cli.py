@@ -65,17 +65,32 @@ def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune(
         config: Annotated[Path, typer.Option("--config", help="YAML config (see configs/finetune-*.yaml)")],
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", help="override a setting of the config: KEY=VALUE, KEY dotted (lora.r=32), VALUE as in YAML (folds=[0]); repeatable"),
+        ] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="one folder for the run: output_dir = OUT, storage_path = OUT/ray-results")] = None,
     ) -> None:
         """Rationale-augmented SFT on Ray Train (LoRA or full), one run per held-out fold; the best
-        checkpoint by held-out Pearson r is written as a PEFT adapter folder with metrics.json."""
+        checkpoint by held-out Pearson r is written as a PEFT adapter folder (LoRA) or a model folder
+        (full) with metrics.json."""
         from care_ray.model_check import check_model_folder
-        from care_ray.training.config import ConfigError, load_finetune_config
+        from care_ray.paths import refuse_relative_in_job
+        from care_ray.training.config import ConfigError, load_finetune_config, out_overrides, parse_overrides
         from care_ray.training.trainer import held_out_folds, run_finetune
 
         try:
-            cfg = load_finetune_config(config)
-            check_model_folder(cfg.model, option=f"{config}: model")
+            overrides = parse_overrides(set_ or [])
+            if out is not None:
+                clash = sorted(k for k in overrides if k.split(".")[0] in ("output_dir", "storage_path"))
+                if clash:
+                    raise ConfigError(f"--out sets output_dir and storage_path; drop --set {clash[0]} or --out")
+                overrides = {**out_overrides(out), **overrides}
+            cfg = load_finetune_config(config, overrides, origin="--set")
+            # under `ray job submit` a relative path would resolve in Ray's temporary copy of the working dir
+            refuse_relative_in_job({f"{config}: {key}": getattr(cfg, key) for key in ("model", "data", "output_dir", "storage_path", "rubric")})
             held_out_folds(cfg)  # the data exists and has the configured folds
+            check_model_folder(cfg.model, option=f"{config}: model")
         except (ConfigError, FileNotFoundError, ValueError) as e:
             _fail(str(e))
         summary = run_finetune(cfg)
