@@ -46,5 +46,5 @@ def refuse_relative_in_job(paths: dict[str, object]) -> None:
             continue
         raise ValueError(
             f"{option} {text} is a relative path, and this runs under `ray job submit`, where it would resolve inside Ray's temporary "
-            f"copy of the working dir (and vanish with it); pass an absolute path, e.g. {option} $PWD/{text}, or an object-store URI"
+            f"copy of the working dir (and vanish with it); pass an absolute path (e.g. $PWD/{text}) or an object-store URI"
         )

@@ -2,6 +2,7 @@
 the nearest valid one, messages in the user's words, paths a submitted job cannot lose."""
 
 import re
+from pathlib import Path
 
 import click
 import pytest
@@ -70,6 +71,10 @@ def test_a_submitted_job_refuses_relative_paths(esconv_corpus, tiny_model, tmp_p
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "."}}')
     line = one_line_error(runner.invoke(app, ["score", "--sessions", str(esconv_corpus), "--model", str(tiny_model), "--out", "out/x", "--no-progress"]))
     assert "--out out/x is a relative path" in line and "ray job submit" in line and "$PWD/out/x" in line
+    # the fine-tuning job too: its config's relative paths are named with the config file
+    config = Path(__file__).resolve().parents[1] / "configs" / "finetune-tiny-cpu.yaml"
+    line = one_line_error(runner.invoke(app, ["finetune", "--config", str(config)]))
+    assert f"{config}: model out/tiny-llama is a relative path" in line
     assert not (tmp_path / "out").exists()
 
 

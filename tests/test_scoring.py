@@ -1,14 +1,10 @@
 """Scoring on the real engine: Ray Data + vLLM (CPU build) + the tiny Llama, on real ESConv sessions."""
 
-import json
 import os
 import signal
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -147,63 +143,6 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def test_ray_job_submit_to_a_local_head(esconv_corpus, tiny_model, tmp_path):
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    import ray
-
-    ray.shutdown()  # the local Ray of earlier tests holds the default dashboard-agent port
-    repo = Path(__file__).resolve().parents[1]
-    port, dash, agent = _free_port(), _free_port(), _free_port()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    temp_dir = tempfile.mkdtemp(prefix="crt-", dir="/tmp")  # short: Ray puts sockets in it
-    head = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--temp-dir={temp_dir}", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-agent-listen-port={agent}",
-                             "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            # a job's `python` is the cluster's python: here, this venv's
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    try:
-        client = None
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
-                break
-            except Exception:
-                time.sleep(1)
-        assert client is not None, "Ray head did not come up"
-        out = tmp_path / "job-out"
-        entry = (f"python -m jobs.score --sessions {esconv_corpus} --model {tiny_model} --out {out} --limit 2 --items bond "
-                 "--max-model-len 1024 --max-new-tokens 160 --max-rationale-chars 160 --no-progress")
-        job = None
-        deadline = time.time() + 180
-        while job is None and time.time() < deadline:
-            try:  # the dashboard answers before its job agent is ready
-                job = client.submit_job(entrypoint=entry, runtime_env={"working_dir": str(repo), "excludes": [".venv", ".git", "*.parquet", "out", "demo-out"]})
-            except RuntimeError as e:
-                if "No available agent" not in str(e):
-                    raise
-                time.sleep(2)
-        assert job is not None, "the head's job agent never came up"
-        status = None
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            status = client.get_job_status(job)
-            if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-                break
-            time.sleep(2)
-        assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-3000:]
-        m = json.loads((out / "manifest.json").read_text())
-        assert m["items_in"] == 8 and m["items_scored"] + m["items_errors"] == 8
-    finally:
-        # SIGKILL, not SIGTERM: `ray start --block` answers SIGTERM by stopping every Ray on the machine
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not Path("/tmp/ray/ray_current_cluster").exists() or "crt-" not in Path("/tmp/ray/ray_current_cluster").read_text()
 
 
 @pytest.fixture(scope="module")
