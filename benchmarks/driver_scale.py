@@ -64,20 +64,24 @@ def measure(n_sessions: int, sessions_per_file: int, work: Path) -> dict:
 
     from care_ray.results import RunFolder, consolidate, pending_plan, reconcile, write_session_scores
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     folder = work / f"driver-{n_sessions}"
-    ids_file = folder.with_suffix(".ids.json")
+    ids_file = folder.with_suffix(".ids.parquet")  # the corpus's session ids, as the driver reads them
     if not ids_file.exists():
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
         t0 = time.perf_counter()
         ids = build_run(folder, n_sessions, sessions_per_file)
-        ids_file.write_text(json.dumps(ids))
+        pq.write_table(pa.table({"session_id": ids}), ids_file)
+        del ids
         print(f"  built {n_sessions:,} sessions in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    ids = json.loads(ids_file.read_text())
     run = RunFolder(folder)
     with PeakRSS() as rss:
         t0 = time.perf_counter()
+        ids = pq.read_table(ids_file).column("session_id")
         plan, done = pending_plan(run, ids, ITEMS)
         t_plan = time.perf_counter() - t0
         t0 = time.perf_counter()

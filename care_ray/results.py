@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -67,6 +68,7 @@ ERROR_COLUMNS = ["session_id", "item_id", "dimension", "error_reason", "error_de
                  "prompt_tokens", "output_tokens", "truncated", "finish_reason", "n_items_selected", "model", "adapter", "rubric_id", "engine", "run_fingerprint"]
 SUBFOLDERS = {"items": ITEM_COLUMNS, "errors": ERROR_COLUMNS}
 RUN_ID_FILE = ".run-id"
+DRIVER_MEMORY = os.environ.get("CARE_RAY_DRIVER_MEMORY", "512MB")  # DuckDB's cap in the scoring driver
 COMMITS = "_commits"
 
 
@@ -154,10 +156,13 @@ class RunFolder:
     def read(self, sub: str, columns: list[str] | None = None) -> pa.Table:
         return self.dataset(sub).to_table(columns=columns)
 
-    def connect(self, memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
-        """DuckDB with views `items` and `errors` over the committed files only."""
+    def connect(self, memory_limit: str = DRIVER_MEMORY) -> duckdb.DuckDBPyConnection:
+        """DuckDB with views `items` and `errors` over the committed files only. Its memory is
+        capped (joins and sorts spill to a temporary folder), so the driver's footprint does not
+        grow with the run."""
         con = duckdb.connect()
         con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute("SET preserve_insertion_order = false")
         for sub in SUBFOLDERS:
             files = self.committed(sub)
             if files and self.loc.local:
@@ -201,7 +206,7 @@ def read_sql(name: str) -> str:
     return read_query(name)
 
 
-def consolidate(run: RunFolder, memory_limit: str = "2GB") -> dict[str, int]:
+def consolidate(run: RunFolder, memory_limit: str = DRIVER_MEMORY) -> dict[str, int]:
     """One row per (session, item): duplicates from retried write tasks go, and a pair in both
     items/ and errors/ keeps its score. Rewrites a folder only when it has something to drop."""
     con = run.connect(memory_limit)
@@ -215,14 +220,16 @@ def consolidate(run: RunFolder, memory_limit: str = "2GB") -> dict[str, int]:
     return dropped
 
 
-def bind_selection(con: duckdb.DuckDBPyConnection, session_ids: Sequence[str], item_ids: Sequence[int]) -> None:
-    """Views `selected` (session_id, pos) and `wanted` (item_id) for the planning queries."""
-    selected = pa.table({"session_id": pa.array(session_ids, pa.string()), "pos": pa.array(range(len(session_ids)), pa.int64())})
+def bind_selection(con: duckdb.DuckDBPyConnection, session_ids: Sequence[str] | pa.Array | pa.ChunkedArray, item_ids: Sequence[int]) -> None:
+    """Views `selected` (session_id, pos) and `wanted` (item_id) for the planning queries; ids
+    stay an Arrow array (DuckDB scans it in place), never a million Python strings."""
+    ids = session_ids if isinstance(session_ids, pa.Array | pa.ChunkedArray) else pa.array(session_ids, pa.string())
+    selected = pa.table({"session_id": ids, "pos": pa.array(np.arange(len(ids), dtype=np.int64))})
     con.register("selected", selected)
     con.register("wanted", pa.table({"item_id": pa.array(item_ids, pa.int32())}))
 
 
-def pending_plan(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = "2GB") -> tuple[pa.Table, int]:
+def pending_plan(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = DRIVER_MEMORY) -> tuple[pa.Table, int]:
     """(the selected sessions that still have pairs to score, with those items; pairs already done)."""
     con = run.connect(memory_limit)
     bind_selection(con, session_ids, item_ids)
@@ -231,7 +238,7 @@ def pending_plan(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[
     return plan, int(done or 0)
 
 
-def release_errors(run: RunFolder, reasons: set[str], session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = "2GB") -> int:
+def release_errors(run: RunFolder, reasons: set[str], session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = DRIVER_MEMORY) -> int:
     """Take the selected pairs whose error reason is in `reasons` out of errors/, so this run
     scores them again (a kill before they are rescored leaves them pending, never lost)."""
     con = run.connect(memory_limit)
@@ -243,7 +250,7 @@ def release_errors(run: RunFolder, reasons: set[str], session_ids: Sequence[str]
     return int(n)
 
 
-def reconcile(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = "2GB") -> dict[str, object]:
+def reconcile(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = DRIVER_MEMORY) -> dict[str, object]:
     """The manifest's counts over the selected pairs; raises if any pair is missing or counted twice."""
     con = run.connect(memory_limit)
     bind_selection(con, session_ids, item_ids)
@@ -268,7 +275,7 @@ def reconcile(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[int
     }
 
 
-def write_session_scores(run: RunFolder, memory_limit: str = "2GB") -> int:
+def write_session_scores(run: RunFolder, memory_limit: str = DRIVER_MEMORY) -> int:
     """sessions/ from queries/session_scores.sql over the committed items; returns its rows."""
     con = run.connect(memory_limit)
     table = con.sql(read_sql("session_scores")).to_arrow_table()

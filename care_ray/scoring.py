@@ -314,12 +314,12 @@ def plan_cpus(total_cpus: float, num_engines: int, requested: float | None, gpus
     return requested
 
 
-def select_sessions(sessions_dir: Path | str, limit: int | None) -> list[str]:
-    """The ids to score, in corpus order (the first `limit` of them)."""
+def select_sessions(sessions_dir: Path | str, limit: int | None) -> pa.ChunkedArray:
+    """The ids to score, in corpus order (the first `limit` of them), as an Arrow array."""
     from care_ray.corpus import sessions_dataset
 
-    ids = sessions_dataset(sessions_dir).head(limit, columns=["session_id"]) if limit else sessions_dataset(sessions_dir).to_table(columns=["session_id"])
-    return ids.column("session_id").to_pylist()
+    corpus = sessions_dataset(sessions_dir)
+    return (corpus.head(limit, columns=["session_id"]) if limit else corpus.to_table(columns=["session_id"])).column("session_id")
 
 
 def _progress(total: int, enabled: bool):
@@ -425,17 +425,16 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                          compute=ray.data.ActorPoolStrategy(size=config.num_engines), num_cpus=cpus, num_gpus=config.gpus_per_engine or None)
             .map_batches(_write_results_batch, fn_kwargs=dict(out=run.loc.uri, run_id=run_id), batch_format="pyarrow", batch_size=None, **light)
         )
-        seen: set[str] = set()
+        # a session's prompts travel in one block, so each write batch reports whole sessions;
+        # counting them (not keeping a set of a million ids) keeps the driver small
         with _progress(pending_sessions, config.progress) as bar:
             for batch in ds_.iter_batches(batch_format="pyarrow", batch_size=None):
                 for ids in batch.column("session_ids").to_pylist():
-                    new = set(json.loads(ids)) - seen
-                    seen |= new
-                    bar.update(len(new))
+                    bar.update(min(len(json.loads(ids)), bar.total - bar.n))
     return finalize(config.out, session_ids, item_ids, config, started, {"pairs_done_before": pairs_done_before, "errors_released_for_retry": released}, fingerprint)
 
 
-def finalize(out: Path | str, session_ids: list[str], item_ids: list[int], config: ScoreConfig, started: float, extra: dict | None = None, fingerprint: str | None = None) -> dict[str, Any]:
+def finalize(out: Path | str, session_ids: Sequence[str] | pa.ChunkedArray, item_ids: list[int], config: ScoreConfig, started: float, extra: dict | None = None, fingerprint: str | None = None) -> dict[str, Any]:
     """Consolidate to one row per pair, aggregate sessions/ with queries/session_scores.sql,
     reconcile counts (DuckDB over the committed files), write the manifest."""
     from care_ray.results import consolidate, reconcile, write_session_scores

@@ -159,8 +159,8 @@ def test_limit_takes_the_first_sessions_in_corpus_order(tmp_path):
     assert r.exit_code == 0, r.output
     expected = order[1:] + order[:1]
     assert sorted(ids) == sorted(expected)
-    assert select_sessions(tmp_path / "c", 3) == expected[:3]
-    assert select_sessions(tmp_path / "c", None) == expected
+    assert select_sessions(tmp_path / "c", 3).to_pylist() == expected[:3]
+    assert select_sessions(tmp_path / "c", None).to_pylist() == expected
 
 
 def test_ingest_into_an_existing_corpus_refuses_or_appends_by_source(esconv_dir, tmp_path):
