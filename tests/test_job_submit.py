@@ -27,8 +27,8 @@ def bash_block_after(text: str, marker: str) -> str:
 def fine_tuning_prerequisites(text: str) -> str:
     """The fine-tuning section's commands that make out/: ingest, tiny model, SFT data."""
     block = bash_block_after(text, "## Fine-tuning")
-    keep = [line for line in block.splitlines() if line.startswith(("care-ray ingest", "care-ray tiny-model", "care-ray sft-data"))]
-    assert len(keep) == 3, block
+    keep = [line for line in block.splitlines() if line.startswith(("source .venv", "care-ray ingest", "care-ray tiny-model", "care-ray sft-data"))]
+    assert len(keep) == 4, block
     return "\n".join(keep)
 
 
