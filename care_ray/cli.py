@@ -10,17 +10,13 @@ from typing import Annotated
 
 import typer
 
+from care_ray.cli_errors import UserError, fail, validation_message  # noqa: F401 - validation_message: part of this module's API
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="care-ray: client-perceived alliance (WAI-SR) at corpus scale.")
 log = logging.getLogger("care_ray")
 
 
-class UserError(Exception):
-    """A mistake in the user's input: printed as one line, exit code 2, no traceback."""
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(2)
+_fail = fail  # the name the commands here use
 
 
 def _parse_map(pairs: list[str], mapping_file: Path | None) -> dict:
@@ -213,26 +209,6 @@ def _load_config(model_cls, config_file: Path | None, given: dict):
         return model_cls(**values)
     except ValidationError as e:
         _fail(validation_message(e, list(model_cls.model_fields)))
-
-
-def validation_message(e, known: list[str] | None = None) -> str:
-    """A pydantic error as one line, in the user's words: '--max-model-len must be ≥ 256',
-    '--out is required', an unknown key with the nearest valid one, or the check's own sentence."""
-    import difflib
-
-    parts = []
-    for err in e.errors():
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        field = ".".join(map(str, err["loc"]))
-        option = "--" + field.replace("_", "-") if field else ""
-        if err["type"] == "missing":
-            parts.append(f"{option} is required")
-        elif err["type"] == "extra_forbidden":
-            near = difflib.get_close_matches(field, known or [], n=1)
-            parts.append(f"unknown key {field!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-        else:
-            parts.append(f"{option}: {msg}" if option else msg)
-    return "; ".join(parts)
 
 
 def _d(field: str) -> str:

@@ -8,11 +8,9 @@ from typing import Annotated
 
 import typer
 
+from care_ray.cli_errors import fail as _fail
 
-def _fail(msg: str) -> None:
-    from care_ray.cli import _fail as fail  # the app's one-line error, exit 2; imported late (care_ray.cli imports us)
 
-    fail(msg)
 
 
 def register(app: typer.Typer) -> None:
@@ -59,7 +57,7 @@ def register(app: typer.Typer) -> None:
                 rubric=rubric, rationale_key=rationale_key, rationale_max_pairs=rationale_max_pairs,
             )
         except ValidationError as e:
-            from care_ray.cli import validation_message
+            from care_ray.cli_errors import validation_message
 
             _fail(validation_message(e))
         try:

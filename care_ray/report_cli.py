@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
+from care_ray.cli_errors import fail as _fail
 
-def _fail(msg: str) -> None:
-    from care_ray.cli import _fail as fail  # the app's one-line error, exit 2; imported late (care_ray.cli imports us)
 
-    fail(msg)
 
 
 def register(app: typer.Typer) -> None:
