@@ -311,7 +311,7 @@ def help_example() -> list[str]:
 def test_the_example_in_help_maps_a_typical_export_on_its_own(tmp_path):
     args = help_example()
     assert args[0] == "ingest" and "--map" in args
-    export = write_export(tmp_path / "export.csv", rows_of(EN))
+    write_export(tmp_path / "export.csv", rows_of(EN))
     r = runner.invoke(app, [str(tmp_path / a) if a in ("export.csv", "corpus") else a for a in args])
     assert r.exit_code == 0, r.output
     got = by_id(tmp_path / "corpus")
