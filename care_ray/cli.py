@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from care_ray.cli_errors import UserError, fail, validation_message  # noqa: F401 - validation_message: part of this module's API
+from care_ray.yaml_files import read_yaml_mapping
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="care-ray: client-perceived alliance (WAI-SR) at corpus scale.")
 log = logging.getLogger("care_ray")
@@ -22,19 +23,10 @@ _fail = fail  # the name the commands here use
 def _parse_map(pairs: list[str], mapping_file: Path | None) -> dict:
     """The --mapping YAML overlaid with the --map KEY=VALUE pairs: one spec for mapping_from_spec,
     which treats both alike (a scalar or a comma-separated string where a list is expected)."""
-    import yaml
 
     spec: dict = {}
     if mapping_file:
-        if not mapping_file.exists():
-            raise UserError(f"--mapping file not found: {mapping_file}")
-        try:
-            loaded = yaml.safe_load(mapping_file.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{mapping_file}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{mapping_file}: expected 'KEY: COLUMN' lines with the keys of --map")
-        spec.update(loaded)
+        spec.update(read_yaml_mapping(mapping_file, "--mapping", "'KEY: COLUMN' lines with the keys of --map", UserError))
     for pair in pairs:
         if "=" not in pair:
             raise UserError(f"--map takes KEY=VALUE, got {pair!r}")
@@ -193,16 +185,14 @@ def tiny_model(
 
 def _load_config(model_cls, config_file: Path | None, given: dict):
     """YAML file (same keys as the options) overlaid with the options given on the command line."""
-    import yaml
     from pydantic import ValidationError
 
     values: dict = {}
     if config_file is not None:
-        if not config_file.exists():
-            _fail(f"config file not found: {config_file}")
-        loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            _fail(f"{config_file}: expected a mapping of option names to values")
+        try:
+            loaded = read_yaml_mapping(config_file, "config", "a mapping of option names to values")
+        except ValueError as e:
+            _fail(str(e))
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update({k: v for k, v in given.items() if v is not None})
     try:

@@ -84,3 +84,11 @@ def test_absolute_paths_and_uris_pass_the_job_check(monkeypatch, value):
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
     refuse_relative_in_job({"--out": value})
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "score.yaml"
+    bad.write_text("max_new_tokens: [1, 2\n")
+    assert "not valid YAML" in one_line_error(runner.invoke(app, ["score", "--config", str(bad)]))
+    missing = one_line_error(runner.invoke(app, ["score", "--config", str(tmp_path / "nope.yaml")]))
+    assert "config file not found" in missing

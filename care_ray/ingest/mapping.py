@@ -201,19 +201,11 @@ def parse_null_values(text: str | None) -> tuple[str, ...]:
 
 def load_value_maps(path: Path, mapping: TurnsMapping | None = None) -> dict[str, dict[str, str | None]]:
     """A `--map-values` YAML: {role|strategy|reaction or the column mapped to one: {raw: canonical}}."""
-    import yaml
+    from care_ray.yaml_files import read_yaml_mapping
 
-    path = Path(path)
-    if not path.exists():
-        raise MappingError(f"--map-values file not found: {path}")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise MappingError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    loaded = read_yaml_mapping(path, "--map-values", "{column: {raw value: canonical value}}", MappingError)
     by_column = {getattr(mapping, f): f for f in LABEL_FIELDS if mapping is not None and getattr(mapping, f)}
     maps: dict[str, dict[str, str | None]] = {}
-    if not isinstance(loaded, dict):
-        raise MappingError(f"{path}: expected {{column: {{raw value: canonical value}}}}")
     for key, table in loaded.items():
         field = str(key) if str(key) in LABEL_FIELDS else by_column.get(str(key))
         if field is None:

@@ -153,15 +153,9 @@ def load_finetune_config(path: Path | str, overrides: Mapping[str, Any] | None =
     stay relative to the working directory (the repo root under `ray job submit --working-dir .`)."""
     from pydantic import ValidationError
 
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p} must hold a mapping of settings")
+    from care_ray.yaml_files import read_yaml_mapping
+
+    raw = read_yaml_mapping(path, "config", "a mapping of settings", ConfigError)
     raw = apply_overrides(raw, overrides or {}, origin)
     overridden = {tuple(str(k).split(".")) for k in (overrides or {})}
 
@@ -173,4 +167,4 @@ def load_finetune_config(path: Path | str, overrides: Mapping[str, Any] | None =
     try:
         return FinetuneConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{p}: " + "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in e.errors())) from None
+        raise ConfigError(f"{Path(path)}: " + "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in e.errors())) from None
