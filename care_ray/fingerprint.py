@@ -87,17 +87,3 @@ def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list
         return s[:12] + "…" if isinstance(v, str) and len(v) > 24 else s
 
     return [f"{k}: {show(old.get(k))} → {show(new.get(k))}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-
-
-def read_fingerprint(out: Path) -> dict[str, Any] | None:
-    path = Path(out) / FINGERPRINT_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def write_fingerprint(out: Path, settings: Mapping[str, Any], info: Mapping[str, Any]) -> str:
-    digest = digest_of(settings)
-    path = Path(out) / FINGERPRINT_FILE
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps({"fingerprint": digest, "settings": settings, "info": info}, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return digest

@@ -19,7 +19,6 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -282,7 +281,3 @@ def write_session_scores(run: RunFolder, memory_limit: str = DRIVER_MEMORY) -> i
     run.loc.join("sessions").delete_dir()
     run.loc.join("sessions", "part-00000.parquet").write_parquet(table)
     return table.num_rows
-
-
-def local_folder(run: RunFolder) -> Path:
-    return run.loc.local_path()

@@ -90,11 +90,6 @@ class Location:
         if self.is_dir():
             self.fs.delete_dir(self.path)
 
-    def local_path(self) -> Path:
-        if not self.local:
-            raise ValueError(f"{self.uri} is not on the local filesystem")
-        return Path(self.path)
-
 
 def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     with fs.open_output_stream(path) as f:
