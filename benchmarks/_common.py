@@ -46,7 +46,11 @@ def esconv_corpus(copies: int = 1) -> Path:
         with open(jsonl, "w", encoding="utf-8") as f:
             for k in range(copies):
                 for s in iter_sessions(base):
-                    s = {**s, "session_id": f"{s['session_id']}-{k}", "client_id": f"{s['client_id']}-{k}"}
+                    s = {
+                        **s,
+                        "session_id": f"{s['session_id']}-{k}",
+                        "client_id": f"{s['client_id']}-{k}",
+                    }
                     f.write(json.dumps(s, ensure_ascii=False, default=str) + "\n")
         ingest_files("sessions-jsonl", [jsonl], out)
     return out

@@ -58,7 +58,13 @@ def ensure_corpus(n_sessions: int, seed: int, chunk: int) -> Path:
     if not (path / "truth.json").exists():
         print(f"generating {n_sessions:,} sessions into {path} (not measured)", flush=True)
         started = time.perf_counter()
-        generate(path, n_sessions, seed=seed, chunk_size=chunk, log=lambda line: print("  " + line, flush=True))
+        generate(
+            path,
+            n_sessions,
+            seed=seed,
+            chunk_size=chunk,
+            log=lambda line: print("  " + line, flush=True),
+        )
         print(f"generated in {time.perf_counter() - started:.0f} s", flush=True)
     return path
 
@@ -77,17 +83,29 @@ def subset_corpus(corpus: Path, n_chunks: int) -> Path:
         target = out / f.relative_to(corpus)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(f)
-    ids = pq.read_table([f for f in chunk_files(corpus, n_chunks) if "sessions" in f.parts], columns=["session_id"]).column("session_id")
+    ids = pq.read_table(
+        [f for f in chunk_files(corpus, n_chunks) if "sessions" in f.parts], columns=["session_id"]
+    ).column("session_id")
     scores = pq.read_table(corpus / "scores" / "sessions")
     (out / "scores" / "sessions").mkdir(parents=True)
-    pq.write_table(scores.filter(pc.is_in(scores.column("session_id"), value_set=ids)), out / "scores" / "sessions" / "part-00000.parquet")
+    pq.write_table(
+        scores.filter(pc.is_in(scores.column("session_id"), value_set=ids)),
+        out / "scores" / "sessions" / "part-00000.parquet",
+    )
     (out / "done").write_text("")
     return out
 
 
 def chunk_files(corpus: Path, n_chunks: int) -> list[Path]:
     wanted = {f"part-{k:05d}.parquet" for k in range(n_chunks)}
-    return sorted(f for f in [*(corpus / "sessions").glob("source=*/*.parquet"), *(corpus / "scores" / "items").glob("*.parquet")] if f.name in wanted)
+    return sorted(
+        f
+        for f in [
+            *(corpus / "sessions").glob("source=*/*.parquet"),
+            *(corpus / "scores" / "items").glob("*.parquet"),
+        ]
+        if f.name in wanted
+    )
 
 
 # --- care-ray ----------------------------------------------------------------------------------------
@@ -97,7 +115,20 @@ def run_analyze(corpus: Path, out: Path) -> dict:
     """`care-ray analyze` as a subprocess: wall time, sampled peak RSS of its process tree, CPU seconds."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "care_ray", "analyze", "--sessions", str(corpus), "--scores", str(corpus / "scores"), "--by", "source", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "care_ray",
+        "analyze",
+        "--sessions",
+        str(corpus),
+        "--scores",
+        str(corpus / "scores"),
+        "--by",
+        "source",
+        "--out",
+        str(out),
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = os.getloadavg()[0]
     with open(out / "stdout.json", "w") as stdout, open(out / "stderr.log", "w") as stderr:
@@ -145,14 +176,24 @@ def read_turns(files: list[Path], backend: str) -> tuple[pd.DataFrame, pd.DataFr
     frame with pd.DataFrame(list of dicts), as most pandas code does it."""
     kwargs = {"dtype_backend": "pyarrow"} if backend == "pyarrow" else {}
     columns = ["session_id", "client_id", "counselor_id", "session_index", "language", "turns"]
-    frames = [pd.read_parquet(f, columns=columns, **kwargs).assign(source=f.parent.name.removeprefix("source=")) for f in files if "sessions" in f.parts]
+    frames = [
+        pd.read_parquet(f, columns=columns, **kwargs).assign(
+            source=f.parent.name.removeprefix("source=")
+        )
+        for f in files
+        if "sessions" in f.parts
+    ]
     sessions = pd.concat(frames, ignore_index=True)
-    exploded = sessions[["session_id", "source", "language", "turns"]].explode("turns", ignore_index=True)
+    exploded = sessions[["session_id", "source", "language", "turns"]].explode(
+        "turns", ignore_index=True
+    )
     if backend == "pyarrow":
         fields = exploded["turns"].struct.explode()
     else:
         fields = pd.DataFrame(exploded["turns"].tolist(), index=exploded.index)
-    turns = pd.concat([exploded.drop(columns="turns"), fields[["role", "text", "strategy", "reaction"]]], axis=1)
+    turns = pd.concat(
+        [exploded.drop(columns="turns"), fields[["role", "text", "strategy", "reaction"]]], axis=1
+    )
     return sessions.drop(columns="turns"), turns
 
 
@@ -161,12 +202,16 @@ def word_counts(text: pd.Series, by_characters: pd.Series) -> pd.Series:
     Each branch only on its own rows."""
     words = pd.Series(0, index=text.index, dtype="int64")
     spaced = text[~by_characters].str.split()
-    words[~by_characters] = spaced.list.len() if isinstance(spaced.dtype, pd.ArrowDtype) else spaced.str.len()
+    words[~by_characters] = (
+        spaced.list.len() if isinstance(spaced.dtype, pd.ArrowDtype) else spaced.str.len()
+    )
     words[by_characters] = text[by_characters].str.replace(r"\s+", "", regex=True).str.len()
     return words
 
 
-def pandas_analysis(corpus: Path, n_chunks: int, backend: str) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
+def pandas_analysis(
+    corpus: Path, n_chunks: int, backend: str
+) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
     stages = Stages()
     files = chunk_files(corpus, n_chunks)
     sessions, turns = read_turns(files, backend)
@@ -190,14 +235,23 @@ def pandas_analysis(corpus: Path, n_chunks: int, backend: str) -> tuple[dict[str
     turns["counselor_words"] = turns["words"].where(turns["is_counselor"], 0)
     turns["counselor_question"] = turns["question"] & turns["is_counselor"]
     counts = turns.groupby("session_id").agg(
-        source=("source", "first"), n_turns=("role", "size"), client_turns=("is_client", "sum"), counselor_turns=("is_counselor", "sum"),
-        client_words=("client_words", "sum"), counselor_words=("counselor_words", "sum"), counselor_questions=("counselor_question", "sum"),
+        source=("source", "first"),
+        n_turns=("role", "size"),
+        client_turns=("is_client", "sum"),
+        counselor_turns=("is_counselor", "sum"),
+        client_words=("client_words", "sum"),
+        counselor_words=("counselor_words", "sum"),
+        counselor_questions=("counselor_question", "sum"),
     )
     features = counts.assign(
-        client_words_per_turn=counts["client_words"] / counts["client_turns"].where(counts["client_turns"] > 0),
-        counselor_words_per_turn=counts["counselor_words"] / counts["counselor_turns"].where(counts["counselor_turns"] > 0),
-        counselor_talk_share=counts["counselor_words"] / (counts["client_words"] + counts["counselor_words"]),
-        counselor_question_rate=counts["counselor_questions"] / counts["counselor_turns"].where(counts["counselor_turns"] > 0),
+        client_words_per_turn=counts["client_words"]
+        / counts["client_turns"].where(counts["client_turns"] > 0),
+        counselor_words_per_turn=counts["counselor_words"]
+        / counts["counselor_turns"].where(counts["counselor_turns"] > 0),
+        counselor_talk_share=counts["counselor_words"]
+        / (counts["client_words"] + counts["counselor_words"]),
+        counselor_question_rate=counts["counselor_questions"]
+        / counts["counselor_turns"].where(counts["counselor_turns"] > 0),
     ).drop(columns="counselor_questions")
     stages.lap("session counts")
 
@@ -205,7 +259,9 @@ def pandas_analysis(corpus: Path, n_chunks: int, backend: str) -> tuple[dict[str
     pairs = counselor_turns[counselor_turns["next_reaction"].notna()]
     families = {
         "strategy": counselor_turns.assign(label=counselor_turns["strategy"]),
-        "reaction": turns[turns["is_client"] & turns["reaction"].notna()].assign(label=lambda t: t["reaction"]),
+        "reaction": turns[turns["is_client"] & turns["reaction"].notna()].assign(
+            label=lambda t: t["reaction"]
+        ),
         "transition": pairs.assign(label=pairs["strategy"] + "->" + pairs["next_reaction"]),
     }
     for family, labelled in families.items():
@@ -220,22 +276,41 @@ def pandas_analysis(corpus: Path, n_chunks: int, backend: str) -> tuple[dict[str
         features = features.join(share.add_prefix(f"{family}:"))
     stages.lap("label shares")
 
-    transitions = pairs.groupby(["source", "strategy", "next_reaction"]).size().rename("n").reset_index()
-    transitions["share"] = transitions["n"] / transitions.groupby(["source", "strategy"])["n"].transform("sum")
+    transitions = (
+        pairs.groupby(["source", "strategy", "next_reaction"]).size().rename("n").reset_index()
+    )
+    transitions["share"] = transitions["n"] / transitions.groupby(["source", "strategy"])[
+        "n"
+    ].transform("sum")
     stages.lap("transitions")
 
-    frame = sessions[["session_id", "client_id", "counselor_id", "session_index", "source"]].merge(scores, on="session_id")
-    long = frame.melt(id_vars=["session_id", "client_id", "counselor_id", "session_index", "source"], value_vars=DIMENSIONS, var_name="outcome").dropna(subset=["value"])
+    frame = sessions[["session_id", "client_id", "counselor_id", "session_index", "source"]].merge(
+        scores, on="session_id"
+    )
+    long = frame.melt(
+        id_vars=["session_id", "client_id", "counselor_id", "session_index", "source"],
+        value_vars=DIMENSIONS,
+        var_name="outcome",
+    ).dropna(subset=["value"])
     long["value"] = long["value"].astype("float64")
     stages.lap("outcomes")
 
-    grouped = pd.concat([long.assign(group_by="all", grp="all"), long.assign(group_by="source", grp=long["source"])])
+    grouped = pd.concat(
+        [long.assign(group_by="all", grp="all"), long.assign(group_by="source", grp=long["source"])]
+    )
     grouped["low"] = (grouped["value"] <= LOW_THRESHOLD).astype("float64")
     g = grouped.groupby(["group_by", "grp", "outcome"])["value"]
-    population = pd.DataFrame({
-        "n": g.size(), "mean": g.mean(), "sd": g.std(), "q25": g.quantile(0.25), "median": g.median(), "q75": g.quantile(0.75),
-        "low_share": grouped.groupby(["group_by", "grp", "outcome"])["low"].mean(),
-    }).reset_index()
+    population = pd.DataFrame(
+        {
+            "n": g.size(),
+            "mean": g.mean(),
+            "sd": g.std(),
+            "q25": g.quantile(0.25),
+            "median": g.median(),
+            "q75": g.quantile(0.75),
+            "low_share": grouped.groupby(["group_by", "grp", "outcome"])["low"].mean(),
+        }
+    ).reset_index()
     stages.lap("population")
 
     counselors = pooled_counselor_means(long)
@@ -243,19 +318,35 @@ def pandas_analysis(corpus: Path, n_chunks: int, backend: str) -> tuple[dict[str
 
     trajectories, trajectory_clients, trajectory_summary = client_trajectories(long)
     stages.lap("trajectories")
-    tables = {"features": features.reset_index(), "transitions": transitions, "population": population, "counselor_profiles": counselors,
-              "trajectories": trajectories, "trajectory_clients": trajectory_clients, "trajectory_summary": trajectory_summary}
+    tables = {
+        "features": features.reset_index(),
+        "transitions": transitions,
+        "population": population,
+        "counselor_profiles": counselors,
+        "trajectories": trajectories,
+        "trajectory_clients": trajectory_clients,
+        "trajectory_summary": trajectory_summary,
+    }
     return tables, stages.seconds
 
 
 def pooled_counselor_means(long: pd.DataFrame, min_sessions: int = 5) -> pd.DataFrame:
     """Per outcome and counselor: raw mean and the empirical-Bayes pooled mean (queries/counselor_profiles.sql's method)."""
-    per = long.dropna(subset=["counselor_id"]).groupby(["outcome", "counselor_id"])["value"].agg(n="size", m="mean", s2="var").reset_index()
+    per = (
+        long.dropna(subset=["counselor_id"])
+        .groupby(["outcome", "counselor_id"])["value"]
+        .agg(n="size", m="mean", s2="var")
+        .reset_index()
+    )
     multi = per[per["n"] > 1]
-    sigma2 = ((multi["n"] - 1) * multi["s2"]).groupby(multi["outcome"]).sum() / (multi["n"] - 1).groupby(multi["outcome"]).sum()
+    sigma2 = ((multi["n"] - 1) * multi["s2"]).groupby(multi["outcome"]).sum() / (
+        multi["n"] - 1
+    ).groupby(multi["outcome"]).sum()
     per["sigma2"] = per["outcome"].map(sigma2)
     per["sigma2_n"] = per["sigma2"] / per["n"]
-    tau2 = (per.groupby("outcome")["m"].var() - per.groupby("outcome")["sigma2_n"].mean()).clip(lower=0)
+    tau2 = (per.groupby("outcome")["m"].var() - per.groupby("outcome")["sigma2_n"].mean()).clip(
+        lower=0
+    )
     per["tau2"] = per["outcome"].map(tau2)
     per["w"] = 1 / (per["tau2"] + per["sigma2_n"])
     mu = (per["w"] * per["m"]).groupby(per["outcome"]).sum() / per.groupby("outcome")["w"].sum()
@@ -265,10 +356,27 @@ def pooled_counselor_means(long: pd.DataFrame, min_sessions: int = 5) -> pd.Data
     shrink = per["tau2"] / (per["tau2"] + per["sigma2_n"])
     per["pooled_mean"] = per["mu"] + shrink * (per["m"] - per["mu"])
     se = np.sqrt(shrink * per["sigma2_n"] + (1 - shrink) ** 2 * per["mu_var"])
-    per["pooled_lo"], per["pooled_hi"] = per["pooled_mean"] - Z95 * se, per["pooled_mean"] + Z95 * se
-    per["rank"] = per.groupby("outcome")["pooled_mean"].rank(ascending=False, method="min").astype(int)
+    per["pooled_lo"], per["pooled_hi"] = (
+        per["pooled_mean"] - Z95 * se,
+        per["pooled_mean"] + Z95 * se,
+    )
+    per["rank"] = (
+        per.groupby("outcome")["pooled_mean"].rank(ascending=False, method="min").astype(int)
+    )
     per["is_strength"] = per["pooled_lo"] > per["mu"]
-    return per.rename(columns={"n": "n_sessions", "m": "raw_mean"})[["counselor_id", "outcome", "n_sessions", "raw_mean", "pooled_mean", "pooled_lo", "pooled_hi", "rank", "is_strength"]]
+    return per.rename(columns={"n": "n_sessions", "m": "raw_mean"})[
+        [
+            "counselor_id",
+            "outcome",
+            "n_sessions",
+            "raw_mean",
+            "pooled_mean",
+            "pooled_lo",
+            "pooled_hi",
+            "rank",
+            "is_strength",
+        ]
+    ]
 
 
 def client_trajectories(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -279,19 +387,43 @@ def client_trajectories(long: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame,
     points = points.sort_values(["outcome", "client_id", "x"])
     points["xy"], points["xx"] = points["x"] * points["value"], points["x"] ** 2
     g = points.groupby(["client_id", "outcome"])
-    sums = g.agg(n_sessions=("x", "size"), sx=("x", "sum"), sy=("value", "sum"), sxy=("xy", "sum"), sxx=("xx", "sum"), first=("value", "first"), last=("value", "last"))
-    sums["slope"] = (sums["n_sessions"] * sums["sxy"] - sums["sx"] * sums["sy"]) / (sums["n_sessions"] * sums["sxx"] - sums["sx"] ** 2)
+    sums = g.agg(
+        n_sessions=("x", "size"),
+        sx=("x", "sum"),
+        sy=("value", "sum"),
+        sxy=("xy", "sum"),
+        sxx=("xx", "sum"),
+        first=("value", "first"),
+        last=("value", "last"),
+    )
+    sums["slope"] = (sums["n_sessions"] * sums["sxy"] - sums["sx"] * sums["sy"]) / (
+        sums["n_sessions"] * sums["sxx"] - sums["sx"] ** 2
+    )
     sums["rises"] = sums["last"] > sums["first"]
     trajectories = sums[["n_sessions", "first", "last", "slope", "rises"]].reset_index()
-    clients = trajectories.groupby("outcome").agg(n_clients=("client_id", "size"), share_rising=("rises", "mean"), mean_slope=("slope", "mean")).reset_index()
-    summary = points.groupby(["outcome", "session_index"])["value"].agg(n="size", mean="mean").reset_index()
+    clients = (
+        trajectories.groupby("outcome")
+        .agg(
+            n_clients=("client_id", "size"),
+            share_rising=("rises", "mean"),
+            mean_slope=("slope", "mean"),
+        )
+        .reset_index()
+    )
+    summary = (
+        points.groupby(["outcome", "session_index"])["value"]
+        .agg(n="size", mean="mean")
+        .reset_index()
+    )
     return trajectories, clients, summary
 
 
 # --- checking that pandas and care-ray did the same work ---------------------------------------------
 
 
-def max_difference(ours: pd.DataFrame, theirs: pd.DataFrame, keys: list[str], columns: list[str]) -> float:
+def max_difference(
+    ours: pd.DataFrame, theirs: pd.DataFrame, keys: list[str], columns: list[str]
+) -> float:
     """Largest absolute difference over `columns` after joining on `keys` (inf when the rows differ)."""
     a = ours[keys + columns].copy()
     b = theirs[keys + columns].copy()
@@ -302,7 +434,10 @@ def max_difference(ours: pd.DataFrame, theirs: pd.DataFrame, keys: list[str], co
         return float("inf")
     worst = 0.0
     for c in columns:
-        x, y = merged[f"{c}_pd"].astype("float64").to_numpy(), merged[f"{c}_cr"].astype("float64").to_numpy()
+        x, y = (
+            merged[f"{c}_pd"].astype("float64").to_numpy(),
+            merged[f"{c}_cr"].astype("float64").to_numpy(),
+        )
         if not np.array_equal(np.isnan(x), np.isnan(y)):
             return float("inf")
         both = ~np.isnan(x)
@@ -316,16 +451,50 @@ def compare(pandas_tables: dict[str, pd.DataFrame], analysis: Path) -> dict[str,
 
     features = read("features")
     share_columns = [c for c in pandas_tables["features"].columns if ":" in c]
-    base = ["n_turns", "client_turns", "counselor_turns", "client_words", "counselor_words", "counselor_talk_share", "counselor_question_rate"]
+    base = [
+        "n_turns",
+        "client_turns",
+        "counselor_turns",
+        "client_words",
+        "counselor_words",
+        "counselor_talk_share",
+        "counselor_question_rate",
+    ]
     transitions = pandas_tables["transitions"].rename(columns={"next_reaction": "reaction"})
     return {
-        "features (base)": max_difference(pandas_tables["features"], features, ["session_id"], base),
-        f"features ({len(share_columns)} label shares)": max_difference(pandas_tables["features"], features, ["session_id"], share_columns),
-        "transitions": max_difference(transitions, read("transitions"), ["source", "strategy", "reaction"], ["n", "share"]),
-        "population": max_difference(pandas_tables["population"], read("population"), ["group_by", "grp", "outcome"], ["n", "mean", "sd", "q25", "median", "q75", "low_share"]),
-        "counselor_profiles": max_difference(pandas_tables["counselor_profiles"], read("counselor_profiles"), ["counselor_id", "outcome"], ["n_sessions", "raw_mean", "pooled_mean", "pooled_lo", "pooled_hi", "rank"]),
-        "trajectories": max_difference(pandas_tables["trajectories"], read("trajectories"), ["client_id", "outcome"], ["n_sessions", "first", "last", "slope"]),
-        "trajectory_clients": max_difference(pandas_tables["trajectory_clients"], read("trajectory_clients"), ["outcome"], ["n_clients", "share_rising", "mean_slope"]),
+        "features (base)": max_difference(
+            pandas_tables["features"], features, ["session_id"], base
+        ),
+        f"features ({len(share_columns)} label shares)": max_difference(
+            pandas_tables["features"], features, ["session_id"], share_columns
+        ),
+        "transitions": max_difference(
+            transitions, read("transitions"), ["source", "strategy", "reaction"], ["n", "share"]
+        ),
+        "population": max_difference(
+            pandas_tables["population"],
+            read("population"),
+            ["group_by", "grp", "outcome"],
+            ["n", "mean", "sd", "q25", "median", "q75", "low_share"],
+        ),
+        "counselor_profiles": max_difference(
+            pandas_tables["counselor_profiles"],
+            read("counselor_profiles"),
+            ["counselor_id", "outcome"],
+            ["n_sessions", "raw_mean", "pooled_mean", "pooled_lo", "pooled_hi", "rank"],
+        ),
+        "trajectories": max_difference(
+            pandas_tables["trajectories"],
+            read("trajectories"),
+            ["client_id", "outcome"],
+            ["n_sessions", "first", "last", "slope"],
+        ),
+        "trajectory_clients": max_difference(
+            pandas_tables["trajectory_clients"],
+            read("trajectory_clients"),
+            ["outcome"],
+            ["n_clients", "share_rising", "mean_slope"],
+        ),
     }
 
 
@@ -340,16 +509,24 @@ def planted_effects_found(corpus: Path, analysis: Path) -> dict[str, bool]:
 
     def driver(outcome: str, feature: str) -> bool:
         row = drivers[(drivers["outcome"] == outcome) & (drivers["feature"] == feature)]
-        return bool(len(row)) and bool((row["coef_std"] > 0).all() and (row["p_adjusted"] < 0.001).all())
+        return bool(len(row)) and bool(
+            (row["coef_std"] > 0).all() and (row["p_adjusted"] < 0.001).all()
+        )
 
     bond = profiles[profiles["outcome"] == "bond"]
     stars = truth["star_counselors"]
     # Counselor effects also vary by chance (sd 0.12 around the stars' +0.6), so a few ordinary ones may rank among them.
     top_share = bond.nsmallest(len(stars), "rank")["counselor_id"].isin(stars).mean()
     return {
-        "bond driver " + truth["effects"]["bond"]["feature"]: driver("bond", truth["effects"]["bond"]["feature"]),
-        "task driver " + truth["effects"]["task"]["feature"]: driver("task", truth["effects"]["task"]["feature"]),
-        f"star counselors >= 90% of the bond top {len(stars)} ({top_share:.0%}) and all is_strength": bool(top_share >= 0.9 and bond[bond["counselor_id"].isin(stars)]["is_strength"].all()),
+        "bond driver " + truth["effects"]["bond"]["feature"]: driver(
+            "bond", truth["effects"]["bond"]["feature"]
+        ),
+        "task driver " + truth["effects"]["task"]["feature"]: driver(
+            "task", truth["effects"]["task"]["feature"]
+        ),
+        f"star counselors >= 90% of the bond top {len(stars)} ({top_share:.0%}) and all is_strength": bool(
+            top_share >= 0.9 and bond[bond["counselor_id"].isin(stars)]["is_strength"].all()
+        ),
         "mean client slope > 0": bool((clients["mean_slope"] > 0).all()),
     }
 
@@ -360,7 +537,12 @@ def planted_effects_found(corpus: Path, analysis: Path) -> dict[str, bool]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, default=1_000_000)
-    ap.add_argument("--pandas-sessions", type=int, default=50_000, help="pandas runs on the corpus's first chunks, at least this many sessions")
+    ap.add_argument(
+        "--pandas-sessions",
+        type=int,
+        default=50_000,
+        help="pandas runs on the corpus's first chunks, at least this many sessions",
+    )
     ap.add_argument("--chunk", type=int, default=50_000, help="sessions per generated chunk")
     ap.add_argument("--seed", type=int, default=7)
     a = ap.parse_args()
@@ -370,7 +552,12 @@ def main() -> None:
     n_chunks = min(-(-a.pandas_sessions // a.chunk), -(-a.sessions // a.chunk))
     subset = subset_corpus(corpus, n_chunks)
     out = workdir() / "analyze-scale"
-    figures: dict = {"corpus": str(corpus), "corpus_gib": folder_bytes(corpus) / GIB, "truth": {k: truth[k] for k in ("sessions", "turns", "clients", "counselors")}, "cpus": os.cpu_count()}
+    figures: dict = {
+        "corpus": str(corpus),
+        "corpus_gib": folder_bytes(corpus) / GIB,
+        "truth": {k: truth[k] for k in ("sessions", "turns", "clients", "counselors")},
+        "cpus": os.cpu_count(),
+    }
 
     full = run_analyze(corpus, out / "full")
     small = run_analyze(subset, out / "subset")
@@ -384,42 +571,89 @@ def main() -> None:
             tables, stages = pandas_analysis(corpus, n_chunks, backend)
             wall = time.perf_counter() - started
             cpu = sum(os.times()[:2]) - cpu_before
-        figures["pandas"][backend] = {"sessions": len(tables["features"]), "wall_s": wall, "cpu_s": cpu, "stages_s": stages, "peak_rss_gib": rss.peak / GIB,
-                                      "rss_growth_gib": (rss.peak - rss_at_start) / GIB, "load_before": load_before, "load_after": os.getloadavg()[0],
-                                      "max_abs_diff_vs_care_ray": compare(tables, out / "subset")}
+        figures["pandas"][backend] = {
+            "sessions": len(tables["features"]),
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "stages_s": stages,
+            "peak_rss_gib": rss.peak / GIB,
+            "rss_growth_gib": (rss.peak - rss_at_start) / GIB,
+            "load_before": load_before,
+            "load_after": os.getloadavg()[0],
+            "max_abs_diff_vs_care_ray": compare(tables, out / "subset"),
+        }
         del tables
     figures["planted_effects_found"] = planted_effects_found(corpus, out / "full")
-    rates = {"care-ray full": full["n_sessions"] / full["wall_s"], "care-ray subset": small["n_sessions"] / small["wall_s"]}
+    rates = {
+        "care-ray full": full["n_sessions"] / full["wall_s"],
+        "care-ray subset": small["n_sessions"] / small["wall_s"],
+    }
     rates |= {f"pandas {b}": r["sessions"] / r["wall_s"] for b, r in figures["pandas"].items()}
     figures["rates_per_s"] = rates
-    figures["ratios"] = {f"{cr} / pandas {b}": rates[cr] / rates[f"pandas {b}"] for cr in ("care-ray full", "care-ray subset") for b in PANDAS_BACKENDS}
+    figures["ratios"] = {
+        f"{cr} / pandas {b}": rates[cr] / rates[f"pandas {b}"]
+        for cr in ("care-ray full", "care-ray subset")
+        for b in PANDAS_BACKENDS
+    }
     # CPU seconds per session: steadier than wall time when other work shares the cores
-    cpu_per_session = {"care-ray full": full["cpu_s"] / full["n_sessions"]} | {f"pandas {b}": r["cpu_s"] / r["sessions"] for b, r in figures["pandas"].items()}
-    figures["cpu_ratios"] = {f"care-ray full / pandas {b}": cpu_per_session[f"pandas {b}"] / cpu_per_session["care-ray full"] for b in PANDAS_BACKENDS}
-    (workdir() / f"analyze-scale-{a.sessions}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    cpu_per_session = {"care-ray full": full["cpu_s"] / full["n_sessions"]} | {
+        f"pandas {b}": r["cpu_s"] / r["sessions"] for b, r in figures["pandas"].items()
+    }
+    figures["cpu_ratios"] = {
+        f"care-ray full / pandas {b}": cpu_per_session[f"pandas {b}"]
+        / cpu_per_session["care-ray full"]
+        for b in PANDAS_BACKENDS
+    }
+    (workdir() / f"analyze-scale-{a.sessions}.json").write_text(
+        json.dumps(figures, indent=2) + "\n"
+    )
     report(figures, truth, corpus)
 
 
 def report(figures: dict, truth: dict, corpus: Path) -> None:
     """One printed line per figure."""
     full, small = figures["full"], figures["subset"]
-    print(f"corpus: {truth['sessions']:,} sessions, {truth['turns']:,} turns, {12 * truth['sessions']:,} item rows, {truth['clients']:,} clients, "
-          f"{truth['counselors']:,} counselors; {figures['corpus_gib']:.2f} GiB on disk at {corpus}")
-    for label, run in ((f"{full['n_sessions']:,} sessions", full), (f"{small['n_sessions']:,} sessions (subset)", small)):
-        print(f"care-ray analyze, {label}: wall {run['wall_s']:.1f} s (goal <= 120 at 1M), CPU {run['cpu_s']:.1f} s, "
-              f"1-min load {run['load_before']:.1f} -> {run['load_after']:.1f} on {figures['cpus']} cores")
-        print(f"care-ray analyze, {label}: peak RSS {run['peak_rss_gib']:.2f} GiB (goal <= 6 at 1M)")
+    print(
+        f"corpus: {truth['sessions']:,} sessions, {truth['turns']:,} turns, {12 * truth['sessions']:,} item rows, {truth['clients']:,} clients, "
+        f"{truth['counselors']:,} counselors; {figures['corpus_gib']:.2f} GiB on disk at {corpus}"
+    )
+    for label, run in (
+        (f"{full['n_sessions']:,} sessions", full),
+        (f"{small['n_sessions']:,} sessions (subset)", small),
+    ):
+        print(
+            f"care-ray analyze, {label}: wall {run['wall_s']:.1f} s (goal <= 120 at 1M), CPU {run['cpu_s']:.1f} s, "
+            f"1-min load {run['load_before']:.1f} -> {run['load_after']:.1f} on {figures['cpus']} cores"
+        )
+        print(
+            f"care-ray analyze, {label}: peak RSS {run['peak_rss_gib']:.2f} GiB (goal <= 6 at 1M)"
+        )
     for backend, r in figures["pandas"].items():
-        print(f"pandas ({backend} dtypes), same computations, {r['sessions']:,} sessions: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
-              f"RSS growth {r['rss_growth_gib']:.2f} GiB; " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items()))
-    print("per-session rates: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in figures["rates_per_s"].items()))
+        print(
+            f"pandas ({backend} dtypes), same computations, {r['sessions']:,} sessions: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
+            f"RSS growth {r['rss_growth_gib']:.2f} GiB; "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
+        )
+    print(
+        "per-session rates: "
+        + ", ".join(f"{k} {v:,.0f}/s" for k, v in figures["rates_per_s"].items())
+    )
     for k, v in figures["ratios"].items():
         print(f"ratio {k}: {v:.2f}x (goal >= 5)")
     for k, v in figures["cpu_ratios"].items():
         print(f"ratio {k} by CPU seconds per session: {v:.2f}x")
     for backend, r in figures["pandas"].items():
-        print(f"pandas ({backend}) vs care-ray on the subset, max abs difference: " + ", ".join(f"{k} {v:.2g}" for k, v in r["max_abs_diff_vs_care_ray"].items()))
-    print("planted effects found at full scale: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in figures["planted_effects_found"].items()))
+        print(
+            f"pandas ({backend}) vs care-ray on the subset, max abs difference: "
+            + ", ".join(f"{k} {v:.2g}" for k, v in r["max_abs_diff_vs_care_ray"].items())
+        )
+    print(
+        "planted effects found at full scale: "
+        + ", ".join(
+            f"{k}: {'yes' if v else 'NO'}" for k, v in figures["planted_effects_found"].items()
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ITEMS = list(range(1, 13))
-DIMS = {1: "task", 2: "task", 10: "task", 12: "task", 4: "goal", 6: "goal", 8: "goal", 11: "goal", 3: "bond", 5: "bond", 7: "bond", 9: "bond"}
+DIMS = {
+    1: "task",
+    2: "task",
+    10: "task",
+    12: "task",
+    4: "goal",
+    6: "goal",
+    8: "goal",
+    11: "goal",
+    3: "bond",
+    5: "bond",
+    7: "bond",
+    9: "bond",
+}
 
 
 def build_run(folder: Path, n_sessions: int, sessions_per_file: int) -> list[str]:
@@ -43,18 +56,37 @@ def build_run(folder: Path, n_sessions: int, sessions_per_file: int) -> list[str
         iids = np.tile(np.array(ITEMS, dtype=np.int32), len(chunk))
         scores = rng.integers(1, 6, n)
         status = np.where(np.arange(n) % 50 == 7, "error", "ok")
-        table = pa.table({
-            "session_id": pa.array(sids, pa.string()), "item_id": pa.array(iids, pa.int32()),
-            "dimension": pa.array([DIMS[i] for i in iids.tolist()], pa.string()), "status": pa.array(status, pa.string()),
-            "score": pa.array(scores.astype(float)), "scores": pa.array([[int(s)] for s in scores.tolist()], pa.list_(pa.int8())),
-            "rationale": pa.array(["I felt heard when my counselor said so."] * n), "quote_found": pa.array(np.ones(n)),
-            "prompt_tokens": pa.array(np.full(n, 1000, np.int32)), "cached_tokens": pa.array(np.full(n, 900, np.int32)),
-            "error_reason": pa.array(np.where(status == "error", "truncated", None), pa.string()),
-            "n_items_selected": pa.array(np.full(n, 12, np.int32)), "model": pa.array(["m"] * n), "rubric_id": pa.array(["wai-sr-client-en-v1"] * n),
-            "engine": pa.array(["vllm"] * n), "run_fingerprint": pa.array(["f" * 16] * n),
-        })
-        table = pa.Table.from_pydict({name: table.column(name) if name in table.column_names else pa.nulls(n, RESULT_SCHEMA.field(name).type)
-                                      for name in RESULT_SCHEMA.names}, schema=RESULT_SCHEMA)
+        table = pa.table(
+            {
+                "session_id": pa.array(sids, pa.string()),
+                "item_id": pa.array(iids, pa.int32()),
+                "dimension": pa.array([DIMS[i] for i in iids.tolist()], pa.string()),
+                "status": pa.array(status, pa.string()),
+                "score": pa.array(scores.astype(float)),
+                "scores": pa.array([[int(s)] for s in scores.tolist()], pa.list_(pa.int8())),
+                "rationale": pa.array(["I felt heard when my counselor said so."] * n),
+                "quote_found": pa.array(np.ones(n)),
+                "prompt_tokens": pa.array(np.full(n, 1000, np.int32)),
+                "cached_tokens": pa.array(np.full(n, 900, np.int32)),
+                "error_reason": pa.array(
+                    np.where(status == "error", "truncated", None), pa.string()
+                ),
+                "n_items_selected": pa.array(np.full(n, 12, np.int32)),
+                "model": pa.array(["m"] * n),
+                "rubric_id": pa.array(["wai-sr-client-en-v1"] * n),
+                "engine": pa.array(["vllm"] * n),
+                "run_fingerprint": pa.array(["f" * 16] * n),
+            }
+        )
+        table = pa.Table.from_pydict(
+            {
+                name: table.column(name)
+                if name in table.column_names
+                else pa.nulls(n, RESULT_SCHEMA.field(name).type)
+                for name in RESULT_SCHEMA.names
+            },
+            schema=RESULT_SCHEMA,
+        )
         run.write_results(table)
     return ids
 
@@ -62,13 +94,21 @@ def build_run(folder: Path, n_sessions: int, sessions_per_file: int) -> list[str
 def measure(n_sessions: int, sessions_per_file: int, work: Path) -> dict:
     from _common import PeakRSS
 
-    from care_ray.results import RunFolder, consolidate, pending_plan, reconcile, write_session_scores
+    from care_ray.results import (
+        RunFolder,
+        consolidate,
+        pending_plan,
+        reconcile,
+        write_session_scores,
+    )
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = work / f"driver-{n_sessions}"
-    ids_file = folder.with_suffix(".ids.parquet")  # the corpus's session ids, as the driver reads them
+    ids_file = folder.with_suffix(
+        ".ids.parquet"
+    )  # the corpus's session ids, as the driver reads them
     if not ids_file.exists():
         import shutil
 
@@ -77,7 +117,9 @@ def measure(n_sessions: int, sessions_per_file: int, work: Path) -> dict:
         ids = build_run(folder, n_sessions, sessions_per_file)
         pq.write_table(pa.table({"session_id": ids}), ids_file)
         del ids
-        print(f"  built {n_sessions:,} sessions in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        print(
+            f"  built {n_sessions:,} sessions in {time.perf_counter() - t0:.0f} s", file=sys.stderr
+        )
     run = RunFolder(folder)
     with PeakRSS() as rss:
         t0 = time.perf_counter()
@@ -91,9 +133,18 @@ def measure(n_sessions: int, sessions_per_file: int, work: Path) -> dict:
         rows = write_session_scores(run)
         t_final = time.perf_counter() - t0
     assert plan.num_rows == n_sessions - n_sessions // 2 and done == (n_sessions // 2) * 12
-    assert counts["items_scored"] + counts["items_errors"] == counts["items_in"] and rows == n_sessions // 2
-    return {"sessions": n_sessions, "files": len(run.committed("items")) + len(run.committed("errors")), "plan_s": round(t_plan, 2),
-            "finalize_s": round(t_final, 2), "total_s": round(t_plan + t_final, 2), "peak_rss_gib": round(rss.peak / 2**30, 3)}
+    assert (
+        counts["items_scored"] + counts["items_errors"] == counts["items_in"]
+        and rows == n_sessions // 2
+    )
+    return {
+        "sessions": n_sessions,
+        "files": len(run.committed("items")) + len(run.committed("errors")),
+        "plan_s": round(t_plan, 2),
+        "finalize_s": round(t_final, 2),
+        "total_s": round(t_plan + t_final, 2),
+        "peak_rss_gib": round(rss.peak / 2**30, 3),
+    }
 
 
 def main() -> None:
@@ -109,13 +160,29 @@ def main() -> None:
         return
     results = []
     for n in args.sessions:  # a fresh process per scale: peak RSS of that scale alone
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--sessions-per-file", str(args.sessions_per_file)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(n),
+                "--sessions-per-file",
+                str(args.sessions_per_file),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
-        print(f"{r['sessions']:>9,} sessions ({r['files']:,} files): plan {r['plan_s']} s + finalize {r['finalize_s']} s = {r['total_s']} s, peak RSS {r['peak_rss_gib']} GiB")
+        print(
+            f"{r['sessions']:>9,} sessions ({r['files']:,} files): plan {r['plan_s']} s + finalize {r['finalize_s']} s = {r['total_s']} s, peak RSS {r['peak_rss_gib']} GiB"
+        )
     if len(results) == 2:
         a, b = results
-        print(f"ratio {b['sessions'] // a['sessions']}x sessions: time {b['total_s'] / a['total_s']:.2f}x, memory {b['peak_rss_gib'] / a['peak_rss_gib']:.2f}x")
+        print(
+            f"ratio {b['sessions'] // a['sessions']}x sessions: time {b['total_s'] / a['total_s']:.2f}x, memory {b['peak_rss_gib'] / a['peak_rss_gib']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

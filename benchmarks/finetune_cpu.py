@@ -36,13 +36,21 @@ def prepare(work: Path) -> dict[str, Path]:
     from care_ray.tiny_model import build_tiny_model
     from care_ray.training.sft_data import SFTOptions, make_sft_data
 
-    paths = {"corpus": work / "esconv", "model": work / "tiny-llama", "data": work / "sft-esconv-tiny"}
+    paths = {
+        "corpus": work / "esconv",
+        "model": work / "tiny-llama",
+        "data": work / "sft-esconv-tiny",
+    }
     if not (paths["corpus"] / "manifest.json").exists():
         ingest_files("esconv", [esconv_dir()], paths["corpus"])
     if not (paths["model"] / "config.json").exists():
         build_tiny_model(paths["model"])
     if not (paths["data"] / "examples.parquet").exists():
-        make_sft_data(paths["corpus"], paths["data"], SFTOptions(target="score+rationale", folds=2, max_sessions=80))
+        make_sft_data(
+            paths["corpus"],
+            paths["data"],
+            SFTOptions(target="score+rationale", folds=2, max_sessions=80),
+        )
     return paths
 
 
@@ -80,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait()
     wall = time.perf_counter() - t1
     if proc.returncode != 0:
-        print(f"care-ray finetune failed with exit code {proc.returncode}; see {log_file}", file=sys.stderr)
+        print(
+            f"care-ray finetune failed with exit code {proc.returncode}; see {log_file}",
+            file=sys.stderr,
+        )
         return proc.returncode
     output_dir = Path(config["output_dir"])
     summary = json.loads((output_dir / "summary.json").read_text())
@@ -105,10 +116,30 @@ def main(argv: list[str] | None = None) -> int:
     all_rates = [r for f in folds for r in f["train_tokens_per_s_by_checkpoint"]]
     result = {
         "benchmark": "finetune_cpu",
-        "command": "python benchmarks/finetune_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
-        "config": {k: config[k] for k in ("method", "epochs", "micro_batch_size", "effective_batch_size", "learning_rate", "max_train_examples", "max_eval_examples", "folds")}
-        | {"workers": config["scaling"]["num_workers"], "cpus_per_worker": config["scaling"]["cpus_per_worker"]},
+        "command": "python benchmarks/finetune_cpu.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+        },
+        "config": {
+            k: config[k]
+            for k in (
+                "method",
+                "epochs",
+                "micro_batch_size",
+                "effective_batch_size",
+                "learning_rate",
+                "max_train_examples",
+                "max_eval_examples",
+                "folds",
+            )
+        }
+        | {
+            "workers": config["scaling"]["num_workers"],
+            "cpus_per_worker": config["scaling"]["cpus_per_worker"],
+        },
         "finetune_command": " ".join(cli[1:]),
         "log": str(log_file),
         "prepare_seconds": round(prep_s, 1),

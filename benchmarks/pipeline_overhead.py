@@ -11,7 +11,9 @@ import time
 
 from _common import esconv_corpus, steady_rate, tiny_model, workdir
 
-BOUNDS = dict(max_model_len=2048, max_new_tokens=64, max_rationale_chars=60, max_quotes=1, max_quote_chars=30)
+BOUNDS = dict(
+    max_model_len=2048, max_new_tokens=64, max_rationale_chars=60, max_quotes=1, max_quote_chars=30
+)
 
 
 def bare(sessions: int, per_call: int) -> tuple[float, float, int]:
@@ -22,23 +24,38 @@ def bare(sessions: int, per_call: int) -> tuple[float, float, int]:
     from care_ray.rubric import load_rubric
     from care_ray.scoring import ScoreConfig
 
-    cfg = ScoreConfig(sessions=esconv_corpus(), model=str(tiny_model()), out=workdir() / "unused", **BOUNDS).engine_config()
+    cfg = ScoreConfig(
+        sessions=esconv_corpus(), model=str(tiny_model()), out=workdir() / "unused", **BOUNDS
+    ).engine_config()
     rubric = load_rubric()
     t0 = time.perf_counter()
     engine = VLLMEngine(cfg)
     t_ready = time.perf_counter()
-    table = sessions_dataset(esconv_corpus()).to_table(columns=["session_id", "turns"]).slice(0, sessions)
-    builder = PromptBuilder(rubric, load_tokenizer(str(tiny_model())), cfg.max_model_len, cfg.max_new_tokens)
+    table = (
+        sessions_dataset(esconv_corpus())
+        .to_table(columns=["session_id", "turns"])
+        .slice(0, sessions)
+    )
+    builder = PromptBuilder(
+        rubric, load_tokenizer(str(tiny_model())), cfg.max_model_len, cfg.max_new_tokens
+    )
     # prompts built before the clock starts: the baseline is the engine alone
-    chunks = [builder.build_item_prompts(table.slice(start, per_call), rubric.items) for start in range(0, sessions, per_call)]
+    chunks = [
+        builder.build_item_prompts(table.slice(start, per_call), rubric.items)
+        for start in range(0, sessions, per_call)
+    ]
     t_gen = time.perf_counter()
     n = 0
     first_done = None
     try:
         for prompts in chunks:
-            for g in engine.generate(prompts.column("prompt_token_ids").to_pylist(), cfg.max_new_tokens):
+            for g in engine.generate(
+                prompts.column("prompt_token_ids").to_pylist(), cfg.max_new_tokens
+            ):
                 try:
-                    parse_item_output(g.samples[0].text, output_schema(), g.samples[0].finish_reason)
+                    parse_item_output(
+                        g.samples[0].text, output_schema(), g.samples[0].finish_reason
+                    )
                 except ValueError:
                     pass
             if first_done is None:
@@ -57,8 +74,18 @@ def full(sessions: int, per_call: int) -> tuple[float, float, int]:
     out = workdir() / "overhead-out"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    m = score_corpus(ScoreConfig(sessions=esconv_corpus(), model=str(tiny_model()), out=out, limit=sessions,
-                                 sessions_per_block=per_call, progress=False, ray_address="local", **BOUNDS))
+    m = score_corpus(
+        ScoreConfig(
+            sessions=esconv_corpus(),
+            model=str(tiny_model()),
+            out=out,
+            limit=sessions,
+            sessions_per_block=per_call,
+            progress=False,
+            ray_address="local",
+            **BOUNDS,
+        )
+    )
     wall = time.perf_counter() - t0
     _, steady = steady_rate(out / "items")
     return steady, wall, m["items_in"]
@@ -67,13 +94,21 @@ def full(sessions: int, per_call: int) -> tuple[float, float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=200)
-    ap.add_argument("--per-call", type=int, default=8, help="sessions per engine call (= Ray Data block)")
+    ap.add_argument(
+        "--per-call", type=int, default=8, help="sessions per engine call (= Ray Data block)"
+    )
     a = ap.parse_args()
     b_rate, b_wall, n = bare(a.sessions, a.per_call)
     f_rate, f_wall, n2 = full(a.sessions, a.per_call)
-    print(f"items={n} (ray path {n2}); bare engine loop: {b_rate:.1f} items/s steady, {b_wall:.0f} s wall incl. engine start")
-    print(f"Ray Data path: {f_rate:.1f} items/s steady, {f_wall:.0f} s wall incl. Ray + actor + engine start")
-    print(f"overhead ratio (bare steady rate / Ray steady rate) = {b_rate / f_rate:.2f}  (goal <= 1.3); wall ratio = {f_wall / b_wall:.2f}")
+    print(
+        f"items={n} (ray path {n2}); bare engine loop: {b_rate:.1f} items/s steady, {b_wall:.0f} s wall incl. engine start"
+    )
+    print(
+        f"Ray Data path: {f_rate:.1f} items/s steady, {f_wall:.0f} s wall incl. Ray + actor + engine start"
+    )
+    print(
+        f"overhead ratio (bare steady rate / Ray steady rate) = {b_rate / f_rate:.2f}  (goal <= 1.3); wall ratio = {f_wall / b_wall:.2f}"
+    )
 
 
 if __name__ == "__main__":

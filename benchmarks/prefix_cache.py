@@ -19,8 +19,13 @@ from care_ray.rubric import load_rubric
 def run(block_size: int | None, prompts, n_sessions: int) -> dict:
     from care_ray.engines.vllm import VLLMEngine
 
-    cfg = EngineConfig(model=str(tiny_model()), max_model_len=4096, max_new_tokens=48, block_size=block_size,
-                       output_schema=output_schema(max_rationale_chars=40, max_quotes=0))
+    cfg = EngineConfig(
+        model=str(tiny_model()),
+        max_model_len=4096,
+        max_new_tokens=48,
+        block_size=block_size,
+        output_schema=output_schema(max_rationale_chars=40, max_quotes=0),
+    )
     engine = VLLMEngine(cfg)
     try:
         gens = engine.generate(prompts.column("prompt_token_ids").to_pylist(), 48)
@@ -33,21 +38,35 @@ def run(block_size: int | None, prompts, n_sessions: int) -> dict:
         ratios.append(computed / g[0].prompt_tokens)
     total = sum(x.prompt_tokens for x in gens)
     cached = sum(x.cached_tokens or 0 for x in gens)
-    return {"block_size": block_size or "default", "prompt_tokens": total, "cached": cached, "computed_over_one_prompt_median": statistics.median(ratios),
-            "computed_over_one_prompt_mean": statistics.fmean(ratios), "mean_prompt_tokens": total / len(gens)}
+    return {
+        "block_size": block_size or "default",
+        "prompt_tokens": total,
+        "cached": cached,
+        "computed_over_one_prompt_median": statistics.median(ratios),
+        "computed_over_one_prompt_mean": statistics.fmean(ratios),
+        "mean_prompt_tokens": total / len(gens),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sessions", type=int, default=40)
-    ap.add_argument("--block-sizes", default="128,32", help="16 is not supported by the CPU attention backend")
-    ap.add_argument("--join", default="1,3", help="also measure longer transcripts: N consecutive real sessions' turns joined")
+    ap.add_argument(
+        "--block-sizes", default="128,32", help="16 is not supported by the CPU attention backend"
+    )
+    ap.add_argument(
+        "--join",
+        default="1,3",
+        help="also measure longer transcripts: N consecutive real sessions' turns joined",
+    )
     a = ap.parse_args()
     rubric = load_rubric()
     import pyarrow as pa
 
     base = sessions_dataset(esconv_corpus()).to_table(columns=["session_id", "turns"])
-    builder = PromptBuilder(rubric, load_tokenizer(str(tiny_model())), max_model_len=4096, max_new_tokens=48)
+    builder = PromptBuilder(
+        rubric, load_tokenizer(str(tiny_model())), max_model_len=4096, max_new_tokens=48
+    )
     for join in map(int, a.join.split(",")):
         turns = base.column("turns").to_pylist()[: a.sessions * join]
         joined = [sum(turns[k * join : (k + 1) * join], []) for k in range(a.sessions)]
@@ -55,8 +74,10 @@ def main() -> None:
         prompts = builder.build_item_prompts(sessions, rubric.items)
         for bs in a.block_sizes.split(","):
             r = run(None if bs == "default" else int(bs), prompts, a.sessions)
-            print(f"sessions joined={join} block_size={r['block_size']}: mean prompt {r['mean_prompt_tokens']:.0f} tokens, cached {r['cached'] / r['prompt_tokens']:.1%} of prompt tokens; "
-                  f"computed per session / one prompt = {r['computed_over_one_prompt_median']:.2f}x median, {r['computed_over_one_prompt_mean']:.2f}x mean (goal <= 1.3x)")
+            print(
+                f"sessions joined={join} block_size={r['block_size']}: mean prompt {r['mean_prompt_tokens']:.0f} tokens, cached {r['cached'] / r['prompt_tokens']:.1%} of prompt tokens; "
+                f"computed per session / one prompt = {r['computed_over_one_prompt_median']:.2f}x median, {r['computed_over_one_prompt_mean']:.2f}x mean (goal <= 1.3x)"
+            )
 
 
 if __name__ == "__main__":

@@ -21,10 +21,33 @@ def one(n: int, corpus: Path) -> None:
     out = workdir() / f"stream-{n}"
     shutil.rmtree(out, ignore_errors=True)
     with PeakRSS() as rss:
-        m = score_corpus(ScoreConfig(sessions=corpus, model=str(tiny_model()), out=out, limit=n, items="1", max_model_len=2048,
-                                     max_new_tokens=48, max_rationale_chars=20, max_quotes=0, sessions_per_block=64,
-                                     progress=False, ray_address="local"))
-    print(json.dumps({"sessions": n, "peak_rss_gib": rss.peak / 2**30, "items_scored": m["items_scored"], "items_errors": m["items_errors"], "seconds": m["seconds"]}))
+        m = score_corpus(
+            ScoreConfig(
+                sessions=corpus,
+                model=str(tiny_model()),
+                out=out,
+                limit=n,
+                items="1",
+                max_model_len=2048,
+                max_new_tokens=48,
+                max_rationale_chars=20,
+                max_quotes=0,
+                sessions_per_block=64,
+                progress=False,
+                ray_address="local",
+            )
+        )
+    print(
+        json.dumps(
+            {
+                "sessions": n,
+                "peak_rss_gib": rss.peak / 2**30,
+                "items_scored": m["items_scored"],
+                "items_errors": m["items_errors"],
+                "seconds": m["seconds"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -38,12 +61,22 @@ def main() -> None:
         one(a.one, corpus)
         return
     results = []
-    for n in (a.small, a.large):  # separate processes: one run's Ray cannot inflate the other's peak
-        line = subprocess.run([sys.executable, __file__, "--one", str(n), "--large", str(a.large)], capture_output=True, text=True, check=True).stdout
+    for n in (
+        a.small,
+        a.large,
+    ):  # separate processes: one run's Ray cannot inflate the other's peak
+        line = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--large", str(a.large)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         results.append(json.loads(line.strip().splitlines()[-1]))
         print(line.strip().splitlines()[-1])
     ratio = results[1]["peak_rss_gib"] / results[0]["peak_rss_gib"]
-    print(f"peak RSS {results[0]['peak_rss_gib']:.2f} GiB at {a.small} sessions, {results[1]['peak_rss_gib']:.2f} GiB at {a.large}: ratio {ratio:.2f} (goal <= 1.3)")
+    print(
+        f"peak RSS {results[0]['peak_rss_gib']:.2f} GiB at {a.small} sessions, {results[1]['peak_rss_gib']:.2f} GiB at {a.large}: ratio {ratio:.2f} (goal <= 1.3)"
+    )
 
 
 if __name__ == "__main__":

@@ -47,72 +47,169 @@ SOURCE_SHARE = (0.65, 0.35)
 ZH_SHARE_OF_HELPLINE = 0.3
 # One list per source, index-aligned: same strategy, the source's own spelling.
 STRATEGIES = {
-    "clinic": ["Question", "Restatement or Paraphrasing", "Reflection of feelings", "Self-disclosure",
-               "Affirmation and Reassurance", "Providing Suggestions", "Information", "Others"],
-    "helpline": ["Questions", "Restatement", "Reflection of feelings", "Self-disclosure",
-                 "Affirmation and Reassurance", "Providing Suggestions", "Information", "Other"],
+    "clinic": [
+        "Question",
+        "Restatement or Paraphrasing",
+        "Reflection of feelings",
+        "Self-disclosure",
+        "Affirmation and Reassurance",
+        "Providing Suggestions",
+        "Information",
+        "Others",
+    ],
+    "helpline": [
+        "Questions",
+        "Restatement",
+        "Reflection of feelings",
+        "Self-disclosure",
+        "Affirmation and Reassurance",
+        "Providing Suggestions",
+        "Information",
+        "Other",
+    ],
 }
 STRATEGY_BASE = np.array([0.22, 0.12, 0.14, 0.06, 0.16, 0.14, 0.10, 0.06])
 QUESTION, REFLECTION, SUGGESTIONS = 0, 2, 5
-STYLE_CONCENTRATION = 12.0  # of each session's Dirichlet draw of strategy shares: lower = sessions differ more
+STYLE_CONCENTRATION = (
+    12.0  # of each session's Dirichlet draw of strategy shares: lower = sessions differ more
+)
 REACTIONS = ["positive", "neutral", "negative"]
 # P(reaction | the strategy of the counselor turn just before), rows in STRATEGIES order
-REACTION_GIVEN_STRATEGY = np.array([
-    [0.40, 0.45, 0.15], [0.45, 0.40, 0.15], [0.60, 0.30, 0.10], [0.40, 0.40, 0.20],
-    [0.55, 0.35, 0.10], [0.35, 0.40, 0.25], [0.35, 0.50, 0.15], [0.30, 0.50, 0.20],
-])
+REACTION_GIVEN_STRATEGY = np.array(
+    [
+        [0.40, 0.45, 0.15],
+        [0.45, 0.40, 0.15],
+        [0.60, 0.30, 0.10],
+        [0.40, 0.40, 0.20],
+        [0.55, 0.35, 0.10],
+        [0.35, 0.40, 0.25],
+        [0.35, 0.50, 0.15],
+        [0.30, 0.50, 0.20],
+    ]
+)
 REACTION_WITHOUT_STRATEGY = np.array([0.4, 0.45, 0.15])
 STRATEGY_LABELLED, REACTION_LABELLED = 0.92, 0.85
 
 EN_COUNSELOR = [
-    "I hear that this has been weighing on you", "that sounds really hard", "thank you for telling me that",
-    "it makes sense that you feel this way", "many people go through something similar", "let us look at this together",
-    "you have already taken a big step", "it might help to write your thoughts down", "you could try a short walk each day",
-    "I am glad you reached out tonight", "that took courage to share", "it seems you feel stuck right now",
-    "so work has been piling up lately", "you sound exhausted and worried", "one small step could be enough for now",
-    "some people find breathing exercises useful", "I went through a difficult move once myself", "we have a few minutes left",
-    "you are doing the best you can", "it is okay to ask for help",
+    "I hear that this has been weighing on you",
+    "that sounds really hard",
+    "thank you for telling me that",
+    "it makes sense that you feel this way",
+    "many people go through something similar",
+    "let us look at this together",
+    "you have already taken a big step",
+    "it might help to write your thoughts down",
+    "you could try a short walk each day",
+    "I am glad you reached out tonight",
+    "that took courage to share",
+    "it seems you feel stuck right now",
+    "so work has been piling up lately",
+    "you sound exhausted and worried",
+    "one small step could be enough for now",
+    "some people find breathing exercises useful",
+    "I went through a difficult move once myself",
+    "we have a few minutes left",
+    "you are doing the best you can",
+    "it is okay to ask for help",
 ]
 EN_QUESTION = [
-    "how did that make you feel?", "what would help you most right now?", "can you tell me more about that?",
-    "when did this start?", "who else knows about this?", "what have you tried so far?", "how are you sleeping?",
+    "how did that make you feel?",
+    "what would help you most right now?",
+    "can you tell me more about that?",
+    "when did this start?",
+    "who else knows about this?",
+    "what have you tried so far?",
+    "how are you sleeping?",
     "is there someone you trust?",
 ]
 EN_CLIENT = [
-    "I feel tired all the time", "work has been really stressful", "my partner and I keep arguing",
-    "I do not know what to do anymore", "yes that is exactly it", "I tried that but it did not help",
-    "maybe you are right", "I have not told anyone else", "it started a few months ago", "I cannot sleep at night",
-    "thanks that helps a bit", "I guess I could try", "my family does not understand", "I feel a little better now",
-    "it is hard to explain", "I lost my job last month", "everything feels like too much", "ok", "I am not sure",
+    "I feel tired all the time",
+    "work has been really stressful",
+    "my partner and I keep arguing",
+    "I do not know what to do anymore",
+    "yes that is exactly it",
+    "I tried that but it did not help",
+    "maybe you are right",
+    "I have not told anyone else",
+    "it started a few months ago",
+    "I cannot sleep at night",
+    "thanks that helps a bit",
+    "I guess I could try",
+    "my family does not understand",
+    "I feel a little better now",
+    "it is hard to explain",
+    "I lost my job last month",
+    "everything feels like too much",
+    "ok",
+    "I am not sure",
     "that makes sense",
 ]
-ZH_COUNSELOR = ["我能感受到你的压力", "这听起来真的很不容易", "谢谢你愿意告诉我", "你已经做得很好了", "我们可以一起想想办法", "也许可以试着每天散散步"]
-ZH_QUESTION = ["你现在感觉怎么样？", "这种情况是从什么时候开始的？", "你试过哪些方法？", "有谁可以支持你吗？"]
-ZH_CLIENT = ["我最近很累", "工作压力很大", "我不知道该怎么办", "谢谢你", "好像好一点了", "我睡不好", "家里人不理解我", "我可以试试"]
+ZH_COUNSELOR = [
+    "我能感受到你的压力",
+    "这听起来真的很不容易",
+    "谢谢你愿意告诉我",
+    "你已经做得很好了",
+    "我们可以一起想想办法",
+    "也许可以试着每天散散步",
+]
+ZH_QUESTION = [
+    "你现在感觉怎么样？",
+    "这种情况是从什么时候开始的？",
+    "你试过哪些方法？",
+    "有谁可以支持你吗？",
+]
+ZH_CLIENT = [
+    "我最近很累",
+    "工作压力很大",
+    "我不知道该怎么办",
+    "谢谢你",
+    "好像好一点了",
+    "我睡不好",
+    "家里人不理解我",
+    "我可以试试",
+]
 CLIENT_QUESTION_SHARE, COUNSELOR_EXTRA_QUESTION = 0.08, 0.06
 # Each turn also gets a tail of words drawn from its language's vocabulary, so texts are as long and as
 # varied as real turns (~15 words) and Parquet stores them plainly rather than as a few dictionary entries.
 TAIL_MEAN, TAIL_MAX = 5.0, 8
-EN_VOCABULARY = sorted({w.strip("?") for phrase in EN_COUNSELOR + EN_QUESTION + EN_CLIENT for w in phrase.split()})
-ZH_VOCABULARY = sorted({c for phrase in ZH_COUNSELOR + ZH_QUESTION + ZH_CLIENT for c in phrase if c not in "？，。"})
+EN_VOCABULARY = sorted(
+    {w.strip("?") for phrase in EN_COUNSELOR + EN_QUESTION + EN_CLIENT for w in phrase.split()}
+)
+ZH_VOCABULARY = sorted(
+    {c for phrase in ZH_COUNSELOR + ZH_QUESTION + ZH_CLIENT for c in phrase if c not in "？，。"}
+)
 
 LOW_RATIONALE = {
-    "goal": ["the goals stayed vague and no direction was agreed", "the counselor never pinned down concrete aims",
-             "no shared goals emerged, the aims stayed vague"],
-    "task": ["the suggested homework felt pointless to the client", "the activities did not match what the client needed",
-             "the exercises seemed pointless and mismatched"],
-    "bond": ["the counselor sounded cold and mechanical", "the client felt dismissed by a cold tone",
-             "responses were dismissive and mechanical"],
+    "goal": [
+        "the goals stayed vague and no direction was agreed",
+        "the counselor never pinned down concrete aims",
+        "no shared goals emerged, the aims stayed vague",
+    ],
+    "task": [
+        "the suggested homework felt pointless to the client",
+        "the activities did not match what the client needed",
+        "the exercises seemed pointless and mismatched",
+    ],
+    "bond": [
+        "the counselor sounded cold and mechanical",
+        "the client felt dismissed by a cold tone",
+        "responses were dismissive and mechanical",
+    ],
 }
 HIGH_RATIONALE = [
-    "the client engaged openly with the counselor", "the session stayed focused on what the client raised",
-    "the client agreed with the plan discussed", "the counselor reflected the client's feelings accurately",
-    "the client thanked the counselor and seemed relieved", "the conversation moved at the client's pace",
+    "the client engaged openly with the counselor",
+    "the session stayed focused on what the client raised",
+    "the client agreed with the plan discussed",
+    "the counselor reflected the client's feelings accurately",
+    "the client thanked the counselor and seemed relieved",
+    "the conversation moved at the client's pace",
 ]
 
 # Scores: dimension mean on the 1-5 scale, then the planted effects.
 DIMENSION_BASE = {"goal": 3.45, "task": 3.35, "bond": 3.85}
-BOND_PER_REFLECTION_SHARE = 3.0  # bond + 3.0 × (reflection share − its mean): ~+0.25 per sd of the share
+BOND_PER_REFLECTION_SHARE = (
+    3.0  # bond + 3.0 × (reflection share − its mean): ~+0.25 per sd of the share
+)
 TASK_PER_SUGGESTION_SHARE = 2.5
 HELPLINE_GOAL_SHIFT = -0.2
 COUNSELOR_SD, CLIENT_SD = 0.12, 0.25
@@ -179,23 +276,38 @@ def _turn_texts(rng, is_counselor, is_zh, ask, n_turns_total) -> pa.Array:
     speaker = np.where(is_counselor, pick(0), pick(1) + len(pools[0]))
     speaker_pool = pools[0] + pools[1]
     first = _strings(speaker_pool, speaker)
-    second = _strings(speaker_pool, np.where(is_counselor, pick(0), pick(1) + len(pools[0])), mask=rng.random(n_turns_total) < 0.55)
+    second = _strings(
+        speaker_pool,
+        np.where(is_counselor, pick(0), pick(1) + len(pools[0])),
+        mask=rng.random(n_turns_total) < 0.55,
+    )
     question = _strings(pools[2], pick(2), mask=~ask)
     vocabulary = EN_VOCABULARY + ZH_VOCABULARY
     word_offset = np.where(is_zh, len(EN_VOCABULARY), 0)
     word_range = np.where(is_zh, len(ZH_VOCABULARY), len(EN_VOCABULARY))
     tail_length = rng.poisson(TAIL_MEAN, n_turns_total)
-    tail = [_strings(vocabulary, word_offset + (rng.random(n_turns_total) * word_range).astype(np.int64), mask=tail_length <= j) for j in range(TAIL_MAX)]
+    tail = [
+        _strings(
+            vocabulary,
+            word_offset + (rng.random(n_turns_total) * word_range).astype(np.int64),
+            mask=tail_length <= j,
+        )
+        for j in range(TAIL_MAX)
+    ]
     return _join([first, second, *tail, question])
 
 
-def session_chunk(pop: Population, seed: int, chunk: int, n_sessions: int, first_session: int) -> tuple[pa.Table, pa.Table, dict]:
+def session_chunk(
+    pop: Population, seed: int, chunk: int, n_sessions: int, first_session: int
+) -> tuple[pa.Table, pa.Table, dict]:
     """(sessions in the contract schema, scored items, sums for truth.json) for one chunk."""
     rng = np.random.default_rng([seed, chunk])
     per_client = _clients(rng, n_sessions)
     n_clients = len(per_client)
     client_of = np.repeat(np.arange(n_clients), per_client)
-    session_index = (np.arange(n_sessions) - np.repeat(np.cumsum(per_client) - per_client, per_client) + 1).astype(np.int32)
+    session_index = (
+        np.arange(n_sessions) - np.repeat(np.cumsum(per_client) - per_client, per_client) + 1
+    ).astype(np.int32)
 
     client_source = (rng.random(n_clients) >= SOURCE_SHARE[0]).astype(np.int64)
     client_zh = (client_source == 1) & (rng.random(n_clients) < ZH_SHARE_OF_HELPLINE)
@@ -216,15 +328,31 @@ def session_chunk(pop: Population, seed: int, chunk: int, n_sessions: int, first
 
     style = rng.dirichlet(STRATEGY_BASE * STYLE_CONCENTRATION, n_sessions)
     cumulative = np.cumsum(style, axis=1)
-    strategy = (rng.random(total)[:, None] > cumulative[of_session]).sum(axis=1).clip(max=len(STRATEGY_BASE) - 1)
+    strategy = (
+        (rng.random(total)[:, None] > cumulative[of_session])
+        .sum(axis=1)
+        .clip(max=len(STRATEGY_BASE) - 1)
+    )
     has_strategy = is_counselor & (rng.random(total) < STRATEGY_LABELLED)
     # client turns sit at odd positions, so the turn before one is always its own session's counselor turn
     strategy_before = np.roll(np.where(has_strategy, strategy, -1), 1)
-    reaction_probs = np.where((strategy_before >= 0)[:, None], REACTION_GIVEN_STRATEGY[strategy_before.clip(min=0)], REACTION_WITHOUT_STRATEGY)
-    reaction = (rng.random(total)[:, None] > np.cumsum(reaction_probs, axis=1)).sum(axis=1).clip(max=len(REACTIONS) - 1)
+    reaction_probs = np.where(
+        (strategy_before >= 0)[:, None],
+        REACTION_GIVEN_STRATEGY[strategy_before.clip(min=0)],
+        REACTION_WITHOUT_STRATEGY,
+    )
+    reaction = (
+        (rng.random(total)[:, None] > np.cumsum(reaction_probs, axis=1))
+        .sum(axis=1)
+        .clip(max=len(REACTIONS) - 1)
+    )
     has_reaction = ~is_counselor & (rng.random(total) < REACTION_LABELLED)
 
-    ask = np.where(is_counselor, (has_strategy & (strategy == QUESTION)) | (rng.random(total) < COUNSELOR_EXTRA_QUESTION), rng.random(total) < CLIENT_QUESTION_SHARE)
+    ask = np.where(
+        is_counselor,
+        (has_strategy & (strategy == QUESTION)) | (rng.random(total) < COUNSELOR_EXTRA_QUESTION),
+        rng.random(total) < CLIENT_QUESTION_SHARE,
+    )
     texts = _turn_texts(rng, is_counselor, is_zh[of_session], ask, total)
     turn_source = source[of_session]
     spelled = strategy + turn_source * len(STRATEGY_BASE)
@@ -241,53 +369,107 @@ def session_chunk(pop: Population, seed: int, chunk: int, n_sessions: int, first
         ],
         fields=list(turn_type),
     )
-    turns = pa.ListArray.from_arrays(pa.array(turn_offsets.astype(np.int32)), turns_struct, type=session_schema().field("turns").type)
+    turns = pa.ListArray.from_arrays(
+        pa.array(turn_offsets.astype(np.int32)),
+        turns_struct,
+        type=session_schema().field("turns").type,
+    )
 
     # planted scores
     labelled = np.bincount(of_session, weights=has_strategy, minlength=n_sessions)
-    share = {k: np.bincount(of_session, weights=has_strategy & (strategy == k), minlength=n_sessions) / np.maximum(labelled, 1) for k in (REFLECTION, SUGGESTIONS)}
+    share = {
+        k: np.bincount(of_session, weights=has_strategy & (strategy == k), minlength=n_sessions)
+        / np.maximum(labelled, 1)
+        for k in (REFLECTION, SUGGESTIONS)
+    }
     expected = STRATEGY_BASE / STRATEGY_BASE.sum()
-    common = pop.counselor_effect[counselor] + client_effect[client_of] + client_slope[client_of] * (session_index - 1)
+    common = (
+        pop.counselor_effect[counselor]
+        + client_effect[client_of]
+        + client_slope[client_of] * (session_index - 1)
+    )
     truth = {
         "goal": DIMENSION_BASE["goal"] + common + HELPLINE_GOAL_SHIFT * (source == 1),
-        "task": DIMENSION_BASE["task"] + common + TASK_PER_SUGGESTION_SHARE * (share[SUGGESTIONS] - expected[SUGGESTIONS]),
-        "bond": DIMENSION_BASE["bond"] + common + BOND_PER_REFLECTION_SHARE * (share[REFLECTION] - expected[REFLECTION]),
+        "task": DIMENSION_BASE["task"]
+        + common
+        + TASK_PER_SUGGESTION_SHARE * (share[SUGGESTIONS] - expected[SUGGESTIONS]),
+        "bond": DIMENSION_BASE["bond"]
+        + common
+        + BOND_PER_REFLECTION_SHARE * (share[REFLECTION] - expected[REFLECTION]),
     }
 
     session_ids = pa.array([f"s{first_session + i:08d}" for i in range(n_sessions)])
-    client_ids = pa.array([f"cl{chunk:04d}-{j:06d}" for j in range(n_clients)]).take(pa.array(client_of))
-    started = np.datetime64("2024-01-01T09:00:00", "s") + (rng.integers(0, 300, n_clients)[client_of] + 7 * (session_index - 1)).astype("timedelta64[D]")
+    client_ids = pa.array([f"cl{chunk:04d}-{j:06d}" for j in range(n_clients)]).take(
+        pa.array(client_of)
+    )
+    started = np.datetime64("2024-01-01T09:00:00", "s") + (
+        rng.integers(0, 300, n_clients)[client_of] + 7 * (session_index - 1)
+    ).astype("timedelta64[D]")
     satisfaction = np.clip(np.rint(truth["bond"] + rng.normal(0, 0.8, n_sessions)), 1, 5)
     intensity_before = rng.integers(2, 6, n_sessions).astype(np.float64)
     intensity_after = np.clip(intensity_before - np.rint(rng.normal(1.0, 1.0, n_sessions)), 1, 5)
     labels = pa.MapArray.from_arrays(
         pa.array(np.arange(0, 3 * n_sessions + 1, 3, dtype=np.int32)),
-        pa.array(np.tile(["satisfaction", "initial_emotion_intensity", "final_emotion_intensity"], n_sessions)),
+        pa.array(
+            np.tile(
+                ["satisfaction", "initial_emotion_intensity", "final_emotion_intensity"], n_sessions
+            )
+        ),
         pa.array(np.stack([satisfaction, intensity_before, intensity_after], axis=1).ravel()),
     )
     metadata = pa.MapArray.from_arrays(
         pa.array(np.arange(0, 2 * n_sessions + 1, 2, dtype=np.int32)),
         pa.array(np.tile(["channel", "problem_type"], n_sessions)),
-        pa.array(np.stack([
-            np.where(source == 0, "video", np.where(rng.random(n_sessions) < 0.5, "chat", "phone")),
-            np.array(["work", "relationship", "family", "health", "grief"])[rng.integers(0, 5, n_sessions)],
-        ], axis=1).ravel()),
+        pa.array(
+            np.stack(
+                [
+                    np.where(
+                        source == 0,
+                        "video",
+                        np.where(rng.random(n_sessions) < 0.5, "chat", "phone"),
+                    ),
+                    np.array(["work", "relationship", "family", "health", "grief"])[
+                        rng.integers(0, 5, n_sessions)
+                    ],
+                ],
+                axis=1,
+            ).ravel()
+        ),
     )
     sessions = pa.Table.from_arrays(
         [
-            session_ids, client_ids, pop.counselor_ids.take(pa.array(counselor)), pa.array(session_index),
-            pa.array(started).cast(pa.timestamp("us", tz="UTC")), _strings(["en", "zh"], is_zh.astype(np.int64)),
-            _strings(list(SOURCES), source), turns, pa.nulls(n_sessions, pa.list_(pa.int8())), pa.nulls(n_sessions, pa.list_(pa.int8())),
-            labels, metadata,
+            session_ids,
+            client_ids,
+            pop.counselor_ids.take(pa.array(counselor)),
+            pa.array(session_index),
+            pa.array(started).cast(pa.timestamp("us", tz="UTC")),
+            _strings(["en", "zh"], is_zh.astype(np.int64)),
+            _strings(list(SOURCES), source),
+            turns,
+            pa.nulls(n_sessions, pa.list_(pa.int8())),
+            pa.nulls(n_sessions, pa.list_(pa.int8())),
+            labels,
+            metadata,
         ],
         schema=session_schema(),
     )
     items = _items(rng, session_ids, truth, n_turns, is_zh)
-    sums = {"sessions": n_sessions, "turns": total, "clients": n_clients, "by_source": np.bincount(source, minlength=2).tolist()}
+    sums = {
+        "sessions": n_sessions,
+        "turns": total,
+        "clients": n_clients,
+        "by_source": np.bincount(source, minlength=2).tolist(),
+    }
     return sessions, items, sums
 
 
-def _items(rng: np.random.Generator, session_ids: pa.Array, truth: dict[str, np.ndarray], n_turns: np.ndarray, is_zh: np.ndarray) -> pa.Table:
+def _items(
+    rng: np.random.Generator,
+    session_ids: pa.Array,
+    truth: dict[str, np.ndarray],
+    n_turns: np.ndarray,
+    is_zh: np.ndarray,
+) -> pa.Table:
     """12 scored items per session: item score = the dimension's planted value + noise, rounded to 1..5."""
     rubric = load_rubric()
     item_ids = np.array([i.id for i in rubric.items], dtype=np.int32)
@@ -302,9 +484,16 @@ def _items(rng: np.random.Generator, session_ids: pa.Array, truth: dict[str, np.
     low_pool = [r for d in ("goal", "task", "bond") for r in LOW_RATIONALE[d]]
     low_pick = dim_code * 3 + rng.integers(0, 3, rows)
     rationale_pool = low_pool + HIGH_RATIONALE
-    rationale = _strings(rationale_pool, np.where(low, low_pick, len(low_pool) + rng.integers(0, len(HIGH_RATIONALE), rows)))
+    rationale = _strings(
+        rationale_pool,
+        np.where(low, low_pick, len(low_pool) + rng.integers(0, len(HIGH_RATIONALE), rows)),
+    )
     quote_pool = EN_CLIENT + ZH_CLIENT
-    quote_pick = np.where(np.repeat(is_zh, n_items), len(EN_CLIENT) + rng.integers(0, len(ZH_CLIENT), rows), rng.integers(0, len(EN_CLIENT), rows))
+    quote_pick = np.where(
+        np.repeat(is_zh, n_items),
+        len(EN_CLIENT) + rng.integers(0, len(ZH_CLIENT), rows),
+        rng.integers(0, len(EN_CLIENT), rows),
+    )
     one_each = pa.array(np.arange(rows + 1, dtype=np.int32))
     prompt_tokens = (300 + 35 * n_turns[of_session]).astype(np.int32)
     first_item = np.tile(np.arange(n_items) == 0, n_sessions)
@@ -329,7 +518,10 @@ def _items(rng: np.random.Generator, session_ids: pa.Array, truth: dict[str, np.
         "n_items_selected": pa.array(np.full(rows, n_items, dtype=np.int32)),
         "model": pa.array(np.full(rows, "synthetic")),
         "adapter": pa.nulls(rows, pa.string()),
-        "rubric_id": _strings(["wai-sr-client-en-v1", "wai-sr-client-zh-v1"], np.repeat(is_zh, n_items).astype(np.int64)),
+        "rubric_id": _strings(
+            ["wai-sr-client-en-v1", "wai-sr-client-zh-v1"],
+            np.repeat(is_zh, n_items).astype(np.int64),
+        ),
         "engine": pa.array(np.full(rows, "synthetic")),
         "run_fingerprint": pa.array(np.full(rows, FINGERPRINT)),
     }
@@ -344,10 +536,19 @@ def _write_sessions(sessions: pa.Table, root: Path, chunk: int, row_group_size: 
         if part.num_rows:
             folder = root / f"source={name}"
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(part, folder / f"part-{chunk:05d}.parquet", row_group_size=row_group_size)
+            pq.write_table(
+                part, folder / f"part-{chunk:05d}.parquet", row_group_size=row_group_size
+            )
 
 
-def generate(out: Path, n_sessions: int, seed: int = 7, chunk_size: int = 50_000, row_group_size: int = 10_000, log=print) -> dict:
+def generate(
+    out: Path,
+    n_sessions: int,
+    seed: int = 7,
+    chunk_size: int = 50_000,
+    row_group_size: int = 10_000,
+    log=print,
+) -> dict:
     """Write the corpus and its scores under `out` (replacing what is there); returns the corpus manifest."""
     out = Path(out)
     started = time.perf_counter()
@@ -362,36 +563,65 @@ def generate(out: Path, n_sessions: int, seed: int = 7, chunk_size: int = 50_000
         sessions, items, sums = session_chunk(pop, seed, chunk, size, first)
         _write_sessions(sessions, staging / "sessions", chunk, row_group_size)
         (staging / "scores" / "items").mkdir(parents=True, exist_ok=True)
-        pq.write_table(items, staging / "scores" / "items" / f"part-{chunk:05d}.parquet", row_group_size=12 * row_group_size)
+        pq.write_table(
+            items,
+            staging / "scores" / "items" / f"part-{chunk:05d}.parquet",
+            row_group_size=12 * row_group_size,
+        )
         for key in ("sessions", "turns", "clients"):
             totals[key] += sums[key]
-        totals["by_source"] = [a + b for a, b in zip(totals["by_source"], sums["by_source"], strict=True)]
-        log(f"chunk {chunk}: {totals['sessions']:,} sessions, {totals['turns']:,} turns ({time.perf_counter() - started:.0f} s)")
+        totals["by_source"] = [
+            a + b for a, b in zip(totals["by_source"], sums["by_source"], strict=True)
+        ]
+        log(
+            f"chunk {chunk}: {totals['sessions']:,} sessions, {totals['turns']:,} turns ({time.perf_counter() - started:.0f} s)"
+        )
     scores_dir = staging / "scores"
     (scores_dir / "sessions").mkdir(parents=True)
     con = connect({"items": scores_dir / "items"}, memory_limit="4GB")
     con.execute("SET enable_progress_bar = false")
-    con.sql(read_query("session_scores")).write_parquet(str(scores_dir / "sessions" / "part-00000.parquet"))
+    con.sql(read_query("session_scores")).write_parquet(
+        str(scores_dir / "sessions" / "part-00000.parquet")
+    )
     seconds = round(time.perf_counter() - started, 1)
     manifest = {
         "kind": "care-ray sessions corpus",
         "contract_version": 1,
-        "synthetic": {"generator": "benchmarks/synthetic_corpus.py", "seed": seed, "chunk_size": chunk_size},
+        "synthetic": {
+            "generator": "benchmarks/synthetic_corpus.py",
+            "seed": seed,
+            "chunk_size": chunk_size,
+        },
         "input_records": totals["sessions"],
         "records_written": totals["sessions"],
         "records_quarantined": 0,
         "sessions_written": totals["sessions"],
         "turns_written": totals["turns"],
         "quarantine_rows": 0,
-        "by_source": {name: {"sessions_written": n} for name, n in zip(SOURCES, totals["by_source"], strict=True)},
+        "by_source": {
+            name: {"sessions_written": n}
+            for name, n in zip(SOURCES, totals["by_source"], strict=True)
+        },
         "quarantined_by_reason": {},
         "seconds": seconds,
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    (scores_dir / "manifest.json").write_text(json.dumps({
-        "kind": "care-ray scores", "synthetic": True, "sessions_in": totals["sessions"], "sessions_complete": totals["sessions"],
-        "items_in": 12 * totals["sessions"], "items_scored": 12 * totals["sessions"], "items_errors": 0, "fingerprint": FINGERPRINT,
-    }, indent=2) + "\n")
+    (scores_dir / "manifest.json").write_text(
+        json.dumps(
+            {
+                "kind": "care-ray scores",
+                "synthetic": True,
+                "sessions_in": totals["sessions"],
+                "sessions_complete": totals["sessions"],
+                "items_in": 12 * totals["sessions"],
+                "items_scored": 12 * totals["sessions"],
+                "items_errors": 0,
+                "fingerprint": FINGERPRINT,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     (staging / "truth.json").write_text(json.dumps(planted_truth(pop, totals), indent=2) + "\n")
     staging.rename(out)
     return manifest
@@ -406,8 +636,14 @@ def planted_truth(pop: Population, totals: dict) -> dict:
         "star_counselors": pop.counselor_ids.take(pa.array(pop.star)).to_pylist(),
         "weak_counselors": pop.counselor_ids.take(pa.array(pop.weak)).to_pylist(),
         "effects": {
-            "bond": {"feature": f"strategy:{STRATEGIES['clinic'][REFLECTION]}", "per_share": BOND_PER_REFLECTION_SHARE},
-            "task": {"feature": f"strategy:{STRATEGIES['clinic'][SUGGESTIONS]}", "per_share": TASK_PER_SUGGESTION_SHARE},
+            "bond": {
+                "feature": f"strategy:{STRATEGIES['clinic'][REFLECTION]}",
+                "per_share": BOND_PER_REFLECTION_SHARE,
+            },
+            "task": {
+                "feature": f"strategy:{STRATEGIES['clinic'][SUGGESTIONS]}",
+                "per_share": TASK_PER_SUGGESTION_SHARE,
+            },
             "goal": {"helpline_minus_clinic": HELPLINE_GOAL_SHIFT},
             "slope_per_session": {"mean": SLOPE_MEAN, "sd": SLOPE_SD},
         },
@@ -420,7 +656,12 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--sessions", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--chunk", type=int, default=50_000, help="sessions per generated chunk (one file per source and chunk)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=50_000,
+        help="sessions per generated chunk (one file per source and chunk)",
+    )
     a = ap.parse_args()
     print(json.dumps(generate(a.out, a.sessions, a.seed, a.chunk), indent=2))
 

@@ -30,7 +30,9 @@ def validation_message(e, known: list[str] | None = None) -> str:
             parts.append(f"{option} is required")
         elif err["type"] == "extra_forbidden":
             near = difflib.get_close_matches(field, known or [], n=1)
-            parts.append(f"unknown key {field!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            parts.append(
+                f"unknown key {field!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+            )
         else:
             parts.append(f"{option}: {msg}" if option else msg)
     return "; ".join(parts)

@@ -84,7 +84,10 @@ class SessionContract:
 def load_contract(path: Path | None = None) -> SessionContract:
     path = Path(path) if path else schemas_dir() / "session.schema.json"
     spec = json.loads(path.read_text(encoding="utf-8"))
-    schema = pa.schema([_arrow_field(f) for f in spec["fields"]], metadata={"care_ray.contract_version": str(spec["version"])})
+    schema = pa.schema(
+        [_arrow_field(f) for f in spec["fields"]],
+        metadata={"care_ray.contract_version": str(spec["version"])},
+    )
     return SessionContract(spec=spec, schema=schema)
 
 
@@ -107,7 +110,10 @@ def _check_ratings(name: str, values: Any, spec: dict) -> list[int | None] | Non
         except (TypeError, ValueError):
             raise ContractError(Reason.BAD_VALUE, f"{name} item {i} is not a number") from None
         if f != int(f) or not spec["min"] <= f <= spec["max"]:
-            raise ContractError(Reason.RATING_OUT_OF_RANGE, f"{name} item {i} = {v!r} outside {spec['min']}..{spec['max']}")
+            raise ContractError(
+                Reason.RATING_OUT_OF_RANGE,
+                f"{name} item {i} = {v!r} outside {spec['min']}..{spec['max']}",
+            )
         out.append(int(f))
     return out
 
@@ -149,7 +155,9 @@ def normalise_session(record: Mapping[str, Any]) -> dict:
     for i, turn in enumerate(turns):
         role = turn.get("role")
         if role not in ROLES:
-            raise ContractError(Reason.UNKNOWN_ROLE, f"turn {i} has role {role!r}; expected one of {ROLES}")
+            raise ContractError(
+                Reason.UNKNOWN_ROLE, f"turn {i} has role {role!r}; expected one of {ROLES}"
+            )
         text = turn.get("text")
         if not isinstance(text, str) or not text.strip():
             raise ContractError(Reason.EMPTY_TURN, f"turn {i} has no text")
@@ -160,7 +168,9 @@ def normalise_session(record: Mapping[str, Any]) -> dict:
             except (TypeError, ValueError):
                 raise ContractError(Reason.BAD_VALUE, f"turn {i} rating is not a number") from None
             if not 1 <= rating <= 5:
-                raise ContractError(Reason.RATING_OUT_OF_RANGE, f"turn {i} rating {rating} outside 1..5")
+                raise ContractError(
+                    Reason.RATING_OUT_OF_RANGE, f"turn {i} rating {rating} outside 1..5"
+                )
         clean_turns.append(
             {
                 "role": role,
@@ -172,7 +182,10 @@ def normalise_session(record: Mapping[str, Any]) -> dict:
             }
         )
     if len({t["role"] for t in clean_turns}) < 2:
-        raise ContractError(Reason.SINGLE_SPEAKER, f"all {len(clean_turns)} turns are {clean_turns[0]['role']} turns")
+        raise ContractError(
+            Reason.SINGLE_SPEAKER,
+            f"all {len(clean_turns)} turns are {clean_turns[0]['role']} turns",
+        )
 
     session_index = record.get("session_index")
     if session_index is not None:
@@ -199,8 +212,12 @@ def normalise_session(record: Mapping[str, Any]) -> dict:
         "language": str(record["language"]),
         "source": str(record["source"]),
         "turns": clean_turns,
-        "client_wai": _check_ratings("client_wai", record.get("client_wai"), contract.field_spec("client_wai")),
-        "counselor_wai": _check_ratings("counselor_wai", record.get("counselor_wai"), contract.field_spec("counselor_wai")),
+        "client_wai": _check_ratings(
+            "client_wai", record.get("client_wai"), contract.field_spec("client_wai")
+        ),
+        "counselor_wai": _check_ratings(
+            "counselor_wai", record.get("counselor_wai"), contract.field_spec("counselor_wai")
+        ),
         "labels": labels,
         "metadata": metadata,
     }

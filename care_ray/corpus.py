@@ -98,10 +98,17 @@ def validate_corpus(corpus: Path) -> dict[str, Any]:
         quarantined = ds.dataset(corpus / "quarantine", format="parquet").count_rows()
     if manifest is not None:
         if manifest["sessions_written"] != n_sessions:
-            problems.append(f"manifest says {manifest['sessions_written']} sessions written, corpus has {n_sessions}")
+            problems.append(
+                f"manifest says {manifest['sessions_written']} sessions written, corpus has {n_sessions}"
+            )
         if manifest["quarantine_rows"] != quarantined:
-            problems.append(f"manifest says {manifest['quarantine_rows']} quarantine rows, table has {quarantined}")
-        if manifest["input_records"] != manifest["records_written"] + manifest["records_quarantined"]:
+            problems.append(
+                f"manifest says {manifest['quarantine_rows']} quarantine rows, table has {quarantined}"
+            )
+        if (
+            manifest["input_records"]
+            != manifest["records_written"] + manifest["records_quarantined"]
+        ):
             problems.append("manifest counts do not reconcile")
     return {
         "ok": not problems,

@@ -30,53 +30,117 @@ def _tiny_model(ctx: dict) -> dict:
 def _ingest(ctx: dict) -> dict:
     from care_ray.ingest import ingest_files
 
-    m = ingest_files("esconv", [ctx["esconv"]], ctx["out"] / "corpus", mode="overwrite")  # a rerun of the demo rebuilds it
-    return {"ingest": {k: m[k] for k in ("input_records", "sessions_written", "records_quarantined", "quarantined_by_reason")}}
+    m = ingest_files(
+        "esconv", [ctx["esconv"]], ctx["out"] / "corpus", mode="overwrite"
+    )  # a rerun of the demo rebuilds it
+    return {
+        "ingest": {
+            k: m[k]
+            for k in (
+                "input_records",
+                "sessions_written",
+                "records_quarantined",
+                "quarantined_by_reason",
+            )
+        }
+    }
 
 
 def _score(ctx: dict) -> dict:
     from care_ray.scoring import ScoreConfig, score_corpus
 
-    cfg = ScoreConfig(sessions=ctx["out"] / "corpus", model=ctx["model"], out=ctx["out"] / "scores", limit=ctx["sessions"],
-                      max_model_len=2048, max_new_tokens=192, max_rationale_chars=240, max_quotes=2, max_quote_chars=80, progress=False)
+    cfg = ScoreConfig(
+        sessions=ctx["out"] / "corpus",
+        model=ctx["model"],
+        out=ctx["out"] / "scores",
+        limit=ctx["sessions"],
+        max_model_len=2048,
+        max_new_tokens=192,
+        max_rationale_chars=240,
+        max_quotes=2,
+        max_quote_chars=80,
+        progress=False,
+    )
     m = score_corpus(cfg)
-    keep = ("sessions_in", "sessions_complete", "items_in", "items_scored", "items_errors", "prompt_tokens", "cached_prompt_tokens", "seconds")
+    keep = (
+        "sessions_in",
+        "sessions_complete",
+        "items_in",
+        "items_scored",
+        "items_errors",
+        "prompt_tokens",
+        "cached_prompt_tokens",
+        "seconds",
+    )
     return {"score": {k: m[k] for k in keep}}
 
 
 # ESConv has no WAI ratings: the seeker's own empathy rating stands in for Bond, relevance for Goal and Task
 DEMO_TRUTH = ["labels.empathy=bond", "labels.relevance=goal,task"]
-DEMO_OUTCOMES = ["empathy", "relevance", "emotion_drop=labels.initial_emotion_intensity-labels.final_emotion_intensity"]
+DEMO_OUTCOMES = [
+    "empathy",
+    "relevance",
+    "emotion_drop=labels.initial_emotion_intensity-labels.final_emotion_intensity",
+]
 DEMO_BY = ["failed=metadata.split:failed"]
 
 
 def _evaluate(ctx: dict) -> dict:
     from care_ray.evaluate import EvaluateConfig, evaluate_run
 
-    m = evaluate_run(EvaluateConfig(scores=ctx["out"] / "scores", sessions=ctx["out"] / "corpus", out=ctx["out"] / "evaluation", truth=DEMO_TRUTH))
-    return {"evaluate": {"n_sessions": m["n_sessions"], "pearson": {d: v["pearson"] for d, v in m["dimensions"].items()}}}
+    m = evaluate_run(
+        EvaluateConfig(
+            scores=ctx["out"] / "scores",
+            sessions=ctx["out"] / "corpus",
+            out=ctx["out"] / "evaluation",
+            truth=DEMO_TRUTH,
+        )
+    )
+    return {
+        "evaluate": {
+            "n_sessions": m["n_sessions"],
+            "pearson": {d: v["pearson"] for d, v in m["dimensions"].items()},
+        }
+    }
 
 
 def _analyze_corpus(ctx: dict) -> dict:
     from care_ray.analytics.analyze import AnalyzeConfig, analyze
 
-    m = analyze(AnalyzeConfig(sessions=ctx["out"] / "corpus", out=ctx["out"] / "analysis-esconv", outcomes=DEMO_OUTCOMES, by=DEMO_BY))
+    m = analyze(
+        AnalyzeConfig(
+            sessions=ctx["out"] / "corpus",
+            out=ctx["out"] / "analysis-esconv",
+            outcomes=DEMO_OUTCOMES,
+            by=DEMO_BY,
+        )
+    )
     return {"analyze_esconv": {"n_sessions": m["n_sessions"], "tables": m["tables"]}}
 
 
 def _analyze_scores(ctx: dict) -> dict:
     from care_ray.analytics.analyze import AnalyzeConfig, analyze
 
-    m = analyze(AnalyzeConfig(sessions=ctx["out"] / "corpus", scores=ctx["out"] / "scores", out=ctx["out"] / "analysis-scores", by=DEMO_BY))
+    m = analyze(
+        AnalyzeConfig(
+            sessions=ctx["out"] / "corpus",
+            scores=ctx["out"] / "scores",
+            out=ctx["out"] / "analysis-scores",
+            by=DEMO_BY,
+        )
+    )
     return {"analyze_scores": {"n_sessions": m["n_sessions"], "tables": m["tables"]}}
 
 
 def _report(ctx: dict) -> dict:
     from care_ray.report import write_report
 
-    page = write_report(ctx["out"] / "report", evaluation=ctx["out"] / "evaluation",
-                        analyses=[ctx["out"] / "analysis-esconv", ctx["out"] / "analysis-scores"],
-                        title="care-ray demo: ESConv, tiny random model")
+    page = write_report(
+        ctx["out"] / "report",
+        evaluation=ctx["out"] / "evaluation",
+        analyses=[ctx["out"] / "analysis-esconv", ctx["out"] / "analysis-scores"],
+        title="care-ray demo: ESConv, tiny random model",
+    )
     return {"report": str(page)}
 
 
@@ -91,9 +155,18 @@ DEMO_STEPS: list[tuple[str, Callable[[dict], dict]]] = [
 ]
 
 
-def run_demo(out: Path, sessions: int = 16, esconv: Path | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_demo(
+    out: Path,
+    sessions: int = 16,
+    esconv: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run DEMO_STEPS in order; `progress` hears one line as each step starts and ends."""
-    ctx: dict[str, Any] = {"out": Path(out), "sessions": sessions, "esconv": Path(esconv) if esconv else esconv_dir()}
+    ctx: dict[str, Any] = {
+        "out": Path(out),
+        "sessions": sessions,
+        "esconv": Path(esconv) if esconv else esconv_dir(),
+    }
     ctx["out"].mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
     say = progress or log.info

@@ -44,17 +44,25 @@ class EvaluateConfig(BaseModel):
     sessions: Path = Field(description="the corpus folder the run scored")
     out: Path
     truth: list[str] = Field(default_factory=lambda: [CLIENT_WAI], min_length=1)
-    folds: Path | None = Field(None, description="an sft-data folder or its examples.parquet (session_id, fold)")
+    folds: Path | None = Field(
+        None, description="an sft-data folder or its examples.parquet (session_id, fold)"
+    )
     fold_key: str | None = Field(None, description="a session metadata key holding the fold")
     resamples: int = Field(1000, ge=0, description="bootstrap resamples; 0 = no intervals")
     seed: int = 123
     level: float = Field(0.95, gt=0, lt=1)
-    bootstrap_max_n: int | None = Field(2000, ge=10, description="above this many pairs, bootstrap a subsample and rescale (see evaluation.bootstrap_agreement)")
+    bootstrap_max_n: int | None = Field(
+        2000,
+        ge=10,
+        description="above this many pairs, bootstrap a subsample and rescale (see evaluation.bootstrap_agreement)",
+    )
     fold_intervals: bool = Field(False, description="bootstrap intervals for each fold's rows too")
     bin_width: float = Field(0.5, gt=0)
     rubric: Path | None = None
     rationale_key: str = RATIONALE_KEY
-    rationale_max_pairs: int = Field(2000, ge=1, description="ROUGE on at most this many (session, item) pairs, a seeded sample")
+    rationale_max_pairs: int = Field(
+        2000, ge=1, description="ROUGE on at most this many (session, item) pairs, a seeded sample"
+    )
 
     @model_validator(mode="after")
     def _one_fold_source(self) -> EvaluateConfig:
@@ -88,23 +96,30 @@ def parse_truth(specs: list[str], dimensions: list[str]) -> Truth:
     label_of: dict[str, str] = {}
     for spec in specs:
         if not spec.startswith(LABEL_PREFIX) or len(spec) == len(LABEL_PREFIX):
-            raise EvaluateError(f"--truth takes client_wai or labels.NAME[=DIMENSION], got {spec!r}")
-        name, _, dims = spec[len(LABEL_PREFIX):].partition("=")
+            raise EvaluateError(
+                f"--truth takes client_wai or labels.NAME[=DIMENSION], got {spec!r}"
+            )
+        name, _, dims = spec[len(LABEL_PREFIX) :].partition("=")
         name = name.strip()
         chosen = [d.strip().lower() for d in dims.split(",") if d.strip()] or dimensions
         if not name:
             raise EvaluateError(f"--truth {spec!r}: the label name is empty")
         unknown = [d for d in chosen if d not in dimensions]
         if unknown:
-            raise EvaluateError(f"--truth {spec!r}: {', '.join(unknown)} is not a dimension ({', '.join(dimensions)})")
+            raise EvaluateError(
+                f"--truth {spec!r}: {', '.join(unknown)} is not a dimension ({', '.join(dimensions)})"
+            )
         for d in chosen:
             if d in label_of and label_of[d] != name:
-                raise EvaluateError(f"--truth: dimension {d!r} is mapped to both labels.{label_of[d]} and labels.{name}")
+                raise EvaluateError(
+                    f"--truth: dimension {d!r} is mapped to both labels.{label_of[d]} and labels.{name}"
+                )
             label_of[d] = name
     return Truth("labels", {d: label_of[d] for d in dimensions if d in label_of})
 
 
 # ---- reading ----
+
 
 def _parquet_dataset(folder: Path, partitioning: str | None = None) -> ds.Dataset | None:
     """The Parquet files under `folder`, or None when there are none."""
@@ -125,7 +140,9 @@ def read_predicted(scores: Path, dimensions: list[str]) -> tuple[pl.DataFrame, s
         names = sessions.schema.names
         if "session_id" not in names:
             raise EvaluateError(f"{folder} has no session_id column")
-        table = pl.from_arrow(sessions.to_table(columns=["session_id", *[d for d in dimensions if d in names]]))
+        table = pl.from_arrow(
+            sessions.to_table(columns=["session_id", *[d for d in dimensions if d in names]])
+        )
     elif _parquet_dataset(scores / "items") is not None:
         from care_ray.queries import connect, read_query
 
@@ -133,7 +150,9 @@ def read_predicted(scores: Path, dimensions: list[str]) -> tuple[pl.DataFrame, s
         with connect({"items": folder}) as con:
             table = con.sql(read_query("session_scores")).pl()
     else:
-        raise EvaluateError(f"no scores in {scores} (expected Parquet under {scores}/sessions or {scores}/items)")
+        raise EvaluateError(
+            f"no scores in {scores} (expected Parquet under {scores}/sessions or {scores}/items)"
+        )
     if table.height == 0:
         raise EvaluateError(f"no scored sessions in {folder}")
     duplicated = table["session_id"].is_duplicated().sum()
@@ -142,7 +161,9 @@ def read_predicted(scores: Path, dimensions: list[str]) -> tuple[pl.DataFrame, s
     present = [d for d in dimensions if d in table.columns]
     if not present:
         raise EvaluateError(f"{folder} has no dimension columns ({', '.join(dimensions)})")
-    return ev.long_dimension_frame(table["session_id"], {d: table[d] for d in present}, "predicted"), origin
+    return ev.long_dimension_frame(
+        table["session_id"], {d: table[d] for d in present}, "predicted"
+    ), origin
 
 
 def read_corpus(sessions: Path, session_ids: pl.Series, columns: list[str]) -> pa.Table:
@@ -155,7 +176,10 @@ def read_corpus(sessions: Path, session_ids: pl.Series, columns: list[str]) -> p
         raise EvaluateError(str(e)) from None
     if not dataset.files:
         raise EvaluateError(f"no sessions in {sessions}")
-    wanted = ["session_id", *[c for c in columns if c in dataset.schema.names and c != "session_id"]]
+    wanted = [
+        "session_id",
+        *[c for c in columns if c in dataset.schema.names and c != "session_id"],
+    ]
     ids = pa.array(session_ids.unique().to_list(), pa.string())
     return dataset.to_table(columns=wanted, filter=pc.field("session_id").isin(ids))
 
@@ -163,21 +187,36 @@ def read_corpus(sessions: Path, session_ids: pl.Series, columns: list[str]) -> p
 def observed_frame(corpus: pa.Table, truth: Truth, rubric: Rubric) -> pl.DataFrame:
     if truth.kind == CLIENT_WAI:
         if CLIENT_WAI not in corpus.column_names:
-            return pl.DataFrame(schema={"session_id": pl.String, "dimension": pl.String, "observed": pl.Float64})
+            return pl.DataFrame(
+                schema={"session_id": pl.String, "dimension": pl.String, "observed": pl.Float64}
+            )
         return ev.wai_dimension_frame(corpus["session_id"], corpus[CLIENT_WAI], rubric, "observed")
-    labels = corpus["labels"] if "labels" in corpus.column_names else pa.chunked_array([pa.nulls(corpus.num_rows, pa.map_(pa.string(), pa.float64()))])
+    labels = (
+        corpus["labels"]
+        if "labels" in corpus.column_names
+        else pa.chunked_array([pa.nulls(corpus.num_rows, pa.map_(pa.string(), pa.float64()))])
+    )
     present = {k for chunk in labels.chunks for k in chunk.keys.unique().to_pylist()}
     missing = sorted(set(truth.label_of_dimension.values()) - present)
     if missing:
         have = ", ".join(sorted(k for k in present if k)) or "none"
-        raise EvaluateError(f"--truth names label(s) {', '.join(missing)} that no scored session has (labels present: {have})")
-    return ev.label_dimension_frame(corpus["session_id"], labels, truth.label_of_dimension, "observed")
+        raise EvaluateError(
+            f"--truth names label(s) {', '.join(missing)} that no scored session has (labels present: {have})"
+        )
+    return ev.label_dimension_frame(
+        corpus["session_id"], labels, truth.label_of_dimension, "observed"
+    )
 
 
 def counselor_frame(corpus: pa.Table, rubric: Rubric) -> pl.DataFrame | None:
-    if "counselor_wai" not in corpus.column_names or corpus["counselor_wai"].null_count == corpus.num_rows:
+    if (
+        "counselor_wai" not in corpus.column_names
+        or corpus["counselor_wai"].null_count == corpus.num_rows
+    ):
         return None
-    return ev.wai_dimension_frame(corpus["session_id"], corpus["counselor_wai"], rubric, "counselor")
+    return ev.wai_dimension_frame(
+        corpus["session_id"], corpus["counselor_wai"], rubric, "counselor"
+    )
 
 
 def read_folds(config: EvaluateConfig, corpus: pa.Table) -> tuple[pl.DataFrame | None, str | None]:
@@ -185,23 +224,38 @@ def read_folds(config: EvaluateConfig, corpus: pa.Table) -> tuple[pl.DataFrame |
     if config.folds is not None:
         path = config.folds / EXAMPLES_FILE if config.folds.is_dir() else config.folds
         if not path.is_file():
-            raise EvaluateError(f"--folds: no examples file at {path} (run `care-ray sft-data` first)")
+            raise EvaluateError(
+                f"--folds: no examples file at {path} (run `care-ray sft-data` first)"
+            )
         import pyarrow.parquet as pq
 
         try:
             table = pq.read_table(path, columns=["session_id", "fold"])
         except (pa.ArrowInvalid, KeyError, OSError) as e:
-            raise EvaluateError(f"--folds: cannot read session_id and fold from {path}: {e}") from None
+            raise EvaluateError(
+                f"--folds: cannot read session_id and fold from {path}: {e}"
+            ) from None
         folds = pl.from_arrow(table).unique().with_columns(pl.col("fold").cast(pl.String))
         clash = folds["session_id"].is_duplicated().sum()
         if clash:
             raise EvaluateError(f"--folds: {clash} rows of {path} give one session two folds")
         return folds, str(path)
     if config.fold_key is not None:
-        values = pc.map_lookup(corpus["metadata"], pa.scalar(config.fold_key, pa.string()), "first") if "metadata" in corpus.column_names else pa.nulls(corpus.num_rows, pa.string())
+        values = (
+            pc.map_lookup(corpus["metadata"], pa.scalar(config.fold_key, pa.string()), "first")
+            if "metadata" in corpus.column_names
+            else pa.nulls(corpus.num_rows, pa.string())
+        )
         if values.null_count == len(values):
-            raise EvaluateError(f"--fold-key {config.fold_key!r}: no scored session has that metadata key")
-        return pl.DataFrame({"session_id": pl.Series(corpus["session_id"], dtype=pl.String), "fold": pl.Series(values, dtype=pl.String)}), f"metadata:{config.fold_key}"
+            raise EvaluateError(
+                f"--fold-key {config.fold_key!r}: no scored session has that metadata key"
+            )
+        return pl.DataFrame(
+            {
+                "session_id": pl.Series(corpus["session_id"], dtype=pl.String),
+                "fold": pl.Series(values, dtype=pl.String),
+            }
+        ), f"metadata:{config.fold_key}"
     return None, None
 
 
@@ -215,6 +269,7 @@ def read_items(scores: Path, session_ids: pl.Series, columns: list[str]) -> pl.D
 
 # ---- the summaries in metrics.json ----
 
+
 def _dimension_metrics(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": row["n"]}
     for s in ev.AGREEMENT_STATS:
@@ -223,20 +278,34 @@ def _dimension_metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _overall_rows(agreement: pl.DataFrame, rater: str) -> dict[str, dict[str, Any]]:
-    return {r["dimension"]: r for r in agreement.filter((pl.col("rater") == rater) & pl.col("fold").is_null()).to_dicts()}
+    return {
+        r["dimension"]: r
+        for r in agreement.filter((pl.col("rater") == rater) & pl.col("fold").is_null()).to_dicts()
+    }
 
 
 def _ratio(model_r: float | None, counselor_r: float | None) -> float:
-    gain = ev.relative_gain(ev.NAN if model_r is None else model_r, ev.NAN if counselor_r is None else counselor_r)
+    gain = ev.relative_gain(
+        ev.NAN if model_r is None else model_r, ev.NAN if counselor_r is None else counselor_r
+    )
     return gain + 1.0
 
 
-def counselor_baseline(pairs: pl.DataFrame, agreement: pl.DataFrame, dimensions: list[str]) -> dict[str, Any] | None:
+def counselor_baseline(
+    pairs: pl.DataFrame, agreement: pl.DataFrame, dimensions: list[str]
+) -> dict[str, Any] | None:
     rows = _overall_rows(agreement, "counselor")
     if not rows:
         return None
-    gaps = dict(pairs.drop_nulls("counselor").group_by("dimension").agg((pl.col("counselor") - pl.col("observed")).mean()).iter_rows())
-    return {d: {**_dimension_metrics(rows[d]), "mean_gap": gaps.get(d)} for d in dimensions if d in rows}
+    gaps = dict(
+        pairs.drop_nulls("counselor")
+        .group_by("dimension")
+        .agg((pl.col("counselor") - pl.col("observed")).mean())
+        .iter_rows()
+    )
+    return {
+        d: {**_dimension_metrics(rows[d]), "mean_gap": gaps.get(d)} for d in dimensions if d in rows
+    }
 
 
 def _fold_mean_r(summary: dict[str, Any], dimension: str) -> float | None:
@@ -247,42 +316,63 @@ def fold_metrics(agreement: pl.DataFrame, dimensions: list[str], source: str) ->
     folds = agreement.filter(pl.col("fold").is_not_null())
     model = ev.fold_agreement_summary(agreement, "model", dimensions)
     has_counselor = folds.filter(pl.col("rater") == "counselor").height > 0
-    counselor = ev.fold_agreement_summary(agreement, "counselor", dimensions) if has_counselor else None
+    counselor = (
+        ev.fold_agreement_summary(agreement, "counselor", dimensions) if has_counselor else None
+    )
     per_fold: dict[str, dict[str, Any]] = {}
     for r in folds.filter(pl.col("rater") == "model").to_dicts():
-        per_fold.setdefault(r["fold"], {})[r["dimension"]] = {s: r[s] for s in (*ev.AGREEMENT_STATS, "n")}
+        per_fold.setdefault(r["fold"], {})[r["dimension"]] = {
+            s: r[s] for s in (*ev.AGREEMENT_STATS, "n")
+        }
     return {
         "source": source,
         "n_folds": len(per_fold),
         "model": model,
         "counselor": counselor,
         # The paper's way: mean-over-folds model r ÷ mean-over-folds counselor r.
-        "model_vs_counselor": {d: _ratio(_fold_mean_r(model, d), _fold_mean_r(counselor, d)) for d in dimensions} if counselor else None,
+        "model_vs_counselor": {
+            d: _ratio(_fold_mean_r(model, d), _fold_mean_r(counselor, d)) for d in dimensions
+        }
+        if counselor
+        else None,
         "per_fold": per_fold,
     }
 
 
-def rationale_metrics(corpus: pa.Table, config: EvaluateConfig, rubric: Rubric) -> dict[str, Any] | None:
+def rationale_metrics(
+    corpus: pa.Table, config: EvaluateConfig, rubric: Rubric
+) -> dict[str, Any] | None:
     """ROUGE of the run's rationales against reference rationales in session metadata; None when
     no scored session has one. Pure-Python LCS is slow, so at most rationale_max_pairs pairs."""
     if "metadata" not in corpus.column_names:
         return None
-    refs = ev.reference_rationale_frame(corpus["session_id"], corpus["metadata"], [i.id for i in rubric.items], config.rationale_key)
+    refs = ev.reference_rationale_frame(
+        corpus["session_id"], corpus["metadata"], [i.id for i in rubric.items], config.rationale_key
+    )
     if refs.height == 0:
         return None
     items = read_items(config.scores, refs["session_id"], ["session_id", "item_id", "rationale"])
-    cands = items.with_columns(pl.col("item_id").cast(pl.Int64)) if items is not None else pl.DataFrame(schema={"session_id": pl.String, "item_id": pl.Int64, "rationale": pl.String})
+    cands = (
+        items.with_columns(pl.col("item_id").cast(pl.Int64))
+        if items is not None
+        else pl.DataFrame(
+            schema={"session_id": pl.String, "item_id": pl.Int64, "rationale": pl.String}
+        )
+    )
     joined = refs.join(cands, on=["session_id", "item_id"], how="left")
     available = joined.height
     if available > config.rationale_max_pairs:
         joined = joined.sample(config.rationale_max_pairs, seed=config.seed)
     joined = joined.sort("session_id", "item_id")
-    out = ev.rationale_overlap(joined["reference"].to_list(), joined["rationale"].fill_null("").to_list())
+    out = ev.rationale_overlap(
+        joined["reference"].to_list(), joined["rationale"].fill_null("").to_list()
+    )
     out["sampled_from"] = available if available > config.rationale_max_pairs else None
     return out
 
 
 # ---- outputs ----
+
 
 def calibration_figure(calibration: pl.DataFrame, dimensions: list[str], low: float, high: float):
     """One panel per dimension: observed mean (± SD) against predicted mean per bin, point area ∝ n."""
@@ -291,14 +381,36 @@ def calibration_figure(calibration: pl.DataFrame, dimensions: list[str], low: fl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(dimensions), figsize=(3.6 * len(dimensions), 3.6), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(dimensions),
+        figsize=(3.6 * len(dimensions), 3.6),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
     n_max = max(calibration["n"].max() or 1, 1)
     for ax, dim in zip(axes[0], dimensions, strict=True):
         bins = calibration.filter(pl.col("dimension") == dim)
-        ax.plot([low, high], [low, high], color="0.6", linestyle="--", linewidth=1, label="identity")
+        ax.plot(
+            [low, high], [low, high], color="0.6", linestyle="--", linewidth=1, label="identity"
+        )
         if bins.height:
-            ax.errorbar(bins["predicted_mean"], bins["observed_mean"], yerr=bins["observed_sd"].fill_null(0), fmt="none", ecolor="0.75", linewidth=1)
-            ax.scatter(bins["predicted_mean"], bins["observed_mean"], s=20 + 280 * bins["n"].to_numpy() / n_max, alpha=0.8, zorder=3)
+            ax.errorbar(
+                bins["predicted_mean"],
+                bins["observed_mean"],
+                yerr=bins["observed_sd"].fill_null(0),
+                fmt="none",
+                ecolor="0.75",
+                linewidth=1,
+            )
+            ax.scatter(
+                bins["predicted_mean"],
+                bins["observed_mean"],
+                s=20 + 280 * bins["n"].to_numpy() / n_max,
+                alpha=0.8,
+                zorder=3,
+            )
         ax.set_title(f"{dim} (n = {int(bins['n'].sum())})")
         ax.set_xlabel("predicted")
         ax.set_xlim(low - 0.25, high + 0.25)
@@ -324,7 +436,9 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_outputs(out: Path, metrics: dict[str, Any], tables: dict[str, pl.DataFrame], figure) -> None:
+def write_outputs(
+    out: Path, metrics: dict[str, Any], tables: dict[str, pl.DataFrame], figure
+) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +446,10 @@ def write_outputs(out: Path, metrics: dict[str, Any], tables: dict[str, pl.DataF
         table.write_parquet(out / f"{name}.parquet")
     figure.savefig(out / "calibration.svg", format="svg", metadata={"Date": None})
     plt.close(figure)
-    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    (out / "metrics.json").write_text(
+        json.dumps(_json_safe(metrics), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+        encoding="utf-8",
+    )
 
 
 def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
@@ -343,31 +460,63 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
     truth = parse_truth(config.truth, dimensions)
     predicted, origin = read_predicted(config.scores, dimensions)
     scored = predicted["session_id"].unique()
-    corpus = read_corpus(config.sessions, scored, [CLIENT_WAI, "counselor_wai", "labels", "metadata"])
+    corpus = read_corpus(
+        config.sessions, scored, [CLIENT_WAI, "counselor_wai", "labels", "metadata"]
+    )
     if corpus.num_rows == 0:
-        raise EvaluateError(f"none of the {scored.len()} scored sessions in {config.scores} is in the corpus {config.sessions}")
+        raise EvaluateError(
+            f"none of the {scored.len()} scored sessions in {config.scores} is in the corpus {config.sessions}"
+        )
     observed = observed_frame(corpus, truth, rubric)
     folds, fold_source = read_folds(config, corpus)
     pairs = ev.pairs_table(predicted, observed, counselor_frame(corpus, rubric), folds)
     if pairs.height == 0:
         hint = " (try --truth labels.NAME=DIMENSION)" if truth.kind == CLIENT_WAI else ""
-        raise EvaluateError(f"none of the {corpus.num_rows} scored sessions in the corpus has both a model score and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} value{hint}")
+        raise EvaluateError(
+            f"none of the {corpus.num_rows} scored sessions in the corpus has both a model score and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} value{hint}"
+        )
     truth_dims = [d for d in dimensions if d in truth.describe(dimensions)]
-    log.info("evaluating %d sessions (%d pairs) against %s", pairs["session_id"].n_unique(), pairs.height, truth.kind)
+    log.info(
+        "evaluating %d sessions (%d pairs) against %s",
+        pairs["session_id"].n_unique(),
+        pairs.height,
+        truth.kind,
+    )
 
-    agreement = ev.agreement_table(pairs, truth_dims, config.resamples, config.seed, config.level, config.bootstrap_max_n, config.fold_intervals)
+    agreement = ev.agreement_table(
+        pairs,
+        truth_dims,
+        config.resamples,
+        config.seed,
+        config.level,
+        config.bootstrap_max_n,
+        config.fold_intervals,
+    )
     model_rows = _overall_rows(agreement, "model")
     baseline = counselor_baseline(pairs, agreement, truth_dims)
     low, high = float(min(rubric.scale)), float(max(rubric.scale))
     calibration = ev.calibration_table(pairs, low, high, config.bin_width)
-    items = read_items(config.scores, pairs["session_id"], ["session_id", "dimension", "quote_found"])
-    quote_share, quote_by_dim = ev.quote_found_share(items, truth_dims) if items is not None else (None, None)
+    items = read_items(
+        config.scores, pairs["session_id"], ["session_id", "dimension", "quote_found"]
+    )
+    quote_share, quote_by_dim = (
+        ev.quote_found_share(items, truth_dims) if items is not None else (None, None)
+    )
     subsampled = agreement.filter((pl.col("ci_n") > 0) & (pl.col("ci_n") < pl.col("n"))).height
-    ratios = {d: _ratio(model_rows[d]["pearson"], baseline[d]["pearson"] if baseline and d in baseline else None) for d in truth_dims}
+    ratios = {
+        d: _ratio(
+            model_rows[d]["pearson"], baseline[d]["pearson"] if baseline and d in baseline else None
+        )
+        for d in truth_dims
+    }
 
     metrics: dict[str, Any] = {
         "kind": "care-ray evaluation",
-        "truth": {"spec": config.truth, "kind": truth.kind, "dimensions": truth.describe(dimensions)},
+        "truth": {
+            "spec": config.truth,
+            "kind": truth.kind,
+            "dimensions": truth.describe(dimensions),
+        },
         "scores": str(config.scores),
         "sessions": str(config.sessions),
         "predicted_from": origin,
@@ -377,22 +526,41 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         "counselor_baseline": baseline,
         "model_vs_counselor": ratios,
         "model_vs_counselor_gain": {d: r - 1.0 for d, r in ratios.items()},
-        "folds": fold_metrics(agreement, truth_dims, fold_source) if fold_source and pairs["fold"].is_not_null().any() else None,
+        "folds": fold_metrics(agreement, truth_dims, fold_source)
+        if fold_source and pairs["fold"].is_not_null().any()
+        else None,
         "quote_found_share": quote_share,
         "quote_found_by_dimension": quote_by_dim,
         "rationale_overlap": rationale_metrics(corpus, config, rubric),
         "calibration": {"low": low, "high": high, "bin_width": config.bin_width},
         "bootstrap": {
-            "resamples": config.resamples, "seed": config.seed, "level": config.level, "method": "percentile, paired over sessions",
-            "max_n": config.bootstrap_max_n, "fold_intervals": config.fold_intervals,
-            "note": (f"{subsampled} cell(s) had more than {config.bootstrap_max_n} pairs: their intervals come from a seeded subsample of "
-                     f"{config.bootstrap_max_n}, rescaled by sqrt(subsample/n) around the full-sample estimate") if subsampled else None,
+            "resamples": config.resamples,
+            "seed": config.seed,
+            "level": config.level,
+            "method": "percentile, paired over sessions",
+            "max_n": config.bootstrap_max_n,
+            "fold_intervals": config.fold_intervals,
+            "note": (
+                f"{subsampled} cell(s) had more than {config.bootstrap_max_n} pairs: their intervals come from a seeded subsample of "
+                f"{config.bootstrap_max_n}, rescaled by sqrt(subsample/n) around the full-sample estimate"
+            )
+            if subsampled
+            else None,
         },
-        "tables": {"pairs": pairs.height, "agreement": agreement.height, "calibration": calibration.height},
+        "tables": {
+            "pairs": pairs.height,
+            "agreement": agreement.height,
+            "calibration": calibration.height,
+        },
     }
     if fold_source and metrics["folds"] is None:
         metrics["folds_note"] = f"no evaluated session has a fold in {fold_source}"
     figure = calibration_figure(calibration, truth_dims, low, high)
     metrics["seconds"] = round(time.monotonic() - started, 3)
-    write_outputs(config.out, metrics, {"pairs": pairs, "agreement": agreement, "calibration": calibration}, figure)
+    write_outputs(
+        config.out,
+        metrics,
+        {"pairs": pairs, "agreement": agreement, "calibration": calibration},
+        figure,
+    )
     return _json_safe(metrics)

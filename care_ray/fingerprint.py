@@ -19,8 +19,15 @@ _FULL_HASH_MAX = 64 << 20  # files up to this size are hashed whole
 _CHUNK = 1 << 20
 # Everything in a model or adapter folder that shapes its outputs, besides the weights.
 _MODEL_TEXT_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "chat_template.jinja", "chat_template.json", "adapter_config.json", "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "adapter_config.json",
+    "model.safetensors.index.json",
 )
 
 
@@ -58,7 +65,13 @@ def folder_digest(folder: str | os.PathLike | None) -> str | None:
     if not root.is_dir():
         return None
     h = hashlib.sha256()
-    names = sorted({p.name for p in root.iterdir() if p.is_file() and (p.name in _MODEL_TEXT_FILES or p.suffix == ".safetensors")})
+    names = sorted(
+        {
+            p.name
+            for p in root.iterdir()
+            if p.is_file() and (p.name in _MODEL_TEXT_FILES or p.suffix == ".safetensors")
+        }
+    )
     for name in names:
         h.update(name.encode() + b"\0" + file_digest(root / name).encode() + b"\n")
     return h.hexdigest()
@@ -75,7 +88,9 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def digest_of(settings: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -86,4 +101,8 @@ def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list
         s = json.dumps(v, default=str)
         return s[:12] + "…" if isinstance(v, str) and len(v) > 24 else s
 
-    return [f"{k}: {show(old.get(k))} → {show(new.get(k))}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return [
+        f"{k}: {show(old.get(k))} → {show(new.get(k))}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]

@@ -15,8 +15,14 @@ import struct
 from pathlib import Path
 from typing import Any
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 MAX_LORA_RANK = 512  # the largest rank vLLM serves
@@ -61,14 +67,20 @@ def _weights(root: Path, option: str) -> list[Path]:
         shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
         missing = [s for s in shards if not (root / s).exists()]
         if missing:
-            raise ModelPathError(f"{option} {root}: {len(missing)} weight shard(s) named in model.safetensors.index.json are missing, e.g. {missing[0]}")
+            raise ModelPathError(
+                f"{option} {root}: {len(missing)} weight shard(s) named in model.safetensors.index.json are missing, e.g. {missing[0]}"
+            )
         return [root / s for s in shards]
     found = sorted(root.glob("*.safetensors"))
     if not found:
-        legacy = sorted(p.name for p in root.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        legacy = sorted(
+            p.name for p in root.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")
+        )
         if legacy:
-            raise ModelPathError(f"{option} {root} has only pickled weights ({legacy[0]}); care-ray loads safetensors only: convert them "
-                                 "(e.g. load and save_pretrained(safe_serialization=True)) and pass the converted folder")
+            raise ModelPathError(
+                f"{option} {root} has only pickled weights ({legacy[0]}); care-ray loads safetensors only: convert them "
+                "(e.g. load and save_pretrained(safe_serialization=True)) and pass the converted folder"
+            )
         raise ModelPathError(f"{option} {root} has no safetensors weights (*.safetensors)")
     return found
 
@@ -80,7 +92,9 @@ def _has_chat_template(root: Path) -> bool:
     return cfg.exists() and bool(json.loads(cfg.read_text(encoding="utf-8")).get("chat_template"))
 
 
-def check_model_folder(path: str | os.PathLike, option: str = "--model", need_weights: bool = True) -> Path:
+def check_model_folder(
+    path: str | os.PathLike, option: str = "--model", need_weights: bool = True
+) -> Path:
     """A local model folder with config.json, safetensors weights, a tokenizer and a chat
     template (care-ray's prompts are chats), or ModelPathError. `need_weights=False` for commands
     that use only the tokenizer (sft-data's token budget)."""
@@ -90,13 +104,19 @@ def check_model_folder(path: str | os.PathLike, option: str = "--model", need_we
         raise _not_a_folder(option, text)
     if need_weights:
         if not (root / "config.json").exists():
-            raise ModelPathError(f"{option} {root} has no config.json: not a transformers model folder")
+            raise ModelPathError(
+                f"{option} {root} has no config.json: not a transformers model folder"
+            )
         _weights(root, option)
     if not any((root / f).exists() for f in _TOKENIZER_FILES):
-        raise ModelPathError(f"{option} {root} has no tokenizer (tokenizer.json): save the model's tokenizer into the folder")
+        raise ModelPathError(
+            f"{option} {root} has no tokenizer (tokenizer.json): save the model's tokenizer into the folder"
+        )
     if not _has_chat_template(root):
-        raise ModelPathError(f"{option} {root} has no chat template (tokenizer_config.json 'chat_template' or chat_template.jinja): "
-                             "care-ray's prompts are chats, so use an instruct/chat model or add its template")
+        raise ModelPathError(
+            f"{option} {root} has no chat template (tokenizer_config.json 'chat_template' or chat_template.jinja): "
+            "care-ray's prompts are chats, so use an instruct/chat model or add its template"
+        )
     return root
 
 
@@ -110,7 +130,9 @@ def weight_names(model: Path) -> set[str]:
     return names
 
 
-def check_adapter_folder(path: str | os.PathLike, model: str | os.PathLike | None = None, max_rank: int = MAX_LORA_RANK) -> Path:
+def check_adapter_folder(
+    path: str | os.PathLike, model: str | os.PathLike | None = None, max_rank: int = MAX_LORA_RANK
+) -> Path:
     """A PEFT LoRA folder with adapter_config.json and safetensors weights whose rank the engine
     serves and whose target modules exist in the base model, or ModelPathError."""
     text = str(path)
@@ -119,20 +141,35 @@ def check_adapter_folder(path: str | os.PathLike, model: str | os.PathLike | Non
         raise _not_a_folder("--adapter", text)
     cfg_file = root / "adapter_config.json"
     if not cfg_file.exists():
-        raise ModelPathError(f"--adapter {root} has no adapter_config.json: not a PEFT adapter folder (a fine-tuned model folder goes in --model)")
+        raise ModelPathError(
+            f"--adapter {root} has no adapter_config.json: not a PEFT adapter folder (a fine-tuned model folder goes in --model)"
+        )
     if not (root / "adapter_model.safetensors").exists():
         legacy = (root / "adapter_model.bin").exists()
-        raise ModelPathError(f"--adapter {root} has no adapter_model.safetensors" + ("; care-ray loads safetensors only: re-save it with safe_serialization=True" if legacy else ""))
+        raise ModelPathError(
+            f"--adapter {root} has no adapter_model.safetensors"
+            + (
+                "; care-ray loads safetensors only: re-save it with safe_serialization=True"
+                if legacy
+                else ""
+            )
+        )
     cfg = json.loads(cfg_file.read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
-        raise ModelPathError(f"--adapter {root} is a {cfg.get('peft_type')} adapter; the engines serve LoRA adapters only")
+        raise ModelPathError(
+            f"--adapter {root} is a {cfg.get('peft_type')} adapter; the engines serve LoRA adapters only"
+        )
     rank = int(cfg.get("r", 8))
     if rank > max_rank:
-        raise ModelPathError(f"--adapter {root} has rank {rank}; the engine serves LoRA ranks up to {max_rank}")
+        raise ModelPathError(
+            f"--adapter {root} has rank {rank}; the engine serves LoRA ranks up to {max_rank}"
+        )
     targets = cfg.get("target_modules")
     if model is not None and isinstance(targets, list) and Path(model).is_dir():
         present = {part for name in weight_names(Path(model)) for part in name.split(".")}
         absent = sorted(t for t in targets if t not in present)
         if absent:
-            raise ModelPathError(f"--adapter {root} targets modules the base model {model} does not have: {', '.join(absent)} (an adapter for another architecture?)")
+            raise ModelPathError(
+                f"--adapter {root} targets modules the base model {model} does not have: {', '.join(absent)} (an adapter for another architecture?)"
+            )
     return root

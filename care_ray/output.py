@@ -32,7 +32,12 @@ def _file_schema() -> dict:
     return json.loads((schemas_dir() / "output.schema.json").read_text(encoding="utf-8"))
 
 
-def output_schema(max_rationale_chars: int | None = None, max_quotes: int | None = None, max_quote_chars: int | None = None, score_only: bool = False) -> dict:
+def output_schema(
+    max_rationale_chars: int | None = None,
+    max_quotes: int | None = None,
+    max_quote_chars: int | None = None,
+    score_only: bool = False,
+) -> dict:
     """The output schema, optionally with tighter length bounds: guided decoding then cannot run
     past max_tokens, which matters most for small or weak models that ramble. `score_only` is the
     ablation's answer, {"score": n}: a model trained without rationales must not be forced to write one."""
@@ -53,7 +58,11 @@ def output_schema(max_rationale_chars: int | None = None, max_quotes: int | None
 
 def format_item_output(score: int, rationale: str, quotes: list[str]) -> str:
     """The exact text a model is trained to produce (compact JSON, score first)."""
-    return json.dumps({"score": int(score), "rationale": rationale, "quotes": list(quotes)}, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        {"score": int(score), "rationale": rationale, "quotes": list(quotes)},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 @cache
@@ -64,7 +73,9 @@ def _validator(schema_json: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def parse_item_output(text: str, schema: dict | None = None, finish_reason: str | None = None) -> dict[str, Any]:
+def parse_item_output(
+    text: str, schema: dict | None = None, finish_reason: str | None = None
+) -> dict[str, Any]:
     """Parse and validate one model answer. Guided output can still carry raw control characters
     inside strings, so JSON is parsed with strict=False before schema validation."""
     # one compiled validator per schema: jsonschema.validate re-checks the schema on every call
@@ -78,7 +89,9 @@ def parse_item_output(text: str, schema: dict | None = None, finish_reason: str 
         value = json.loads(stripped, strict=False)
     except json.JSONDecodeError as e:
         if finish_reason == "length":
-            raise InvalidOutput(OutputError.TRUNCATED, f"output cut at max_tokens ({len(text)} chars)") from None
+            raise InvalidOutput(
+                OutputError.TRUNCATED, f"output cut at max_tokens ({len(text)} chars)"
+            ) from None
         raise InvalidOutput(OutputError.INVALID_JSON, f"{e.msg} at char {e.pos}") from None
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:

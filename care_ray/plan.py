@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-STACK_NOTES = "../shared/docs/stack-notes.md, 'A GPU machine' (one H200, care-ray's code, 2026-11-30)"
+STACK_NOTES = (
+    "../shared/docs/stack-notes.md, 'A GPU machine' (one H200, care-ray's code, 2026-11-30)"
+)
 RESULTS = "benchmarks/RESULTS.md"
 
 
@@ -39,14 +41,34 @@ class GpuSpec:
 
 # Vendor datasheet figures; NVIDIA quotes tensor throughput "with sparsity" too, which is twice the dense one.
 GPUS: dict[str, GpuSpec] = {
-    "h200": GpuSpec("NVIDIA H200 SXM", 989.0, 4800.0, 141.0,
-                    "NVIDIA H200 datasheet: BF16 Tensor Core 1,979 TFLOPS with sparsity (989 dense), HBM3e 4.8 TB/s, 141 GB"),
-    "h100": GpuSpec("NVIDIA H100 SXM", 989.0, 3350.0, 80.0,
-                    "NVIDIA H100 datasheet (SXM): BF16 Tensor Core 1,979 TFLOPS with sparsity (989 dense), HBM3 3.35 TB/s, 80 GB"),
-    "a100": GpuSpec("NVIDIA A100 SXM 80GB", 312.0, 2039.0, 80.0,
-                    "NVIDIA A100 datasheet (80GB SXM): BF16 Tensor Core 312 TFLOPS dense (624 with sparsity), HBM2e 2,039 GB/s"),
-    "l40s": GpuSpec("NVIDIA L40S", 362.05, 864.0, 48.0,
-                    "NVIDIA L40S datasheet: BF16 Tensor Core 362.05 TFLOPS dense (733 with sparsity), GDDR6 864 GB/s, 48 GB"),
+    "h200": GpuSpec(
+        "NVIDIA H200 SXM",
+        989.0,
+        4800.0,
+        141.0,
+        "NVIDIA H200 datasheet: BF16 Tensor Core 1,979 TFLOPS with sparsity (989 dense), HBM3e 4.8 TB/s, 141 GB",
+    ),
+    "h100": GpuSpec(
+        "NVIDIA H100 SXM",
+        989.0,
+        3350.0,
+        80.0,
+        "NVIDIA H100 datasheet (SXM): BF16 Tensor Core 1,979 TFLOPS with sparsity (989 dense), HBM3 3.35 TB/s, 80 GB",
+    ),
+    "a100": GpuSpec(
+        "NVIDIA A100 SXM 80GB",
+        312.0,
+        2039.0,
+        80.0,
+        "NVIDIA A100 datasheet (80GB SXM): BF16 Tensor Core 312 TFLOPS dense (624 with sparsity), HBM2e 2,039 GB/s",
+    ),
+    "l40s": GpuSpec(
+        "NVIDIA L40S",
+        362.05,
+        864.0,
+        48.0,
+        "NVIDIA L40S datasheet: BF16 Tensor Core 362.05 TFLOPS dense (733 with sparsity), GDDR6 864 GB/s, 48 GB",
+    ),
 }
 REFERENCE_GPU = "h200"
 
@@ -106,7 +128,10 @@ class Plan:
         t = self.tokens
         per_session = {
             "prompt_tokens": {"mean": t.prompt_tokens, "p95": t.prompt_tokens_p95},
-            "prompt_tokens_prefix_cache": {"mean": t.prompt_tokens_cached, "p95": t.prompt_tokens_cached_p95},
+            "prompt_tokens_prefix_cache": {
+                "mean": t.prompt_tokens_cached,
+                "p95": t.prompt_tokens_cached_p95,
+            },
             "output_tokens": {"mean": t.output_tokens},
         }
         return {
@@ -147,7 +172,9 @@ def common_prefix_length(a: Sequence, b: Sequence) -> int:
     return int(differ[0]) if differ.size else n
 
 
-def cached_tokens(prompt: Sequence, earlier: Sequence[Sequence], block_size: int, tokens_per_unit: float = 1.0) -> float:
+def cached_tokens(
+    prompt: Sequence, earlier: Sequence[Sequence], block_size: int, tokens_per_unit: float = 1.0
+) -> float:
     """Tokens of `prompt` the prefix cache serves after `earlier` prompts ran: only whole blocks,
     and never the last token (the engine must compute it to sample the answer)."""
     shared = max((common_prefix_length(prompt, e) for e in earlier), default=0)
@@ -155,15 +182,21 @@ def cached_tokens(prompt: Sequence, earlier: Sequence[Sequence], block_size: int
     return max(0, math.floor(shared_tokens / block_size)) * block_size
 
 
-def session_prompt_tokens(prompts: Sequence[Sequence], block_size: int, tokens_per_unit: float = 1.0,
-                          seen_before: Sequence[Sequence] = ()) -> tuple[float, float]:
+def session_prompt_tokens(
+    prompts: Sequence[Sequence],
+    block_size: int,
+    tokens_per_unit: float = 1.0,
+    seen_before: Sequence[Sequence] = (),
+) -> tuple[float, float]:
     """(prompt tokens without the cache, tokens computed with it) for one session's prompts run in
     order; `seen_before`: prompts of earlier sessions still in the cache (they share the header)."""
     total = computed = 0.0
     for i, prompt in enumerate(prompts):
         length = len(prompt) * tokens_per_unit
         total += length
-        computed += length - cached_tokens(prompt, [*seen_before, *prompts[:i]], block_size, tokens_per_unit)
+        computed += length - cached_tokens(
+            prompt, [*seen_before, *prompts[:i]], block_size, tokens_per_unit
+        )
     return total, computed
 
 
@@ -181,12 +214,25 @@ def _session_prompts(builder, turns: list[dict]) -> tuple:
         transcript, _, ids = builder.item_prompts(turns, builder.rubric.items)
         return transcript, [np.asarray(i, dtype=np.int64) for i in ids]
     transcript = builder.transcript(turns)
-    return transcript, ["\n".join(m["content"] for m in builder.messages(transcript.text, item)) for item in builder.rubric.items]
+    return transcript, [
+        "\n".join(m["content"] for m in builder.messages(transcript.text, item))
+        for item in builder.rubric.items
+    ]
 
 
-def measure_corpus_tokens(corpus: str, *, sample: int = 200, seed: int = 0, tokenizer=None, tokenizer_name: str | None = None,
-                          chars_per_token: float = CHARS_PER_TOKEN, max_model_len: int = 4096, max_new_tokens: int = 512,
-                          block_size: int = VLLM_BLOCK_SIZE, output_tokens_per_item: int = OUTPUT_TOKENS_PER_ITEM) -> TokenProfile:
+def measure_corpus_tokens(
+    corpus: str,
+    *,
+    sample: int = 200,
+    seed: int = 0,
+    tokenizer=None,
+    tokenizer_name: str | None = None,
+    chars_per_token: float = CHARS_PER_TOKEN,
+    max_model_len: int = 4096,
+    max_new_tokens: int = 512,
+    block_size: int = VLLM_BLOCK_SIZE,
+    output_tokens_per_item: int = OUTPUT_TOKENS_PER_ITEM,
+) -> TokenProfile:
     """Build the prompts `care-ray score` would build for a sample of the corpus's sessions and
     count their tokens: through `tokenizer` (with scoring's token budget), else by characters."""
     from care_ray.corpus import sessions_dataset
@@ -196,12 +242,20 @@ def measure_corpus_tokens(corpus: str, *, sample: int = 200, seed: int = 0, toke
     n_rows = dataset.count_rows()
     if n_rows == 0:
         raise ValueError(f"the corpus at {corpus} has no sessions")
-    table = dataset.take(sample_indices(n_rows, sample, seed), columns=["session_id", "language", "turns"])
-    builders = PromptBuilders(tokenizer, max_model_len, max_new_tokens) if tokenizer is not None else PromptBuilders()
+    table = dataset.take(
+        sample_indices(n_rows, sample, seed), columns=["session_id", "language", "turns"]
+    )
+    builders = (
+        PromptBuilders(tokenizer, max_model_len, max_new_tokens)
+        if tokenizer is not None
+        else PromptBuilders()
+    )
     per_unit = 1.0 if tokenizer is not None else 1.0 / chars_per_token
     totals, computed, truncated = [], [], []
     previous: list = []
-    for language, turns in zip(table.column("language").to_pylist(), table.column("turns").to_pylist(), strict=True):
+    for language, turns in zip(
+        table.column("language").to_pylist(), table.column("turns").to_pylist(), strict=True
+    ):
         transcript, prompts = _session_prompts(builders.for_language(language), turns)
         total, done = session_prompt_tokens(prompts, block_size, per_unit, previous)
         totals.append(total)
@@ -209,12 +263,24 @@ def measure_corpus_tokens(corpus: str, *, sample: int = 200, seed: int = 0, toke
         truncated.append(transcript.n_elided > 0)
         previous = prompts[:1]
     items = len(prompts)
-    how = (f"the tokenizer of {tokenizer_name}, scoring's token budget (max_model_len {max_model_len}, max_new_tokens {max_new_tokens})"
-           if tokenizer is not None else f"{chars_per_token:g} characters per token, whole transcripts (no token budget without --model)")
+    how = (
+        f"the tokenizer of {tokenizer_name}, scoring's token budget (max_model_len {max_model_len}, max_new_tokens {max_new_tokens})"
+        if tokenizer is not None
+        else f"{chars_per_token:g} characters per token, whole transcripts (no token budget without --model)"
+    )
     assumptions = (
-        Assumption("sessions measured", len(totals), "sessions", f"a seeded sample (seed {seed}) of {n_rows:,} in {corpus}; prompts built as `care-ray score` builds them, counted with {how}"),
-        Assumption("prefix cache block", block_size, "tokens",
-                   "vLLM caches whole KV blocks only; 16 tokens is its default block (vllm/config/cache.py, CacheConfig.DEFAULT_BLOCK_SIZE); --block-size"),
+        Assumption(
+            "sessions measured",
+            len(totals),
+            "sessions",
+            f"a seeded sample (seed {seed}) of {n_rows:,} in {corpus}; prompts built as `care-ray score` builds them, counted with {how}",
+        ),
+        Assumption(
+            "prefix cache block",
+            block_size,
+            "tokens",
+            "vLLM caches whole KV blocks only; 16 tokens is its default block (vllm/config/cache.py, CacheConfig.DEFAULT_BLOCK_SIZE); --block-size",
+        ),
         *_chars_assumption(tokenizer, chars_per_token),
         _output_assumption(output_tokens_per_item),
     )
@@ -235,14 +301,24 @@ def measure_corpus_tokens(corpus: str, *, sample: int = 200, seed: int = 0, toke
 def _chars_assumption(tokenizer, chars_per_token: float) -> tuple[Assumption, ...]:
     if tokenizer is not None:
         return ()
-    return (Assumption("characters per token", chars_per_token, "chars/token",
-                       "OpenAI's published rule of thumb for English text, 'What are tokens and how to count them?' (a token is about 4 characters); "
-                       "pass --model to count with the model's own tokenizer (needed for Chinese and other scripts)"),)
+    return (
+        Assumption(
+            "characters per token",
+            chars_per_token,
+            "chars/token",
+            "OpenAI's published rule of thumb for English text, 'What are tokens and how to count them?' (a token is about 4 characters); "
+            "pass --model to count with the model's own tokenizer (needed for Chinese and other scripts)",
+        ),
+    )
 
 
 def _output_assumption(output_tokens_per_item: int) -> Assumption:
-    return Assumption("answer tokens per item", output_tokens_per_item, "tokens",
-                      f"{STACK_NOTES}: the H200 scoring probe decoded 160 tokens per item (score, rationale, quotes); --output-tokens")
+    return Assumption(
+        "answer tokens per item",
+        output_tokens_per_item,
+        "tokens",
+        f"{STACK_NOTES}: the H200 scoring probe decoded 160 tokens per item (score, rationale, quotes); --output-tokens",
+    )
 
 
 def default_tokens(output_tokens_per_item: int = OUTPUT_TOKENS_PER_ITEM) -> TokenProfile:
@@ -253,10 +329,18 @@ def default_tokens(output_tokens_per_item: int = OUTPUT_TOKENS_PER_ITEM) -> Toke
         prompt_tokens_cached=DEFAULT_CACHE_RATIO * DEFAULT_PROMPT_TOKENS,
         output_tokens=float(ITEMS_PER_SESSION * output_tokens_per_item),
         assumptions=(
-            Assumption("prompt tokens per item", DEFAULT_PROMPT_TOKENS, "tokens",
-                       f"{RESULTS}, prefix-cache row: ESConv prompts of ~1,020 tokens (no --corpus given: pass one to measure yours)"),
-            Assumption("prefix cache: tokens computed per session ÷ one prompt", DEFAULT_CACHE_RATIO, "ratio",
-                       f"{RESULTS}, prefix-cache row: 1.33 at ~1,020-token prompts (1.12 at ~2,700), 12 items"),
+            Assumption(
+                "prompt tokens per item",
+                DEFAULT_PROMPT_TOKENS,
+                "tokens",
+                f"{RESULTS}, prefix-cache row: ESConv prompts of ~1,020 tokens (no --corpus given: pass one to measure yours)",
+            ),
+            Assumption(
+                "prefix cache: tokens computed per session ÷ one prompt",
+                DEFAULT_CACHE_RATIO,
+                "ratio",
+                f"{RESULTS}, prefix-cache row: 1.33 at ~1,020-token prompts (1.12 at ~2,700), 12 items",
+            ),
             _output_assumption(output_tokens_per_item),
         ),
     )
@@ -267,7 +351,9 @@ def default_tokens(output_tokens_per_item: int = OUTPUT_TOKENS_PER_ITEM) -> Toke
 
 def reference_decode_tokens_per_s() -> float:
     """The H200 decode rate the engine estimate implies once its prefill is paid at the measured rate."""
-    return ESTIMATE_DECODE_TOKENS / (1.0 / H200_ESTIMATE_SESSIONS_PER_S - ESTIMATE_PREFILL_TOKENS / H200_PREFILL_TOKENS_PER_S)
+    return ESTIMATE_DECODE_TOKENS / (
+        1.0 / H200_ESTIMATE_SESSIONS_PER_S - ESTIMATE_PREFILL_TOKENS / H200_PREFILL_TOKENS_PER_S
+    )
 
 
 def gpu_rates(gpu: str) -> tuple[float, float, tuple[Assumption, ...]]:
@@ -277,30 +363,64 @@ def gpu_rates(gpu: str) -> tuple[float, float, tuple[Assumption, ...]]:
     bandwidth_ratio = spec.memory_bandwidth_gbs / ref.memory_bandwidth_gbs
     decode_ref = reference_decode_tokens_per_s()
     assumptions = [
-        Assumption("H200 prefill", H200_PREFILL_TOKENS_PER_S, "tokens/s",
-                   f"{STACK_NOTES}: a plain forward over whole ESConv transcripts at Llama-3.1-8B shape, bf16, transformers "
-                   "(a vLLM engine prefills faster, so this errs towards more hours)"),
-        Assumption("H200 engine estimate", H200_ESTIMATE_SESSIONS_PER_S, "sessions/s",
-                   f"{STACK_NOTES}: estimate for a vLLM-class engine with the prefix cache at ~1.8k prefill and 1,920 decoded tokens per session"),
-        Assumption("H200 decode", round(decode_ref), "tokens/s",
-                   "implied by the two figures above: 1,920 / (1/5 s - 1,800 / 21,300 s)"),
-        Assumption("model", "Llama-3.1-8B shape, bf16, one engine per GPU", "",
-                   f"the shape of every GPU figure in {STACK_NOTES}; a larger model is slower roughly in proportion to its parameters"),
+        Assumption(
+            "H200 prefill",
+            H200_PREFILL_TOKENS_PER_S,
+            "tokens/s",
+            f"{STACK_NOTES}: a plain forward over whole ESConv transcripts at Llama-3.1-8B shape, bf16, transformers "
+            "(a vLLM engine prefills faster, so this errs towards more hours)",
+        ),
+        Assumption(
+            "H200 engine estimate",
+            H200_ESTIMATE_SESSIONS_PER_S,
+            "sessions/s",
+            f"{STACK_NOTES}: estimate for a vLLM-class engine with the prefix cache at ~1.8k prefill and 1,920 decoded tokens per session",
+        ),
+        Assumption(
+            "H200 decode",
+            round(decode_ref),
+            "tokens/s",
+            "implied by the two figures above: 1,920 / (1/5 s - 1,800 / 21,300 s)",
+        ),
+        Assumption(
+            "model",
+            "Llama-3.1-8B shape, bf16, one engine per GPU",
+            "",
+            f"the shape of every GPU figure in {STACK_NOTES}; a larger model is slower roughly in proportion to its parameters",
+        ),
     ]
     assumptions.append(Assumption("GPU", spec.name, "", spec.source))
     if gpu != REFERENCE_GPU:
         assumptions += [
             Assumption("reference GPU", ref.name, "", ref.source),
-            Assumption(f"{gpu} prefill scale (compute-bound)", round(compute_ratio, 3), "x H200",
-                       f"dense bf16 TFLOP/s {spec.bf16_dense_tflops:g} / {ref.bf16_dense_tflops:g}, from the two datasheets above"),
-            Assumption(f"{gpu} decode scale (memory-bound)", round(bandwidth_ratio, 3), "x H200",
-                       f"memory bandwidth {spec.memory_bandwidth_gbs:g} / {ref.memory_bandwidth_gbs:g} GB/s, from the two datasheets above"),
+            Assumption(
+                f"{gpu} prefill scale (compute-bound)",
+                round(compute_ratio, 3),
+                "x H200",
+                f"dense bf16 TFLOP/s {spec.bf16_dense_tflops:g} / {ref.bf16_dense_tflops:g}, from the two datasheets above",
+            ),
+            Assumption(
+                f"{gpu} decode scale (memory-bound)",
+                round(bandwidth_ratio, 3),
+                "x H200",
+                f"memory bandwidth {spec.memory_bandwidth_gbs:g} / {ref.memory_bandwidth_gbs:g} GB/s, from the two datasheets above",
+            ),
         ]
-    return H200_PREFILL_TOKENS_PER_S * compute_ratio, decode_ref * bandwidth_ratio, tuple(assumptions)
+    return (
+        H200_PREFILL_TOKENS_PER_S * compute_ratio,
+        decode_ref * bandwidth_ratio,
+        tuple(assumptions),
+    )
 
 
-def estimate(sessions: int, tokens: TokenProfile, gpu: str = REFERENCE_GPU, gpus: int = 1, price_usd_per_gpu_hour: float | None = None,
-             overhead: float = PIPELINE_OVERHEAD) -> Plan:
+def estimate(
+    sessions: int,
+    tokens: TokenProfile,
+    gpu: str = REFERENCE_GPU,
+    gpus: int = 1,
+    price_usd_per_gpu_hour: float | None = None,
+    overhead: float = PIPELINE_OVERHEAD,
+) -> Plan:
     """Engine-hours, wall time on `gpus` GPUs and cost of scoring `sessions` sessions."""
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; one of {', '.join(GPUS)}")
@@ -315,18 +435,40 @@ def estimate(sessions: int, tokens: TokenProfile, gpu: str = REFERENCE_GPU, gpus
     wall_hours = math.ceil(sessions / gpus) * seconds / 3600.0
     cost = engine_hours * price_usd_per_gpu_hour if price_usd_per_gpu_hour is not None else None
     run_assumptions = (
-        Assumption("pipeline overhead", overhead, "x engine time",
-                   f"{RESULTS}, pipeline-overhead row: bare engine loop ÷ Ray Data path, 1.20 on CPU with a tiny model "
-                   "(an 8B model on a GPU leaves the pipeline less to add, so this errs towards more hours)"),
-        Assumption("not counted", "engine start-up, node start, retries of failed items", "",
-                   f"a fixed cost per run, not per session: a vLLM engine took 47-53 s to start on CPU ({STACK_NOTES.split(',')[0]}); "
-                   "`care-ray score` retries a failed item once with twice the answer budget"),
-        *((Assumption("price", price_usd_per_gpu_hour, "USD per GPU-hour", "--price (yours)"),) if price_usd_per_gpu_hour is not None else ()),
+        Assumption(
+            "pipeline overhead",
+            overhead,
+            "x engine time",
+            f"{RESULTS}, pipeline-overhead row: bare engine loop ÷ Ray Data path, 1.20 on CPU with a tiny model "
+            "(an 8B model on a GPU leaves the pipeline less to add, so this errs towards more hours)",
+        ),
+        Assumption(
+            "not counted",
+            "engine start-up, node start, retries of failed items",
+            "",
+            f"a fixed cost per run, not per session: a vLLM engine took 47-53 s to start on CPU ({STACK_NOTES.split(',')[0]}); "
+            "`care-ray score` retries a failed item once with twice the answer budget",
+        ),
+        *(
+            (Assumption("price", price_usd_per_gpu_hour, "USD per GPU-hour", "--price (yours)"),)
+            if price_usd_per_gpu_hour is not None
+            else ()
+        ),
     )
-    return Plan(sessions=sessions, gpu=gpu, gpus=gpus, price_usd_per_gpu_hour=price_usd_per_gpu_hour, tokens=tokens,
-                prefill_tokens_per_s=prefill, decode_tokens_per_s=decode, seconds_per_session=seconds,
-                engine_hours=engine_hours, wall_hours=wall_hours, cost_usd=cost,
-                assumptions=(*tokens.assumptions, *gpu_assumptions, *run_assumptions))
+    return Plan(
+        sessions=sessions,
+        gpu=gpu,
+        gpus=gpus,
+        price_usd_per_gpu_hour=price_usd_per_gpu_hour,
+        tokens=tokens,
+        prefill_tokens_per_s=prefill,
+        decode_tokens_per_s=decode,
+        seconds_per_session=seconds,
+        engine_hours=engine_hours,
+        wall_hours=wall_hours,
+        cost_usd=cost,
+        assumptions=(*tokens.assumptions, *gpu_assumptions, *run_assumptions),
+    )
 
 
 # --- the table ------------------------------------------------------------------------------------
@@ -351,26 +493,51 @@ def plan_table(plan: Plan) -> str:
     """The estimate as a table for people, every assumption with its source below it."""
     t, spec = plan.tokens, GPUS[plan.gpu]
     rows = [
-        ("prompt tokens, no prefix cache", f"{t.prompt_tokens:,.0f}", _blank_or_count(t.prompt_tokens_p95), _count(t.prompt_tokens * plan.sessions)),
-        ("prompt tokens computed, prefix cache", f"{t.prompt_tokens_cached:,.0f}", _blank_or_count(t.prompt_tokens_cached_p95), _count(t.prompt_tokens_cached * plan.sessions)),
+        (
+            "prompt tokens, no prefix cache",
+            f"{t.prompt_tokens:,.0f}",
+            _blank_or_count(t.prompt_tokens_p95),
+            _count(t.prompt_tokens * plan.sessions),
+        ),
+        (
+            "prompt tokens computed, prefix cache",
+            f"{t.prompt_tokens_cached:,.0f}",
+            _blank_or_count(t.prompt_tokens_cached_p95),
+            _count(t.prompt_tokens_cached * plan.sessions),
+        ),
         ("output tokens", f"{t.output_tokens:,.0f}", "", _count(t.output_tokens * plan.sessions)),
     ]
-    lines = [f"care-ray plan: {plan.sessions:,} sessions x {t.items_per_session} items on {plan.gpus} x {spec.name}", ""]
+    lines = [
+        f"care-ray plan: {plan.sessions:,} sessions x {t.items_per_session} items on {plan.gpus} x {spec.name}",
+        "",
+    ]
     lines.append(f"{'tokens':<40}{'per session':>14}{'p95':>10}{'all sessions':>16}")
     lines += [f"{name:<40}{mean:>14}{q:>10}{total:>16}" for name, mean, q, total in rows]
     if t.truncated_share:
-        lines.append(f"({t.truncated_share:.1%} of sampled sessions exceed the token budget and lose middle turns)")
-    cost = f"${plan.cost_usd:,.2f} at ${plan.price_usd_per_gpu_hour:g} per GPU-hour" if plan.cost_usd is not None else "pass --price USD_PER_GPU_HOUR"
+        lines.append(
+            f"({t.truncated_share:.1%} of sampled sessions exceed the token budget and lose middle turns)"
+        )
+    cost = (
+        f"${plan.cost_usd:,.2f} at ${plan.price_usd_per_gpu_hour:g} per GPU-hour"
+        if plan.cost_usd is not None
+        else "pass --price USD_PER_GPU_HOUR"
+    )
     lines += [
         "",
-        (f"{'per GPU':<40}prefill {plan.prefill_tokens_per_s:,.0f} tok/s, decode {plan.decode_tokens_per_s:,.0f} tok/s, "
-         f"{plan.sessions_per_s_per_gpu:,.2f} sessions/s"),
+        (
+            f"{'per GPU':<40}prefill {plan.prefill_tokens_per_s:,.0f} tok/s, decode {plan.decode_tokens_per_s:,.0f} tok/s, "
+            f"{plan.sessions_per_s_per_gpu:,.2f} sessions/s"
+        ),
         f"{'engine-hours (GPU-hours)':<40}{plan.engine_hours:,.2f}",
         f"{f'wall time on {plan.gpus} GPU' + ('s' if plan.gpus > 1 else ''):<40}{_hours(plan.wall_hours)}",
         f"{'cost':<40}{cost}",
         "",
         "assumptions",
     ]
-    lines += [f"  - {a.name}: {a.value:,}{' ' + a.unit if a.unit else ''} [{a.source}]" if isinstance(a.value, (int, float))
-              else f"  - {a.name}: {a.value} [{a.source}]" for a in plan.assumptions]
+    lines += [
+        f"  - {a.name}: {a.value:,}{' ' + a.unit if a.unit else ''} [{a.source}]"
+        if isinstance(a.value, (int, float))
+        else f"  - {a.name}: {a.value} [{a.source}]"
+        for a in plan.assumptions
+    ]
     return "\n".join(lines)

@@ -38,8 +38,8 @@ ITEM_PROMPT_SCHEMA = pa.schema(
 
 
 # private-use markers no transcript contains
-_ITEM_SLOT = "\uE000care-ray-item\uE000"
-_TRANSCRIPT_SLOT = "\uE001care-ray-transcript\uE001"
+_ITEM_SLOT = "\ue000care-ray-item\ue000"
+_TRANSCRIPT_SLOT = "\ue001care-ray-transcript\ue001"
 
 
 @cache
@@ -57,7 +57,9 @@ class Transcript:
 
 
 def render_turn(turn: dict[str, Any], rubric: Rubric) -> str:
-    label = rubric.prompt.client_label if turn["role"] == "client" else rubric.prompt.counselor_label
+    label = (
+        rubric.prompt.client_label if turn["role"] == "client" else rubric.prompt.counselor_label
+    )
     return f"{label}: {' '.join(str(turn['text']).split())}"
 
 
@@ -78,7 +80,14 @@ class PromptBuilder:
     transcript is tokenised once per session, not 12 times), after checking on the first session
     that this equals tokenising the whole prompt; if it ever does not, every prompt is tokenised whole."""
 
-    def __init__(self, rubric: Rubric, tokenizer=None, max_model_len: int | None = None, max_new_tokens: int = 512, head_share: float = 0.25):
+    def __init__(
+        self,
+        rubric: Rubric,
+        tokenizer=None,
+        max_model_len: int | None = None,
+        max_new_tokens: int = 512,
+        head_share: float = 0.25,
+    ):
         self.rubric = rubric
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -91,11 +100,15 @@ class PromptBuilder:
         if max_model_len is not None:
             if tokenizer is None:
                 raise ValueError("a token budget needs a tokenizer")
-            overhead = max(self._count(self.render(self.messages("", item))) for item in rubric.items)
+            overhead = max(
+                self._count(self.render(self.messages("", item))) for item in rubric.items
+            )
             marker = self._count(rubric.prompt.elided.format(n=9999))
             self.budget = max_model_len - max_new_tokens - overhead - marker - 8
             if self.budget < 64:
-                raise ValueError(f"max_model_len {max_model_len} leaves {self.budget} tokens for the transcript; raise it or lower max_new_tokens")
+                raise ValueError(
+                    f"max_model_len {max_model_len} leaves {self.budget} tokens for the transcript; raise it or lower max_new_tokens"
+                )
 
     def _ids(self, text: str | list[str]):
         fast = getattr(self.tokenizer, "backend_tokenizer", None)
@@ -112,7 +125,11 @@ class PromptBuilder:
     def _split_template(self) -> tuple[str, str, str] | None:
         probe = RubricItem(id=1, dimension=self.rubric.items[0].dimension, text=_ITEM_SLOT)
         rendered = self.render(self.messages(_TRANSCRIPT_SLOT, probe))
-        if rendered.count(_TRANSCRIPT_SLOT) != 1 or rendered.count(_ITEM_SLOT) != 1 or rendered.index(_TRANSCRIPT_SLOT) > rendered.index(_ITEM_SLOT):
+        if (
+            rendered.count(_TRANSCRIPT_SLOT) != 1
+            or rendered.count(_ITEM_SLOT) != 1
+            or rendered.index(_TRANSCRIPT_SLOT) > rendered.index(_ITEM_SLOT)
+        ):
             return None  # a template that moves or rewrites content: render each prompt whole
         header, rest = rendered.split(_TRANSCRIPT_SLOT)
         middle, tail = rest.split(_ITEM_SLOT)
@@ -150,7 +167,11 @@ class PromptBuilder:
             lines[-1] = self.tokenizer.decode(self._ids(lines[-1])[-self.budget :])
             tail = [len(lines) - 1]
         n_elided = len(lines) - len(head) - len(tail)
-        kept = [lines[i] for i in head] + [self.rubric.prompt.elided.format(n=n_elided)] + [lines[i] for i in tail]
+        kept = (
+            [lines[i] for i in head]
+            + [self.rubric.prompt.elided.format(n=n_elided)]
+            + [lines[i] for i in tail]
+        )
         return Transcript("\n".join(kept), len(lines), n_elided), None
 
     def messages(self, transcript_text: str, item: RubricItem) -> list[dict[str, str]]:
@@ -161,11 +182,17 @@ class PromptBuilder:
     def render(self, messages: list[dict[str, str]]) -> str:
         if self.tokenizer is None:
             raise ValueError("rendering a chat prompt needs the model's tokenizer")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
     def render_items(self, transcript_text: str, items: Sequence[RubricItem]) -> list[str]:
         """The rendered prompt of each item: the same bytes as rendering each one whole."""
-        if self._parts is None or _TRANSCRIPT_SLOT in transcript_text or _ITEM_SLOT in transcript_text:
+        if (
+            self._parts is None
+            or _TRANSCRIPT_SLOT in transcript_text
+            or _ITEM_SLOT in transcript_text
+        ):
             return [self.render(self.messages(transcript_text, item)) for item in items]
         header, middle, tail = self._parts
         return [f"{header}{transcript_text}{middle}{item.text}{tail}" for item in items]
@@ -178,7 +205,9 @@ class PromptBuilder:
             cached = self._suffix_cache[item.id] = self._ids(f"{middle}{item.text}{tail}")
         return cached
 
-    def item_prompts(self, turns: Sequence[dict[str, Any]], items: Sequence[RubricItem]) -> tuple[Transcript, list[str], list[list[int]]]:
+    def item_prompts(
+        self, turns: Sequence[dict[str, Any]], items: Sequence[RubricItem]
+    ) -> tuple[Transcript, list[str], list[list[int]]]:
         """One session's prompts as text and as token ids (what the engine is given)."""
         t, transcript_ids = self._transcript(turns)
         prompts = self.render_items(t.text, items)
@@ -190,16 +219,24 @@ class PromptBuilder:
         if not self._pieces_checked:
             self._pieces_checked = True
             if ids[0] != self._ids(prompts[0]):
-                logging.getLogger(__name__).info("this tokenizer merges across the prompt's pieces; tokenising prompts whole")
+                logging.getLogger(__name__).info(
+                    "this tokenizer merges across the prompt's pieces; tokenising prompts whole"
+                )
                 self._pieces_safe = False
                 return t, prompts, self._ids(prompts)
         return t, prompts, ids
 
     def build_item_prompts(self, sessions: pa.Table, items: Sequence[RubricItem]) -> pa.Table:
         """sessions (contract columns session_id, turns) → one row per (session, item)."""
-        out: dict[str, list] = {name: [] for name in ITEM_PROMPT_SCHEMA.names if name != "prompt_token_ids"}
+        out: dict[str, list] = {
+            name: [] for name in ITEM_PROMPT_SCHEMA.names if name != "prompt_token_ids"
+        }
         flat: list[np.ndarray] = []
-        for sid, turns in zip(sessions.column("session_id").to_pylist(), sessions.column("turns").to_pylist(), strict=True):
+        for sid, turns in zip(
+            sessions.column("session_id").to_pylist(),
+            sessions.column("turns").to_pylist(),
+            strict=True,
+        ):
             t, prompts, ids = self.item_prompts(turns, items)
             dialogue = full_dialogue(turns)
             for item, prompt, prompt_ids in zip(items, prompts, ids, strict=True):
@@ -218,14 +255,23 @@ class PromptBuilder:
         np.cumsum([len(a) for a in flat], out=offsets[1:])
         values = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int32)
         out["prompt_token_ids"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-        return pa.table({name: out[name] for name in ITEM_PROMPT_SCHEMA.names}, schema=ITEM_PROMPT_SCHEMA)
+        return pa.table(
+            {name: out[name] for name in ITEM_PROMPT_SCHEMA.names}, schema=ITEM_PROMPT_SCHEMA
+        )
 
 
 class PromptBuilders:
     """One PromptBuilder per rubric, sharing a tokenizer and token budget; a session's rubric comes
     from `rubric_for_language`, the rule sft-data and score both use."""
 
-    def __init__(self, tokenizer=None, max_model_len: int | None = None, max_new_tokens: int = 512, rubric_file=None, language_override: str | None = None):
+    def __init__(
+        self,
+        tokenizer=None,
+        max_model_len: int | None = None,
+        max_new_tokens: int = 512,
+        rubric_file=None,
+        language_override: str | None = None,
+    ):
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.max_new_tokens = max_new_tokens
@@ -240,5 +286,7 @@ class PromptBuilders:
         rubric = self.rubric(language)
         builder = self._by_rubric.get(rubric.id)
         if builder is None:
-            builder = self._by_rubric[rubric.id] = PromptBuilder(rubric, self.tokenizer, self.max_model_len, self.max_new_tokens)
+            builder = self._by_rubric[rubric.id] = PromptBuilder(
+                rubric, self.tokenizer, self.max_model_len, self.max_new_tokens
+            )
         return builder

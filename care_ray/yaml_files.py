@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 
 
-def read_yaml_mapping(path: str | os.PathLike, what: str, expected: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | os.PathLike, what: str, expected: str, error: type[Exception] = ValueError
+) -> dict[str, Any]:
     """The mapping in `path` ({} for an empty file); `what` names the file in the messages
     ("config", "--mapping"), `expected` says what it should hold."""
     p = Path(path)

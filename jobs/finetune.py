@@ -9,7 +9,9 @@ starts a local Ray. Prints the cross-fold summary as JSON on stdout.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python jobs/finetune.py` from the working dir
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # `python jobs/finetune.py` from the working dir
 
 from care_ray.cli import app  # noqa: E402
 

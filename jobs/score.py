@@ -1,6 +1,6 @@
 """Scoring job entrypoint for `ray job submit`: the same options as `care-ray score`.
 
-    ray job submit --working-dir . -- python -m jobs.score --sessions S --model M --out O
+ray job submit --working-dir . -- python -m jobs.score --sessions S --model M --out O
 """
 
 from care_ray.cli import app

@@ -10,7 +10,12 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from care_ray.analytics.challenges import cluster_rationales, distinctive_terms, is_chinese, log_odds_z
+from care_ray.analytics.challenges import (
+    cluster_rationales,
+    distinctive_terms,
+    is_chinese,
+    log_odds_z,
+)
 from care_ray.analytics.contrasts import group_contrasts
 from care_ray.analytics.drivers import fit_drivers
 
@@ -27,13 +32,33 @@ def sessions() -> pl.DataFrame:
     n = 600
     counselor = rng.integers(0, 40, n)
     shares = rng.dirichlet(np.ones(4), n)
-    x = {"challenge": rng.normal(size=n), "support_negative": rng.normal(size=n), "noise1": rng.normal(size=n), "noise2": rng.normal(size=n)}
-    goal = 3 + 0.5 * x["challenge"] - 0.3 * x["support_negative"] + rng.normal(0, 0.4, 40)[counselor] + rng.normal(size=n)
+    x = {
+        "challenge": rng.normal(size=n),
+        "support_negative": rng.normal(size=n),
+        "noise1": rng.normal(size=n),
+        "noise2": rng.normal(size=n),
+    }
+    goal = (
+        3
+        + 0.5 * x["challenge"]
+        - 0.3 * x["support_negative"]
+        + rng.normal(0, 0.4, 40)[counselor]
+        + rng.normal(size=n)
+    )
     task = goal + rng.normal(size=n)
     task[:25] = np.nan
-    frame = {"counselor_id": [f"c{i}" for i in counselor], "goal": goal, "task": task, **x,
-             **{f"strategy:{name}": shares[:, j] for j, name in enumerate(["question", "reflection", "advice", "other"])},
-             "always_two": np.full(n, 2.0), "never": [None] * n}
+    frame = {
+        "counselor_id": [f"c{i}" for i in counselor],
+        "goal": goal,
+        "task": task,
+        **x,
+        **{
+            f"strategy:{name}": shares[:, j]
+            for j, name in enumerate(["question", "reflection", "advice", "other"])
+        },
+        "always_two": np.full(n, 2.0),
+        "never": [None] * n,
+    }
     return pl.DataFrame(frame, schema_overrides={"never": pl.Float64})
 
 
@@ -45,7 +70,9 @@ def test_drivers_recover_the_planted_effects_and_match_an_independent_fit(sessio
     table, notes = fit_drivers(sessions, ["goal"], FEATURES)
     rows = {r["feature"]: r for r in table.iter_rows(named=True)}
     assert rows["challenge"]["coef_std"] > 0 and rows["challenge"]["p_adjusted"] < 1e-6
-    assert rows["support_negative"]["coef_std"] < 0 and rows["support_negative"]["p_adjusted"] < 1e-3
+    assert (
+        rows["support_negative"]["coef_std"] < 0 and rows["support_negative"]["p_adjusted"] < 1e-3
+    )
     assert rows["noise1"]["p_adjusted"] > 0.05 and rows["noise2"]["p_adjusted"] > 0.05
     assert set(table["model"]) == {"ols-hc3"} and set(table["n"]) == {sessions.height}
 
@@ -60,7 +87,9 @@ def test_drivers_recover_the_planted_effects_and_match_an_independent_fit(sessio
     np.testing.assert_allclose(table["std_error"].to_numpy(), np.sqrt(np.diag(hc3))[1:], rtol=1e-8)
     r2 = 1 - (resid**2).sum() / ((y - y.mean()) ** 2).sum()
     assert table["r2"][0] == pytest.approx(r2)
-    assert (table["ci_low"] < table["coef_std"]).all() and (table["coef_std"] < table["ci_high"]).all()
+    assert (table["ci_low"] < table["coef_std"]).all() and (
+        table["coef_std"] < table["ci_high"]
+    ).all()
 
 
 def test_drivers_adjust_over_every_row_and_drop_null_outcomes_listwise(sessions):
@@ -68,7 +97,10 @@ def test_drivers_adjust_over_every_row_and_drop_null_outcomes_listwise(sessions)
 
     table, notes = fit_drivers(sessions, ["goal", "task"], FEATURES)
     assert table.height == 2 * len(FEATURES)
-    np.testing.assert_allclose(table["p_adjusted"].to_numpy(), multipletests(table["p_value"].to_numpy(), method="fdr_bh")[1])
+    np.testing.assert_allclose(
+        table["p_adjusted"].to_numpy(),
+        multipletests(table["p_value"].to_numpy(), method="fdr_bh")[1],
+    )
     assert set(table.filter(pl.col("outcome") == "task")["n"]) == {sessions.height - 25}
     assert any("task" in note and "25" in note for note in notes)
 
@@ -86,13 +118,19 @@ def test_drivers_drop_collinear_constant_and_empty_features_with_a_note(sessions
 def test_drivers_with_repeated_groups_fit_a_mixed_model_or_cluster_by_group(sessions):
     mixed, _ = fit_drivers(sessions, ["goal"], FEATURES, group="counselor_id")
     assert set(mixed["model"]) == {"mixedlm:counselor_id"}
-    independent = sm.MixedLM(zscore(sessions["goal"].to_numpy()),
-                             np.column_stack([np.ones(sessions.height), *(zscore(sessions[f].to_numpy()) for f in FEATURES)]),
-                             groups=sessions["counselor_id"].to_numpy()).fit(reml=True)
+    independent = sm.MixedLM(
+        zscore(sessions["goal"].to_numpy()),
+        np.column_stack(
+            [np.ones(sessions.height), *(zscore(sessions[f].to_numpy()) for f in FEATURES)]
+        ),
+        groups=sessions["counselor_id"].to_numpy(),
+    ).fit(reml=True)
     np.testing.assert_allclose(mixed["coef_std"].to_numpy(), independent.fe_params[1:], rtol=1e-4)
     assert 0 < mixed["r2"][0] < 1
 
-    clustered, _ = fit_drivers(sessions, ["goal"], FEATURES, group="counselor_id", max_mixed_rows=100)
+    clustered, _ = fit_drivers(
+        sessions, ["goal"], FEATURES, group="counselor_id", max_mixed_rows=100
+    )
     assert set(clustered["model"]) == {"ols-cluster:counselor_id"}
     y = zscore(sessions["goal"].to_numpy())
     x = np.column_stack([np.ones(len(y)), *(zscore(sessions[f].to_numpy()) for f in FEATURES)])
@@ -118,8 +156,15 @@ def grouped() -> pl.DataFrame:
     gender = rng.choice(["f", "m"], n).astype(object)
     gender[:10] = None
     bond = rng.normal(3.5, 0.6, n) + np.where(gender == "f", 0.4, 0.0)
-    return pl.DataFrame({"source": source, "gender": list(gender), "bond": bond, "task": rng.normal(3, 0.5, n),
-                         "goal": np.where(source == "failed", 2.5, 3.5) + rng.normal(0, 0.5, n)})
+    return pl.DataFrame(
+        {
+            "source": source,
+            "gender": list(gender),
+            "bond": bond,
+            "task": rng.normal(3, 0.5, n),
+            "goal": np.where(source == "failed", 2.5, 3.5) + rng.normal(0, 0.5, n),
+        }
+    )
 
 
 def test_two_group_contrasts_match_scipy_welch_and_hedges_g(grouped):
@@ -137,14 +182,20 @@ def test_two_group_contrasts_match_scipy_welch_and_hedges_g(grouped):
         welch = stats.ttest_ind(f, m, equal_var=False)
         assert rows["statistic"].to_list() == pytest.approx([welch.statistic] * 2)
         assert rows["p_value"].to_list() == pytest.approx([welch.pvalue] * 2)
-        pooled = math.sqrt(((len(f) - 1) * f.var(ddof=1) + (len(m) - 1) * m.var(ddof=1)) / (len(f) + len(m) - 2))
+        pooled = math.sqrt(
+            ((len(f) - 1) * f.var(ddof=1) + (len(m) - 1) * m.var(ddof=1)) / (len(f) + len(m) - 2)
+        )
         hedges = (f.mean() - m.mean()) / pooled * (1 - 3 / (4 * (len(f) + len(m)) - 9))
         assert rows["effect_size"].to_list() == pytest.approx([hedges] * 2)
-        assert set(rows["effect_measure"]) == {"hedges_g (f − m)"} and set(rows["test"]) == {"welch_t"}
+        assert set(rows["effect_measure"]) == {"hedges_g (f − m)"} and set(rows["test"]) == {
+            "welch_t"
+        }
         p_values.append(welch.pvalue)
     bond_p, task_p = p_values
     expected_bond = min(1.0, min(bond_p * 2, max(bond_p, task_p)))  # BH over two tests
-    assert table.filter(pl.col("variable") == "bond")["p_adjusted"][0] == pytest.approx(expected_bond)
+    assert table.filter(pl.col("variable") == "bond")["p_adjusted"][0] == pytest.approx(
+        expected_bond
+    )
     assert table.filter(pl.col("variable") == "bond")["p_adjusted"][0] < 0.05
 
 
@@ -154,18 +205,31 @@ def test_many_group_contrasts_use_kruskal_wallis_and_drop_small_groups(grouped):
     assert small < 20 and "other" not in table["grp"].to_list()
     assert any("dropped 1 group" in n for n in notes)
     table, notes = group_contrasts(grouped, "source", ["goal"], min_group=5)
-    samples = [grouped.filter(pl.col("source") == s)["goal"].to_numpy() for s in ["esconv", "failed", "other"]]
+    samples = [
+        grouped.filter(pl.col("source") == s)["goal"].to_numpy()
+        for s in ["esconv", "failed", "other"]
+    ]
     h = stats.kruskal(*samples)
     assert table["grp"].to_list() == ["esconv", "failed", "other"]
-    assert table["statistic"][0] == pytest.approx(h.statistic) and table["p_value"][0] == pytest.approx(h.pvalue)
+    assert table["statistic"][0] == pytest.approx(h.statistic) and table["p_value"][
+        0
+    ] == pytest.approx(h.pvalue)
     assert table["effect_size"][0] == pytest.approx(h.statistic / (grouped.height - 1))
     assert table["effect_measure"][0] == "epsilon_squared" and table["p_adjusted"][0] < 1e-6
 
 
 def test_log_odds_z_matches_the_monroe_formula_by_hand():
-    docs = pl.DataFrame({"dimension": ["a", "b"], "rationale": ["apple apple banana", "banana cherry"], "language": ["en", "en"]})
+    docs = pl.DataFrame(
+        {
+            "dimension": ["a", "b"],
+            "rationale": ["apple apple banana", "banana cherry"],
+            "language": ["en", "en"],
+        }
+    )
     table = distinctive_terms(docs, top_k=10)
-    apple = table.filter((pl.col("dimension") == "a") & (pl.col("term") == "apple")).row(0, named=True)
+    apple = table.filter((pl.col("dimension") == "a") & (pl.col("term") == "apple")).row(
+        0, named=True
+    )
     # a's terms: apple ×2, banana, "apple apple", "apple banana" (5); b's: banana, cherry, "banana cherry" (3).
     # apple: y = 2 in a, 0 in b; prior α = 1 × 2; α0 = 8 (all terms).
     y, r, n_a, n_b, a, a0 = 2, 0, 5, 3, 2, 8
@@ -180,7 +244,9 @@ def test_log_odds_z_matches_the_monroe_formula_by_hand():
 
 def test_distinctive_terms_put_a_planted_word_first_in_its_group():
     rng = np.random.default_rng(1)
-    filler = "client counselor session feeling week talk plan family stress sleep friend job".split()
+    filler = (
+        "client counselor session feeling week talk plan family stress sleep friend job".split()
+    )
     rows = []
     for i in range(400):
         dimension = ["task", "bond", "goal"][i % 3]
@@ -197,41 +263,80 @@ def test_distinctive_terms_put_a_planted_word_first_in_its_group():
 
 
 def test_chinese_rationales_are_counted_by_characters():
-    rows = [("task", "咨询师布置的作业和目标不一致。"), ("task", "作业太多，来访者没有完成 homework。")] * 5
+    rows = [
+        ("task", "咨询师布置的作业和目标不一致。"),
+        ("task", "作业太多，来访者没有完成 homework。"),
+    ] * 5
     rows += [("bond", "来访者觉得咨询师的回应很机械。"), ("bond", "咨询师没有修复关系。")] * 5
-    docs = pl.DataFrame(rows, schema=["dimension", "rationale"], orient="row").with_columns(language=pl.lit("zh-CN"))
+    docs = pl.DataFrame(rows, schema=["dimension", "rationale"], orient="row").with_columns(
+        language=pl.lit("zh-CN")
+    )
     table = distinctive_terms(docs, top_k=5)
     terms = table["term"].to_list()
     assert all(1 <= len(t) <= 2 and all("\u4e00" <= ch <= "\u9fff" for ch in t) for t in terms)
     assert "作业" in table.filter(pl.col("dimension") == "task")["term"].to_list()
-    by_share = pl.DataFrame({"rationale": ["咨询师没有回应", "The counselor never asked", "他说 OK"], "language": [None, "zh", None]})
+    by_share = pl.DataFrame(
+        {
+            "rationale": ["咨询师没有回应", "The counselor never asked", "他说 OK"],
+            "language": [None, "zh", None],
+        }
+    )
     assert is_chinese(by_share, "rationale", "language").tolist() == [True, False, True]
 
 
 def themed_docs() -> pl.DataFrame:
     rng = np.random.default_rng(5)
     filler = "client counselor session week today".split()
-    themes = {"homework": "homework assignment practice exercise worksheet".split(), "sleep": "sleep insomnia night tired bedtime".split()}
+    themes = {
+        "homework": "homework assignment practice exercise worksheet".split(),
+        "sleep": "sleep insomnia night tired bedtime".split(),
+    }
     rows = []
     for i in range(60):
         theme = "homework" if i % 2 else "sleep"
         words = list(rng.choice(themes[theme], 4)) + list(rng.choice(filler, 3))
-        rows.append({"dimension": "task", "rationale": " ".join(rng.permutation(words)), "quotes": [f"{theme} quote {i}", "second"], "theme": theme})
-    rows += [{"dimension": "bond", "rationale": f"mechanical reply number {i}", "quotes": [], "theme": "bond"} for i in range(4)]
+        rows.append(
+            {
+                "dimension": "task",
+                "rationale": " ".join(rng.permutation(words)),
+                "quotes": [f"{theme} quote {i}", "second"],
+                "theme": theme,
+            }
+        )
+    rows += [
+        {
+            "dimension": "bond",
+            "rationale": f"mechanical reply number {i}",
+            "quotes": [],
+            "theme": "bond",
+        }
+        for i in range(4)
+    ]
     return pl.DataFrame(rows)
 
 
 def test_cluster_rationales_separate_two_planted_themes_deterministically():
     docs = themed_docs()
     clusters = cluster_rationales(docs, language_col=None)
-    assert clusters.columns == ["dimension", "cluster", "size", "top_terms", "example_rationale", "example_quote"]
+    assert clusters.columns == [
+        "dimension",
+        "cluster",
+        "size",
+        "top_terms",
+        "example_rationale",
+        "example_quote",
+    ]
     task = clusters.filter(pl.col("dimension") == "task").sort("cluster")
     assert task["size"].to_list() == [30, 30]
     theme_of = dict(zip(docs["rationale"], docs["theme"], strict=False))
     themes = [theme_of[text] for text in task["example_rationale"]]
     assert sorted(themes) == ["homework", "sleep"]
     for row, theme in zip(task.iter_rows(named=True), themes, strict=True):
-        assert theme in row["top_terms"].split(", ") or theme == "sleep" and "insomnia" in row["top_terms"]
+        assert (
+            theme in row["top_terms"].split(", ")
+            or theme == "sleep"
+            and "insomnia" in row["top_terms"]
+        )
         assert row["example_quote"].startswith(theme)
     bond = clusters.filter(pl.col("dimension") == "bond")
     assert bond.height == 1 and bond["size"][0] == 4 and bond["example_quote"][0] is None

@@ -19,20 +19,63 @@ from care_ray.analytics.features import compute_features, driver_features, load_
 from care_ray.cli import app
 from care_ray.paths import queries_dir
 
-ITEM_DIMENSION = {4: "goal", 6: "goal", 8: "goal", 11: "goal", 1: "task", 2: "task", 10: "task", 12: "task", 3: "bond", 5: "bond", 7: "bond", 9: "bond"}
+ITEM_DIMENSION = {
+    4: "goal",
+    6: "goal",
+    8: "goal",
+    11: "goal",
+    1: "task",
+    2: "task",
+    10: "task",
+    12: "task",
+    3: "bond",
+    5: "bond",
+    7: "bond",
+    9: "bond",
+}
 DIMENSIONS = ("goal", "task", "bond")
 # counselor → (number of clients, sessions per client, shift of the counselor's scores)
 COUNSELORS = {
-    "c1": (6, 2, 0.8), "c2": (4, 2, 0.0), "c3": (3, 3, 0.1), "c4": (4, 2, -0.1), "c5": (4, 2, 0.2), "c6": (4, 2, -0.2), "c7": (4, 2, 0.0),
-    "c8": (4, 2, 0.15), "c9": (4, 2, -0.15), "c10": (4, 2, 0.05), "c11": (4, 2, -0.05), "c12": (4, 2, 0.0),
+    "c1": (6, 2, 0.8),
+    "c2": (4, 2, 0.0),
+    "c3": (3, 3, 0.1),
+    "c4": (4, 2, -0.1),
+    "c5": (4, 2, 0.2),
+    "c6": (4, 2, -0.2),
+    "c7": (4, 2, 0.0),
+    "c8": (4, 2, 0.15),
+    "c9": (4, 2, -0.15),
+    "c10": (4, 2, 0.05),
+    "c11": (4, 2, -0.05),
+    "c12": (4, 2, 0.0),
     "lucky": (1, 2, None),  # two sessions, both better than any other counselor's mean
 }
-STRATEGIES = {"alpha": ["Question", "Reflection", "Suggestion"], "beta": ["Questions", "Reflection", "Suggestion"]}
+STRATEGIES = {
+    "alpha": ["Question", "Reflection", "Suggestion"],
+    "beta": ["Questions", "Reflection", "Suggestion"],
+}
 NOISE = 0.9
 LUCKY = 4.5
 REACTIONS = ["positive", "negative", "neutral"]
-LOW_WORDS = {"goal": "goals never concrete vague aims", "task": "activities mismatch homework pointless", "bond": "cold mechanical dismissive tone"}
-EN_WORDS = ["I", "feel", "tired", "today", "and", "work", "is", "hard", "maybe", "we", "can", "talk"]
+LOW_WORDS = {
+    "goal": "goals never concrete vague aims",
+    "task": "activities mismatch homework pointless",
+    "bond": "cold mechanical dismissive tone",
+}
+EN_WORDS = [
+    "I",
+    "feel",
+    "tired",
+    "today",
+    "and",
+    "work",
+    "is",
+    "hard",
+    "maybe",
+    "we",
+    "can",
+    "talk",
+]
 ZH_TEXT = ["我最近很累", "工作压力 很大", "你觉得呢？", "我们 可以谈谈", "谢谢你"]
 
 
@@ -70,17 +113,38 @@ def make_corpus(seed: int = 8) -> tuple[list[dict], dict[str, dict[str, float]]]
             client = f"{counselor}-client{c}"
             for index in range(1, per_client + 1):
                 sid = f"{client}-s{index}"
-                sessions.append({
-                    "session_id": sid, "client_id": client, "counselor_id": counselor, "session_index": index,
-                    "started_at": f"2024-0{index}-1{c}T10:00:00Z", "language": language, "source": source,
-                    "turns": _turns(rng, source, language),
-                    "labels": {"satisfaction": float(rng.integers(1, 6)), "before": float(rng.integers(1, 6)), "after": float(rng.integers(1, 6))},
-                    "metadata": {"site": "north" if index % 2 else "south"},
-                })
+                sessions.append(
+                    {
+                        "session_id": sid,
+                        "client_id": client,
+                        "counselor_id": counselor,
+                        "session_index": index,
+                        "started_at": f"2024-0{index}-1{c}T10:00:00Z",
+                        "language": language,
+                        "source": source,
+                        "turns": _turns(rng, source, language),
+                        "labels": {
+                            "satisfaction": float(rng.integers(1, 6)),
+                            "before": float(rng.integers(1, 6)),
+                            "after": float(rng.integers(1, 6)),
+                        },
+                        "metadata": {"site": "north" if index % 2 else "south"},
+                    }
+                )
                 if shift is None:  # two perfect sessions: the top raw mean, by luck
                     scores[sid] = dict.fromkeys(DIMENSIONS, LUCKY)
                 else:
-                    scores[sid] = {d: float(np.clip(np.round((3.2 + shift + 0.2 * index + rng.normal(0, NOISE)) * 4) / 4, 1, 5)) for d in DIMENSIONS}
+                    scores[sid] = {
+                        d: float(
+                            np.clip(
+                                np.round((3.2 + shift + 0.2 * index + rng.normal(0, NOISE)) * 4)
+                                / 4,
+                                1,
+                                5,
+                            )
+                        )
+                        for d in DIMENSIONS
+                    }
     return sessions, scores
 
 
@@ -90,12 +154,25 @@ def _items(scores: dict[str, dict[str, float]]) -> pl.DataFrame:
         for item, dim in ITEM_DIMENSION.items():
             score = float(round(dims[dim]))
             low = score <= 2
-            rows.append({
-                "session_id": sid, "item_id": item, "dimension": dim, "score": score, "scores": [int(score)],
-                "rationale": f"The counselor {LOW_WORDS[dim]} so I rated it low" if low else "It went fine overall and I felt heard",
-                "quotes": ["we can talk"], "quote_found": 1.0, "model": "synthetic", "adapter": None, "rubric_id": "wai-sr-en",
-                "n_items_selected": 12, "truncated": False,
-            })
+            rows.append(
+                {
+                    "session_id": sid,
+                    "item_id": item,
+                    "dimension": dim,
+                    "score": score,
+                    "scores": [int(score)],
+                    "rationale": f"The counselor {LOW_WORDS[dim]} so I rated it low"
+                    if low
+                    else "It went fine overall and I felt heard",
+                    "quotes": ["we can talk"],
+                    "quote_found": 1.0,
+                    "model": "synthetic",
+                    "adapter": None,
+                    "rubric_id": "wai-sr-en",
+                    "n_items_selected": 12,
+                    "truncated": False,
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -106,18 +183,37 @@ def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("analyze")
     sessions, scores = make_corpus()
     jsonl = root / "sessions.jsonl"
-    jsonl.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sessions), encoding="utf-8")
+    jsonl.write_text(
+        "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sessions), encoding="utf-8"
+    )
     manifest = ingest_files("sessions-jsonl", [jsonl], root / "corpus")
     assert manifest["sessions_written"] == len(sessions)
     run = root / "scores"
     (run / "sessions").mkdir(parents=True)
     (run / "items").mkdir()
-    pl.DataFrame([{"session_id": sid, **dims} for sid, dims in scores.items()]).write_parquet(run / "sessions" / "part-0.parquet")
+    pl.DataFrame([{"session_id": sid, **dims} for sid, dims in scores.items()]).write_parquet(
+        run / "sessions" / "part-0.parquet"
+    )
     _items(scores).write_parquet(run / "items" / "part-0.parquet")
     out = root / "analysis"
-    cfg = AnalyzeConfig(sessions=root / "corpus", scores=run, out=out, by=["metadata.site"], min_sessions=2, low_threshold=2.5)
+    cfg = AnalyzeConfig(
+        sessions=root / "corpus",
+        scores=run,
+        out=out,
+        by=["metadata.site"],
+        min_sessions=2,
+        low_threshold=2.5,
+    )
     manifest = analyze(cfg)
-    return {"root": root, "sessions": sessions, "scores": scores, "out": out, "manifest": manifest, "corpus": root / "corpus", "run": run}
+    return {
+        "root": root,
+        "sessions": sessions,
+        "scores": scores,
+        "out": out,
+        "manifest": manifest,
+        "corpus": root / "corpus",
+        "run": run,
+    }
 
 
 def _read(out: Path, name: str) -> pl.DataFrame:
@@ -136,9 +232,14 @@ def expected_features(session: dict) -> dict:
     strategies = [t["strategy"] for t in counselor if t.get("strategy")]
     reactions = [t["reaction"] for t in client if t.get("reaction")]
     out = {
-        "n_turns": len(session["turns"]), "client_turns": len(client), "counselor_turns": len(counselor),
-        "client_words": cw, "counselor_words": kw, "counselor_talk_share": kw / (cw + kw),
-        "counselor_question_rate": sum(("?" in t["text"]) or ("？" in t["text"]) for t in counselor) / len(counselor),
+        "n_turns": len(session["turns"]),
+        "client_turns": len(client),
+        "counselor_turns": len(counselor),
+        "client_words": cw,
+        "counselor_words": kw,
+        "counselor_talk_share": kw / (cw + kw),
+        "counselor_question_rate": sum(("?" in t["text"]) or ("？" in t["text"]) for t in counselor)
+        / len(counselor),
     }
     out.update({f"strategy:{s}": strategies.count(s) / len(strategies) for s in set(strategies)})
     out.update({f"reaction:{r}": reactions.count(r) / len(reactions) for r in set(reactions)})
@@ -151,18 +252,24 @@ def expected_pairs(session: dict) -> list[tuple[str, str]]:
     for i, turn in enumerate(turns):
         if turn["role"] != "counselor" or not turn.get("strategy"):
             continue
-        nxt = next((t for t in turns[i + 1:] if t["role"] == "client"), None)
+        nxt = next((t for t in turns[i + 1 :] if t["role"] == "client"), None)
         if nxt is not None and nxt.get("reaction"):
             pairs.append((turn["strategy"], nxt["reaction"]))
     return pairs
 
 
-def eb_pooled(values_by_counselor: dict[str, list[float]], min_sessions: int, z: float = 1.959964) -> dict[str, tuple[float, float, float]]:
+def eb_pooled(
+    values_by_counselor: dict[str, list[float]], min_sessions: int, z: float = 1.959964
+) -> dict[str, tuple[float, float, float]]:
     """Method-of-moments empirical Bayes (Morris 1983), written out with numpy."""
     n = {c: len(v) for c, v in values_by_counselor.items()}
     m = {c: float(np.mean(v)) for c, v in values_by_counselor.items()}
-    sigma2 = sum((n[c] - 1) * np.var(v, ddof=1) for c, v in values_by_counselor.items() if n[c] > 1) / sum(n[c] - 1 for c in n if n[c] > 1)
-    tau2 = max(0.0, float(np.var(list(m.values()), ddof=1)) - float(np.mean([sigma2 / n[c] for c in n])))
+    sigma2 = sum(
+        (n[c] - 1) * np.var(v, ddof=1) for c, v in values_by_counselor.items() if n[c] > 1
+    ) / sum(n[c] - 1 for c in n if n[c] > 1)
+    tau2 = max(
+        0.0, float(np.var(list(m.values()), ddof=1)) - float(np.mean([sigma2 / n[c] for c in n]))
+    )
     w = {c: 1 / (tau2 + sigma2 / n[c]) for c in n}
     mu = sum(w[c] * m[c] for c in n) / sum(w.values())
     mu_var = 1 / sum(w.values())
@@ -189,8 +296,19 @@ def test_manifest_lists_every_table_written(synthetic):
     assert on_disk == set(manifest["tables"])
     for name, n_rows in manifest["tables"].items():
         assert _read(out, name).height == n_rows
-    expected = {"population", "counselor_profiles", "features", "transitions", "drivers", "contrasts", "challenge_terms",
-                "challenge_clusters", "trajectories", "trajectory_summary", "trajectory_clients"}
+    expected = {
+        "population",
+        "counselor_profiles",
+        "features",
+        "transitions",
+        "drivers",
+        "contrasts",
+        "challenge_terms",
+        "challenge_clusters",
+        "trajectories",
+        "trajectory_summary",
+        "trajectory_clients",
+    }
     assert expected <= on_disk, manifest["notes"]
     json.loads((out / "manifest.json").read_text())
 
@@ -250,7 +368,9 @@ def test_population_matches_numpy(synthetic):
         groups.setdefault(("metadata.site", s["metadata"]["site"]), []).append(s["session_id"])
     assert population.height == len(groups) * len(DIMENSIONS)
     for row in population.iter_rows(named=True):
-        values = np.array([scores[sid][row["outcome"]] for sid in groups[(row["group_by"], row["grp"])]])
+        values = np.array(
+            [scores[sid][row["outcome"]] for sid in groups[(row["group_by"], row["grp"])]]
+        )
         assert row["n"] == len(values)
         assert row["mean"] == pytest.approx(values.mean())
         assert row["sd"] == pytest.approx(values.std(ddof=1))
@@ -295,19 +415,31 @@ def test_trajectories_share_rising(synthetic):
     for s in sessions:
         by_client.setdefault(s["client_id"], []).append(s)
     for dim in DIMENSIONS:
-        firsts_lasts = {c: (scores[min(ss, key=lambda s: s["session_index"])["session_id"]][dim], scores[max(ss, key=lambda s: s["session_index"])["session_id"]][dim])
-                        for c, ss in by_client.items()}
+        firsts_lasts = {
+            c: (
+                scores[min(ss, key=lambda s: s["session_index"])["session_id"]][dim],
+                scores[max(ss, key=lambda s: s["session_index"])["session_id"]][dim],
+            )
+            for c, ss in by_client.items()
+        }
         rising = np.mean([last > first for first, last in firsts_lasts.values()])
         row = clients.filter(pl.col("outcome") == dim).row(0, named=True)
         assert row["n_clients"] == len(by_client)
         assert row["share_rising"] == pytest.approx(rising)
-        slopes = {c: np.polyfit([s["session_index"] for s in ss], [scores[s["session_id"]][dim] for s in ss], 1)[0] for c, ss in by_client.items()}
+        slopes = {
+            c: np.polyfit(
+                [s["session_index"] for s in ss], [scores[s["session_id"]][dim] for s in ss], 1
+            )[0]
+            for c, ss in by_client.items()
+        }
         table = trajectories.filter(pl.col("outcome") == dim)
         for r in table.iter_rows(named=True):
             assert r["slope"] == pytest.approx(slopes[r["client_id"]])
             assert (r["first"], r["last"]) == firsts_lasts[r["client_id"]]
         assert row["mean_slope"] == pytest.approx(np.mean(list(slopes.values())))
-        at_1 = summary.filter((pl.col("outcome") == dim) & (pl.col("session_index") == 1)).row(0, named=True)
+        at_1 = summary.filter((pl.col("outcome") == dim) & (pl.col("session_index") == 1)).row(
+            0, named=True
+        )
         assert at_1["n"] == len(by_client)
 
 
@@ -315,12 +447,18 @@ def test_drivers_and_contrasts_cover_outcomes(synthetic):
     out = synthetic["out"]
     drivers, contrasts = _read(out, "drivers"), _read(out, "contrasts")
     assert set(drivers.get_column("outcome")) == set(DIMENSIONS)
-    assert not any(f in ("strategy:Question", "strategy:Questions") for f in drivers.get_column("feature"))
+    assert not any(
+        f in ("strategy:Question", "strategy:Questions") for f in drivers.get_column("feature")
+    )
     assert drivers.get_column("model").str.starts_with("mixedlm:counselor_id").all()
     assert {"source", "metadata.site"} <= set(contrasts.get_column("by"))
     site = contrasts.filter((pl.col("by") == "metadata.site") & (pl.col("variable") == "goal"))
     for row in site.iter_rows(named=True):
-        values = [synthetic["scores"][s["session_id"]]["goal"] for s in synthetic["sessions"] if s["metadata"]["site"] == row["grp"]]
+        values = [
+            synthetic["scores"][s["session_id"]]["goal"]
+            for s in synthetic["sessions"]
+            if s["metadata"]["site"] == row["grp"]
+        ]
         if row["n"] == len(values):
             assert row["mean"] == pytest.approx(np.mean(values))
 
@@ -329,7 +467,13 @@ def test_challenges_name_each_dimensions_own_words(synthetic):
     out = synthetic["out"]
     terms = _read(out, "challenge_terms")
     for dim, words in LOW_WORDS.items():
-        top = terms.filter(pl.col("dimension") == dim).sort("z", descending=True).head(5).get_column("term").to_list()
+        top = (
+            terms.filter(pl.col("dimension") == dim)
+            .sort("z", descending=True)
+            .head(5)
+            .get_column("term")
+            .to_list()
+        )
         assert set(top) & set(words.split()), (dim, top)
     clusters = _read(out, "challenge_clusters")
     assert set(clusters.get_column("dimension")) <= set(DIMENSIONS)
@@ -337,16 +481,30 @@ def test_challenges_name_each_dimensions_own_words(synthetic):
 
 def test_model_free_mode_with_a_derived_outcome(synthetic, tmp_path):
     out = tmp_path / "labels"
-    manifest = analyze(AnalyzeConfig(sessions=synthetic["corpus"], out=out, outcomes=["satisfaction", "change=labels.before-labels.after"], by=["worse=labels.after:1,2"]))
+    manifest = analyze(
+        AnalyzeConfig(
+            sessions=synthetic["corpus"],
+            out=out,
+            outcomes=["satisfaction", "change=labels.before-labels.after"],
+            by=["worse=labels.after:1,2"],
+        )
+    )
     assert manifest["mode"] == "labels" and manifest["outcomes"] == ["satisfaction", "change"]
     features = _read(out, "features")
     by_id = {s["session_id"]: s["labels"] for s in synthetic["sessions"]}
     for row in features.iter_rows(named=True):
-        assert row["change"] == by_id[row["session_id"]]["before"] - by_id[row["session_id"]]["after"]
+        assert (
+            row["change"] == by_id[row["session_id"]]["before"] - by_id[row["session_id"]]["after"]
+        )
     population = _read(out, "population").filter(pl.col("group_by") == "worse")
     assert set(population.get_column("grp")) == {"1,2", "other"}
     n_worse = sum(labels["after"] <= 2 for labels in by_id.values())
-    assert population.filter((pl.col("grp") == "1,2") & (pl.col("outcome") == "change")).get_column("n").item() == n_worse
+    assert (
+        population.filter((pl.col("grp") == "1,2") & (pl.col("outcome") == "change"))
+        .get_column("n")
+        .item()
+        == n_worse
+    )
     assert "challenge_terms" not in manifest["tables"]
     assert any("challenge" in note for note in manifest["notes"])
 
@@ -355,10 +513,16 @@ def test_scores_from_items_alone(synthetic, tmp_path):
     run = tmp_path / "run"
     (run / "items").mkdir(parents=True)
     _items(synthetic["scores"]).write_parquet(run / "items" / "part-0.parquet")
-    manifest = analyze(AnalyzeConfig(sessions=synthetic["corpus"], scores=run, out=tmp_path / "an", outcomes=["bond"]))
+    manifest = analyze(
+        AnalyzeConfig(
+            sessions=synthetic["corpus"], scores=run, out=tmp_path / "an", outcomes=["bond"]
+        )
+    )
     features = _read(tmp_path / "an", "features")
     for row in features.iter_rows(named=True):
-        assert row["bond"] == pytest.approx(float(round(synthetic["scores"][row["session_id"]]["bond"])))
+        assert row["bond"] == pytest.approx(
+            float(round(synthetic["scores"][row["session_id"]]["bond"]))
+        )
     assert manifest["outcomes"] == ["bond"]
 
 
@@ -368,12 +532,16 @@ def test_each_query_runs_alone_in_duckdb(synthetic):
     out, corpus, run = synthetic["out"], synthetic["corpus"], synthetic["run"]
     sql = lambda name: (queries_dir() / f"{name}.sql").read_text(encoding="utf-8")  # noqa: E731
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW sessions AS SELECT * FROM read_parquet('{corpus}/sessions/**/*.parquet', hive_partitioning = true)")
+    con.execute(
+        f"CREATE VIEW sessions AS SELECT * FROM read_parquet('{corpus}/sessions/**/*.parquet', hive_partitioning = true)"
+    )
     con.execute(f"CREATE VIEW items AS SELECT * FROM read_parquet('{run}/items/*.parquet')")
     keys = con.sql(sql("analysis_keys")).pl()
     assert set(keys.get_column("key")) == {"satisfaction", "before", "after", "site"}
     assert con.sql(sql("analysis_sessions")).pl().height == len(synthetic["sessions"])
-    con.execute("CREATE TABLE wanted AS SELECT * FROM (VALUES ('labels', 'satisfaction'), ('metadata', 'site')) t(kind, key)")
+    con.execute(
+        "CREATE TABLE wanted AS SELECT * FROM (VALUES ('labels', 'satisfaction'), ('metadata', 'site')) t(kind, key)"
+    )
     assert con.sql(sql("analysis_values")).pl().height == 2 * len(synthetic["sessions"])
     con.execute(
         f"CREATE VIEW session_outcomes AS UNPIVOT (SELECT session_id, client_id, counselor_id, session_index, NULL::TIMESTAMP AS started_at, goal, task, bond "
@@ -387,11 +555,21 @@ def test_each_query_runs_alone_in_duckdb(synthetic):
     con.execute("SET VARIABLE min_sessions = 2")
     population = con.sql(sql("population")).pl()
     written = _read(out, "population").filter(pl.col("group_by").is_in(["all", "source"]))
-    assert population.sort("group_by", "grp", "outcome").select(written.columns).equals(written.sort("group_by", "grp", "outcome"))
+    assert (
+        population.sort("group_by", "grp", "outcome")
+        .select(written.columns)
+        .equals(written.sort("group_by", "grp", "outcome"))
+    )
     profiles = con.sql(sql("counselor_profiles")).pl()
     written = _read(out, "counselor_profiles")
-    assert profiles.sort("outcome", "counselor_id").get_column("pooled_mean").to_list() == pytest.approx(written.sort("outcome", "counselor_id").get_column("pooled_mean").to_list())
-    con.execute(f"CREATE TABLE trajectory_points AS {sql('trajectory_points').rstrip().rstrip(';')}")
+    assert profiles.sort("outcome", "counselor_id").get_column(
+        "pooled_mean"
+    ).to_list() == pytest.approx(
+        written.sort("outcome", "counselor_id").get_column("pooled_mean").to_list()
+    )
+    con.execute(
+        f"CREATE TABLE trajectory_points AS {sql('trajectory_points').rstrip().rstrip(';')}"
+    )
     con.execute(f"CREATE TABLE trajectories AS {sql('trajectories').rstrip().rstrip(';')}")
     assert con.sql(sql("trajectory_clients")).pl().equals(_read(out, "trajectory_clients"))
     assert con.sql(sql("trajectory_summary")).pl().height == _read(out, "trajectory_summary").height
@@ -416,7 +594,9 @@ def _cli(*args: str):
     ],
 )
 def test_cli_rejects_unknown_names(synthetic, tmp_path, extra, message):
-    code, output = _cli("--sessions", str(synthetic["corpus"]), "--out", str(tmp_path / "o"), *extra)
+    code, output = _cli(
+        "--sessions", str(synthetic["corpus"]), "--out", str(tmp_path / "o"), *extra
+    )
     assert code == 2, output
     assert message in output and "Traceback" not in output
     assert not (tmp_path / "o").exists()
@@ -429,15 +609,44 @@ def test_cli_rejects_empty_corpus_and_foreign_scores(synthetic, tmp_path):
     assert code == 2 and "has no sessions" in output
     foreign = tmp_path / "foreign"
     (foreign / "sessions").mkdir(parents=True)
-    pl.DataFrame({"session_id": ["x1", "x2"], "goal": [3.0, 4.0], "task": [3.0, 4.0], "bond": [3.0, 4.0]}).write_parquet(foreign / "sessions" / "p.parquet")
-    code, output = _cli("--sessions", str(synthetic["corpus"]), "--scores", str(foreign), "--out", str(tmp_path / "o"))
+    pl.DataFrame(
+        {"session_id": ["x1", "x2"], "goal": [3.0, 4.0], "task": [3.0, 4.0], "bond": [3.0, 4.0]}
+    ).write_parquet(foreign / "sessions" / "p.parquet")
+    code, output = _cli(
+        "--sessions",
+        str(synthetic["corpus"]),
+        "--scores",
+        str(foreign),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 2 and "share no session_id" in output
-    code, output = _cli("--sessions", str(synthetic["corpus"]), "--scores", str(synthetic["run"]), "--out", str(tmp_path / "o"), "--outcome", "goal", "--memory-limit", "lots")
+    code, output = _cli(
+        "--sessions",
+        str(synthetic["corpus"]),
+        "--scores",
+        str(synthetic["run"]),
+        "--out",
+        str(tmp_path / "o"),
+        "--outcome",
+        "goal",
+        "--memory-limit",
+        "lots",
+    )
     assert code == 2 and "memory" in output
 
 
 def test_cli_writes_the_tables(synthetic, tmp_path):
-    code, output = _cli("--sessions", str(synthetic["corpus"]), "--out", str(tmp_path / "o"), "--outcome", "satisfaction", "--by", "site")
+    code, output = _cli(
+        "--sessions",
+        str(synthetic["corpus"]),
+        "--out",
+        str(tmp_path / "o"),
+        "--outcome",
+        "satisfaction",
+        "--by",
+        "site",
+    )
     assert code == 0, output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["by"] == ["metadata.site"] and manifest["tables"]["population"] > 0
@@ -446,6 +655,18 @@ def test_cli_writes_the_tables(synthetic, tmp_path):
 def test_cli_rejects_a_bad_vocabulary(synthetic, tmp_path):
     bad = tmp_path / "vocab.yaml"
     bad.write_text("strategies:\n  Questions: Question\n", encoding="utf-8")
-    for vocabulary, message in ((bad, "expected {strategy:"), (tmp_path / "missing.yaml", "vocabulary file not found")):
-        code, output = _cli("--sessions", str(synthetic["corpus"]), "--out", str(tmp_path / "o"), "--outcome", "satisfaction", "--vocabulary", str(vocabulary))
+    for vocabulary, message in (
+        (bad, "expected {strategy:"),
+        (tmp_path / "missing.yaml", "vocabulary file not found"),
+    ):
+        code, output = _cli(
+            "--sessions",
+            str(synthetic["corpus"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--outcome",
+            "satisfaction",
+            "--vocabulary",
+            str(vocabulary),
+        )
         assert code == 2 and message in output, output

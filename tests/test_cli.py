@@ -37,11 +37,26 @@ def test_score_help_shows_the_defaults_a_run_gets():
     assert r.exit_code == 0
     from care_ray.scoring import ScoreConfig
 
-    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", r.output).split())  # the help as one line, box drawing gone
-    for option, field in (("--max-model-len", "max_model_len"), ("--max-new-tokens", "max_new_tokens"), ("--num-engines", "num_engines")):
+    text = " ".join(
+        re.sub(r"[│╭╮╰╯─]", " ", r.output).split()
+    )  # the help as one line, box drawing gone
+    for option, field in (
+        ("--max-model-len", "max_model_len"),
+        ("--max-new-tokens", "max_new_tokens"),
+        ("--num-engines", "num_engines"),
+    ):
         described = text.split(option + " ", 1)[1].split(" --", 1)[0]
         assert f"[default: {ScoreConfig.model_fields[field].default}]" in described
-    for option in ("--max-quotes", "--max-quote-chars", "--seed", "--dtype", "--kv-cache-gib", "--trust-remote-code", "--retry-errors", "--overwrite"):
+    for option in (
+        "--max-quotes",
+        "--max-quote-chars",
+        "--seed",
+        "--dtype",
+        "--kv-cache-gib",
+        "--trust-remote-code",
+        "--retry-errors",
+        "--overwrite",
+    ):
         assert option in r.output
 
 
@@ -60,17 +75,52 @@ def test_score_config_rejects_unknown_keys_with_the_nearest_valid_one(tmp_path):
 
 
 def test_messages_name_the_option_not_the_field(tmp_path):
-    line = one_line_error(runner.invoke(app, ["score", "--sessions", str(tmp_path), "--model", str(tmp_path)]))
+    line = one_line_error(
+        runner.invoke(app, ["score", "--sessions", str(tmp_path), "--model", str(tmp_path)])
+    )
     assert line == "error: --out is required"
-    line = one_line_error(runner.invoke(app, ["score", "--sessions", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path / "o"), "--max-model-len", "100"]))
+    line = one_line_error(
+        runner.invoke(
+            app,
+            [
+                "score",
+                "--sessions",
+                str(tmp_path),
+                "--model",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--max-model-len",
+                "100",
+            ],
+        )
+    )
     assert line.startswith("error: --max-model-len: ") and "256" in line
 
 
 def test_a_submitted_job_refuses_relative_paths(esconv_corpus, tiny_model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {"working_dir": "."}}')
-    line = one_line_error(runner.invoke(app, ["score", "--sessions", str(esconv_corpus), "--model", str(tiny_model), "--out", "out/x", "--no-progress"]))
-    assert "--out out/x is a relative path" in line and "ray job submit" in line and "$PWD/out/x" in line
+    line = one_line_error(
+        runner.invoke(
+            app,
+            [
+                "score",
+                "--sessions",
+                str(esconv_corpus),
+                "--model",
+                str(tiny_model),
+                "--out",
+                "out/x",
+                "--no-progress",
+            ],
+        )
+    )
+    assert (
+        "--out out/x is a relative path" in line
+        and "ray job submit" in line
+        and "$PWD/out/x" in line
+    )
     # the fine-tuning job too: its config's relative paths are named with the config file
     config = Path(__file__).resolve().parents[1] / "configs" / "finetune-tiny-cpu.yaml"
     line = one_line_error(runner.invoke(app, ["finetune", "--config", str(config)]))

@@ -19,24 +19,67 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 # GPUs per instance, from AWS's accelerated-computing instance tables (aws.amazon.com/ec2/instance-types):
 # a type not listed here must be added with its published count before the config may use it.
-AWS_GPUS = {"g6e.xlarge": 1, "g6e.2xlarge": 1, "g6e.12xlarge": 4, "g6e.48xlarge": 8, "g5.2xlarge": 1,
-            "p4d.24xlarge": 8, "p4de.24xlarge": 8, "p5.48xlarge": 8, "p5e.48xlarge": 8, "p5en.48xlarge": 8}
+AWS_GPUS = {
+    "g6e.xlarge": 1,
+    "g6e.2xlarge": 1,
+    "g6e.12xlarge": 4,
+    "g6e.48xlarge": 8,
+    "g5.2xlarge": 1,
+    "p4d.24xlarge": 8,
+    "p4de.24xlarge": 8,
+    "p5.48xlarge": 8,
+    "p5e.48xlarge": 8,
+    "p5en.48xlarge": 8,
+}
 
 # Field names of the CRD (ray-project/kuberay ray-operator/apis/ray/v1/rayjob_types.go, raycluster_types.go)
 RAYJOB_SPEC_FIELDS = {
-    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata", "clusterSelector",
-    "submitterConfig", "managedBy", "deletionStrategy", "entrypoint", "runtimeEnvYAML", "jobId", "submissionMode",
-    "entrypointResources", "entrypointNumCpus", "entrypointNumGpus", "ttlSecondsAfterFinished",
-    "shutdownAfterJobFinishes", "suspend", "schedule",
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "rayClusterSpec",
+    "submitterPodTemplate",
+    "metadata",
+    "clusterSelector",
+    "submitterConfig",
+    "managedBy",
+    "deletionStrategy",
+    "entrypoint",
+    "runtimeEnvYAML",
+    "jobId",
+    "submissionMode",
+    "entrypointResources",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "ttlSecondsAfterFinished",
+    "shutdownAfterJobFinishes",
+    "suspend",
+    "schedule",
 }
-RAYCLUSTER_SPEC_FIELDS = {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
-                          "autoscalerOptions", "headServiceAnnotations", "suspend"}
+RAYCLUSTER_SPEC_FIELDS = {
+    "headGroupSpec",
+    "workerGroupSpecs",
+    "rayVersion",
+    "enableInTreeAutoscaling",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "suspend",
+}
 HEAD_GROUP_FIELDS = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
-WORKER_GROUP_FIELDS = {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts", "rayStartParams",
-                       "template", "scaleStrategy"}
+WORKER_GROUP_FIELDS = {
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "numOfHosts",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode"}
 
-PLACEHOLDER = re.compile(r"YOUR[-_ A-Z]|<[A-Za-z _-]+>|CHANGE ?ME|TODO|FIXME|XXX|example\.(com|org)")
+PLACEHOLDER = re.compile(
+    r"YOUR[-_ A-Z]|<[A-Za-z _-]+>|CHANGE ?ME|TODO|FIXME|XXX|example\.(com|org)"
+)
 
 
 def _load(path: Path) -> dict:
@@ -69,8 +112,13 @@ def _entrypoint_argv() -> list[str]:
 
 def _repo_paths_named(text: str) -> set[str]:
     """Repository files a config names: FILE.yaml/.py/.toml tokens and `python -m MODULE`."""
-    names = {m.group(1) for m in re.finditer(r"(?<![\w~/.$])((?:[\w-]+/)*[\w.-]+\.(?:ya?ml|py|toml))\b", text)}
-    names |= {m.group(1).replace(".", "/") + ".py" for m in re.finditer(r"python -m ([\w.]+)", text)}
+    names = {
+        m.group(1)
+        for m in re.finditer(r"(?<![\w~/.$])((?:[\w-]+/)*[\w.-]+\.(?:ya?ml|py|toml))\b", text)
+    }
+    names |= {
+        m.group(1).replace(".", "/") + ".py" for m in re.finditer(r"python -m ([\w.]+)", text)
+    }
     return names
 
 
@@ -85,7 +133,10 @@ def test_no_placeholders_and_every_named_file_exists(path):
 
 
 def test_named_path_scan_finds_a_missing_file():
-    assert _repo_paths_named("python -m jobs.nope --config configs/none.yaml") == {"jobs/nope.py", "configs/none.yaml"}
+    assert _repo_paths_named("python -m jobs.nope --config configs/none.yaml") == {
+        "jobs/nope.py",
+        "configs/none.yaml",
+    }
     assert _repo_paths_named("--autoscaling-config=~/ray_bootstrap_config.yaml") == set()
 
 
@@ -109,16 +160,22 @@ def test_cluster_node_types_and_gpu_counts():
         instance = node_type["node_config"]["InstanceType"]
         if name != config["head_node_type"]:
             assert instance in AWS_GPUS, f"{instance}: add its published GPU count to AWS_GPUS"
-            assert node_type["resources"]["GPU"] == AWS_GPUS[instance], f"{name}: resources.GPU differs from {instance}'s GPUs"
+            assert node_type["resources"]["GPU"] == AWS_GPUS[instance], (
+                f"{name}: resources.GPU differs from {instance}'s GPUs"
+            )
         image = node_type["node_config"]["ImageId"]
         assert image.startswith(("ami-", "resolve:ssm:/aws/service/deeplearning/")), image
     assert sum(t.get("min_workers", 0) for t in workers.values()) <= config["max_workers"]
-    assert not any("git+" in c for c in config.get("setup_commands", [])), "code comes with the job, not from a git URL"
+    assert not any("git+" in c for c in config.get("setup_commands", [])), (
+        "code comes with the job, not from a git URL"
+    )
 
 
 def _image_ray_and_python(image: str) -> tuple[str, str]:
     match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-gpu", image)
-    assert match, f"{image}: expected a rayproject/ray GPU image pinned to a release and a Python version"
+    assert match, (
+        f"{image}: expected a rayproject/ray GPU image pinned to a release and a Python version"
+    )
     return match.group(1), f"{match.group(2)}.{match.group(3)}"
 
 
@@ -128,13 +185,19 @@ def test_images_match_the_packages_ray_and_python():
 
     image = _load(CLUSTER)["docker"]["image"]
     ray_version, python = _image_ray_and_python(image)
-    ray_req = next(Requirement(d) for d in PYPROJECT["project"]["dependencies"] if Requirement(d).name == "ray")
-    assert ray_version in ray_req.specifier, f"{image} has Ray {ray_version}, the package needs {ray_req.specifier}"
+    ray_req = next(
+        Requirement(d) for d in PYPROJECT["project"]["dependencies"] if Requirement(d).name == "ray"
+    )
+    assert ray_version in ray_req.specifier, (
+        f"{image} has Ray {ray_version}, the package needs {ray_req.specifier}"
+    )
     assert python in SpecifierSet(PYPROJECT["project"]["requires-python"])
     spec = _rayjob()["spec"]["rayClusterSpec"]
     assert spec["rayVersion"] == ray_version
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
-    assert {c["image"] for g in groups for c in _pod_containers(g)} == {image}, "one image everywhere, as in cluster.yaml"
+    assert {c["image"] for g in groups for c in _pod_containers(g)} == {image}, (
+        "one image everywhere, as in cluster.yaml"
+    )
 
 
 # --- runtime_env.yaml ---------------------------------------------------------------------------
@@ -144,7 +207,9 @@ def test_runtime_env_keys_are_rays_and_it_constructs():
     from ray.runtime_env import RuntimeEnv
 
     env = _runtime_env()
-    assert set(env) <= RuntimeEnv.known_fields, set(env) - RuntimeEnv.known_fields  # Ray would ignore an unknown key
+    assert set(env) <= RuntimeEnv.known_fields, (
+        set(env) - RuntimeEnv.known_fields
+    )  # Ray would ignore an unknown key
     built = RuntimeEnv(**env)  # Ray's own validation of each field (pip, excludes, config)
     assert built["working_dir"] == "."
     assert built["config"]["setup_timeout_seconds"] >= 600
@@ -167,14 +232,27 @@ def _uploaded(root: Path, excludes: list[str]) -> set[str]:
     from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
 
     files: set[str] = set()
-    _dir_travel(root, [_get_excludes(root, excludes)], lambda p: p.is_file() and files.add(str(p.relative_to(root))), include_gitignore=True)
+    _dir_travel(
+        root,
+        [_get_excludes(root, excludes)],
+        lambda p: p.is_file() and files.add(str(p.relative_to(root))),
+        include_gitignore=True,
+    )
     return files
 
 
 def test_runtime_env_excludes_keep_data_and_environments_off_the_cluster(tmp_path):
     excludes = _runtime_env()["excludes"]
-    for name in ["care_ray/x.py", "jobs/score.py", ".venv/lib/big.so", ".git/HEAD", "out/scores/items/a.parquet",
-                 "demo-out/tiny-model/model.safetensors", "data/sessions/source=x/part-0.parquet", "pyproject.toml"]:
+    for name in [
+        "care_ray/x.py",
+        "jobs/score.py",
+        ".venv/lib/big.so",
+        ".git/HEAD",
+        "out/scores/items/a.parquet",
+        "demo-out/tiny-model/model.safetensors",
+        "data/sessions/source=x/part-0.parquet",
+        "pyproject.toml",
+    ]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x")
     assert _uploaded(tmp_path, excludes) == {"care_ray/x.py", "jobs/score.py", "pyproject.toml"}
@@ -182,9 +260,18 @@ def test_runtime_env_excludes_keep_data_and_environments_off_the_cluster(tmp_pat
 
 def test_the_real_checkout_uploads_code_not_data():
     uploaded = _uploaded(REPO, _runtime_env()["excludes"])
-    for needed in ["pyproject.toml", "jobs/score.py", "care_ray/cli.py", "schemas/session.schema.json", "runtime_env.yaml"]:
+    for needed in [
+        "pyproject.toml",
+        "jobs/score.py",
+        "care_ray/cli.py",
+        "schemas/session.schema.json",
+        "runtime_env.yaml",
+    ]:
         assert needed in uploaded
-    assert not any(f.endswith((".parquet", ".safetensors")) or f.startswith((".venv/", ".git/")) for f in uploaded)
+    assert not any(
+        f.endswith((".parquet", ".safetensors")) or f.startswith((".venv/", ".git/"))
+        for f in uploaded
+    )
 
 
 # --- deploy/kuberay-rayjob.yaml -----------------------------------------------------------------
@@ -201,7 +288,11 @@ def test_rayjob_uses_only_crd_fields():
     head = cluster["headGroupSpec"]
     assert set(head) <= HEAD_GROUP_FIELDS and {"rayStartParams", "template"} <= set(head)
     for group in cluster["workerGroupSpecs"]:
-        assert set(group) <= WORKER_GROUP_FIELDS and {"groupName", "rayStartParams", "template"} <= set(group)
+        assert set(group) <= WORKER_GROUP_FIELDS and {
+            "groupName",
+            "rayStartParams",
+            "template",
+        } <= set(group)
         assert group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"]
 
 
@@ -219,7 +310,10 @@ def test_rayjob_entrypoint_is_a_valid_score_command_with_absolute_paths(monkeypa
     assert argv[:3] == ["python", "-m", "jobs.score"] and (REPO / "jobs" / "score.py").is_file()
     score = typer.main.get_command(app).commands["score"]
     score.make_context("score", argv[3:])  # unknown options or bad values raise here
-    paths = {opt: _option(argv, opt) for opt in ("--sessions", "--model", "--out", "--adapter", "--rubric")}
+    paths = {
+        opt: _option(argv, opt)
+        for opt in ("--sessions", "--model", "--out", "--adapter", "--rubric")
+    }
     assert paths["--sessions"] and paths["--model"] and paths["--out"]
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # as inside a submitted job
     refuse_relative_in_job(paths)
@@ -230,16 +324,27 @@ def test_rayjob_gpus_fit_the_engines():
     gpus_per_engine = float(_option(argv, "--gpus-per-engine") or 0)
     num_engines = int(_option(argv, "--num-engines") or 1)
     cluster = _rayjob()["spec"]["rayClusterSpec"]
-    assert all(_gpus(c) == 0 for c in _pod_containers(cluster["headGroupSpec"])), "engines must not land on the head"
+    assert all(_gpus(c) == 0 for c in _pod_containers(cluster["headGroupSpec"])), (
+        "engines must not land on the head"
+    )
     groups = cluster["workerGroupSpecs"]
     per_worker = [sum(_gpus(c) for c in _pod_containers(g)) for g in groups]
-    assert gpus_per_engine >= 1 and any(n >= gpus_per_engine for n in per_worker), "no worker can host one engine"
-    capacity = sum(int(n // gpus_per_engine) * g["maxReplicas"] for n, g in zip(per_worker, groups, strict=True))
-    assert num_engines <= capacity, f"{num_engines} engines need more GPUs than maxReplicas allow ({capacity} engines)"
+    assert gpus_per_engine >= 1 and any(n >= gpus_per_engine for n in per_worker), (
+        "no worker can host one engine"
+    )
+    capacity = sum(
+        int(n // gpus_per_engine) * g["maxReplicas"]
+        for n, g in zip(per_worker, groups, strict=True)
+    )
+    assert num_engines <= capacity, (
+        f"{num_engines} engines need more GPUs than maxReplicas allow ({capacity} engines)"
+    )
     for group in groups:
         for c in _pod_containers(group):
             limits, requests = c["resources"]["limits"], c["resources"].get("requests", {})
-            assert str(requests.get("nvidia.com/gpu", limits.get("nvidia.com/gpu"))) == str(limits.get("nvidia.com/gpu"))
+            assert str(requests.get("nvidia.com/gpu", limits.get("nvidia.com/gpu"))) == str(
+                limits.get("nvidia.com/gpu")
+            )
 
 
 def test_rayjob_model_path_is_mounted_on_every_pod():
@@ -251,9 +356,10 @@ def test_rayjob_model_path_is_mounted_on_every_pod():
         for c in pod["containers"]:
             mounts = c.get("volumeMounts", [])
             assert {m["name"] for m in mounts} <= volumes, "a volumeMount names no volume"
-            assert any(model == m["mountPath"] or model.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts), (
-                f"--model {model} is not under a mounted volume in {c['name']}"
-            )
+            assert any(
+                model == m["mountPath"] or model.startswith(m["mountPath"].rstrip("/") + "/")
+                for m in mounts
+            ), f"--model {model} is not under a mounted volume in {c['name']}"
 
 
 def test_rayjob_documented_submit_command_matches_the_manifest():
@@ -262,4 +368,6 @@ def test_rayjob_documented_submit_command_matches_the_manifest():
     command = shlex.split(line.lstrip("# "))
     assert command[command.index("-f") + 1] == str(RAYJOB.relative_to(REPO))
     assert (REPO / command[command.index("--runtime-env") + 1]).resolve() == RUNTIME_ENV
-    assert command[command.index("--") + 1 :] == _entrypoint_argv(), "the comment's command and spec.entrypoint differ"
+    assert command[command.index("--") + 1 :] == _entrypoint_argv(), (
+        "the comment's command and spec.entrypoint differ"
+    )

@@ -3,7 +3,13 @@ import json
 import pyarrow as pa
 import pytest
 
-from care_ray.contract import ContractError, Reason, load_contract, normalise_session, sessions_to_table
+from care_ray.contract import (
+    ContractError,
+    Reason,
+    load_contract,
+    normalise_session,
+    sessions_to_table,
+)
 from care_ray.paths import schemas_dir
 
 
@@ -13,7 +19,10 @@ def good(**over):
         "client_id": "c1",
         "language": "zh",
         "source": "test",
-        "turns": [{"role": "client", "text": "我最近睡不好。"}, {"role": "counselor", "text": "能多说一点吗？", "strategy": "Question"}],
+        "turns": [
+            {"role": "client", "text": "我最近睡不好。"},
+            {"role": "counselor", "text": "能多说一点吗？", "strategy": "Question"},
+        ],
     }
     s.update(over)
     return s
@@ -25,7 +34,14 @@ def test_schema_comes_from_the_file():
     assert schema.names == [f["name"] for f in spec["fields"]]
     assert schema.field("session_id").nullable is False
     turn = schema.field("turns").type.value_type
-    assert [turn.field(i).name for i in range(turn.num_fields)] == ["role", "text", "timestamp", "strategy", "reaction", "rating"]
+    assert [turn.field(i).name for i in range(turn.num_fields)] == [
+        "role",
+        "text",
+        "timestamp",
+        "strategy",
+        "reaction",
+        "rating",
+    ]
     assert schema.field("labels").type == pa.map_(pa.string(), pa.float64())
 
 
@@ -39,9 +55,18 @@ def test_chinese_passes_through_untouched():
     "record, reason",
     [
         (good(turns=[]), Reason.EMPTY_SESSION),
-        (good(turns=[{"role": "client", "text": "a"}, {"role": "client", "text": "b"}]), Reason.SINGLE_SPEAKER),
-        (good(turns=[{"role": "client", "text": "a"}, {"role": "therapist", "text": "b"}]), Reason.UNKNOWN_ROLE),
-        (good(turns=[{"role": "client", "text": "a"}, {"role": "counselor", "text": "  "}]), Reason.EMPTY_TURN),
+        (
+            good(turns=[{"role": "client", "text": "a"}, {"role": "client", "text": "b"}]),
+            Reason.SINGLE_SPEAKER,
+        ),
+        (
+            good(turns=[{"role": "client", "text": "a"}, {"role": "therapist", "text": "b"}]),
+            Reason.UNKNOWN_ROLE,
+        ),
+        (
+            good(turns=[{"role": "client", "text": "a"}, {"role": "counselor", "text": "  "}]),
+            Reason.EMPTY_TURN,
+        ),
         (good(client_wai=[5] * 11 + [6]), Reason.RATING_OUT_OF_RANGE),
         (good(client_wai=[5] * 11 + ["x"]), Reason.BAD_VALUE),
         (good(client_wai=[5] * 3), Reason.BAD_VALUE),
@@ -56,7 +81,9 @@ def test_each_defect_has_its_reason(record, reason):
 
 
 def test_ratings_and_times_are_canonicalised():
-    s = normalise_session(good(client_wai=["4"] * 12, started_at="2026-01-02T03:04:05Z", labels={"empathy": "4"}))
+    s = normalise_session(
+        good(client_wai=["4"] * 12, started_at="2026-01-02T03:04:05Z", labels={"empathy": "4"})
+    )
     assert s["client_wai"] == [4] * 12
     assert s["started_at"].isoformat() == "2026-01-02T03:04:05+00:00"
     assert s["labels"] == {"empathy": 4.0}

@@ -18,8 +18,23 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, esconv_dir):
     out = tmp_path_factory.mktemp("demo") / "demo-out"
-    p = subprocess.run([sys.executable, "-m", "care_ray", "demo", "--out", str(out), "--sessions", "12", "--esconv", str(esconv_dir)],
-                       capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "care_ray",
+            "demo",
+            "--out",
+            str(out),
+            "--sessions",
+            "12",
+            "--esconv",
+            str(esconv_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return out, p
 
@@ -36,8 +51,12 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
     assert summary["evaluate"]["n_sessions"] >= 1
     import duckdb
 
-    rated = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/corpus/sessions/**/*.parquet') WHERE labels['empathy'] IS NOT NULL").fetchall()[0][0]
-    assert summary["analyze_esconv"]["n_sessions"] == rated > 1000  # every conversation with the seeker's ratings
+    rated = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{out}/corpus/sessions/**/*.parquet') WHERE labels['empathy'] IS NOT NULL"
+    ).fetchall()[0][0]
+    assert (
+        summary["analyze_esconv"]["n_sessions"] == rated > 1000
+    )  # every conversation with the seeker's ratings
     manifest = json.loads((out / "analysis-esconv" / "manifest.json").read_text())
     assert {"population", "contrasts", "drivers", "features"} <= set(manifest["tables"])
 
@@ -45,13 +64,20 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
 def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
     out, p = demo_run
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/setup does it)")
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/setup does it)"
+        )
     from playwright import sync_api
 
     console, errors, requests = [], [], []
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
-                                                        args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 900})
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
         try:
             page = context.new_page()
             page.on("console", lambda msg: console.append((msg.type, msg.text)))

@@ -18,7 +18,12 @@ from typer.testing import CliRunner
 from care_ray.cli import app
 
 # FailedESConv.json names some strategies differently from the split files (see its README).
-ALIASES = {"Questions": "Question", "Other": "Others", "Restatement": "Restatement or Paraphrasing", "Approval and Reassurance": "Affirmation and Reassurance"}
+ALIASES = {
+    "Questions": "Question",
+    "Other": "Others",
+    "Restatement": "Restatement or Paraphrasing",
+    "Approval and Reassurance": "Affirmation and Reassurance",
+}
 EMOTION_DROP = "emotion_drop=labels.initial_emotion_intensity-labels.final_emotion_intensity"
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -57,16 +62,21 @@ def raw_table(esconv_dir: Path) -> pd.DataFrame:
             "group": "failed" if split == "failed" else "main",
             "empathy": _rating(seeker, "empathy"),
             "relevance": _rating(seeker, "relevance"),
-            "emotion_drop": _rating(seeker, "initial_emotion_intensity") - _rating(seeker, "final_emotion_intensity"),
+            "emotion_drop": _rating(seeker, "initial_emotion_intensity")
+            - _rating(seeker, "final_emotion_intensity"),
             "n_turns": len(obj["dialog"]),
             "client_turns": len(seeker_turns),
             "counselor_turns": len(supporter_turns),
             "client_words": sum(len(t.split()) for t in seeker_turns),
             "counselor_words": sum(len(t.split()) for t in supporter_turns),
-            "counselor_words_per_turn": sum(len(t.split()) for t in supporter_turns) / len(supporter_turns),
+            "counselor_words_per_turn": sum(len(t.split()) for t in supporter_turns)
+            / len(supporter_turns),
             "client_words_per_turn": sum(len(t.split()) for t in seeker_turns) / len(seeker_turns),
-            "counselor_talk_share": sum(len(t.split()) for t in supporter_turns) / sum(len(t.split()) for t in supporter_turns + seeker_turns),
-            "counselor_question_rate": np.mean([("?" in t) or ("？" in t) for t in supporter_turns]),
+            "counselor_talk_share": sum(len(t.split()) for t in supporter_turns)
+            / sum(len(t.split()) for t in supporter_turns + seeker_turns),
+            "counselor_question_rate": np.mean(
+                [("?" in t) or ("？" in t) for t in supporter_turns]
+            ),
         }
         for s in set(strategies):
             row[f"strategy:{s}"] = strategies.count(s) / len(strategies)
@@ -74,49 +84,94 @@ def raw_table(esconv_dir: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     shares = [c for c in table.columns if c.startswith("strategy:")]
     table[shares] = table[shares].fillna(0.0)
-    return table[table[["empathy", "relevance", "emotion_drop"]].notna().any(axis=1)].reset_index(drop=True)
+    return table[table[["empathy", "relevance", "emotion_drop"]].notna().any(axis=1)].reset_index(
+        drop=True
+    )
 
 
 def hedges_g(a: np.ndarray, b: np.ndarray) -> float:
-    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+    pooled = np.sqrt(
+        ((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2)
+    )
     return (a.mean() - b.mean()) / pooled * (1 - 3 / (4 * (len(a) + len(b)) - 9))
 
 
 @pytest.fixture(scope="module")
 def findings(esconv_dir, esconv_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("esconv-analysis")
-    args = ["analyze", "--sessions", str(esconv_corpus), "--outcome", "empathy,relevance", "--outcome", EMOTION_DROP, "--by", "failed=metadata.split:failed", "--out", str(out)]
+    args = [
+        "analyze",
+        "--sessions",
+        str(esconv_corpus),
+        "--outcome",
+        "empathy,relevance",
+        "--outcome",
+        EMOTION_DROP,
+        "--by",
+        "failed=metadata.split:failed",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     read = lambda name: pl.read_parquet(out / f"{name}.parquet")  # noqa: E731
-    return {"raw": raw_table(esconv_dir), "manifest": json.loads((out / "manifest.json").read_text()),
-            "population": read("population"), "contrasts": read("contrasts"), "drivers": read("drivers"), "features": read("features")}
+    return {
+        "raw": raw_table(esconv_dir),
+        "manifest": json.loads((out / "manifest.json").read_text()),
+        "population": read("population"),
+        "contrasts": read("contrasts"),
+        "drivers": read("drivers"),
+        "features": read("features"),
+    }
 
 
 def _contrast(findings, variable: str) -> dict[str, dict]:
-    rows = findings["contrasts"].filter((pl.col("by") == "failed") & (pl.col("variable") == variable))
+    rows = findings["contrasts"].filter(
+        (pl.col("by") == "failed") & (pl.col("variable") == variable)
+    )
     return {row["grp"]: row for row in rows.iter_rows(named=True)}
 
 
 def _groups(raw: pd.DataFrame, variable: str) -> tuple[np.ndarray, np.ndarray]:
     values = raw.dropna(subset=[variable])
-    return values.loc[values.group == "failed", variable].to_numpy(), values.loc[values.group == "main", variable].to_numpy()
+    return values.loc[values.group == "failed", variable].to_numpy(), values.loc[
+        values.group == "main", variable
+    ].to_numpy()
 
 
 def test_sessions_with_ratings(findings):
     raw = findings["raw"]
     assert findings["manifest"]["n_sessions"] == len(raw)
     counts = raw.group.value_counts()
-    population = findings["population"].filter((pl.col("group_by") == "failed") & (pl.col("outcome") == "empathy"))
-    assert dict(population.select("grp", "n").iter_rows()) == {"failed": counts["failed"], "other": counts["main"]}
+    population = findings["population"].filter(
+        (pl.col("group_by") == "failed") & (pl.col("outcome") == "empathy")
+    )
+    assert dict(population.select("grp", "n").iter_rows()) == {
+        "failed": counts["failed"],
+        "other": counts["main"],
+    }
 
 
-@pytest.mark.parametrize("variable", ["empathy", "relevance", "emotion_drop", "counselor_words_per_turn", "client_words_per_turn", "n_turns", "counselor_question_rate", "strategy:Self-disclosure"])
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "empathy",
+        "relevance",
+        "emotion_drop",
+        "counselor_words_per_turn",
+        "client_words_per_turn",
+        "n_turns",
+        "counselor_question_rate",
+        "strategy:Self-disclosure",
+    ],
+)
 def test_failed_vs_main_contrast(findings, variable):
     failed, main = _groups(findings["raw"], variable)
     rows = _contrast(findings, variable)
     assert rows["failed"]["n"] == len(failed) and rows["other"]["n"] == len(main)
-    assert rows["failed"]["mean"] == pytest.approx(failed.mean()) and rows["other"]["mean"] == pytest.approx(main.mean())
+    assert rows["failed"]["mean"] == pytest.approx(failed.mean()) and rows["other"][
+        "mean"
+    ] == pytest.approx(main.mean())
     assert rows["failed"]["sd"] == pytest.approx(failed.std(ddof=1))
     welch = stats.ttest_ind(failed, main, equal_var=False)
     assert rows["failed"]["statistic"] == pytest.approx(welch.statistic)
@@ -128,8 +183,12 @@ def test_low_rating_shares(findings):
     population = findings["population"].filter(pl.col("group_by") == "failed")
     for outcome in ("empathy", "relevance"):
         failed, main = _groups(findings["raw"], outcome)
-        shares = dict(population.filter(pl.col("outcome") == outcome).select("grp", "low_share").iter_rows())
-        assert shares["failed"] == pytest.approx(np.mean(failed <= 2)) and shares["other"] == pytest.approx(np.mean(main <= 2))
+        shares = dict(
+            population.filter(pl.col("outcome") == outcome).select("grp", "low_share").iter_rows()
+        )
+        assert shares["failed"] == pytest.approx(np.mean(failed <= 2)) and shares[
+            "other"
+        ] == pytest.approx(np.mean(main <= 2))
 
 
 def test_strategy_mix_of_failed_and_main(findings):
@@ -148,7 +207,9 @@ def test_strategy_mix_of_failed_and_main(findings):
     for variable in strategies:
         row = _contrast(findings, variable)["failed"]
         assert row["p_adjusted"] == pytest.approx(adjusted[variable], rel=1e-6)
-    assert min(adjusted[v] for v in strategies) > 0.05  # no strategy's share differs after adjustment
+    assert (
+        min(adjusted[v] for v in strategies) > 0.05
+    )  # no strategy's share differs after adjustment
 
 
 def test_direct_guidance_only_in_failed(esconv_dir):
@@ -167,7 +228,9 @@ def _ols(raw: pd.DataFrame, outcome: str, features: list[str]):
 
     data = raw.dropna(subset=[outcome, *features])
     z = lambda x: (x - x.mean()) / x.std(ddof=1)  # noqa: E731
-    return sm.OLS(z(data[outcome]), sm.add_constant(data[features].apply(z))).fit(cov_type="HC3"), len(data)
+    return sm.OLS(z(data[outcome]), sm.add_constant(data[features].apply(z))).fit(
+        cov_type="HC3"
+    ), len(data)
 
 
 def test_drivers_of_the_seekers_ratings(findings):
@@ -181,17 +244,33 @@ def test_drivers_of_the_seekers_ratings(findings):
     for outcome in ("empathy", "relevance", "emotion_drop"):
         fit, n = _ols(raw, outcome, features)
         for feature in features:
-            expected[(outcome, feature)] = (fit.params[feature], fit.bse[feature], fit.pvalues[feature], n, fit.rsquared)
-    adjusted = dict(zip(expected, multipletests([v[2] for v in expected.values()], method="fdr_bh")[1], strict=True))
+            expected[(outcome, feature)] = (
+                fit.params[feature],
+                fit.bse[feature],
+                fit.pvalues[feature],
+                n,
+                fit.rsquared,
+            )
+    adjusted = dict(
+        zip(
+            expected,
+            multipletests([v[2] for v in expected.values()], method="fdr_bh")[1],
+            strict=True,
+        )
+    )
     for row in drivers.iter_rows(named=True):
         coef, se, p, n, r2 = expected[(row["outcome"], row["feature"])]
         assert row["coef_std"] == pytest.approx(coef, rel=1e-6, abs=1e-9)
         assert row["std_error"] == pytest.approx(se, rel=1e-6)
         assert row["p_value"] == pytest.approx(p, rel=1e-5)
-        assert row["p_adjusted"] == pytest.approx(adjusted[(row["outcome"], row["feature"])], rel=1e-5)
+        assert row["p_adjusted"] == pytest.approx(
+            adjusted[(row["outcome"], row["feature"])], rel=1e-5
+        )
         assert (row["n"], row["r2"]) == (n, pytest.approx(r2))
     significant = {(o, f) for (o, f), p in adjusted.items() if p < 0.05}
-    assert significant == {(o, "counselor_words_per_turn") for o in ("empathy", "relevance", "emotion_drop")}
+    assert significant == {
+        (o, "counselor_words_per_turn") for o in ("empathy", "relevance", "emotion_drop")
+    }
     strategies = [key for key in expected if key[1].startswith("strategy:")]
     assert max(abs(expected[key][0]) for key in strategies) < 0.11
     assert min(adjusted[key] for key in strategies) >= 0.30
@@ -200,14 +279,18 @@ def test_drivers_of_the_seekers_ratings(findings):
 def _readme_section() -> str:
     text = README.read_text(encoding="utf-8")
     start = text.index("## Findings on ESConv (model-free)")
-    return text[start:text.index("\n## ", start + 1)]
+    return text[start : text.index("\n## ", start + 1)]
 
 
 def test_readme_states_the_recomputed_figures(findings):
     """The README's numbers are these, rounded as printed there."""
     section = _readme_section().replace("\u2212", "-")
     raw = findings["raw"]
-    figures = [f"{len(raw):,}", f"{(raw.group == 'failed').sum()}", f"{(raw.group == 'main').sum():,}"]
+    figures = [
+        f"{len(raw):,}",
+        f"{(raw.group == 'failed').sum()}",
+        f"{(raw.group == 'main').sum():,}",
+    ]
     for variable in ("empathy", "relevance", "emotion_drop", "counselor_words_per_turn"):
         failed, main = _groups(raw, variable)
         figures += [f"{failed.mean():.2f}", f"{main.mean():.2f}", f"{hedges_g(failed, main):.2f}"]

@@ -45,15 +45,27 @@ def _session(i: int, rng: np.random.Generator) -> dict:
         client[3] = None  # goal item 4 unrated: goal = mean of the 3 rated items
     if i == 7:
         client = [None] * 12  # rated nothing: no truth for this session
-    counselor = None if i % 6 == 1 else [int(min(5, max(1, v + rng.integers(-1, 2)))) if v is not None else 3 for v in client]
+    counselor = (
+        None
+        if i % 6 == 1
+        else [int(min(5, max(1, v + rng.integers(-1, 2)))) if v is not None else 3 for v in client]
+    )
     meta = {"cohort": f"c{i % 3}"}
     if i < 4:
         meta["rationale_1"] = f"I felt the counselor understood my goal number {i} well"
     return {
-        "session_id": f"s{i:02d}", "client_id": f"c{i:02d}", "counselor_id": f"k{i % 3}", "session_index": 1,
-        "language": "en", "source": "unit",
-        "turns": [{"role": "client", "text": "I have been feeling low."}, {"role": "counselor", "text": "Tell me more about that."}],
-        "client_wai": client, "counselor_wai": counselor,
+        "session_id": f"s{i:02d}",
+        "client_id": f"c{i:02d}",
+        "counselor_id": f"k{i % 3}",
+        "session_index": 1,
+        "language": "en",
+        "source": "unit",
+        "turns": [
+            {"role": "client", "text": "I have been feeling low."},
+            {"role": "counselor", "text": "Tell me more about that."},
+        ],
+        "client_wai": client,
+        "counselor_wai": counselor,
         "labels": {"empathy": float(rng.integers(1, 6)), "relevance": float(rng.integers(1, 6))},
         "metadata": meta,
     }
@@ -89,23 +101,51 @@ def _predicted(sessions: list[dict], seed: int = 3) -> dict[str, dict[str, float
     return out
 
 
-def _write_scores(folder: Path, predicted: dict[str, dict[str, float]], extra: list[str] = ()) -> Path:
+def _write_scores(
+    folder: Path, predicted: dict[str, dict[str, float]], extra: list[str] = ()
+) -> Path:
     sids = sorted(predicted["goal"]) + list(extra)
-    table = pa.table({"session_id": sids, **{d: pa.array([predicted[d].get(s, 2.5) for s in sids], pa.float64()) for d in DIMS}})
+    table = pa.table(
+        {
+            "session_id": sids,
+            **{d: pa.array([predicted[d].get(s, 2.5) for s in sids], pa.float64()) for d in DIMS},
+        }
+    )
     (folder / "sessions").mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / "sessions" / "part-0.parquet")
     return folder
 
 
 def _evaluate(corpus_dir: Path, scores: Path, out: Path, *extra: str):
-    res = CliRunner().invoke(app, ["evaluate", "--scores", str(scores), "--sessions", str(corpus_dir), "--out", str(out), *extra])
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--scores",
+            str(scores),
+            "--sessions",
+            str(corpus_dir),
+            "--out",
+            str(out),
+            *extra,
+        ],
+    )
     return res
 
 
 def _expected(pred: dict[str, float], true: dict[str, float], keys=None) -> dict[str, float]:
-    keys = [k for k in sorted(keys if keys is not None else pred) if pred.get(k) is not None and not math.isnan(true.get(k, math.nan))]
+    keys = [
+        k
+        for k in sorted(keys if keys is not None else pred)
+        if pred.get(k) is not None and not math.isnan(true.get(k, math.nan))
+    ]
     p, t = np.array([pred[k] for k in keys]), np.array([true[k] for k in keys])
-    return {"pearson": stats.pearsonr(p, t).statistic, "spearman": stats.spearmanr(p, t).statistic, "mse": float(np.mean((p - t) ** 2)), "n": len(keys)}
+    return {
+        "pearson": stats.pearsonr(p, t).statistic,
+        "spearman": stats.spearmanr(p, t).statistic,
+        "mse": float(np.mean((p - t) ** 2)),
+        "n": len(keys),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +156,23 @@ def evaluated(corpus, tmp_path_factory):
     scores = _write_scores(work / "scores", predicted, extra=["not-in-corpus"])
     res = _evaluate(corpus_dir, scores, work / "out", "--resamples", "300", "--seed", "7")
     assert res.exit_code == 0, res.output
-    return {"out": work / "out", "predicted": predicted, "sessions": sessions, "corpus": corpus_dir, "scores": scores, "work": work}
+    return {
+        "out": work / "out",
+        "predicted": predicted,
+        "sessions": sessions,
+        "corpus": corpus_dir,
+        "scores": scores,
+        "work": work,
+    }
 
 
 def test_agreement_matches_scipy_and_numpy(evaluated):
     metrics = _strict_json(evaluated["out"] / "metrics.json")
     truth = _truth(evaluated["sessions"])
     assert metrics["kind"] == "care-ray evaluation" and metrics["truth"]["kind"] == "client_wai"
-    assert metrics["n_sessions"] == N - 1 and metrics["n_scored_sessions"] == N + 1  # s07 rated nothing; one scored id is not in the corpus
+    assert (
+        metrics["n_sessions"] == N - 1 and metrics["n_scored_sessions"] == N + 1
+    )  # s07 rated nothing; one scored id is not in the corpus
     for d in DIMS:
         want, got = _expected(evaluated["predicted"][d], truth[d]), metrics["dimensions"][d]
         assert got["n"] == want["n"]
@@ -134,22 +183,48 @@ def test_agreement_matches_scipy_and_numpy(evaluated):
     assert metrics["dimensions"]["task"]["n"] == N - 2  # s03 has no predicted task
     pairs = pq.read_table(evaluated["out"] / "pairs.parquet").to_pylist()
     s05 = {r["dimension"]: r for r in pairs if r["session_id"] == "s05"}
-    assert s05["goal"]["observed"] == pytest.approx(truth["goal"]["s05"])  # mean of its 3 rated goal items
+    assert s05["goal"]["observed"] == pytest.approx(
+        truth["goal"]["s05"]
+    )  # mean of its 3 rated goal items
     assert all(r["fold"] is None for r in pairs)
     assert metrics["folds"] is None and metrics["quote_found_share"] is None  # no items/: no quotes
     # references exist (s00-s03) but a sessions/-only run has no rationales: counted as skipped, ROUGE undefined
-    assert metrics["rationale_overlap"] == {"rouge1": None, "rougeL": None, "n": 0, "skipped": 4, "sampled_from": None}
+    assert metrics["rationale_overlap"] == {
+        "rouge1": None,
+        "rougeL": None,
+        "n": 0,
+        "skipped": 4,
+        "sampled_from": None,
+    }
 
 
 def test_bootstrap_is_reproducible_with_a_seed(evaluated, tmp_path):
     first = pq.read_table(evaluated["out"] / "agreement.parquet")
-    again = _evaluate(evaluated["corpus"], evaluated["scores"], tmp_path / "again", "--resamples", "300", "--seed", "7")
-    other = _evaluate(evaluated["corpus"], evaluated["scores"], tmp_path / "other", "--resamples", "300", "--seed", "8")
+    again = _evaluate(
+        evaluated["corpus"],
+        evaluated["scores"],
+        tmp_path / "again",
+        "--resamples",
+        "300",
+        "--seed",
+        "7",
+    )
+    other = _evaluate(
+        evaluated["corpus"],
+        evaluated["scores"],
+        tmp_path / "other",
+        "--resamples",
+        "300",
+        "--seed",
+        "8",
+    )
     assert again.exit_code == 0 and other.exit_code == 0
     assert pq.read_table(tmp_path / "again" / "agreement.parquet").equals(first)
     lo = lambda p: pq.read_table(p / "agreement.parquet").column("pearson_lo").to_pylist()  # noqa: E731
     assert lo(tmp_path / "other") != lo(evaluated["out"])
-    assert lo(tmp_path / "other")[0] == pytest.approx(lo(evaluated["out"])[0], abs=0.2)  # another seed, a similar interval
+    assert lo(tmp_path / "other")[0] == pytest.approx(
+        lo(evaluated["out"])[0], abs=0.2
+    )  # another seed, a similar interval
 
 
 def test_counselor_baseline_and_model_to_counselor_ratio(evaluated):
@@ -158,19 +233,33 @@ def test_counselor_baseline_and_model_to_counselor_ratio(evaluated):
     truth = _truth(sessions)
     rated = [s["session_id"] for s in sessions if s["counselor_wai"] is not None]
     for d in DIMS:
-        counselor = {s["session_id"]: _dim_mean(s["counselor_wai"], d) for s in sessions if s["counselor_wai"] is not None}
+        counselor = {
+            s["session_id"]: _dim_mean(s["counselor_wai"], d)
+            for s in sessions
+            if s["counselor_wai"] is not None
+        }
         # the baseline is measured on the sessions the model was evaluated on
         keys = [k for k in rated if evaluated["predicted"][d].get(k) is not None]
         want, got = _expected(counselor, truth[d], keys), metrics["counselor_baseline"][d]
-        assert got["n"] == want["n"] and got["pearson"] == pytest.approx(want["pearson"]) and got["mse"] == pytest.approx(want["mse"])
+        assert (
+            got["n"] == want["n"]
+            and got["pearson"] == pytest.approx(want["pearson"])
+            and got["mse"] == pytest.approx(want["mse"])
+        )
         gaps = [counselor[k] - truth[d][k] for k in keys if not math.isnan(truth[d][k])]
         assert got["mean_gap"] == pytest.approx(np.mean(gaps))
         model_r = metrics["dimensions"][d]["pearson"]
         ratio = metrics["model_vs_counselor"][d]
-        assert (ratio is None) if got["pearson"] <= 0 else ratio == pytest.approx(model_r / got["pearson"])
+        assert (
+            (ratio is None)
+            if got["pearson"] <= 0
+            else ratio == pytest.approx(model_r / got["pearson"])
+        )
     assert any(metrics["model_vs_counselor"][d] is not None for d in DIMS)
     agreement = pq.read_table(evaluated["out"] / "agreement.parquet").to_pylist()
-    assert {(r["rater"], r["dimension"]) for r in agreement} == {(r, d) for r in ("model", "counselor") for d in DIMS}
+    assert {(r["rater"], r["dimension"]) for r in agreement} == {
+        (r, d) for r in ("model", "counselor") for d in DIMS
+    }
 
 
 def test_calibration_counts_add_up_and_the_plot_is_svg(evaluated):
@@ -181,10 +270,22 @@ def test_calibration_counts_add_up_and_the_plot_is_svg(evaluated):
         bins = [b for b in calibration if b["dimension"] == d]
         assert sum(b["n"] for b in bins) == metrics["dimensions"][d]["n"]
         for b in bins:
-            inside = [p for p in pairs if p["dimension"] == d and b["bin_lo"] <= p["predicted"] < b["bin_hi"] + (1e-9 if b["bin_hi"] == 5.0 else 0)]
+            inside = [
+                p
+                for p in pairs
+                if p["dimension"] == d
+                and b["bin_lo"]
+                <= p["predicted"]
+                < b["bin_hi"] + (1e-9 if b["bin_hi"] == 5.0 else 0)
+            ]
             assert len(inside) == b["n"]
             assert b["observed_mean"] == pytest.approx(np.mean([p["observed"] for p in inside]))
-            assert (b["observed_sd"] is None) if b["n"] == 1 else b["observed_sd"] == pytest.approx(np.std([p["observed"] for p in inside], ddof=1))
+            assert (
+                (b["observed_sd"] is None)
+                if b["n"] == 1
+                else b["observed_sd"]
+                == pytest.approx(np.std([p["observed"] for p in inside], ddof=1))
+            )
             assert b["bin"] == f"{b['bin_lo']:.1f}–{b['bin_hi']:.1f}"
     root = ET.parse(evaluated["out"] / "calibration.svg").getroot()
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
@@ -193,38 +294,92 @@ def test_calibration_counts_add_up_and_the_plot_is_svg(evaluated):
 def test_folds_from_sft_examples_give_mean_and_sd(evaluated, tmp_path):
     sessions, predicted = evaluated["sessions"], evaluated["predicted"]
     fold_of = {s["session_id"]: i % 3 for i, s in enumerate(sessions)}
-    rows = [(sid, f) for sid, f in fold_of.items() for _ in range(2)]  # examples repeat a session per item
-    pq.write_table(pa.table({"session_id": [r[0] for r in rows], "item_id": list(range(len(rows))), "fold": pa.array([r[1] for r in rows], pa.int32())}), tmp_path / "examples.parquet")
-    res = _evaluate(evaluated["corpus"], evaluated["scores"], tmp_path / "out", "--folds", str(tmp_path), "--resamples", "50")
+    rows = [
+        (sid, f) for sid, f in fold_of.items() for _ in range(2)
+    ]  # examples repeat a session per item
+    pq.write_table(
+        pa.table(
+            {
+                "session_id": [r[0] for r in rows],
+                "item_id": list(range(len(rows))),
+                "fold": pa.array([r[1] for r in rows], pa.int32()),
+            }
+        ),
+        tmp_path / "examples.parquet",
+    )
+    res = _evaluate(
+        evaluated["corpus"],
+        evaluated["scores"],
+        tmp_path / "out",
+        "--folds",
+        str(tmp_path),
+        "--resamples",
+        "50",
+    )
     assert res.exit_code == 0, res.output
     metrics = _strict_json(tmp_path / "out" / "metrics.json")
     truth = _truth(sessions)
     folds = metrics["folds"]
     assert folds["n_folds"] == 3 and folds["source"].endswith("examples.parquet")
     for d in DIMS:
-        per_fold = [_expected(predicted[d], truth[d], [k for k, f in fold_of.items() if f == fold]) for fold in range(3)]
+        per_fold = [
+            _expected(predicted[d], truth[d], [k for k, f in fold_of.items() if f == fold])
+            for fold in range(3)
+        ]
         for fold in range(3):
-            assert folds["per_fold"][str(fold)][d]["pearson"] == pytest.approx(per_fold[fold]["pearson"])
+            assert folds["per_fold"][str(fold)][d]["pearson"] == pytest.approx(
+                per_fold[fold]["pearson"]
+            )
         rs = [m["pearson"] for m in per_fold]
         assert folds["model"][d]["pearson"]["mean"] == pytest.approx(np.mean(rs))
         assert folds["model"][d]["pearson"]["sd"] == pytest.approx(np.std(rs, ddof=1))
-        assert folds["model"][d]["mse"]["mean"] == pytest.approx(np.mean([m["mse"] for m in per_fold]))
+        assert folds["model"][d]["mse"]["mean"] == pytest.approx(
+            np.mean([m["mse"] for m in per_fold])
+        )
         c = folds["counselor"][d]["pearson"]["mean"]
-        assert (folds["model_vs_counselor"][d] is None) if c <= 0 else folds["model_vs_counselor"][d] == pytest.approx(np.mean(rs) / c)
+        assert (
+            (folds["model_vs_counselor"][d] is None)
+            if c <= 0
+            else folds["model_vs_counselor"][d] == pytest.approx(np.mean(rs) / c)
+        )
     pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
     assert all(r["fold"] == str(fold_of[r["session_id"]]) for r in pairs)
     agreement = pq.read_table(tmp_path / "out" / "agreement.parquet").to_pylist()
     assert sorted({r["fold"] for r in agreement}, key=str) == sorted([None, "0", "1", "2"], key=str)
-    assert all((r["pearson_lo"] is None) == (r["fold"] is not None) for r in agreement)  # intervals on the overall rows only by default
+    assert all(
+        (r["pearson_lo"] is None) == (r["fold"] is not None) for r in agreement
+    )  # intervals on the overall rows only by default
 
 
 def test_folds_from_a_metadata_key(evaluated, tmp_path):
-    res = _evaluate(evaluated["corpus"], evaluated["scores"], tmp_path / "out", "--fold-key", "cohort", "--resamples", "0")
+    res = _evaluate(
+        evaluated["corpus"],
+        evaluated["scores"],
+        tmp_path / "out",
+        "--fold-key",
+        "cohort",
+        "--resamples",
+        "0",
+    )
     assert res.exit_code == 0, res.output
     metrics = _strict_json(tmp_path / "out" / "metrics.json")
-    assert metrics["folds"]["source"] == "metadata:cohort" and sorted(metrics["folds"]["per_fold"]) == ["c0", "c1", "c2"]
-    assert metrics["dimensions"]["goal"]["pearson_ci"] == [None, None]  # --resamples 0: no intervals
-    res = _evaluate(evaluated["corpus"], evaluated["scores"], tmp_path / "per-fold", "--fold-key", "cohort", "--resamples", "100", "--fold-intervals")
+    assert metrics["folds"]["source"] == "metadata:cohort" and sorted(
+        metrics["folds"]["per_fold"]
+    ) == ["c0", "c1", "c2"]
+    assert metrics["dimensions"]["goal"]["pearson_ci"] == [
+        None,
+        None,
+    ]  # --resamples 0: no intervals
+    res = _evaluate(
+        evaluated["corpus"],
+        evaluated["scores"],
+        tmp_path / "per-fold",
+        "--fold-key",
+        "cohort",
+        "--resamples",
+        "100",
+        "--fold-intervals",
+    )
     assert res.exit_code == 0, res.output
     rows = pq.read_table(tmp_path / "per-fold" / "agreement.parquet").to_pylist()
     assert {r["fold"] for r in rows} == {None, "c0", "c1", "c2"}
@@ -233,19 +388,43 @@ def test_folds_from_a_metadata_key(evaluated, tmp_path):
 
 def test_label_truth_maps_labels_onto_dimensions(evaluated, tmp_path):
     sessions = evaluated["sessions"]
-    res = _evaluate(evaluated["corpus"], evaluated["scores"], tmp_path / "out", "--truth", "labels.empathy=bond", "--truth", "labels.relevance=goal,task", "--resamples", "50")
+    res = _evaluate(
+        evaluated["corpus"],
+        evaluated["scores"],
+        tmp_path / "out",
+        "--truth",
+        "labels.empathy=bond",
+        "--truth",
+        "labels.relevance=goal,task",
+        "--resamples",
+        "50",
+    )
     assert res.exit_code == 0, res.output
     metrics = _strict_json(tmp_path / "out" / "metrics.json")
-    assert metrics["truth"]["dimensions"] == {"goal": "labels.relevance", "task": "labels.relevance", "bond": "labels.empathy"}
+    assert metrics["truth"]["dimensions"] == {
+        "goal": "labels.relevance",
+        "task": "labels.relevance",
+        "bond": "labels.empathy",
+    }
     for d, label in (("bond", "empathy"), ("goal", "relevance"), ("task", "relevance")):
         truth = {s["session_id"]: s["labels"][label] for s in sessions}
         want = _expected(evaluated["predicted"][d], truth)
         assert metrics["dimensions"][d]["n"] == want["n"]
         assert metrics["dimensions"][d]["pearson"] == pytest.approx(want["pearson"])
         assert metrics["dimensions"][d]["spearman"] == pytest.approx(want["spearman"])
-    only = _evaluate(evaluated["corpus"], evaluated["scores"], tmp_path / "one", "--truth", "labels.empathy", "--resamples", "0")
+    only = _evaluate(
+        evaluated["corpus"],
+        evaluated["scores"],
+        tmp_path / "one",
+        "--truth",
+        "labels.empathy",
+        "--resamples",
+        "0",
+    )
     assert only.exit_code == 0, only.output
-    assert set(_strict_json(tmp_path / "one" / "metrics.json")["truth"]["dimensions"].values()) == {"labels.empathy"}
+    assert set(_strict_json(tmp_path / "one" / "metrics.json")["truth"]["dimensions"].values()) == {
+        "labels.empathy"
+    }
 
 
 def test_items_only_run_quotes_and_rationales(corpus, tmp_path):
@@ -258,31 +437,82 @@ def test_items_only_run_quotes_and_rationales(corpus, tmp_path):
             for item in items:
                 score = int(rng.integers(1, 6))
                 quote_found = None if item == 2 else float(rng.choice([0.0, 0.5, 1.0]))
-                rationale = "The counselor understood my goal well" if item == 1 else "no reference for this one"
-                rows.append({"session_id": s["session_id"], "item_id": item, "dimension": dim, "score": float(score), "scores": [score],
-                             "rationale": rationale, "quote_found": quote_found, "model": "m", "adapter": None, "rubric_id": "r",
-                             "n_items_selected": 12, "truncated": False})
-    schema = pa.schema([("session_id", pa.string()), ("item_id", pa.int32()), ("dimension", pa.string()), ("score", pa.float64()),
-                        ("scores", pa.list_(pa.int8())), ("rationale", pa.string()), ("quote_found", pa.float64()), ("model", pa.string()),
-                        ("adapter", pa.string()), ("rubric_id", pa.string()), ("n_items_selected", pa.int32()), ("truncated", pa.bool_())])
+                rationale = (
+                    "The counselor understood my goal well"
+                    if item == 1
+                    else "no reference for this one"
+                )
+                rows.append(
+                    {
+                        "session_id": s["session_id"],
+                        "item_id": item,
+                        "dimension": dim,
+                        "score": float(score),
+                        "scores": [score],
+                        "rationale": rationale,
+                        "quote_found": quote_found,
+                        "model": "m",
+                        "adapter": None,
+                        "rubric_id": "r",
+                        "n_items_selected": 12,
+                        "truncated": False,
+                    }
+                )
+    schema = pa.schema(
+        [
+            ("session_id", pa.string()),
+            ("item_id", pa.int32()),
+            ("dimension", pa.string()),
+            ("score", pa.float64()),
+            ("scores", pa.list_(pa.int8())),
+            ("rationale", pa.string()),
+            ("quote_found", pa.float64()),
+            ("model", pa.string()),
+            ("adapter", pa.string()),
+            ("rubric_id", pa.string()),
+            ("n_items_selected", pa.int32()),
+            ("truncated", pa.bool_()),
+        ]
+    )
     (tmp_path / "scores" / "items").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "scores" / "items" / "part-0.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=schema), tmp_path / "scores" / "items" / "part-0.parquet"
+    )
     res = _evaluate(corpus_dir, tmp_path / "scores", tmp_path / "out", "--resamples", "0")
     assert res.exit_code == 0, res.output
     metrics = _strict_json(tmp_path / "out" / "metrics.json")
     assert metrics["predicted_from"].startswith("items/")
-    pairs = {(r["session_id"], r["dimension"]): r["predicted"] for r in pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()}
+    pairs = {
+        (r["session_id"], r["dimension"]): r["predicted"]
+        for r in pq.read_table(tmp_path / "out" / "pairs.parquet").to_pylist()
+    }
     for d in DIMS:
-        assert pairs[("s02", d)] == pytest.approx(np.mean([r["score"] for r in rows if r["session_id"] == "s02" and r["dimension"] == d]))
+        assert pairs[("s02", d)] == pytest.approx(
+            np.mean([r["score"] for r in rows if r["session_id"] == "s02" and r["dimension"] == d])
+        )
     evaluated_ids = {sid for sid, _ in pairs}
-    found = [r["quote_found"] for r in rows if r["quote_found"] is not None and r["session_id"] in evaluated_ids]
+    found = [
+        r["quote_found"]
+        for r in rows
+        if r["quote_found"] is not None and r["session_id"] in evaluated_ids
+    ]
     assert metrics["quote_found_share"] == pytest.approx(np.mean(found))
-    task = [r["quote_found"] for r in rows if r["quote_found"] is not None and r["session_id"] in evaluated_ids and r["dimension"] == "task"]
+    task = [
+        r["quote_found"]
+        for r in rows
+        if r["quote_found"] is not None
+        and r["session_id"] in evaluated_ids
+        and r["dimension"] == "task"
+    ]
     assert metrics["quote_found_by_dimension"]["task"] == pytest.approx(np.mean(task))
     refs = [s["metadata"]["rationale_1"] for s in sessions[:4]]
     want = rationale_overlap(refs, ["The counselor understood my goal well"] * 4)
     got = metrics["rationale_overlap"]
-    assert got["n"] == 4 and got["rouge1"] == pytest.approx(want["rouge1"]) and got["rougeL"] == pytest.approx(want["rougeL"])
+    assert (
+        got["n"] == 4
+        and got["rouge1"] == pytest.approx(want["rouge1"])
+        and got["rougeL"] == pytest.approx(want["rougeL"])
+    )
 
 
 def test_large_cells_bootstrap_a_rescaled_subsample():
@@ -295,7 +525,9 @@ def test_large_cells_bootstrap_a_rescaled_subsample():
     for s in ("pearson", "spearman", "mse"):
         assert sub[f"{s}_lo"] < sub[s] < sub[f"{s}_hi"]
         width, sub_width = full[f"{s}_hi"] - full[f"{s}_lo"], sub[f"{s}_hi"] - sub[f"{s}_lo"]
-        assert sub_width == pytest.approx(width, rel=0.35), s  # rescaled to the full sample's width, not the subsample's
+        assert sub_width == pytest.approx(width, rel=0.35), (
+            s
+        )  # rescaled to the full sample's width, not the subsample's
 
 
 def test_user_errors_exit_2_with_one_line(evaluated, tmp_path):
@@ -317,13 +549,23 @@ def test_user_errors_exit_2_with_one_line(evaluated, tmp_path):
     for extra, message in cases.items():
         args = dict(zip(extra[::2], extra[1::2], strict=True))
         scores_dir = Path(args.pop("--scores", scores))
-        rest = [x for pair in zip(extra[::2], extra[1::2], strict=True) if pair[0] != "--scores" for x in pair]
+        rest = [
+            x
+            for pair in zip(extra[::2], extra[1::2], strict=True)
+            if pair[0] != "--scores"
+            for x in pair
+        ]
         res = _evaluate(corpus_dir, scores_dir, tmp_path / "out", *rest)
         assert res.exit_code == 2, (extra, res.output)
         lines = res.output.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (extra, res.output)
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (
+            extra,
+            res.output,
+        )
     res = _evaluate(tmp_path / "no-corpus", scores, tmp_path / "out")
-    assert res.exit_code == 2 and "no sessions corpus" in res.output and "Traceback" not in res.output
+    assert (
+        res.exit_code == 2 and "no sessions corpus" in res.output and "Traceback" not in res.output
+    )
 
 
 def test_esconv_empathy_as_bond_proxy(esconv_corpus, tmp_path):
@@ -334,19 +576,44 @@ def test_esconv_empathy_as_bond_proxy(esconv_corpus, tmp_path):
     rng = np.random.default_rng(42)
     sids = sorted(empathy)
     noise = rng.normal(0, 1.0, len(sids))
-    bond = {sid: float(np.clip((e if e is not None else 3.0) + z, 1, 5)) for sid, e, z in zip(sids, [empathy[s] for s in sids], noise, strict=True)}
-    _write_scores(tmp_path / "scores", {"goal": {s: 3.0 for s in sids}, "task": {s: 3.0 for s in sids}, "bond": bond})
-    res = _evaluate(esconv_corpus, tmp_path / "scores", tmp_path / "out", "--truth", "labels.empathy=bond", "--resamples", "200")
+    bond = {
+        sid: float(np.clip((e if e is not None else 3.0) + z, 1, 5))
+        for sid, e, z in zip(sids, [empathy[s] for s in sids], noise, strict=True)
+    }
+    _write_scores(
+        tmp_path / "scores",
+        {"goal": {s: 3.0 for s in sids}, "task": {s: 3.0 for s in sids}, "bond": bond},
+    )
+    res = _evaluate(
+        esconv_corpus,
+        tmp_path / "scores",
+        tmp_path / "out",
+        "--truth",
+        "labels.empathy=bond",
+        "--resamples",
+        "200",
+    )
     assert res.exit_code == 0, res.output
     metrics = _strict_json(tmp_path / "out" / "metrics.json")
     keys = [s for s in sids if empathy[s] is not None]
     p, t = np.array([bond[s] for s in keys]), np.array([empathy[s] for s in keys])
-    assert list(metrics["dimensions"]) == ["bond"] and metrics["dimensions"]["bond"]["n"] == len(keys) > 1000
+    assert (
+        list(metrics["dimensions"]) == ["bond"]
+        and metrics["dimensions"]["bond"]["n"] == len(keys) > 1000
+    )
     assert metrics["dimensions"]["bond"]["pearson"] == pytest.approx(stats.pearsonr(p, t).statistic)
-    assert metrics["dimensions"]["bond"]["spearman"] == pytest.approx(stats.spearmanr(p, t).statistic)
+    assert metrics["dimensions"]["bond"]["spearman"] == pytest.approx(
+        stats.spearmanr(p, t).statistic
+    )
     assert metrics["counselor_baseline"] is None and metrics["model_vs_counselor"] == {"bond": None}
     lo, hi = metrics["dimensions"]["bond"]["pearson_ci"]
     assert lo < metrics["dimensions"]["bond"]["pearson"] < hi
     assert ET.parse(tmp_path / "out" / "calibration.svg").getroot().tag.endswith("svg")
-    no_wai = _evaluate(esconv_corpus, tmp_path / "scores", tmp_path / "wai")  # ESConv has no client_wai
-    assert no_wai.exit_code == 2 and len(no_wai.output.strip().splitlines()) == 1 and "--truth labels." in no_wai.output
+    no_wai = _evaluate(
+        esconv_corpus, tmp_path / "scores", tmp_path / "wai"
+    )  # ESConv has no client_wai
+    assert (
+        no_wai.exit_code == 2
+        and len(no_wai.output.strip().splitlines()) == 1
+        and "--truth labels." in no_wai.output
+    )

@@ -43,7 +43,11 @@ def test_agreement_matches_scipy_and_numpy():
 
 def test_undefined_correlations_are_nan_not_zero():
     a = agreement([4, 4, 4], [1, 2, 5])
-    assert math.isnan(a["pearson"]) and math.isnan(a["spearman"]) and a["mse"] == pytest.approx((9 + 4 + 1) / 3)
+    assert (
+        math.isnan(a["pearson"])
+        and math.isnan(a["spearman"])
+        and a["mse"] == pytest.approx((9 + 4 + 1) / 3)
+    )
     b = agreement([1.0, float("nan"), 3.0], [1.0, 2.0, float("nan")])
     assert b["n"] == 1 and math.isnan(b["pearson"])
 
@@ -70,7 +74,9 @@ def test_long_tables_agree_per_dimension(rubric):
             t = int(np.clip(level + rng.integers(-1, 2), 1, 5))
             truth_rows.append({"session_id": f"s{s}", "item_id": i, "score": t})
             pred_rows.append({"session_id": f"s{s}", "item_id": i, "score": t if i % 3 else 3})
-    res = long_scores_agreement(pa.Table.from_pylist(pred_rows), pa.Table.from_pylist(truth_rows), rubric)
+    res = long_scores_agreement(
+        pa.Table.from_pylist(pred_rows), pa.Table.from_pylist(truth_rows), rubric
+    )
     assert set(res) == {"goal", "task", "bond"}
     for m in res.values():
         assert m["n"] == 40 and 0.5 < m["pearson"] <= 1.0
@@ -94,17 +100,27 @@ def test_counselor_gap_and_the_papers_headline_ratio(rubric):
 
 def test_fold_summary_mean_and_sd():
     s = fold_summary([{"r": 0.5, "x": float("nan")}, {"r": 0.7, "x": 1.0}, {"r": 0.6}])
-    assert s["r"]["mean"] == pytest.approx(0.6) and s["r"]["sd"] == pytest.approx(0.1) and s["r"]["n"] == 3
+    assert (
+        s["r"]["mean"] == pytest.approx(0.6)
+        and s["r"]["sd"] == pytest.approx(0.1)
+        and s["r"]["n"] == 3
+    )
     assert s["x"]["n"] == 1 and math.isnan(s["x"]["sd"])
 
 
 def test_rouge_by_hand():
     assert lcs_length("a b c d e".split(), "a c e f".split()) == 3
     # ROUGE-1: 5 shared unigrams (the, cat, on, the, mat); P = 5/5, R = 5/6
-    assert rouge_n("The cat sat on the mat", "the cat on the mat") == pytest.approx(2 * 1 * (5 / 6) / (1 + 5 / 6))
+    assert rouge_n("The cat sat on the mat", "the cat on the mat") == pytest.approx(
+        2 * 1 * (5 / 6) / (1 + 5 / 6)
+    )
     assert rouge_l("a b c d", "a c d") == pytest.approx(2 * 1 * 0.75 / 1.75)
     assert rouge_n("x y", "z w") == 0.0 and rouge_l("", "a") == 0.0
     # Chinese is compared character by character
     assert rouge_n("咨询师关心我", "咨询师很关心我") == pytest.approx(2 * (6 / 7) * 1 / (6 / 7 + 1))
-    res = rationale_overlap(["I felt heard", None, "we set goals"], ["I felt heard", "x", "no goals"])
-    assert res["n"] == 2 and res["skipped"] == 1 and res["rouge1"] == pytest.approx((1.0 + 0.4) / 2)  # P 1/2, R 1/3 → F 0.4
+    res = rationale_overlap(
+        ["I felt heard", None, "we set goals"], ["I felt heard", "x", "no goals"]
+    )
+    assert (
+        res["n"] == 2 and res["skipped"] == 1 and res["rouge1"] == pytest.approx((1.0 + 0.4) / 2)
+    )  # P 1/2, R 1/3 → F 0.4

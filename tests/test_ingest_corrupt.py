@@ -23,7 +23,11 @@ def corrupted(esconv_dir, tmp_path_factory):
         bad[i] = reason
 
     mutate(3, lambda c: c.update(dialog=[]), "empty_session")
-    mutate(5, lambda c: c.update(dialog=[t for t in c["dialog"] if t["speaker"] == "usr"]), "single_speaker")
+    mutate(
+        5,
+        lambda c: c.update(dialog=[t for t in c["dialog"] if t["speaker"] == "usr"]),
+        "single_speaker",
+    )
     mutate(7, lambda c: c["dialog"][2].update(speaker="bot"), "unknown_role")
     mutate(9, lambda c: c["dialog"][4].update(text="   "), "empty_turn")
     mutate(11, lambda c: c["survey_score"]["seeker"].update(empathy="7"), "rating_out_of_range")
@@ -41,10 +45,14 @@ def corrupted(esconv_dir, tmp_path_factory):
 
     failed = json.loads((esconv_dir / "FailedESConv.json").read_text())[:6]
     failed[2]["dialog"][0]["speaker"] = "narrator"
-    failed[4]["dialog"][1]["annotation"]["feedback"] = "9" if "feedback" in failed[4]["dialog"][1]["annotation"] else "9"
+    failed[4]["dialog"][1]["annotation"]["feedback"] = (
+        "9" if "feedback" in failed[4]["dialog"][1]["annotation"] else "9"
+    )
     (d / "FailedESConv.json").write_text(json.dumps(failed, ensure_ascii=False))
     out = tmp_path_factory.mktemp("corrupt-out")
-    manifest = ingest_files("esconv", [d], out, empty_turns="quarantine")  # the default drops blank turns instead
+    manifest = ingest_files(
+        "esconv", [d], out, empty_turns="quarantine"
+    )  # the default drops blank turns instead
     return {"out": out, "manifest": manifest, "bad": bad, "n_train": 41, "convs": convs}
 
 

@@ -44,7 +44,9 @@ def test_failed_file_turn_shape_and_feedback(esconv_corpus, esconv_dir):
     assert [t["role"] for t in s["turns"]][:4] == ["client", "client", "counselor", "counselor"]
     # FailedESConv spells "Questions"; the corpus uses strategy.json's "Question"
     assert s["turns"][3]["strategy"] == "Question"
-    feedback = [float(d["annotation"]["feedback"]) for d in raw["dialog"] if "feedback" in d["annotation"]]
+    feedback = [
+        float(d["annotation"]["feedback"]) for d in raw["dialog"] if "feedback" in d["annotation"]
+    ]
     assert [t["rating"] for t in s["turns"] if t["rating"] is not None] == feedback
     assert s["metadata"]["split"] == "failed"
 

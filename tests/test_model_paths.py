@@ -53,7 +53,17 @@ def broken_copy(tiny_model, tmp_path, remove=(), edit=None):
 
 
 def score_args(corpus, model, out, *extra):
-    return ["score", "--sessions", str(corpus), "--model", str(model), "--out", str(out), "--no-progress", *extra]
+    return [
+        "score",
+        "--sessions",
+        str(corpus),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_a_hub_id_fails_fast_without_a_network_attempt(esconv_corpus, tmp_path, no_network):
@@ -86,7 +96,9 @@ def pickled_only(model):
         ("no-template", "has no chat template"),
     ],
 )
-def test_each_broken_model_folder_is_one_line_naming_what_is_missing(esconv_corpus, tiny_model, tmp_path, no_network, case, expected):
+def test_each_broken_model_folder_is_one_line_naming_what_is_missing(
+    esconv_corpus, tiny_model, tmp_path, no_network, case, expected
+):
     model = {
         "missing": lambda: tmp_path / "no" / "such" / "folder",
         "empty": lambda: (tmp_path / "empty").mkdir() or tmp_path / "empty",
@@ -104,7 +116,9 @@ def test_each_broken_model_folder_is_one_line_naming_what_is_missing(esconv_corp
 
 def write_adapter(folder, r=8, targets=("q_proj", "v_proj"), weights=True):
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": list(targets)}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": list(targets)})
+    )
     if weights:
         (folder / "adapter_model.safetensors").write_bytes(b"")
     return folder
@@ -120,22 +134,42 @@ def write_adapter(folder, r=8, targets=("q_proj", "v_proj"), weights=True):
         (lambda d: write_adapter(d / "a", targets=("q_proj", "c_attn")), "does not have: c_attn"),
     ],
 )
-def test_each_broken_adapter_is_one_line(esconv_corpus, tiny_model, tmp_path, no_network, make, expected):
+def test_each_broken_adapter_is_one_line(
+    esconv_corpus, tiny_model, tmp_path, no_network, make, expected
+):
     adapter = make(tmp_path)
-    r, seconds = run_quickly(score_args(esconv_corpus, tiny_model, tmp_path / "out", "--adapter", str(adapter)))
+    r, seconds = run_quickly(
+        score_args(esconv_corpus, tiny_model, tmp_path / "out", "--adapter", str(adapter))
+    )
     line = one_line_error(r)
     assert expected in line and "--adapter" in line
     assert seconds < 5 and no_network == []
 
 
 def test_sft_data_and_finetune_check_the_model_too(esconv_corpus, tmp_path, no_network):
-    r, seconds = run_quickly(["sft-data", "--sessions", str(esconv_corpus), "--out", str(tmp_path / "sft"), "--model", HUB_ID, "--max-model-len", "1024"])
+    r, seconds = run_quickly(
+        [
+            "sft-data",
+            "--sessions",
+            str(esconv_corpus),
+            "--out",
+            str(tmp_path / "sft"),
+            "--model",
+            HUB_ID,
+            "--max-model-len",
+            "1024",
+        ]
+    )
     assert "never downloads weights" in one_line_error(r) and seconds < 5
     from care_ray.training.sft_data import SFTOptions, make_sft_data
 
-    make_sft_data(esconv_corpus, tmp_path / "sft", SFTOptions(folds=2, max_sessions=8, seed=1))  # valid data: the model is what is wrong
+    make_sft_data(
+        esconv_corpus, tmp_path / "sft", SFTOptions(folds=2, max_sessions=8, seed=1)
+    )  # valid data: the model is what is wrong
     cfg = tmp_path / "ft.yaml"
-    cfg.write_text(f"name: t\nmodel: {tmp_path / 'gone'}\ndata: {tmp_path / 'sft'}\noutput_dir: {tmp_path / 'o'}\nstorage_path: {tmp_path / 's'}\n")
+    cfg.write_text(
+        f"name: t\nmodel: {tmp_path / 'gone'}\ndata: {tmp_path / 'sft'}\noutput_dir: {tmp_path / 'o'}\nstorage_path: {tmp_path / 's'}\n"
+    )
     r, seconds = run_quickly(["finetune", "--config", str(cfg)])
     assert "no such folder" in one_line_error(r) and seconds < 5 and no_network == []
 
@@ -173,10 +207,16 @@ def test_ray_workers_are_offline_too(monkeypatch):
                 outcome = "loaded"
             except OSError as e:
                 outcome = type(e).__name__
-            return {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}, outcome, attempts
+            return (
+                {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")},
+                outcome,
+                attempts,
+            )
 
         env, outcome, attempts = ray.get(try_the_hub.remote())
     finally:
         ray.shutdown()
     assert env == {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    assert outcome != "loaded" and attempts == []  # the hub client refused on its own, before any connection
+    assert (
+        outcome != "loaded" and attempts == []
+    )  # the hub client refused on its own, before any connection

@@ -29,10 +29,18 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory):
     port = _free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -61,7 +69,12 @@ def s3_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_corpus(s3_env, esconv_corpus):
     fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}/x")
-    pafs.copy_files(str(esconv_corpus / "sessions"), f"{BUCKET}/corpus/sessions", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    pafs.copy_files(
+        str(esconv_corpus / "sessions"),
+        f"{BUCKET}/corpus/sessions",
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=fs,
+    )
     return f"s3://{BUCKET}/corpus"
 
 
@@ -75,7 +88,9 @@ def test_the_run_folder_commit_protocol_works_without_rename(s3_env):
     run.write_results(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
     run.write_results(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
     # a file whose writer died before its marker: invisible, then removed
-    run.loc.join("items", "part-orphan.parquet").write_parquet(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA).select(["session_id", "item_id"]))
+    run.loc.join("items", "part-orphan.parquet").write_parquet(
+        pa.Table.from_pylist(rows, schema=RESULT_SCHEMA).select(["session_id", "item_id"])
+    )
     assert pending_plan(run, ["a", "b"], [1, 2])[1] == 2
     assert run.remove_orphans() == 1
     assert consolidate(run)["items_duplicates"] == 2 and run.read("items").num_rows == 2
@@ -88,10 +103,34 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
     from care_ray.scoring import ScoreConfig, score_corpus
 
     out = f"s3://{BUCKET}/scores"
-    args = ["--sessions", s3_corpus, "--model", str(tiny_model), "--out", out, "--limit", "12", "--max-model-len", "1024",
-            "--max-new-tokens", "160", "--max-rationale-chars", "160", "--max-quotes", "2", "--max-quote-chars", "60", "--no-progress"]
-    p = subprocess.Popen([sys.executable, "-m", "care_ray", "score", "--ray-address", "local", *args], start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "2"})
+    args = [
+        "--sessions",
+        s3_corpus,
+        "--model",
+        str(tiny_model),
+        "--out",
+        out,
+        "--limit",
+        "12",
+        "--max-model-len",
+        "1024",
+        "--max-new-tokens",
+        "160",
+        "--max-rationale-chars",
+        "160",
+        "--max-quotes",
+        "2",
+        "--max-quote-chars",
+        "60",
+        "--no-progress",
+    ]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "care_ray", "score", "--ray-address", "local", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "2"},
+    )
     run = RunFolder(out)
     deadline = time.time() + 300
     try:
@@ -102,18 +141,43 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     assert not run.loc.join("manifest.json").exists()
-    before = run.read("items", ["session_id", "item_id"]).num_rows + run.read("errors", ["session_id", "item_id"]).num_rows
+    before = (
+        run.read("items", ["session_id", "item_id"]).num_rows
+        + run.read("errors", ["session_id", "item_id"]).num_rows
+    )
     assert 0 < before < 12 * 12
 
     ray.shutdown()  # the rerun's local Ray starts with this process's AWS_* settings
-    m = score_corpus(ScoreConfig(sessions=s3_corpus, model=str(tiny_model), out=out, limit=12, max_model_len=1024, max_new_tokens=160,
-                                 max_rationale_chars=160, max_quotes=2, max_quote_chars=60, sessions_per_block=2, progress=False))
+    m = score_corpus(
+        ScoreConfig(
+            sessions=s3_corpus,
+            model=str(tiny_model),
+            out=out,
+            limit=12,
+            max_model_len=1024,
+            max_new_tokens=160,
+            max_rationale_chars=160,
+            max_quotes=2,
+            max_quote_chars=60,
+            sessions_per_block=2,
+            progress=False,
+        )
+    )
     assert m["pairs_done_before"] >= before
     assert m["items_scored"] + m["items_errors"] == m["items_in"] == 144
-    keys = [(r["session_id"], r["item_id"]) for sub in ("items", "errors") for r in run.read(sub, ["session_id", "item_id"]).to_pylist()]
+    keys = [
+        (r["session_id"], r["item_id"])
+        for sub in ("items", "errors")
+        for r in run.read(sub, ["session_id", "item_id"]).to_pylist()
+    ]
     assert len(keys) == len(set(keys)) == 144  # exactly one row per pair
-    assert run.loc.join("sessions", "part-00000.parquet").exists() and run.loc.join("fingerprint.json").exists()
-    names = {i.base_name for i in run.loc.fs.get_file_info(pafs.FileSelector(run.loc.join("items").path))}
+    assert (
+        run.loc.join("sessions", "part-00000.parquet").exists()
+        and run.loc.join("fingerprint.json").exists()
+    )
+    names = {
+        i.base_name for i in run.loc.fs.get_file_info(pafs.FileSelector(run.loc.join("items").path))
+    }
     assert names == {Path(p).name for p in run.committed("items")}  # no orphans left behind
     ray.shutdown()
 
@@ -124,5 +188,7 @@ def test_a_local_output_path_on_a_multi_node_cluster_is_refused():
 
     with pytest.raises(ValueError, match="other nodes would write to their own disks"):
         check_output_reachable(location("/tmp/x"), alive_nodes=2, shared_filesystem=False)
-    check_output_reachable(location("/tmp/x"), alive_nodes=2, shared_filesystem=True)  # the user says it is mounted everywhere
+    check_output_reachable(
+        location("/tmp/x"), alive_nodes=2, shared_filesystem=True
+    )  # the user says it is mounted everywhere
     check_output_reachable(location("/tmp/x"), alive_nodes=1, shared_filesystem=False)

@@ -1,12 +1,23 @@
 import pytest
 
-from care_ray.output import InvalidOutput, OutputError, format_item_output, output_schema, parse_item_output, quote_found_share
+from care_ray.output import (
+    InvalidOutput,
+    OutputError,
+    format_item_output,
+    output_schema,
+    parse_item_output,
+    quote_found_share,
+)
 
 
 def test_round_trip_of_the_training_target():
     text = format_item_output(4, "我觉得咨询师在听我说。", ["能多说一点吗？"])
     assert text.startswith('{"score":4,')
-    assert parse_item_output(text) == {"score": 4, "rationale": "我觉得咨询师在听我说。", "quotes": ["能多说一点吗？"]}
+    assert parse_item_output(text) == {
+        "score": 4,
+        "rationale": "我觉得咨询师在听我说。",
+        "quotes": ["能多说一点吗？"],
+    }
 
 
 def test_raw_control_characters_inside_strings_are_tolerated():

@@ -9,13 +9,21 @@ from care_ray.rubric import load_rubric
 
 
 def session(n_turns=6, words=5, sid="s1"):
-    turns = [{"role": "client" if i % 2 == 0 else "counselor", "text": f"turn{i} " + " ".join(["word"] * words)} for i in range(n_turns)]
+    turns = [
+        {
+            "role": "client" if i % 2 == 0 else "counselor",
+            "text": f"turn{i} " + " ".join(["word"] * words),
+        }
+        for i in range(n_turns)
+    ]
     return {"session_id": sid, "client_id": "c", "language": "en", "source": "t", "turns": turns}
 
 
 def test_twelve_prompts_share_the_transcript_prefix_and_end_with_the_item(tiny_model):
     rubric = load_rubric()
-    b = PromptBuilder(rubric, load_tokenizer(str(tiny_model)), max_model_len=2048, max_new_tokens=256)
+    b = PromptBuilder(
+        rubric, load_tokenizer(str(tiny_model)), max_model_len=2048, max_new_tokens=256
+    )
     table = b.build_item_prompts(sessions_to_table([session()]), rubric.items)
     prompts = table.column("prompt").to_pylist()
     assert len(prompts) == 12 and table.column("item_id").to_pylist() == list(range(1, 13))
@@ -35,7 +43,9 @@ def test_long_sessions_keep_opening_and_recent_turns_within_budget(tiny_model):
     table = b.build_item_prompts(sessions_to_table([s]), rubric.items[:2])
     row = table.slice(0, 1).to_pylist()[0]
     assert row["truncated"] and row["n_turns"] == 80 and 0 < row["n_elided_turns"] < 80
-    assert "turn0 " in row["prompt"] and "turn79 " in row["prompt"] and "turn40 " not in row["prompt"]
+    assert (
+        "turn0 " in row["prompt"] and "turn79 " in row["prompt"] and "turn40 " not in row["prompt"]
+    )
     assert f"[... {row['n_elided_turns']} turns omitted ...]" in row["prompt"]
     assert len(tok(row["prompt"], add_special_tokens=False)["input_ids"]) <= 600 - 100
     short = b.build_item_prompts(sessions_to_table([session()]), rubric.items[:1]).to_pylist()[0]
@@ -48,8 +58,16 @@ def test_chinese_rubric_and_item_selection(tiny_model):
     assert [i.id for i in zh.select("bond")] == [3, 5, 7, 9]
     assert [i.id for i in zh.select("1,task")] == [1, 2, 10, 12]
     b = PromptBuilder(zh, load_tokenizer(str(tiny_model)))
-    s = {"session_id": "z", "client_id": "c", "language": "zh", "source": "t",
-         "turns": [{"role": "client", "text": "我最近很焦虑。"}, {"role": "counselor", "text": "能多说一点吗？"}]}
+    s = {
+        "session_id": "z",
+        "client_id": "c",
+        "language": "zh",
+        "source": "t",
+        "turns": [
+            {"role": "client", "text": "我最近很焦虑。"},
+            {"role": "counselor", "text": "能多说一点吗？"},
+        ],
+    }
     p = b.build_item_prompts(sessions_to_table([s]), zh.select("3")).column("prompt")[0].as_py()
     assert "来访者（你）: 我最近很焦虑。" in p and zh.item(3).text in p
     with pytest.raises(ValueError, match="neither a dimension"):
@@ -58,12 +76,16 @@ def test_chinese_rubric_and_item_selection(tiny_model):
 
 def test_budget_too_small_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="max_model_len"):
-        PromptBuilder(load_rubric(), load_tokenizer(str(tiny_model)), max_model_len=256, max_new_tokens=200)
+        PromptBuilder(
+            load_rubric(), load_tokenizer(str(tiny_model)), max_model_len=256, max_new_tokens=200
+        )
 
 
 def test_prompt_table_schema(tiny_model):
     rubric = load_rubric()
-    t = PromptBuilder(rubric, load_tokenizer(str(tiny_model))).build_item_prompts(sessions_to_table([session()]), rubric.items)
+    t = PromptBuilder(rubric, load_tokenizer(str(tiny_model))).build_item_prompts(
+        sessions_to_table([session()]), rubric.items
+    )
     assert t.schema.field("truncated").type == pa.bool_()
 
 
@@ -73,9 +95,20 @@ def test_token_ids_equal_tokenising_each_prompt_whole(tiny_model):
         rubric = load_rubric(language=lang)
         b = PromptBuilder(rubric, tok, max_model_len=2048, max_new_tokens=128)
         sessions = [session(sid=f"s{k}", n_turns=4 + k) for k in range(3)] + [
-            {"session_id": "z", "client_id": "c", "language": "zh", "source": "t",
-             "turns": [{"role": "client", "text": "我最近很焦虑，睡不好。"}, {"role": "counselor", "text": "能多说一点吗？"}]}]
+            {
+                "session_id": "z",
+                "client_id": "c",
+                "language": "zh",
+                "source": "t",
+                "turns": [
+                    {"role": "client", "text": "我最近很焦虑，睡不好。"},
+                    {"role": "counselor", "text": "能多说一点吗？"},
+                ],
+            }
+        ]
         t = b.build_item_prompts(sessions_to_table(sessions), rubric.items)
-        for prompt, ids in zip(t.column("prompt").to_pylist(), t.column("prompt_token_ids").to_pylist(), strict=True):
+        for prompt, ids in zip(
+            t.column("prompt").to_pylist(), t.column("prompt_token_ids").to_pylist(), strict=True
+        ):
             assert ids == tok(prompt, add_special_tokens=False)["input_ids"]
         assert b._pieces_safe  # the fast path held for this tokenizer

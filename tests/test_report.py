@@ -40,19 +40,47 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
     pairs = []
     for dim in DIMENSIONS:
         observed = np.clip(rng.normal(3.6, 0.7, n), 1, 5).round(2)
-        pairs.append(pd.DataFrame({"session_id": [f"s{i}" for i in range(n)], "dimension": dim,
-                                   "predicted": np.clip(observed + rng.normal(0, 0.5, n), 1, 5),
-                                   "observed": observed, "counselor": np.clip(observed + rng.normal(0.3, 0.9, n), 1, 5),
-                                   "fold": np.arange(n) % folds}))
+        pairs.append(
+            pd.DataFrame(
+                {
+                    "session_id": [f"s{i}" for i in range(n)],
+                    "dimension": dim,
+                    "predicted": np.clip(observed + rng.normal(0, 0.5, n), 1, 5),
+                    "observed": observed,
+                    "counselor": np.clip(observed + rng.normal(0.3, 0.9, n), 1, 5),
+                    "fold": np.arange(n) % folds,
+                }
+            )
+        )
     pairs = pd.concat(pairs, ignore_index=True)
     rows = []
     for rater, column in (("model", "predicted"), ("counselor", "counselor")):
         for dim, g in pairs.groupby("dimension", sort=False):
-            for fold, part in [(None, g)] + ([(int(k), p) for k, p in g.groupby("fold")] if rater == "model" else []):
-                r, rho = stats.pearsonr(part[column], part["observed"])[0], stats.spearmanr(part[column], part["observed"])[0]
+            for fold, part in [(None, g)] + (
+                [(int(k), p) for k, p in g.groupby("fold")] if rater == "model" else []
+            ):
+                r, rho = (
+                    stats.pearsonr(part[column], part["observed"])[0],
+                    stats.spearmanr(part[column], part["observed"])[0],
+                )
                 mse = float(np.mean((part[column] - part["observed"]) ** 2))
-                rows.append({"rater": rater, "dimension": dim, "fold": fold, "n": len(part), "pearson": r, "pearson_lo": r - 0.12, "pearson_hi": min(r + 0.1, 1),
-                             "spearman": rho, "spearman_lo": rho - 0.12, "spearman_hi": min(rho + 0.1, 1), "mse": mse, "mse_lo": mse * 0.8, "mse_hi": mse * 1.2})
+                rows.append(
+                    {
+                        "rater": rater,
+                        "dimension": dim,
+                        "fold": fold,
+                        "n": len(part),
+                        "pearson": r,
+                        "pearson_lo": r - 0.12,
+                        "pearson_hi": min(r + 0.1, 1),
+                        "spearman": rho,
+                        "spearman_lo": rho - 0.12,
+                        "spearman_hi": min(rho + 0.1, 1),
+                        "mse": mse,
+                        "mse_lo": mse * 0.8,
+                        "mse_hi": mse * 1.2,
+                    }
+                )
     agreement = pd.DataFrame(rows).astype({"fold": "Int64"})
     _write(agreement, out / "agreement.parquet")
     calibration = []
@@ -60,23 +88,63 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
     for dim, g in pairs.groupby("dimension", sort=False):
         bins = pd.cut(g["predicted"], edges, include_lowest=True)
         for interval, b in g.groupby(bins, observed=True):
-            calibration.append({"dimension": dim, "bin": f"{interval.left:.1f}–{interval.right:.1f}", "bin_lo": interval.left, "bin_hi": interval.right, "n": len(b),
-                                "predicted_mean": b["predicted"].mean(), "observed_mean": b["observed"].mean(), "observed_sd": b["observed"].std()})
+            calibration.append(
+                {
+                    "dimension": dim,
+                    "bin": f"{interval.left:.1f}–{interval.right:.1f}",
+                    "bin_lo": interval.left,
+                    "bin_hi": interval.right,
+                    "n": len(b),
+                    "predicted_mean": b["predicted"].mean(),
+                    "observed_mean": b["observed"].mean(),
+                    "observed_sd": b["observed"].std(),
+                }
+            )
     _write(pd.DataFrame(calibration), out / "calibration.parquet")
     _write(pairs, out / "pairs.parquet")
     overall = agreement[agreement["fold"].isna()]
     model = overall[overall["rater"] == "model"].set_index("dimension")
     counselor = overall[overall["rater"] == "counselor"].set_index("dimension")
     metrics = {
-        "kind": "care-ray evaluation", "truth": "client_wai", "n_sessions": n,
-        "dimensions": {d: {"pearson": model.loc[d, "pearson"], "pearson_ci": [model.loc[d, "pearson_lo"], model.loc[d, "pearson_hi"]],
-                           "spearman": model.loc[d, "spearman"], "spearman_ci": [model.loc[d, "spearman_lo"], model.loc[d, "spearman_hi"]],
-                           "mse": model.loc[d, "mse"], "mse_ci": [model.loc[d, "mse_lo"], model.loc[d, "mse_hi"]], "n": n} for d in DIMENSIONS},
-        "counselor_baseline": {d: {"pearson": counselor.loc[d, "pearson"], "spearman": counselor.loc[d, "spearman"], "mse": counselor.loc[d, "mse"], "n": n,
-                                   "mean_gap": float((pairs.query("dimension == @d")["counselor"] - pairs.query("dimension == @d")["observed"]).mean())} for d in DIMENSIONS},
-        "model_vs_counselor": {d: model.loc[d, "pearson"] / counselor.loc[d, "pearson"] for d in DIMENSIONS},
-        "folds": None, "quote_found_share": 0.87, "rationale_overlap": {"rouge1": 0.31, "rougeL": 0.24, "n": 40, "skipped": 2},
-        "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95}, "model": "models/care-llama-8b", "rubric_id": "wai-sr-en",
+        "kind": "care-ray evaluation",
+        "truth": "client_wai",
+        "n_sessions": n,
+        "dimensions": {
+            d: {
+                "pearson": model.loc[d, "pearson"],
+                "pearson_ci": [model.loc[d, "pearson_lo"], model.loc[d, "pearson_hi"]],
+                "spearman": model.loc[d, "spearman"],
+                "spearman_ci": [model.loc[d, "spearman_lo"], model.loc[d, "spearman_hi"]],
+                "mse": model.loc[d, "mse"],
+                "mse_ci": [model.loc[d, "mse_lo"], model.loc[d, "mse_hi"]],
+                "n": n,
+            }
+            for d in DIMENSIONS
+        },
+        "counselor_baseline": {
+            d: {
+                "pearson": counselor.loc[d, "pearson"],
+                "spearman": counselor.loc[d, "spearman"],
+                "mse": counselor.loc[d, "mse"],
+                "n": n,
+                "mean_gap": float(
+                    (
+                        pairs.query("dimension == @d")["counselor"]
+                        - pairs.query("dimension == @d")["observed"]
+                    ).mean()
+                ),
+            }
+            for d in DIMENSIONS
+        },
+        "model_vs_counselor": {
+            d: model.loc[d, "pearson"] / counselor.loc[d, "pearson"] for d in DIMENSIONS
+        },
+        "folds": None,
+        "quote_found_share": 0.87,
+        "rationale_overlap": {"rouge1": 0.31, "rougeL": 0.24, "n": 40, "skipped": 2},
+        "bootstrap": {"resamples": 1000, "seed": 0, "level": 0.95},
+        "model": "models/care-llama-8b",
+        "rubric_id": "wai-sr-en",
     }
     (out / "metrics.json").write_text(json.dumps(metrics, default=float))
     return out
@@ -85,18 +153,31 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
 def _features(rng: np.random.Generator, n: int, with_counselors: bool) -> pd.DataFrame:
     strategy = rng.dirichlet(np.ones(len(STRATEGIES)), n)
     base = rng.normal(3.7, 0.5, n) + 0.8 * (strategy[:, 1] - 0.25)
-    frame = pd.DataFrame({
-        "session_id": [f"s{i}" for i in range(n)],
-        "source": np.where(np.arange(n) % 5 == 0, "failed", "main"),
-        "client_id": [f"c{i // 3}" for i in range(n)] if with_counselors else [f"s{i}" for i in range(n)],
-        "counselor_id": [f"T{i % 23:02d}" for i in range(n)] if with_counselors else None,
-        "session_index": (np.arange(n) % 3) + 1 if with_counselors else 1,
-        "problem_type": rng.choice(["job crisis", "breakup", "ongoing depression", "academic pressure"], n),
-    })
+    frame = pd.DataFrame(
+        {
+            "session_id": [f"s{i}" for i in range(n)],
+            "source": np.where(np.arange(n) % 5 == 0, "failed", "main"),
+            "client_id": [f"c{i // 3}" for i in range(n)]
+            if with_counselors
+            else [f"s{i}" for i in range(n)],
+            "counselor_id": [f"T{i % 23:02d}" for i in range(n)] if with_counselors else None,
+            "session_index": (np.arange(n) % 3) + 1 if with_counselors else 1,
+            "problem_type": rng.choice(
+                ["job crisis", "breakup", "ongoing depression", "academic pressure"], n
+            ),
+        }
+    )
     outcomes = ("goal", "task", "bond") if with_counselors else ("empathy", "relevance")
     for k, outcome in enumerate(outcomes):
         shift = -0.4 if outcome in ("task", "relevance") else 0.1 * k
-        frame[outcome] = np.clip(np.round((base + shift + rng.normal(0, 0.4, n) - 0.9 * (frame["source"] == "failed")) * 4) / 4, 1, 5)
+        frame[outcome] = np.clip(
+            np.round(
+                (base + shift + rng.normal(0, 0.4, n) - 0.9 * (frame["source"] == "failed")) * 4
+            )
+            / 4,
+            1,
+            5,
+        )
     frame["n_turns"] = rng.integers(10, 60, n)
     frame["counselor_talk_share"] = rng.uniform(0.3, 0.7, n)
     for j, s in enumerate(STRATEGIES):
@@ -104,7 +185,9 @@ def _features(rng: np.random.Generator, n: int, with_counselors: bool) -> pd.Dat
     return frame
 
 
-def _population(features: pd.DataFrame, outcomes: list[str], by: list[str], low: float = 2.0) -> pd.DataFrame:
+def _population(
+    features: pd.DataFrame, outcomes: list[str], by: list[str], low: float = 2.0
+) -> pd.DataFrame:
     rows = []
     for group_by in ["all", *by]:
         groups = [("all", features)] if group_by == "all" else list(features.groupby(group_by))
@@ -112,8 +195,21 @@ def _population(features: pd.DataFrame, outcomes: list[str], by: list[str], low:
             means = {o: g[o].mean() for o in outcomes}
             for o in outcomes:
                 x = g[o]
-                rows.append({"group_by": group_by, "grp": str(grp), "outcome": o, "n": len(x), "mean": x.mean(), "sd": x.std(), "q25": x.quantile(0.25),
-                             "median": x.median(), "q75": x.quantile(0.75), "low_share": float((x <= low).mean()), "is_weakest": o == min(means, key=means.get)})
+                rows.append(
+                    {
+                        "group_by": group_by,
+                        "grp": str(grp),
+                        "outcome": o,
+                        "n": len(x),
+                        "mean": x.mean(),
+                        "sd": x.std(),
+                        "q25": x.quantile(0.25),
+                        "median": x.median(),
+                        "q75": x.quantile(0.75),
+                        "low_share": float((x <= low).mean()),
+                        "is_weakest": o == min(means, key=means.get),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -121,38 +217,98 @@ def _transitions(rng: np.random.Generator, sources: list[str]) -> pd.DataFrame:
     rows = []
     for source in sources:
         for i, s in enumerate(STRATEGIES):
-            counts = rng.multinomial(60 + 20 * i, [0.6, 0.3, 0.1] if s == "Reflection of feelings" else [0.3, 0.4, 0.3])
-            rows += [{"source": source, "strategy": s, "reaction": r, "n": int(c), "share": c / counts.sum()} for r, c in zip(REACTIONS, counts, strict=True)]
+            counts = rng.multinomial(
+                60 + 20 * i, [0.6, 0.3, 0.1] if s == "Reflection of feelings" else [0.3, 0.4, 0.3]
+            )
+            rows += [
+                {
+                    "source": source,
+                    "strategy": s,
+                    "reaction": r,
+                    "n": int(c),
+                    "share": c / counts.sum(),
+                }
+                for r, c in zip(REACTIONS, counts, strict=True)
+            ]
     return pd.DataFrame(rows)
 
 
 def _contrasts(features: pd.DataFrame, outcomes: list[str]) -> pd.DataFrame:
     rows = []
     for o in outcomes:
-        a, b = features.loc[features["source"] == "failed", o], features.loc[features["source"] == "main", o]
+        a, b = (
+            features.loc[features["source"] == "failed", o],
+            features.loc[features["source"] == "main", o],
+        )
         t = stats.ttest_ind(a, b, equal_var=False)
         d = (a.mean() - b.mean()) / math.sqrt((a.var() + b.var()) / 2)
         for grp, x in (("failed", a), ("main", b)):
-            rows.append({"by": "source", "variable": o, "grp": grp, "n": len(x), "mean": x.mean(), "sd": x.std(), "effect_size": d, "effect_measure": "cohen_d",
-                         "test": "welch_t", "statistic": t.statistic, "p_value": t.pvalue, "p_adjusted": min(1.0, t.pvalue * len(outcomes))})
+            rows.append(
+                {
+                    "by": "source",
+                    "variable": o,
+                    "grp": grp,
+                    "n": len(x),
+                    "mean": x.mean(),
+                    "sd": x.std(),
+                    "effect_size": d,
+                    "effect_measure": "cohen_d",
+                    "test": "welch_t",
+                    "statistic": t.statistic,
+                    "p_value": t.pvalue,
+                    "p_adjusted": min(1.0, t.pvalue * len(outcomes)),
+                }
+            )
         groups = dict(list(features.groupby("problem_type")[o]))
         h = stats.kruskal(*groups.values())
         for grp, x in groups.items():
-            rows.append({"by": "problem_type", "variable": o, "grp": grp, "n": len(x), "mean": x.mean(), "sd": x.std(), "effect_size": 0.02, "effect_measure": "epsilon_squared",
-                         "test": "kruskal_wallis", "statistic": h.statistic, "p_value": h.pvalue, "p_adjusted": min(1.0, h.pvalue * len(outcomes))})
+            rows.append(
+                {
+                    "by": "problem_type",
+                    "variable": o,
+                    "grp": grp,
+                    "n": len(x),
+                    "mean": x.mean(),
+                    "sd": x.std(),
+                    "effect_size": 0.02,
+                    "effect_measure": "epsilon_squared",
+                    "test": "kruskal_wallis",
+                    "statistic": h.statistic,
+                    "p_value": h.pvalue,
+                    "p_adjusted": min(1.0, h.pvalue * len(outcomes)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _drivers(rng: np.random.Generator, outcomes: list[str], n: int) -> pd.DataFrame:
-    feats = ["n_turns", "counselor_talk_share", *[f"strategy:{s}" for s in STRATEGIES[1:]], "strategy:Reflection of feelings × reaction:positive"]
+    feats = [
+        "n_turns",
+        "counselor_talk_share",
+        *[f"strategy:{s}" for s in STRATEGIES[1:]],
+        "strategy:Reflection of feelings × reaction:positive",
+    ]
     rows = []
     for o in outcomes:
         for j, f in enumerate(feats):
             coef = 0.3 if "Reflection" in f else rng.normal(0, 0.05)
             se = 0.06
             p = float(2 * stats.norm.sf(abs(coef / se)))
-            rows.append({"outcome": o, "feature": f, "coef_std": coef, "std_error": se, "ci_low": coef - 1.96 * se, "ci_high": coef + 1.96 * se,
-                         "p_value": p, "p_adjusted": min(1.0, p * len(feats)), "n": n, "model": "OLS (HC3)", "r2": 0.21 + 0.01 * j})
+            rows.append(
+                {
+                    "outcome": o,
+                    "feature": f,
+                    "coef_std": coef,
+                    "std_error": se,
+                    "ci_low": coef - 1.96 * se,
+                    "ci_high": coef + 1.96 * se,
+                    "p_value": p,
+                    "p_adjusted": min(1.0, p * len(feats)),
+                    "n": n,
+                    "model": "OLS (HC3)",
+                    "r2": 0.21 + 0.01 * j,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -164,9 +320,21 @@ def _counselor_profiles(features: pd.DataFrame, outcomes: list[str]) -> pd.DataF
             weight = len(g) / (len(g) + 4)
             pooled = weight * g[o].mean() + (1 - weight) * grand
             half = 1.0 / math.sqrt(len(g) + 4)
-            rows.append({"counselor_id": cid, "outcome": o, "n_sessions": len(g), "raw_mean": g[o].mean(), "pooled_mean": pooled, "pooled_lo": pooled - half, "pooled_hi": pooled + half})
+            rows.append(
+                {
+                    "counselor_id": cid,
+                    "outcome": o,
+                    "n_sessions": len(g),
+                    "raw_mean": g[o].mean(),
+                    "pooled_mean": pooled,
+                    "pooled_lo": pooled - half,
+                    "pooled_hi": pooled + half,
+                }
+            )
     frame = pd.DataFrame(rows)
-    frame["rank"] = frame.groupby("outcome")["pooled_mean"].rank(ascending=False, method="first").astype(int)
+    frame["rank"] = (
+        frame.groupby("outcome")["pooled_mean"].rank(ascending=False, method="first").astype(int)
+    )
     best = frame.groupby("counselor_id")["pooled_mean"].transform("max")
     worst = frame.groupby("counselor_id")["pooled_mean"].transform("min")
     frame["is_strength"] = frame["pooled_mean"] == best
@@ -174,18 +342,40 @@ def _counselor_profiles(features: pd.DataFrame, outcomes: list[str]) -> pd.DataF
     return frame
 
 
-def _trajectories(features: pd.DataFrame, outcomes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _trajectories(
+    features: pd.DataFrame, outcomes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     per_client, summary = [], []
     for o in outcomes:
         for cid, g in features.groupby("client_id"):
             if len(g) > 1:
                 g = g.sort_values("session_index")
                 slope = stats.linregress(g["session_index"], g[o]).slope
-                per_client.append({"client_id": cid, "outcome": o, "n_sessions": len(g), "first": g[o].iloc[0], "last": g[o].iloc[-1], "slope": slope, "rises": bool(g[o].iloc[-1] > g[o].iloc[0])})
+                per_client.append(
+                    {
+                        "client_id": cid,
+                        "outcome": o,
+                        "n_sessions": len(g),
+                        "first": g[o].iloc[0],
+                        "last": g[o].iloc[-1],
+                        "slope": slope,
+                        "rises": bool(g[o].iloc[-1] > g[o].iloc[0]),
+                    }
+                )
         for idx, g in features.groupby("session_index"):
-            summary.append({"outcome": o, "session_index": int(idx), "n": len(g), "mean": g[o].mean()})
+            summary.append(
+                {"outcome": o, "session_index": int(idx), "n": len(g), "mean": g[o].mean()}
+            )
     per_client = pd.DataFrame(per_client)
-    clients = per_client.groupby("outcome", sort=False).agg(n_clients=("client_id", "size"), share_rising=("rises", "mean"), mean_slope=("slope", "mean")).reset_index()
+    clients = (
+        per_client.groupby("outcome", sort=False)
+        .agg(
+            n_clients=("client_id", "size"),
+            share_rising=("rises", "mean"),
+            mean_slope=("slope", "mean"),
+        )
+        .reset_index()
+    )
     return per_client, pd.DataFrame(summary), clients
 
 
@@ -205,26 +395,91 @@ def write_analysis(out: Path, full: bool = True, n: int = 150, seed: int = 1) ->
     }
     if full:
         tables["counselor_profiles"] = _counselor_profiles(features, outcomes)
-        tables["challenge_terms"] = pd.DataFrame([{"dimension": d, "term": t, "count": 10 + k, "log_odds": 1.5 - 0.2 * k, "z": 4.0 - 0.5 * k}
-                                                  for d in DIMENSIONS for k, t in enumerate(["vague", "goal unclear", "mechanical", "no plan", "generic advice", "polite"])])
-        tables["challenge_clusters"] = pd.DataFrame([
-            {"dimension": "task", "cluster": 0, "size": 14, "top_terms": ["vague", "suggestions"], "example_rationale": "The counselor offered vague suggestions & no plan.",
-             "example_quote": f"maybe try to relax {PLANTED}"},
-            {"dimension": "task", "cluster": 1, "size": 6, "top_terms": ["mechanical"], "example_rationale": "Responses felt mechanical.", "example_quote": "ok. ok. I see."},
-            {"dimension": "goal", "cluster": 0, "size": 9, "top_terms": ["goal", "unclear"], "example_rationale": "Goals were never made concrete.", "example_quote": "what do you want?"},
-        ])
+        tables["challenge_terms"] = pd.DataFrame(
+            [
+                {
+                    "dimension": d,
+                    "term": t,
+                    "count": 10 + k,
+                    "log_odds": 1.5 - 0.2 * k,
+                    "z": 4.0 - 0.5 * k,
+                }
+                for d in DIMENSIONS
+                for k, t in enumerate(
+                    ["vague", "goal unclear", "mechanical", "no plan", "generic advice", "polite"]
+                )
+            ]
+        )
+        tables["challenge_clusters"] = pd.DataFrame(
+            [
+                {
+                    "dimension": "task",
+                    "cluster": 0,
+                    "size": 14,
+                    "top_terms": ["vague", "suggestions"],
+                    "example_rationale": "The counselor offered vague suggestions & no plan.",
+                    "example_quote": f"maybe try to relax {PLANTED}",
+                },
+                {
+                    "dimension": "task",
+                    "cluster": 1,
+                    "size": 6,
+                    "top_terms": ["mechanical"],
+                    "example_rationale": "Responses felt mechanical.",
+                    "example_quote": "ok. ok. I see.",
+                },
+                {
+                    "dimension": "goal",
+                    "cluster": 0,
+                    "size": 9,
+                    "top_terms": ["goal", "unclear"],
+                    "example_rationale": "Goals were never made concrete.",
+                    "example_quote": "what do you want?",
+                },
+            ]
+        )
         trajectories, summary, clients = _trajectories(features, outcomes)
-        tables |= {"trajectories": trajectories, "trajectory_summary": summary, "trajectory_clients": clients}
+        tables |= {
+            "trajectories": trajectories,
+            "trajectory_summary": summary,
+            "trajectory_clients": clients,
+        }
     for name, frame in tables.items():
         _write(frame, out / f"{name}.parquet")
-    notes = [] if full else ["counselor_profiles: no counselor ids", "challenges: needs model scores", "trajectories: no client has two sessions"]
-    manifest = {"kind": "care-ray analysis", "mode": "scores" if full else "labels", "outcomes": outcomes, "by": ["problem_type", "source"], "n_sessions": n,
-                "tables": {k: len(v) for k, v in tables.items()}, "notes": notes, "seconds": 0.5, "low_threshold": 2.0}
+    notes = (
+        []
+        if full
+        else [
+            "counselor_profiles: no counselor ids",
+            "challenges: needs model scores",
+            "trajectories: no client has two sessions",
+        ]
+    )
+    manifest = {
+        "kind": "care-ray analysis",
+        "mode": "scores" if full else "labels",
+        "outcomes": outcomes,
+        "by": ["problem_type", "source"],
+        "n_sessions": n,
+        "tables": {k: len(v) for k, v in tables.items()},
+        "notes": notes,
+        "seconds": 0.5,
+        "low_threshold": 2.0,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
 
-SECTION_TITLES = ("Agreement", "Population", "Counselor profiles", "Drivers", "Group contrasts", "Strategy × reaction transitions", "Challenges", "Trajectories")
+SECTION_TITLES = (
+    "Agreement",
+    "Population",
+    "Counselor profiles",
+    "Drivers",
+    "Group contrasts",
+    "Strategy × reaction transitions",
+    "Challenges",
+    "Trajectories",
+)
 
 
 def _headings(page: str) -> list[str]:
@@ -234,8 +489,11 @@ def _headings(page: str) -> list[str]:
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report-inputs")
-    return {"evaluation": write_evaluation(root / "eval"), "analysis": write_analysis(root / "scores-analysis"),
-            "labels": write_analysis(root / "esconv-analysis", full=False)}
+    return {
+        "evaluation": write_evaluation(root / "eval"),
+        "analysis": write_analysis(root / "scores-analysis"),
+        "labels": write_analysis(root / "esconv-analysis", full=False),
+    }
 
 
 def _load(path: Path) -> report.Findings:
@@ -246,8 +504,16 @@ def _load(path: Path) -> report.Findings:
 @pytest.fixture(scope="module")
 def pages(folders) -> dict[str, str]:
     """Each page is built once: matplotlib takes a few seconds per page on a shared CPU."""
-    ev, an, labels = _load(folders["evaluation"]), _load(folders["analysis"]), _load(folders["labels"])
-    return {"full": report.build_report(ev, [an]), "labels": report.build_report(None, [labels]), "evaluation": report.build_report(ev, [])}
+    ev, an, labels = (
+        _load(folders["evaluation"]),
+        _load(folders["analysis"]),
+        _load(folders["labels"]),
+    )
+    return {
+        "full": report.build_report(ev, [an]),
+        "labels": report.build_report(None, [labels]),
+        "evaluation": report.build_report(ev, []),
+    }
 
 
 def _text(page: str) -> str:
@@ -271,21 +537,41 @@ def test_full_report_has_every_section_and_no_external_or_script_content(pages):
 
 def test_sections_follow_the_tables_present(pages):
     labels_only = _headings(pages["labels"])
-    assert "Population" in labels_only and "Group contrasts" in labels_only and "Strategy × reaction transitions" in labels_only
+    assert (
+        "Population" in labels_only
+        and "Group contrasts" in labels_only
+        and "Strategy × reaction transitions" in labels_only
+    )
     for absent in ("Agreement", "Counselor profiles", "Challenges", "Trajectories"):
         assert absent not in labels_only
     evaluation_only = _headings(pages["evaluation"])
     assert "Agreement" in evaluation_only and "Population" not in evaluation_only
-    assert "no counselor ids" in pages["labels"]  # the analysis's notes say why a section is missing
+    assert (
+        "no counselor ids" in pages["labels"]
+    )  # the analysis's notes say why a section is missing
 
 
 def test_dropping_a_table_drops_its_section(folders):
     an = _load(folders["analysis"])
-    without = report.Findings(an.kind, an.path, an.meta, {k: v for k, v in an.tables.items() if k not in ("drivers", "challenge_clusters", "trajectory_summary")})
+    without = report.Findings(
+        an.kind,
+        an.path,
+        an.meta,
+        {
+            k: v
+            for k, v in an.tables.items()
+            if k not in ("drivers", "challenge_clusters", "trajectory_summary")
+        },
+    )
     with rc_context({"svg.hashsalt": "t"}):
-        assert report.drivers_section(an, "d") is not None and report.drivers_section(without, "d") is None
+        assert (
+            report.drivers_section(an, "d") is not None
+            and report.drivers_section(without, "d") is None
+        )
         challenges = report.challenges_section(without, "c")
-    assert challenges is not None and "Recurring challenges" not in challenges.body  # challenge_terms alone still make the section
+    assert (
+        challenges is not None and "Recurring challenges" not in challenges.body
+    )  # challenge_terms alone still make the section
     assert report.counselor_section(report.Findings(an.kind, an.path, an.meta, {}), "p") is None
 
 
@@ -296,7 +582,11 @@ def test_agreement_sentence_reports_the_tables_numbers(folders, pages):
     for dim in DIMENSIONS:
         p = pairs[pairs["dimension"] == dim]
         r = np.corrcoef(p["predicted"], p["observed"])[0, 1]
-        row = agreement[(agreement["rater"] == "model") & (agreement["dimension"] == dim) & agreement["fold"].isna()].iloc[0]
+        row = agreement[
+            (agreement["rater"] == "model")
+            & (agreement["dimension"] == dim)
+            & agreement["fold"].isna()
+        ].iloc[0]
         assert f"{dim} {r:.2f} [{row['pearson_lo']:.2f}, {row['pearson_hi']:.2f}] (n = 120)" in text
     assert "bootstrap intervals over 1,000 resamples" in text
     assert "87% of the quotes" in text
@@ -308,15 +598,24 @@ def test_population_names_the_weakest_outcome_with_its_ci(folders, pages):
     means = features[list(DIMENSIONS)].mean()
     weakest = means.idxmin()
     lo, hi = stats.ttest_1samp(features[weakest], 0).confidence_interval(0.95)
-    assert f"{weakest} has the lowest mean of the 3 outcomes: {means[weakest]:.2f} [{lo:.2f}, {hi:.2f}]" in text
+    assert (
+        f"{weakest} has the lowest mean of the 3 outcomes: {means[weakest]:.2f} [{lo:.2f}, {hi:.2f}]"
+        in text
+    )
     runner_up = means.drop(weakest).idxmin()
     p = stats.wilcoxon(features[weakest] - features[runner_up]).pvalue
-    assert f"{weakest} is lower than {runner_up} by {means[runner_up] - means[weakest]:.2f} on average (Wilcoxon signed-rank " + ("p < 0.001" if p < 0.001 else f"p = {p:.3f}") in text
+    assert (
+        f"{weakest} is lower than {runner_up} by {means[runner_up] - means[weakest]:.2f} on average (Wilcoxon signed-rank "
+        + ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
+        in text
+    )
 
 
 def test_transition_dependence_matches_an_independent_chi_square(folders, pages):
     t = pd.read_parquet(folders["analysis"] / "transitions.parquet")
-    table = t.pivot_table(index="strategy", columns="reaction", values="n", aggfunc="sum").to_numpy()
+    table = t.pivot_table(
+        index="strategy", columns="reaction", values="n", aggfunc="sum"
+    ).to_numpy()
     chi2, _, dof, _ = stats.chi2_contingency(table)
     assert f"χ² = {chi2:.1f}, df = {dof}" in _text(pages["full"])
 
@@ -328,7 +627,10 @@ def test_counselor_intervals_are_counted_against_the_overall_mean(folders, pages
     for dim in DIMENSIONS:
         p, overall = profiles[profiles["outcome"] == dim], features[dim].mean()
         above, below = int((p["pooled_lo"] > overall).sum()), int((p["pooled_hi"] < overall).sum())
-        assert f"{dim}: {above} counselor(s) have intervals entirely above the overall mean ({overall:.2f}) and {below} entirely below" in text
+        assert (
+            f"{dim}: {above} counselor(s) have intervals entirely above the overall mean ({overall:.2f}) and {below} entirely below"
+            in text
+        )
 
 
 def test_trajectory_slope_interval_matches_scipy(folders, pages):
@@ -342,12 +644,16 @@ def test_labels_are_not_ranked_and_contrasts_name_extreme_groups(folders, pages)
     text = _text(pages["labels"])
     assert "so none is named the weakest" in text and "lowest mean of the" not in text
     features = pd.read_parquet(folders["labels"] / "features.parquet")
-    table = re.search(r"All \d+ contrasts \(table\)</summary>(.*?)</details>", pages["labels"], flags=re.S).group(1)
+    table = re.search(
+        r"All \d+ contrasts \(table\)</summary>(.*?)</details>", pages["labels"], flags=re.S
+    ).group(1)
     cells = [_text(row).split() for row in re.findall(r"<tr>(.*?)</tr>", table)]
     for outcome in ("empathy", "relevance"):
         means = features.groupby("problem_type")[outcome].mean()
         row = " ".join(next(c for c in cells if c[:2] == ["problem_type", outcome]))
-        assert f"{means.idxmin()} {means.min():.2f} {means.idxmax()} {means.max():.2f}" in row  # lowest, then highest group mean
+        assert (
+            f"{means.idxmin()} {means.min():.2f} {means.idxmax()} {means.max():.2f}" in row
+        )  # lowest, then highest group mean
         p = stats.kruskal(*[g for _, g in features.groupby("problem_type")[outcome]]).pvalue
         assert ("< 0.001" if p < 0.001 else f"{p:.3f}") in row
 
@@ -355,8 +661,12 @@ def test_labels_are_not_ranked_and_contrasts_name_extreme_groups(folders, pages)
 def test_small_groups_stay_out_of_the_extremes(folders):
     an = _load(folders["analysis"])
     pop = an.tables["population"]
-    tiny = pop.filter((pop["group_by"] == "problem_type") & (pop["grp"] == "breakup")).with_columns(grp=pl.lit("tiny"), n=pl.lit(2), mean=pl.lit(1.0))
-    small = report.Findings(an.kind, an.path, an.meta, {"population": pl.concat([pop, tiny], how="vertical_relaxed")})
+    tiny = pop.filter((pop["group_by"] == "problem_type") & (pop["grp"] == "breakup")).with_columns(
+        grp=pl.lit("tiny"), n=pl.lit(2), mean=pl.lit(1.0)
+    )
+    small = report.Findings(
+        an.kind, an.path, an.meta, {"population": pl.concat([pop, tiny], how="vertical_relaxed")}
+    )
     with rc_context({"svg.hashsalt": "t"}):
         text = _text(report.population_section(small, "p").body)
     assert "lowest in tiny" not in text and "fewer than 10 sessions" in text
@@ -365,28 +675,93 @@ def test_small_groups_stay_out_of_the_extremes(folders):
 
 def _null_row(columns: tuple[str, ...]) -> pl.DataFrame:
     """One row per contract table: text columns "x", flags and numbers null (nothing can be computed)."""
+
     def column(name: str) -> pl.Series:
         if name == "group_by":
             return pl.Series(name, ["all"])
         if name.startswith("is_") or name == "rises":
             return pl.Series(name, [None], dtype=pl.Boolean)
-        numeric = name in {"n", "fold", "cluster", "size", "count", "rank", "session_index", "n_sessions", "n_clients"} or any(
-            k in name for k in ("mean", "sd", "q25", "q75", "median", "share", "pearson", "spearman", "mse", "bin_", "coef", "error", "ci_", "p_", "r2", "effect_size",
-                                "statistic", "log_odds", "z", "first", "last", "slope", "predicted", "observed", "counselor", "raw_", "pooled_"))
-        return pl.Series(name, [None], dtype=pl.Float64) if numeric and name not in ("counselor_id",) else pl.Series(name, ["x"])
+        numeric = name in {
+            "n",
+            "fold",
+            "cluster",
+            "size",
+            "count",
+            "rank",
+            "session_index",
+            "n_sessions",
+            "n_clients",
+        } or any(
+            k in name
+            for k in (
+                "mean",
+                "sd",
+                "q25",
+                "q75",
+                "median",
+                "share",
+                "pearson",
+                "spearman",
+                "mse",
+                "bin_",
+                "coef",
+                "error",
+                "ci_",
+                "p_",
+                "r2",
+                "effect_size",
+                "statistic",
+                "log_odds",
+                "z",
+                "first",
+                "last",
+                "slope",
+                "predicted",
+                "observed",
+                "counselor",
+                "raw_",
+                "pooled_",
+            )
+        )
+        return (
+            pl.Series(name, [None], dtype=pl.Float64)
+            if numeric and name not in ("counselor_id",)
+            else pl.Series(name, ["x"])
+        )
+
     return pl.DataFrame([column(c) for c in columns])
 
 
 def test_tables_with_nothing_computable_still_render():
-    ev = report.Findings(report.EVALUATION_KIND, Path("ev"), {"kind": report.EVALUATION_KIND}, {k: _null_row(c) for k, c in report.EVALUATION_TABLES.items()})
-    an = report.Findings(report.ANALYSIS_KIND, Path("an"), {"kind": report.ANALYSIS_KIND}, {k: _null_row(c) for k, c in report.ANALYSIS_TABLES.items()})
+    ev = report.Findings(
+        report.EVALUATION_KIND,
+        Path("ev"),
+        {"kind": report.EVALUATION_KIND},
+        {k: _null_row(c) for k, c in report.EVALUATION_TABLES.items()},
+    )
+    an = report.Findings(
+        report.ANALYSIS_KIND,
+        Path("an"),
+        {"kind": report.ANALYSIS_KIND},
+        {k: _null_row(c) for k, c in report.ANALYSIS_TABLES.items()},
+    )
     page = report.build_report(ev, [an])
     assert set(SECTION_TITLES) <= set(_headings(page))
 
 
 def test_truth_may_be_a_name_or_a_spec():
     assert report.truth_name({"truth": "client_wai"}) == "client_wai"
-    assert report.truth_name({"truth": {"kind": "labels", "dimensions": {"goal": "labels.relevance", "bond": "labels.empathy"}}}) == "labels.empathy, labels.relevance"
+    assert (
+        report.truth_name(
+            {
+                "truth": {
+                    "kind": "labels",
+                    "dimensions": {"goal": "labels.relevance", "bond": "labels.empathy"},
+                }
+            }
+        )
+        == "labels.empathy, labels.relevance"
+    )
     assert report.truth_name({}) == "the reference ratings"
 
 
@@ -402,8 +777,20 @@ def test_share_ci_is_the_wilson_interval():
 
 def test_cli_writes_report_and_prints_its_path(folders, tmp_path):
     small = write_analysis(tmp_path / "small-analysis", full=False, n=30)
-    result = CliRunner().invoke(app, ["report", "--analysis", str(folders["labels"]), "--analysis", str(small),
-                                      "--out", str(tmp_path / "rep"), "--title", "Pilot <A&B>"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--analysis",
+            str(folders["labels"]),
+            "--analysis",
+            str(small),
+            "--out",
+            str(tmp_path / "rep"),
+            "--title",
+            "Pilot <A&B>",
+        ],
+    )
     assert result.exit_code == 0, result.output
     path = Path(result.output.strip().splitlines()[-1])
     assert path == tmp_path / "rep" / "report.html" and path.is_file()
@@ -417,7 +804,10 @@ def test_cli_writes_report_and_prints_its_path(folders, tmp_path):
     [
         ([], "nothing to report"),
         (["--evaluation", "{missing}"], "--evaluation folder not found"),
-        (["--analysis", "{evaluation}"], "is a 'care-ray evaluation' folder, not a care-ray analysis (pass it with --evaluation)"),
+        (
+            ["--analysis", "{evaluation}"],
+            "is a 'care-ray evaluation' folder, not a care-ray analysis (pass it with --evaluation)",
+        ),
         (["--evaluation", "{analysis}"], "not a care-ray evaluation (pass it with --analysis)"),
         (["--analysis", "{plain}"], "is neither a care-ray evaluation nor an analysis"),
         (["--analysis", "{other_kind}"], "is a 'care-ray scores' folder, not a care-ray analysis"),
@@ -431,9 +821,20 @@ def test_bad_folders_are_one_line_errors(folders, tmp_path, args, message):
     other.mkdir()
     (other / "manifest.json").write_text(json.dumps({"kind": "care-ray scores"}))
     broken = write_analysis(tmp_path / "broken", n=40)
-    pd.read_parquet(broken / "drivers.parquet").drop(columns="p_adjusted").to_parquet(broken / "drivers.parquet")
-    names = {"missing": tmp_path / "nope", "evaluation": folders["evaluation"], "analysis": folders["analysis"], "plain": plain, "other_kind": other, "broken": broken}
-    result = CliRunner().invoke(app, ["report", *[a.format(**names) for a in args], "--out", str(tmp_path / "out")])
+    pd.read_parquet(broken / "drivers.parquet").drop(columns="p_adjusted").to_parquet(
+        broken / "drivers.parquet"
+    )
+    names = {
+        "missing": tmp_path / "nope",
+        "evaluation": folders["evaluation"],
+        "analysis": folders["analysis"],
+        "plain": plain,
+        "other_kind": other,
+        "broken": broken,
+    }
+    result = CliRunner().invoke(
+        app, ["report", *[a.format(**names) for a in args], "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output

@@ -16,8 +16,16 @@ from care_ray.cli import app
 from test_report import PLANTED, SECTION_TITLES, write_analysis, write_evaluation
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOT_COPY = Path("/tmp/care-ray-report.png")
 
 
@@ -27,8 +35,22 @@ def report_html(tmp_path_factory) -> Path:
     evaluation = write_evaluation(root / "eval")
     analysis = write_analysis(root / "scores-analysis")
     labels = write_analysis(root / "esconv-analysis", full=False)
-    result = CliRunner().invoke(app, ["report", "--evaluation", str(evaluation), "--analysis", str(analysis), "--analysis", str(labels),
-                                      "--out", str(root / "report"), "--title", "care-ray report (synthetic)"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--evaluation",
+            str(evaluation),
+            "--analysis",
+            str(analysis),
+            "--analysis",
+            str(labels),
+            "--out",
+            str(root / "report"),
+            "--title",
+            "care-ray report (synthetic)",
+        ],
+    )
     assert result.exit_code == 0, result.output
     path = Path(result.output.strip().splitlines()[-1])
     assert path.is_file()
@@ -37,7 +59,9 @@ def report_html(tmp_path_factory) -> Path:
 
 def test_report_renders_in_chromium(report_html, tmp_path):
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/setup does it)")
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/setup does it)"
+        )
     try:
         from playwright import sync_api
     except ImportError:
@@ -45,8 +69,13 @@ def test_report_renders_in_chromium(report_html, tmp_path):
 
     console, page_errors, requests, dialogs = [], [], [], []
     with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-                                                        viewport={"width": 1280, "height": 900})
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
         try:
             page = context.new_page()
             page.on("console", lambda msg: console.append((msg.type, msg.text)))
@@ -59,7 +88,9 @@ def test_report_renders_in_chromium(report_html, tmp_path):
             assert plots.count() >= 12
             for i in range(plots.count()):
                 box = plots.nth(i).bounding_box()
-                assert box is not None and box["width"] > 50 and box["height"] > 50, f"plot {i} ({plots.nth(i).get_attribute('aria-label')}) renders at {box}"
+                assert box is not None and box["width"] > 50 and box["height"] > 50, (
+                    f"plot {i} ({plots.nth(i).get_attribute('aria-label')}) renders at {box}"
+                )
             images = page.locator("img")
             for i in range(images.count()):
                 box = images.nth(i).bounding_box()

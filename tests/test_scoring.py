@@ -15,7 +15,15 @@ from care_ray.scoring import ScoreConfig, score_corpus
 pytestmark = pytest.mark.slow
 
 # Bounds keep a random model's rambling short; guided decoding enforces them.
-SMALL = dict(max_model_len=1024, max_new_tokens=160, max_rationale_chars=160, max_quotes=2, max_quote_chars=60, sessions_per_block=4, progress=False)
+SMALL = dict(
+    max_model_len=1024,
+    max_new_tokens=160,
+    max_rationale_chars=160,
+    max_quotes=2,
+    max_quote_chars=60,
+    sessions_per_block=4,
+    progress=False,
+)
 
 
 def cfg(corpus, model, out, **kw):
@@ -24,7 +32,9 @@ def cfg(corpus, model, out, **kw):
 
 def pairs(folder):
     t = ds.dataset(folder).to_table(columns=["session_id", "item_id"])
-    return list(zip(t.column("session_id").to_pylist(), t.column("item_id").to_pylist(), strict=True))
+    return list(
+        zip(t.column("session_id").to_pylist(), t.column("item_id").to_pylist(), strict=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,28 +83,60 @@ def test_prefix_cache_serves_the_shared_transcript(scored):
 
 def test_failed_answers_are_retried_then_kept_in_errors(esconv_corpus, tiny_model, tmp_path):
     # No length bounds and 16 tokens: most answers are cut, retried at 32 tokens, cut again.
-    m = score_corpus(ScoreConfig(sessions=esconv_corpus, model=str(tiny_model), out=tmp_path, limit=2, items="bond",
-                                 max_model_len=1024, max_new_tokens=16, progress=False))
+    m = score_corpus(
+        ScoreConfig(
+            sessions=esconv_corpus,
+            model=str(tiny_model),
+            out=tmp_path,
+            limit=2,
+            items="bond",
+            max_model_len=1024,
+            max_new_tokens=16,
+            progress=False,
+        )
+    )
     assert m["items_in"] == 8 and m["items_scored"] + m["items_errors"] == 8
     assert m["items_errors"] >= 1
     errors = pq.read_table(tmp_path / "errors").to_pylist()
-    assert all(e["attempts"] == 2 and e["raw_output"] and e["error_reason"] in ("truncated", "invalid_json", "schema_violation") for e in errors)
+    assert all(
+        e["attempts"] == 2
+        and e["raw_output"]
+        and e["error_reason"] in ("truncated", "invalid_json", "schema_violation")
+        for e in errors
+    )
     assert m["sessions_in"] == m["sessions_complete"] + m["sessions_with_errors"]
 
 
-def test_a_dead_engine_actor_is_restarted_and_the_job_completes(esconv_corpus, tiny_model, tmp_path):
+def test_a_dead_engine_actor_is_restarted_and_the_job_completes(
+    esconv_corpus, tiny_model, tmp_path
+):
     marker = tmp_path / "crashed"
-    m = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "out", limit=4, crash_once_marker=str(marker)))
+    m = score_corpus(
+        cfg(esconv_corpus, tiny_model, tmp_path / "out", limit=4, crash_once_marker=str(marker))
+    )
     assert marker.exists()  # the engine process really died once
     assert m["items_in"] == 48 and m["items_scored"] + m["items_errors"] == 48
     assert m["items_scored"] == 48
 
 
 def test_samples_give_a_spread(esconv_corpus, tiny_model, tmp_path):
-    m = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path, limit=2, items="bond", samples=3, temperature=1.0, seed=1))
+    m = score_corpus(
+        cfg(
+            esconv_corpus,
+            tiny_model,
+            tmp_path,
+            limit=2,
+            items="bond",
+            samples=3,
+            temperature=1.0,
+            seed=1,
+        )
+    )
     assert m["items_scored"] + m["items_errors"] == 8
     items = pq.read_table(tmp_path / "items").to_pylist()
-    assert all(1 <= len(r["scores"]) <= 3 and r["n_valid_samples"] == len(r["scores"]) for r in items)
+    assert all(
+        1 <= len(r["scores"]) <= 3 and r["n_valid_samples"] == len(r["scores"]) for r in items
+    )
     assert all(r["score"] == pytest.approx(sum(r["scores"]) / len(r["scores"])) for r in items)
     sessions = pq.read_table(tmp_path / "sessions").to_pylist()
     assert all(s["goal"] is None for s in sessions)  # only bond items were asked for
@@ -103,11 +145,35 @@ def test_samples_give_a_spread(esconv_corpus, tiny_model, tmp_path):
 
 def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tmp_path):
     out = tmp_path / "out"
-    args = ["--sessions", str(esconv_corpus), "--model", str(tiny_model), "--out", str(out), "--limit", "16",
-            "--max-model-len", "1024", "--max-new-tokens", "160", "--max-rationale-chars", "160", "--max-quotes", "2", "--max-quote-chars", "60", "--no-progress"]
+    args = [
+        "--sessions",
+        str(esconv_corpus),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--limit",
+        "16",
+        "--max-model-len",
+        "1024",
+        "--max-new-tokens",
+        "160",
+        "--max-rationale-chars",
+        "160",
+        "--max-quotes",
+        "2",
+        "--max-quote-chars",
+        "60",
+        "--no-progress",
+    ]
     env = {**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "2"}
-    p = subprocess.Popen([sys.executable, "-m", "care_ray", "score", "--ray-address", "local", *args],
-                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "care_ray", "score", "--ray-address", "local", *args],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.time() + 300
     try:
         while time.time() < deadline and not list((out / "items").glob("part-*.parquet")):
@@ -117,7 +183,9 @@ def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tm
         os.killpg(p.pid, signal.SIGKILL)  # driver, its local Ray and the engine: a real kill
         p.wait()
     assert not (out / "manifest.json").exists()
-    before = set(pairs(out / "items")) | (set(pairs(out / "errors")) if (out / "errors").exists() else set())
+    before = set(pairs(out / "items")) | (
+        set(pairs(out / "errors")) if (out / "errors").exists() else set()
+    )
     assert 0 < len(before) < 16 * 12
     m = score_corpus(cfg(esconv_corpus, tiny_model, out, limit=16))
     # Ray workers of the killed run can outlive it by seconds and finish a batch: at least what
@@ -130,10 +198,21 @@ def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tm
 
 
 def test_transformers_fallback_engine_runs_the_same_pipeline(esconv_corpus, tiny_model, tmp_path):
-    m = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path, limit=1, items="1,3", engine="hf", max_new_tokens=24))
+    m = score_corpus(
+        cfg(
+            esconv_corpus,
+            tiny_model,
+            tmp_path,
+            limit=1,
+            items="1,3",
+            engine="hf",
+            max_new_tokens=24,
+        )
+    )
     assert m["items_in"] == 2 and m["items_scored"] + m["items_errors"] == 2
-    rows = (pq.read_table(tmp_path / "items").to_pylist() if (tmp_path / "items").exists() else []) + (
-        pq.read_table(tmp_path / "errors").to_pylist() if (tmp_path / "errors").exists() else [])
+    rows = (
+        pq.read_table(tmp_path / "items").to_pylist() if (tmp_path / "items").exists() else []
+    ) + (pq.read_table(tmp_path / "errors").to_pylist() if (tmp_path / "errors").exists() else [])
     assert {r["engine"] for r in rows} == {"hf"}
 
 
@@ -154,7 +233,15 @@ def random_adapter(tiny_model, tmp_path_factory):
 
     torch.manual_seed(3)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=8,
+            lora_alpha=32,
+            target_modules=["q_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,
+        ),
+    )
     out = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(out)
     return out
@@ -162,13 +249,29 @@ def random_adapter(tiny_model, tmp_path_factory):
 
 def test_score_with_adapter_really_applies_it(esconv_corpus, tiny_model, random_adapter, tmp_path):
     base = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "base", limit=2, items="bond"))
-    tuned = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "tuned", limit=2, items="bond", adapter=str(random_adapter)))
+    tuned = score_corpus(
+        cfg(
+            esconv_corpus,
+            tiny_model,
+            tmp_path / "tuned",
+            limit=2,
+            items="bond",
+            adapter=str(random_adapter),
+        )
+    )
     assert base["items_in"] == tuned["items_in"] == 8
     key = lambda r: (r["session_id"], r["item_id"])  # noqa: E731
     b = {key(r): r for r in pq.read_table(tmp_path / "base" / "items").to_pylist()}
     t = {key(r): r for r in pq.read_table(tmp_path / "tuned" / "items").to_pylist()}
-    assert {r["adapter"] for r in t.values()} == {str(random_adapter)} and {r["adapter"] for r in b.values()} == {None}
+    assert {r["adapter"] for r in t.values()} == {str(random_adapter)} and {
+        r["adapter"] for r in b.values()
+    } == {None}
     shared = b.keys() & t.keys()
     assert shared
     # greedy decoding on the same prompts: any difference comes from the adapter
-    assert sum((b[k]["score"], b[k]["rationale"]) != (t[k]["score"], t[k]["rationale"]) for k in shared) >= len(shared) // 2
+    assert (
+        sum(
+            (b[k]["score"], b[k]["rationale"]) != (t[k]["score"], t[k]["rationale"]) for k in shared
+        )
+        >= len(shared) // 2
+    )

@@ -28,26 +28,49 @@ def test_engines_never_take_the_cpus_that_read_and_write_tasks_need():
 
 def test_results_split_into_items_and_errors_and_resume_keys(tmp_path):
     run = RunFolder(tmp_path)
-    t = results([
-        {"session_id": "a", "item_id": 1, "status": "ok", "score": 4.0, "scores": [4]},
-        {"session_id": "a", "item_id": 2, "status": "error", "error_reason": "truncated", "raw_output": "{"},
-        {"session_id": "b", "item_id": 1, "status": "ok", "score": 2.0, "scores": [2]},
-    ])
+    t = results(
+        [
+            {"session_id": "a", "item_id": 1, "status": "ok", "score": 4.0, "scores": [4]},
+            {
+                "session_id": "a",
+                "item_id": 2,
+                "status": "error",
+                "error_reason": "truncated",
+                "raw_output": "{",
+            },
+            {"session_id": "b", "item_id": 1, "status": "ok", "score": 2.0, "scores": [2]},
+        ]
+    )
     assert run.write_results(t) == {"items": 2, "errors": 1}
     assert run.read("items").column_names == ITEM_COLUMNS
     plan, done = pending_plan(run, ["a", "b", "c"], [1, 2])
-    assert done == 3 and plan.to_pylist() == [{"session_id": "b", "missing": [2]}, {"session_id": "c", "missing": [1, 2]}]
+    assert done == 3 and plan.to_pylist() == [
+        {"session_id": "b", "missing": [2]},
+        {"session_id": "c", "missing": [1, 2]},
+    ]
     # a data file without its commit marker (a writer killed in between) is not trusted, and finalize removes it
     (tmp_path / "items" / ".tmp-part-x.parquet").write_bytes(b"half a file")
-    pq.write_table(results([{"session_id": "c", "item_id": 1, "status": "ok", "score": 3.0}]).select(ITEM_COLUMNS), tmp_path / "items" / "part-orphan.parquet")
+    pq.write_table(
+        results([{"session_id": "c", "item_id": 1, "status": "ok", "score": 3.0}]).select(
+            ITEM_COLUMNS
+        ),
+        tmp_path / "items" / "part-orphan.parquet",
+    )
     assert pending_plan(run, ["a", "b", "c"], [1, 2])[1] == 3
     assert run.remove_orphans() == 2
-    assert sorted(p.name for p in (tmp_path / "items").iterdir()) == [Path(run.committed("items")[0]).name]
+    assert sorted(p.name for p in (tmp_path / "items").iterdir()) == [
+        Path(run.committed("items")[0]).name
+    ]
 
 
 def test_a_retried_write_leaves_one_row_per_pair(tmp_path):
     run = RunFolder(tmp_path)
-    t = results([{"session_id": "a", "item_id": i, "status": "ok", "score": 3.0, "scores": [3]} for i in (1, 2)])
+    t = results(
+        [
+            {"session_id": "a", "item_id": i, "status": "ok", "score": 3.0, "scores": [3]}
+            for i in (1, 2)
+        ]
+    )
     run.write_results(t)
     run.write_results(t)  # what a write task retried after its commit looks like
     assert consolidate(run) == {"items_duplicates": 2, "errors_dropped": 0}
@@ -59,9 +82,29 @@ def test_a_retried_write_leaves_one_row_per_pair(tmp_path):
 
 def test_a_pair_both_scored_and_failed_keeps_its_score(tmp_path):
     run = RunFolder(tmp_path)
-    run.write_results(results([{"session_id": "a", "item_id": 1, "status": "error", "error_reason": "truncated", "raw_output": "{"},
-                               {"session_id": "a", "item_id": 2, "status": "error", "error_reason": "truncated", "raw_output": "{"}]))
-    run.write_results(results([{"session_id": "a", "item_id": 1, "status": "ok", "score": 5.0, "scores": [5]}]))
+    run.write_results(
+        results(
+            [
+                {
+                    "session_id": "a",
+                    "item_id": 1,
+                    "status": "error",
+                    "error_reason": "truncated",
+                    "raw_output": "{",
+                },
+                {
+                    "session_id": "a",
+                    "item_id": 2,
+                    "status": "error",
+                    "error_reason": "truncated",
+                    "raw_output": "{",
+                },
+            ]
+        )
+    )
+    run.write_results(
+        results([{"session_id": "a", "item_id": 1, "status": "ok", "score": 5.0, "scores": [5]}])
+    )
     assert consolidate(run)["errors_dropped"] == 1
     assert [(r["session_id"], r["item_id"]) for r in run.read("errors").to_pylist()] == [("a", 2)]
 

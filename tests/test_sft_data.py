@@ -38,12 +38,35 @@ def _wai_sessions(n_clients: int = 30, per_client: int = 3, seed: int = 0) -> li
             wai = [max(1, min(5, level + rng.choice([-1, 0, 0, 1]))) for _ in range(12)]
             wai[11] = None if k == 0 else wai[11]  # a missing item rating
             turns = [
-                {"role": "client", "text": f"I keep worrying about my exams, session {k} of client {c}."},
-                {"role": "counselor", "text": "What would you like to be different by the end of the month?"},
-                {"role": "client", "text": "I would like to sleep before midnight and stop checking my notes."},
+                {
+                    "role": "client",
+                    "text": f"I keep worrying about my exams, session {k} of client {c}.",
+                },
+                {
+                    "role": "counselor",
+                    "text": "What would you like to be different by the end of the month?",
+                },
+                {
+                    "role": "client",
+                    "text": "I would like to sleep before midnight and stop checking my notes.",
+                },
             ]
-            meta = {f"rationale_{i}": f'I said "I would like to sleep before midnight" and we agreed on it (item {i}).' for i in range(1, 7)}
-            out.append({"session_id": f"c{c}-s{k}", "client_id": f"c{c}", "language": "en", "source": "wai", "turns": turns, "client_wai": wai, "labels": None, "metadata": meta})
+            meta = {
+                f"rationale_{i}": f'I said "I would like to sleep before midnight" and we agreed on it (item {i}).'
+                for i in range(1, 7)
+            }
+            out.append(
+                {
+                    "session_id": f"c{c}-s{k}",
+                    "client_id": f"c{c}",
+                    "language": "en",
+                    "source": "wai",
+                    "turns": turns,
+                    "client_wai": wai,
+                    "labels": None,
+                    "metadata": meta,
+                }
+            )
     return out
 
 
@@ -80,8 +103,14 @@ def test_esconv_proxy_labels_map_to_dimensions_and_are_marked(esconv_corpus):
     sessions = list(iter_sessions(esconv_corpus))
     table = build_examples(sessions, SFTOptions(folds=5, seed=123))
     rows = table.to_pylist()
-    labelled = {s["session_id"]: s for s in sessions if s["labels"] and "empathy" in s["labels"] and "relevance" in s["labels"]}
-    assert {r["session_id"] for r in rows} == set(labelled)  # the 204 unrated sessions yield nothing
+    labelled = {
+        s["session_id"]: s
+        for s in sessions
+        if s["labels"] and "empathy" in s["labels"] and "relevance" in s["labels"]
+    }
+    assert {r["session_id"] for r in rows} == set(
+        labelled
+    )  # the 204 unrated sessions yield nothing
     assert len(rows) == 12 * len(labelled)
     assert all(r["proxy_label"] for r in rows)
     rubric = load_rubric()
@@ -129,17 +158,36 @@ def test_rare_strata_are_merged_so_every_fold_can_hold_them():
 
 
 def test_score_only_targets_and_identical_prompts_with_scoring_budget(esconv_corpus, tiny_model):
-    sessions = [s for s in iter_sessions(esconv_corpus) if s["labels"] and "empathy" in s["labels"]][:12]
+    sessions = [
+        s for s in iter_sessions(esconv_corpus) if s["labels"] and "empathy" in s["labels"]
+    ][:12]
     rubric = load_rubric()
     tokenizer = load_tokenizer(str(tiny_model))
     builder = PromptBuilder(rubric, tokenizer, max_model_len=512, max_new_tokens=64)
-    table = build_examples(sessions, SFTOptions(target="score", folds=2, seed=1), prompt_builder=builder)
+    table = build_examples(
+        sessions, SFTOptions(target="score", folds=2, seed=1), prompt_builder=builder
+    )
     rows = table.to_pylist()
-    assert {r["target"] for r in rows} <= {json.dumps({"score": k}, separators=(",", ":")) for k in range(1, 6)}
+    assert {r["target"] for r in rows} <= {
+        json.dumps({"score": k}, separators=(",", ":")) for k in range(1, 6)
+    }
     assert all(r["rationale_source"] == "none" for r in rows)
     # byte-identical to the prompts `care-ray score` builds with the same budget
-    scoring = builder.build_item_prompts(pa.Table.from_pylist([{"session_id": s["session_id"], "turns": s["turns"]} for s in sessions]), rubric.items)
-    scoring_prompt = {(sid, iid): p for sid, iid, p in zip(scoring["session_id"].to_pylist(), scoring["item_id"].to_pylist(), scoring["prompt"].to_pylist(), strict=True)}
+    scoring = builder.build_item_prompts(
+        pa.Table.from_pylist(
+            [{"session_id": s["session_id"], "turns": s["turns"]} for s in sessions]
+        ),
+        rubric.items,
+    )
+    scoring_prompt = {
+        (sid, iid): p
+        for sid, iid, p in zip(
+            scoring["session_id"].to_pylist(),
+            scoring["item_id"].to_pylist(),
+            scoring["prompt"].to_pylist(),
+            strict=True,
+        )
+    }
     truncated = 0
     for r in rows:
         rendered = builder.render(r["messages"])
@@ -163,7 +211,24 @@ def test_label_map_parsing_and_errors():
 def test_cli_writes_examples_and_manifest(esconv_corpus, tmp_path):
     runner = CliRunner()
     out = tmp_path / "sft"
-    res = runner.invoke(app, ["sft-data", "--sessions", str(esconv_corpus), "--out", str(out), "--folds", "3", "--max-sessions", "60", "--items", "bond", "--label-map", "empathy=bond"])
+    res = runner.invoke(
+        app,
+        [
+            "sft-data",
+            "--sessions",
+            str(esconv_corpus),
+            "--out",
+            str(out),
+            "--folds",
+            "3",
+            "--max-sessions",
+            "60",
+            "--items",
+            "bond",
+            "--label-map",
+            "empathy=bond",
+        ],
+    )
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
     table = read_examples(out)
@@ -172,16 +237,25 @@ def test_cli_writes_examples_and_manifest(esconv_corpus, tmp_path):
     assert sorted(manifest["folds"]) == ["0", "1", "2"]
     # user mistakes: one line, exit 2, no traceback
     for bad in (["--label-map", "empathy=warmth"], ["--target", "rationale"], ["--folds", "1"]):
-        res = runner.invoke(app, ["sft-data", "--sessions", str(esconv_corpus), "--out", str(tmp_path / "bad"), *bad])
+        res = runner.invoke(
+            app,
+            ["sft-data", "--sessions", str(esconv_corpus), "--out", str(tmp_path / "bad"), *bad],
+        )
         assert res.exit_code == 2, (bad, res.output)
         assert "Traceback" not in res.output and res.output.strip().startswith("error:")
-    res = runner.invoke(app, ["sft-data", "--sessions", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad")])
+    res = runner.invoke(
+        app, ["sft-data", "--sessions", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bad")]
+    )
     assert res.exit_code == 2 and "no sessions corpus" in res.output
 
 
 def test_make_sft_data_roundtrip(esconv_corpus, tmp_path):
-    manifest = make_sft_data(esconv_corpus, tmp_path / "sft", SFTOptions(folds=2, max_sessions=20, seed=3))
+    manifest = make_sft_data(
+        esconv_corpus, tmp_path / "sft", SFTOptions(folds=2, max_sessions=20, seed=3)
+    )
     table = read_examples(tmp_path / "sft")
     assert table.num_rows == manifest["examples"] == manifest["proxy_label_examples"]
-    again = make_sft_data(esconv_corpus, tmp_path / "sft2", SFTOptions(folds=2, max_sessions=20, seed=3))
+    again = make_sft_data(
+        esconv_corpus, tmp_path / "sft2", SFTOptions(folds=2, max_sessions=20, seed=3)
+    )
     assert again["folds"] == manifest["folds"]  # deterministic sample and folds

@@ -24,12 +24,22 @@ def test_builds_in_under_a_minute_and_generates_with_transformers(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "m", use_safetensors=True)
     assert sum(p.numel() for p in model.parameters()) < 5_000_000
-    msgs = [{"role": "system", "content": "你是来访者。"}, {"role": "user", "content": "How did the session feel?"}]
-    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    msgs = [
+        {"role": "system", "content": "你是来访者。"},
+        {"role": "user", "content": "How did the session feel?"},
+    ]
+    enc = tok.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     text = tok.decode(enc["input_ids"][0])
-    assert text.startswith("<|begin_of_text|><|start_header_id|>system") and text.endswith("assistant<|end_header_id|>\n\n")
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system") and text.endswith(
+        "assistant<|end_header_id|>\n\n"
+    )
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == enc["input_ids"].shape[1] + 8 or out[0, -1].item() == tok.eos_token_id
     # Chinese round-trips through the locally trained byte-level tokenizer
-    assert tok.decode(tok("我感到咨询师关心我", add_special_tokens=False)["input_ids"]) == "我感到咨询师关心我"
+    assert (
+        tok.decode(tok("我感到咨询师关心我", add_special_tokens=False)["input_ids"])
+        == "我感到咨询师关心我"
+    )

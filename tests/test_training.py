@@ -24,7 +24,14 @@ MAX_MODEL_LEN = 640  # scoring's budget for these examples; vLLM below runs with
 
 
 def _sft(esconv_corpus, tiny_model, out: Path, target: str) -> Path:
-    make_sft_data(esconv_corpus, out, SFTOptions(target=target, folds=2, max_sessions=40, seed=5), tokenizer_path=str(tiny_model), max_model_len=MAX_MODEL_LEN, max_new_tokens=128)
+    make_sft_data(
+        esconv_corpus,
+        out,
+        SFTOptions(target=target, folds=2, max_sessions=40, seed=5),
+        tokenizer_path=str(tiny_model),
+        max_model_len=MAX_MODEL_LEN,
+        max_new_tokens=128,
+    )
     return out
 
 
@@ -62,12 +69,18 @@ def _fold_record(run, fold: int) -> dict:
 @pytest.mark.slow
 def test_two_folds_train_and_the_loss_falls(two_fold_run):
     summary = two_fold_run["summary"]
-    assert summary["folds"] == [0, 1] and summary["proxy_labels"] is True and summary["target"] == "score+rationale"
+    assert (
+        summary["folds"] == [0, 1]
+        and summary["proxy_labels"] is True
+        and summary["target"] == "score+rationale"
+    )
     for fold in (0, 1):
         rec = _fold_record(two_fold_run, fold)
         losses = [loss for _, loss in rec["loss_history"]]
         steps = [s for s, _ in rec["loss_history"]]
-        assert steps == list(range(1, len(steps) + 1)) and len(steps) == 16  # 64 examples / 8 per step × 2 epochs
+        assert (
+            steps == list(range(1, len(steps) + 1)) and len(steps) == 16
+        )  # 64 examples / 8 per step × 2 epochs
         first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
         assert last < 0.8 * first, f"fold {fold}: loss {first:.2f} → {last:.2f} did not fall"
         assert rec["metrics"]["train_tokens_per_s"] > 0
@@ -85,9 +98,15 @@ def test_best_checkpoint_is_chosen_by_heldout_pearson_and_written_with_metrics(t
         assert len(cands) == 2  # one checkpoint per epoch, num_to_keep=2
         assert m["heldout_selection_score"] == max(c["heldout_selection_score"] for c in cands)
         # one rule for every mean: over the defined dimensions, with their count; none defined → null, ranked last
-        defined = [m[f"heldout_pearson_{d}"] for d in ("goal", "task", "bond") if m[f"heldout_pearson_{d}"] is not None]
+        defined = [
+            m[f"heldout_pearson_{d}"]
+            for d in ("goal", "task", "bond")
+            if m[f"heldout_pearson_{d}"] is not None
+        ]
         assert m["heldout_pearson_n_defined"] == len(defined)
-        assert m["heldout_pearson_mean"] == (pytest.approx(sum(defined) / len(defined)) if defined else None)
+        assert m["heldout_pearson_mean"] == (
+            pytest.approx(sum(defined) / len(defined)) if defined else None
+        )
         assert m["heldout_selection_score"] == (m["heldout_pearson_mean"] if defined else -2.0)
         assert rec["selected_checkpoint"] in {c["checkpoint"] for c in cands}
         assert rec["selected_by"] == "heldout_selection_score" and rec["proxy_labels"] is True
@@ -99,11 +118,15 @@ def test_best_checkpoint_is_chosen_by_heldout_pearson_and_written_with_metrics(t
         train_clients = {r["client_id"] for r in iter_fold(table, fold, held_out=False)}
         assert held_clients.isdisjoint(train_clients)
         heldout = json.loads((Path(rec["adapter"]) / "heldout.json").read_text())
-        assert {row[0] for row in heldout["predictions"]} <= {r["session_id"] for r in iter_fold(table, fold, held_out=True)}
+        assert {row[0] for row in heldout["predictions"]} <= {
+            r["session_id"] for r in iter_fold(table, fold, held_out=True)
+        }
         assert m["heldout_items"] == len(heldout["predictions"]) == 12 * m["heldout_sessions"]
         assert all(1 <= row[4][0] <= 5 for row in heldout["predictions"])
         adapter = Path(rec["adapter"])
-        assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+        assert (adapter / "adapter_config.json").exists() and (
+            adapter / "adapter_model.safetensors"
+        ).exists()
         assert not (adapter / "trainer_state.pt").exists()
         assert json.loads((adapter / "adapter_config.json").read_text())["r"] == cfg.lora.r
     summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
@@ -117,30 +140,48 @@ def test_merged_weights_agree_with_the_adapter(two_fold_run, tiny_model):
 
     rec = _fold_record(two_fold_run, 0)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
-    base_logits_model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    base_logits_model = AutoModelForCausalLM.from_pretrained(
+        str(tiny_model), dtype=torch.float32
+    ).eval()
     with_adapter = PeftModel.from_pretrained(base, rec["adapter"]).eval()
     merged = AutoModelForCausalLM.from_pretrained(rec["merged"], dtype=torch.float32).eval()
     ids = torch.randint(10, 4000, (2, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        a, m, b = with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits, base_logits_model(input_ids=ids).logits
+        a, m, b = (
+            with_adapter(input_ids=ids).logits,
+            merged(input_ids=ids).logits,
+            base_logits_model(input_ids=ids).logits,
+        )
     assert torch.allclose(a, m, atol=1e-4), (a - m).abs().max()
     assert (a - b).abs().max() > 1e-2  # and the adapter is not a no-op
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_the_last_checkpoint_with_score_only_targets(esconv_corpus, tiny_model, tmp_path_factory):
+def test_killed_worker_resumes_from_the_last_checkpoint_with_score_only_targets(
+    esconv_corpus, tiny_model, tmp_path_factory
+):
     from care_ray.training.trainer import run_finetune
 
     work = tmp_path_factory.mktemp("finetune-fault")
     data = _sft(esconv_corpus, tiny_model, work / "sft", "score")
     flag = work / "worker-killed.flag"
     # 8 steps per epoch, checkpoint after each epoch: die at step 11, resume from step 8
-    cfg = _config(tiny_model, data, work, "fault", folds=[0], fault_injection={"at_step": 11, "flag_file": str(flag), "rank": 1})
+    cfg = _config(
+        tiny_model,
+        data,
+        work,
+        "fault",
+        folds=[0],
+        fault_injection={"at_step": 11, "flag_file": str(flag), "rank": 1},
+    )
     summary = run_finetune(cfg)
     assert flag.exists(), "the injected failure never happened"
     rec = json.loads((Path(cfg.output_dir) / "fold0" / "metrics.json").read_text())
     assert rec["target"] == "score"
-    assert rec["attempts"] == [{"start_step": 0, "world_size": 2}, {"start_step": 8, "world_size": 2}]
+    assert rec["attempts"] == [
+        {"start_step": 0, "world_size": 2},
+        {"start_step": 8, "world_size": 2},
+    ]
     steps = [s for s, _ in rec["loss_history"]]
     assert steps == list(range(1, 17))  # steps 9–10 of the lost attempt were redone once, not 1–8
     losses = [loss for _, loss in rec["loss_history"]]
@@ -158,7 +199,9 @@ def _heldout_prompts(run, tiny_model, n: int = 6) -> list[str]:
 
 
 @pytest.mark.slow
-def test_written_adapter_loads_in_vllm_and_changes_outputs_in_a_mixed_batch(two_fold_run, tiny_model):
+def test_written_adapter_loads_in_vllm_and_changes_outputs_in_a_mixed_batch(
+    two_fold_run, tiny_model
+):
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
@@ -166,24 +209,41 @@ def test_written_adapter_loads_in_vllm_and_changes_outputs_in_a_mixed_batch(two_
     prompts = _heldout_prompts(two_fold_run, tiny_model)
     n = len(prompts)
     adapter = LoRARequest("fold0", 1, rec["adapter"])
-    llm = LLM(model=str(tiny_model), enable_lora=True, max_lora_rank=8, max_loras=2, dtype="float32", enforce_eager=True, max_model_len=MAX_MODEL_LEN + 64, seed=0)
+    llm = LLM(
+        model=str(tiny_model),
+        enable_lora=True,
+        max_lora_rank=8,
+        max_loras=2,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=MAX_MODEL_LEN + 64,
+        seed=0,
+    )
     try:
         greedy = SamplingParams(temperature=0.0, max_tokens=12)
-        mixed = llm.generate(prompts + prompts, greedy, lora_request=[None] * n + [adapter] * n, use_tqdm=False)
+        mixed = llm.generate(
+            prompts + prompts, greedy, lora_request=[None] * n + [adapter] * n, use_tqdm=False
+        )
         base_only = llm.generate(prompts, greedy, use_tqdm=False)
     finally:
         llm.llm_engine.engine_core.shutdown()
     base = [list(o.outputs[0].token_ids) for o in mixed[:n]]
     tuned = [list(o.outputs[0].token_ids) for o in mixed[n:]]
-    assert base == [list(o.outputs[0].token_ids) for o in base_only], "base rows of a mixed batch got the adapter"
-    assert all(b != t for b, t in zip(base, tuned, strict=True)), "the adapter did not change vLLM's greedy output"
+    assert base == [list(o.outputs[0].token_ids) for o in base_only], (
+        "base rows of a mixed batch got the adapter"
+    )
+    assert all(b != t for b, t in zip(base, tuned, strict=True)), (
+        "the adapter did not change vLLM's greedy output"
+    )
 
     # and vLLM applies it as PEFT does: the same greedy tokens from transformers + the adapter
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(str(tiny_model))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32), rec["adapter"]).eval()
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32), rec["adapter"]
+    ).eval()
     for prompt, vllm_ids in zip(prompts[:3], tuned[:3], strict=False):
         ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
@@ -191,7 +251,9 @@ def test_written_adapter_loads_in_vllm_and_changes_outputs_in_a_mixed_batch(two_
         assert out[0, ids.shape[1] :].tolist()[:6] == vllm_ids[:6]
 
 
-def test_score_digits_are_single_tokens_and_targets_keep_the_prompt_intact(tiny_model, esconv_corpus, tmp_path):
+def test_score_digits_are_single_tokens_and_targets_keep_the_prompt_intact(
+    tiny_model, esconv_corpus, tmp_path
+):
     tok = load_tokenizer(str(tiny_model))
     prefix, digits = score_digit_ids(tok)
     assert len(set(digits)) == 5 and [tok.decode(d) for d in digits] == ["1", "2", "3", "4", "5"]
@@ -202,8 +264,14 @@ def test_score_digits_are_single_tokens_and_targets_keep_the_prompt_intact(tiny_
     assert dropped == 0
     for e, r in zip(enc, rows, strict=True):
         # the prompt tokens are exactly what scoring sends; the target starts with the score prefix
-        assert e.prompt_ids == tok(builder.render(r["messages"]), add_special_tokens=False)["input_ids"]
-        assert e.target_ids[: len(prefix)] == prefix and e.target_ids[len(prefix)] == digits[r["score"] - 1]
+        assert (
+            e.prompt_ids
+            == tok(builder.render(r["messages"]), add_special_tokens=False)["input_ids"]
+        )
+        assert (
+            e.target_ids[: len(prefix)] == prefix
+            and e.target_ids[len(prefix)] == digits[r["score"] - 1]
+        )
         assert e.target_ids[-1] == tok.eos_token_id
     _, dropped = encode_examples(rows, tok, builder.render, max_seq_len=64)
     assert dropped == 4  # too long: dropped and counted, never cut
@@ -231,7 +299,9 @@ def test_finetune_cli_rejects_bad_configs_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_finetuning_with_fsdp_writes_a_loadable_model(esconv_corpus, tiny_model, tmp_path_factory):
+def test_full_finetuning_with_fsdp_writes_a_loadable_model(
+    esconv_corpus, tiny_model, tmp_path_factory
+):
     """The paper's recipe is full fine-tuning; on 2 CPU workers FSDP2 shards it over gloo."""
     from transformers import AutoModelForCausalLM
 
@@ -239,7 +309,19 @@ def test_full_finetuning_with_fsdp_writes_a_loadable_model(esconv_corpus, tiny_m
 
     work = tmp_path_factory.mktemp("finetune-full")
     data = _sft(esconv_corpus, tiny_model, work / "sft", "score+rationale")
-    cfg = _config(tiny_model, data, work, "full", folds=[1], method="full", parallel="fsdp", epochs=1, learning_rate=1e-3, max_train_examples=32, max_eval_examples=24)
+    cfg = _config(
+        tiny_model,
+        data,
+        work,
+        "full",
+        folds=[1],
+        method="full",
+        parallel="fsdp",
+        epochs=1,
+        learning_rate=1e-3,
+        max_train_examples=32,
+        max_eval_examples=24,
+    )
     run_finetune(cfg)
     rec = json.loads((Path(cfg.output_dir) / "fold1" / "metrics.json").read_text())
     losses = [loss for _, loss in rec["loss_history"]]
@@ -249,16 +331,31 @@ def test_full_finetuning_with_fsdp_writes_a_loadable_model(esconv_corpus, tiny_m
     tuned = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
     tuned_params = dict(tuned.named_parameters())
-    assert all(tuned_params[n].shape == p.shape for n, p in base.named_parameters())  # whole tensors, not shards
+    assert all(
+        tuned_params[n].shape == p.shape for n, p in base.named_parameters()
+    )  # whole tensors, not shards
     changed = [n for n, p in base.named_parameters() if not torch.equal(p, tuned_params[n])]
     assert len(changed) == len(tuned_params)  # full fine-tuning moved every tensor
 
 
 def test_shipped_configs_validate_and_keep_the_papers_hyper_parameters():
-    configs = {p.name: load_finetune_config(p) for p in sorted((REPO / "configs").glob("finetune-*.yaml"))}
-    assert {"finetune-tiny-cpu.yaml", "finetune-llama-3.1-8b.yaml", "finetune-llama-3.1-8b-full.yaml"} <= set(configs)
+    configs = {
+        p.name: load_finetune_config(p) for p in sorted((REPO / "configs").glob("finetune-*.yaml"))
+    }
+    assert {
+        "finetune-tiny-cpu.yaml",
+        "finetune-llama-3.1-8b.yaml",
+        "finetune-llama-3.1-8b-full.yaml",
+    } <= set(configs)
     full = configs["finetune-llama-3.1-8b-full.yaml"]
-    assert (full.method, full.learning_rate, full.epochs, full.warmup_ratio, full.seed, full.effective_batch_size) == ("full", 5e-7, 10, 0.1, 123, 64)
+    assert (
+        full.method,
+        full.learning_rate,
+        full.epochs,
+        full.warmup_ratio,
+        full.seed,
+        full.effective_batch_size,
+    ) == ("full", 5e-7, 10, 0.1, 123, 64)
     assert full.parallel == "fsdp" and full.scaling.num_workers == 8 and full.scaling.use_gpu
     lora = configs["finetune-llama-3.1-8b.yaml"]
     assert lora.method == "lora" and lora.grad_accum_steps == 8 and lora.max_seq_len == 8192
@@ -272,7 +369,24 @@ def test_job_entrypoint_parses_arguments_and_reports_config_errors(tmp_path):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\n")
-    res = subprocess.run([sys.executable, str(REPO / "jobs" / "finetune.py"), "--config", str(bad)], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and res.stderr.strip().startswith("error:") and "model" in res.stderr and "required" in res.stderr
-    res = subprocess.run([sys.executable, str(REPO / "jobs" / "finetune.py"), "--help"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0 and "--set" in res.stdout and "--out" in res.stdout  # the same options as `care-ray finetune`
+    res = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "finetune.py"), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        res.returncode == 2
+        and res.stderr.strip().startswith("error:")
+        and "model" in res.stderr
+        and "required" in res.stderr
+    )
+    res = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "finetune.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        res.returncode == 0 and "--set" in res.stdout and "--out" in res.stdout
+    )  # the same options as `care-ray finetune`

@@ -20,7 +20,15 @@ import duckdb
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from care_ray.analytics.features import BASE_FEATURES, FAMILIES, TurnFeatures, compute_features, driver_features, feature_name, load_vocabulary
+from care_ray.analytics.features import (
+    BASE_FEATURES,
+    FAMILIES,
+    TurnFeatures,
+    compute_features,
+    driver_features,
+    feature_name,
+    load_vocabulary,
+)
 from care_ray.queries import parquet_glob, read_query
 
 log = logging.getLogger(__name__)
@@ -58,21 +66,47 @@ class AnalyzeConfig(BaseModel):
 
     sessions: Path = Field(description="corpus folder written by `care-ray ingest`")
     out: Path = Field(description="folder for the Parquet tables and manifest.json")
-    scores: Path | None = Field(None, description="a `care-ray score` run folder; without it, outcomes are session labels")
+    scores: Path | None = Field(
+        None, description="a `care-ray score` run folder; without it, outcomes are session labels"
+    )
     outcomes: list[str] = Field(default_factory=list, description=OUTCOME_HELP)
     by: list[str] = Field(default_factory=list, description=BY_HELP)
-    vocabulary: Path | None = Field(None, description="YAML {strategy: {raw: canonical}, reaction: {raw: canonical}}")
-    low_threshold: float = Field(2.0, description="a session outcome or an item score <= this is low (the paper's <= 2)")
-    min_sessions: int = Field(5, ge=2, description="counselors with at least this many sessions are profiled")
-    min_group: int = Field(5, ge=2, description="groups smaller than this are left out of contrasts")
+    vocabulary: Path | None = Field(
+        None, description="YAML {strategy: {raw: canonical}, reaction: {raw: canonical}}"
+    )
+    low_threshold: float = Field(
+        2.0, description="a session outcome or an item score <= this is low (the paper's <= 2)"
+    )
+    min_sessions: int = Field(
+        5, ge=2, description="counselors with at least this many sessions are profiled"
+    )
+    min_group: int = Field(
+        5, ge=2, description="groups smaller than this are left out of contrasts"
+    )
     alpha: float = Field(0.05, gt=0, lt=1, description="1 - interval level")
-    min_label_sessions: int = Field(10, ge=1, description="a strategy/reaction label enters the drivers if at least this many sessions show it")
-    max_docs: int = Field(20000, ge=10, description="low-item rationales sampled per dimension for challenges")
-    clusters: int | None = Field(None, ge=2, description="rationale clusters per dimension (default: chosen by the clustering)")
+    min_label_sessions: int = Field(
+        10,
+        ge=1,
+        description="a strategy/reaction label enters the drivers if at least this many sessions show it",
+    )
+    max_docs: int = Field(
+        20000, ge=10, description="low-item rationales sampled per dimension for challenges"
+    )
+    clusters: int | None = Field(
+        None,
+        ge=2,
+        description="rationale clusters per dimension (default: chosen by the clustering)",
+    )
     seed: int = 0
-    memory_limit: str = Field("3GB", pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", description="DuckDB memory limit, e.g. 3GB")
+    memory_limit: str = Field(
+        "3GB", pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", description="DuckDB memory limit, e.g. 3GB"
+    )
     batch_size: int = Field(20000, ge=1, description="sessions per batch when reading turns")
-    max_mixed_rows: int = Field(20000, ge=0, description="above this many sessions the drivers use clustered OLS instead of a mixed model")
+    max_mixed_rows: int = Field(
+        20000,
+        ge=0,
+        description="above this many sessions the drivers use clustered OLS instead of a mixed model",
+    )
 
 
 @dataclass(frozen=True)
@@ -110,21 +144,27 @@ def _split_list(specs: list[str]) -> list[str]:
 def _resolve_ref(ref: str, score_columns: tuple[str, ...], labels: list[str]) -> tuple[str, str]:
     """(default outcome name, frame column) for one outcome term."""
     if ref.startswith("labels."):
-        key = ref[len("labels."):]
+        key = ref[len("labels.") :]
         if key not in labels:
-            raise AnalysisError(f"unknown label {key!r} in --outcome; the corpus has labels: {', '.join(labels) or 'none'}")
+            raise AnalysisError(
+                f"unknown label {key!r} in --outcome; the corpus has labels: {', '.join(labels) or 'none'}"
+            )
         return key, f"labels.{key}"
     if ref.startswith("scores."):
-        ref = ref[len("scores."):]
+        ref = ref[len("scores.") :]
     if ref in score_columns:
         return ref, ref
     if ref in labels:
         return ref, f"labels.{ref}"
     have = [f"scores: {', '.join(score_columns)}"] if score_columns else ["no --scores given"]
-    raise AnalysisError(f"unknown outcome {ref!r}; {have[0]}; labels: {', '.join(labels) or 'none'}")
+    raise AnalysisError(
+        f"unknown outcome {ref!r}; {have[0]}; labels: {', '.join(labels) or 'none'}"
+    )
 
 
-def parse_outcomes(specs: list[str], score_columns: tuple[str, ...], labels: list[str]) -> list[Outcome]:
+def parse_outcomes(
+    specs: list[str], score_columns: tuple[str, ...], labels: list[str]
+) -> list[Outcome]:
     """Outcome specs (see OUTCOME_HELP) → outcomes; defaults: the scores' dimensions, else every label."""
     parts = _split_list(specs)
     if not parts:
@@ -133,19 +173,32 @@ def parse_outcomes(specs: list[str], score_columns: tuple[str, ...], labels: lis
         elif labels:
             parts = [f"labels.{key}" for key in labels]
         else:
-            raise AnalysisError("no outcomes: the corpus has no numeric labels; pass --scores DIR (a `care-ray score` run)")
+            raise AnalysisError(
+                "no outcomes: the corpus has no numeric labels; pass --scores DIR (a `care-ray score` run)"
+            )
     outcomes = []
     for part in parts:
         if "=" in part:
             name, expr = (s.strip() for s in part.split("=", 1))
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise AnalysisError(f"--outcome {part!r}: the name before '=' must be a plain identifier")
+                raise AnalysisError(
+                    f"--outcome {part!r}: the name before '=' must be a plain identifier"
+                )
             tokens = [t for t in re.split(r"\s*([+-])\s*", expr) if t != ""]
             if tokens and tokens[0] not in "+-":
                 tokens.insert(0, "+")
-            if len(tokens) < 2 or len(tokens) % 2 or any(tokens[i] not in "+-" for i in range(0, len(tokens), 2)):
-                raise AnalysisError(f"--outcome {part!r}: expected NAME=TERM-TERM (terms: goal, task, bond, labels.KEY)")
-            terms = tuple(Term(1.0 if sign == "+" else -1.0, _resolve_ref(ref, score_columns, labels)[1]) for sign, ref in zip(tokens[::2], tokens[1::2], strict=True))
+            if (
+                len(tokens) < 2
+                or len(tokens) % 2
+                or any(tokens[i] not in "+-" for i in range(0, len(tokens), 2))
+            ):
+                raise AnalysisError(
+                    f"--outcome {part!r}: expected NAME=TERM-TERM (terms: goal, task, bond, labels.KEY)"
+                )
+            terms = tuple(
+                Term(1.0 if sign == "+" else -1.0, _resolve_ref(ref, score_columns, labels)[1])
+                for sign, ref in zip(tokens[::2], tokens[1::2], strict=True)
+            )
             outcomes.append(Outcome(name, terms))
         else:
             name, column = _resolve_ref(part, score_columns, labels)
@@ -154,7 +207,9 @@ def parse_outcomes(specs: list[str], score_columns: tuple[str, ...], labels: lis
     reserved = set(ID_COLUMNS) | set(BASE_FEATURES) | {"started_at", "language"}
     clash = sorted({n for n in names if names.count(n) > 1 or n in reserved})
     if clash:
-        raise AnalysisError(f"outcome name(s) {', '.join(clash)} repeat or clash with a column name; name them with NAME=…")
+        raise AnalysisError(
+            f"outcome name(s) {', '.join(clash)} repeat or clash with a column name; name them with NAME=…"
+        )
     return outcomes
 
 
@@ -163,8 +218,10 @@ def _resolve_column(ref: str, metadata: list[str], labels: list[str]) -> str:
         return ref
     for kind, keys in (("metadata", metadata), ("labels", labels)):
         if ref.startswith(kind + "."):
-            if ref[len(kind) + 1:] not in keys:
-                raise AnalysisError(f"unknown --by column {ref!r}; the corpus has {kind} keys: {', '.join(keys) or 'none'}")
+            if ref[len(kind) + 1 :] not in keys:
+                raise AnalysisError(
+                    f"unknown --by column {ref!r}; the corpus has {kind} keys: {', '.join(keys) or 'none'}"
+                )
             return ref
     if ref in metadata:
         return f"metadata.{ref}"
@@ -185,7 +242,9 @@ def parse_by(specs: list[str], metadata: list[str], labels: list[str]) -> list[G
                 ref, _, values = rest.partition(":")
                 vals = tuple(v.strip() for v in values.split(",") if v.strip())
                 if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not vals:
-                    raise AnalysisError(f"--by {part!r}: expected NAME=COLUMN:VALUE[,VALUE…], e.g. failed=metadata.split:failed")
+                    raise AnalysisError(
+                        f"--by {part!r}: expected NAME=COLUMN:VALUE[,VALUE…], e.g. failed=metadata.split:failed"
+                    )
                 groups.append(GroupBy(name, _resolve_column(ref.strip(), metadata, labels), vals))
             else:
                 column = _resolve_column(part, metadata, labels)
@@ -216,8 +275,12 @@ def _connect(memory_limit: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _bind_parquet(con: duckdb.DuckDBPyConnection, name: str, folder: Path, hive: bool = True) -> None:
-    con.read_parquet(parquet_glob(folder), hive_partitioning=hive, union_by_name=True).create_view(name)
+def _bind_parquet(
+    con: duckdb.DuckDBPyConnection, name: str, folder: Path, hive: bool = True
+) -> None:
+    con.read_parquet(parquet_glob(folder), hive_partitioning=hive, union_by_name=True).create_view(
+        name
+    )
 
 
 def _query(con: duckdb.DuckDBPyConnection, name: str) -> pl.DataFrame:
@@ -231,10 +294,15 @@ def corpus_keys(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
     return of("labels"), of("metadata")
 
 
-def session_values(con: duckdb.DuckDBPyConnection, labels: set[str], metadata: set[str]) -> pl.DataFrame:
+def session_values(
+    con: duckdb.DuckDBPyConnection, labels: set[str], metadata: set[str]
+) -> pl.DataFrame:
     """session_id + one column per requested label (labels.KEY, float) and metadata key (metadata.KEY)."""
     wanted = pl.DataFrame(
-        {"kind": ["labels"] * len(labels) + ["metadata"] * len(metadata), "key": sorted(labels) + sorted(metadata)},
+        {
+            "kind": ["labels"] * len(labels) + ["metadata"] * len(metadata),
+            "key": sorted(labels) + sorted(metadata),
+        },
         schema={"kind": pl.String, "key": pl.String},
     )
     con.register("wanted", wanted)
@@ -245,7 +313,9 @@ def session_values(con: duckdb.DuckDBPyConnection, labels: set[str], metadata: s
         part = values.filter(pl.col("kind") == kind)
         if part.is_empty():
             continue
-        wide = part.with_columns((pl.lit(kind + ".") + pl.col("key")).alias("name")).pivot(on="name", index="session_id", values=value_col, aggregate_function="first")
+        wide = part.with_columns((pl.lit(kind + ".") + pl.col("key")).alias("name")).pivot(
+            on="name", index="session_id", values=value_col, aggregate_function="first"
+        )
         frame = frame.join(wide, on="session_id", how="left")
     for key in labels:
         if f"labels.{key}" not in frame.columns:
@@ -256,7 +326,9 @@ def session_values(con: duckdb.DuckDBPyConnection, labels: set[str], metadata: s
     return frame
 
 
-def load_scores(con: duckdb.DuckDBPyConnection, scores: Path) -> tuple[pl.DataFrame, tuple[str, ...]]:
+def load_scores(
+    con: duckdb.DuckDBPyConnection, scores: Path
+) -> tuple[pl.DataFrame, tuple[str, ...]]:
     """Per-session dimension scores of a scoring run: its sessions/ table, or recomputed from items/."""
     scores = Path(scores)
     if (scores / "sessions").is_dir() and any((scores / "sessions").rglob("*.parquet")):
@@ -265,10 +337,14 @@ def load_scores(con: duckdb.DuckDBPyConnection, scores: Path) -> tuple[pl.DataFr
         _bind_parquet(con, "items", scores / "items", hive=False)
         table = _query(con, "session_scores")
     else:
-        raise AnalysisError(f"no scores at {scores} (expected sessions/ or items/ of a `care-ray score` run)")
+        raise AnalysisError(
+            f"no scores at {scores} (expected sessions/ or items/ of a `care-ray score` run)"
+        )
     columns = tuple(c for c in SCORE_OUTCOMES if c in table.columns)
     if "session_id" not in table.columns or not columns:
-        raise AnalysisError(f"{scores}: the scores have no session_id or no {'/'.join(SCORE_OUTCOMES)} columns")
+        raise AnalysisError(
+            f"{scores}: the scores have no session_id or no {'/'.join(SCORE_OUTCOMES)} columns"
+        )
     return table.select("session_id", *(pl.col(c).cast(pl.Float64) for c in columns)), columns
 
 
@@ -277,9 +353,18 @@ def _group_column(group: GroupBy) -> pl.Expr:
     if group.column.startswith("labels."):
         # 4.0 and 4 are one group: print whole numbers without the decimal point.
         num = pl.col(group.column).cast(pl.Float64)
-        value = pl.when(num == num.round(0)).then(num.cast(pl.Int64).cast(pl.String)).otherwise(num.cast(pl.String))
+        value = (
+            pl.when(num == num.round(0))
+            .then(num.cast(pl.Int64).cast(pl.String))
+            .otherwise(num.cast(pl.String))
+        )
     if group.values is not None:
-        value = pl.when(value.is_in(list(group.values))).then(pl.lit(",".join(group.values))).when(value.is_not_null()).then(pl.lit("other"))
+        value = (
+            pl.when(value.is_in(list(group.values)))
+            .then(pl.lit(",".join(group.values)))
+            .when(value.is_not_null())
+            .then(pl.lit("other"))
+        )
     return value.alias(group.name)
 
 
@@ -288,16 +373,30 @@ def _group_column(group: GroupBy) -> pl.Expr:
 
 def _outcomes_long(frame: pl.DataFrame, outcomes: list[str]) -> pl.DataFrame:
     return (
-        frame.select("session_id", "client_id", "counselor_id", "session_index", "started_at", *outcomes)
-        .unpivot(on=outcomes, index=["session_id", "client_id", "counselor_id", "session_index", "started_at"], variable_name="outcome", value_name="value")
+        frame.select(
+            "session_id", "client_id", "counselor_id", "session_index", "started_at", *outcomes
+        )
+        .unpivot(
+            on=outcomes,
+            index=["session_id", "client_id", "counselor_id", "session_index", "started_at"],
+            variable_name="outcome",
+            value_name="value",
+        )
         .filter(pl.col("value").is_not_null() & pl.col("value").is_finite())
     )
 
 
 def _groups_long(frame: pl.DataFrame, groups: list[GroupBy]) -> pl.DataFrame:
     names = ["source"] + [g.name for g in groups if g.name != "source"]
-    parts = [frame.select("session_id", pl.lit("all").alias("group_by"), pl.lit("all").alias("grp"))]
-    parts += [frame.select("session_id", pl.lit(name).alias("group_by"), pl.col(name).cast(pl.String).alias("grp")) for name in names]
+    parts = [
+        frame.select("session_id", pl.lit("all").alias("group_by"), pl.lit("all").alias("grp"))
+    ]
+    parts += [
+        frame.select(
+            "session_id", pl.lit(name).alias("group_by"), pl.col(name).cast(pl.String).alias("grp")
+        )
+        for name in names
+    ]
     return pl.concat(parts).filter(pl.col("grp").is_not_null())
 
 
@@ -306,10 +405,21 @@ def _set_variables(con: duckdb.DuckDBPyConnection, **values: Any) -> None:
         con.execute(f"SET VARIABLE {name} = ?", [value])  # name is ours, never user input
 
 
-def sql_tables(frame: pl.DataFrame, outcomes: list[str], groups: list[GroupBy], cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataFrame]:
+def sql_tables(
+    frame: pl.DataFrame,
+    outcomes: list[str],
+    groups: list[GroupBy],
+    cfg: AnalyzeConfig,
+    notes: list[str],
+) -> dict[str, pl.DataFrame]:
     """population, counselor_profiles and the trajectory tables from the queries/ SQL."""
     con = _connect(cfg.memory_limit)
-    _set_variables(con, low_threshold=float(cfg.low_threshold), min_sessions=int(cfg.min_sessions), z=_normal_quantile(cfg.alpha))
+    _set_variables(
+        con,
+        low_threshold=float(cfg.low_threshold),
+        min_sessions=int(cfg.min_sessions),
+        z=_normal_quantile(cfg.alpha),
+    )
     con.register("session_outcomes", _outcomes_long(frame, outcomes))
     con.register("session_groups", _groups_long(frame, groups))
     tables = {"population": _query(con, "population")}
@@ -325,17 +435,23 @@ def _normal_quantile(alpha: float) -> float:
     return float(norm.ppf(1 - alpha / 2))
 
 
-def _counselor_profiles(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataFrame]:
+def _counselor_profiles(
+    con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, cfg: AnalyzeConfig, notes: list[str]
+) -> dict[str, pl.DataFrame]:
     counts = frame.get_column("counselor_id").drop_nulls().value_counts()
     if counts.is_empty():
         notes.append("counselor_profiles: absent — no session has a counselor_id")
         return {}
     if counts.get_column("count").max() < cfg.min_sessions:
-        notes.append(f"counselor_profiles: absent — no counselor has {cfg.min_sessions} or more sessions (--min-sessions)")
+        notes.append(
+            f"counselor_profiles: absent — no counselor has {cfg.min_sessions} or more sessions (--min-sessions)"
+        )
         return {}
     profiles = _query(con, "counselor_profiles")
     if profiles.is_empty():
-        notes.append(f"counselor_profiles: absent — no counselor has {cfg.min_sessions} or more sessions with an outcome")
+        notes.append(
+            f"counselor_profiles: absent — no counselor has {cfg.min_sessions} or more sessions with an outcome"
+        )
         return {}
     return {"counselor_profiles": profiles}
 
@@ -343,22 +459,38 @@ def _counselor_profiles(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, cfg
 def _trajectories(con: duckdb.DuckDBPyConnection, notes: list[str]) -> dict[str, pl.DataFrame]:
     points = _query(con, "trajectory_points")
     if points.is_empty():
-        notes.append("trajectories: absent — no client has two or more sessions with an outcome and a session_index or started_at")
+        notes.append(
+            "trajectories: absent — no client has two or more sessions with an outcome and a session_index or started_at"
+        )
         return {}
     con.register("trajectory_points", points)
     trajectories = _query(con, "trajectories")
     con.register("trajectories", trajectories)
-    return {"trajectories": trajectories, "trajectory_summary": _query(con, "trajectory_summary"), "trajectory_clients": _query(con, "trajectory_clients")}
+    return {
+        "trajectories": trajectories,
+        "trajectory_summary": _query(con, "trajectory_summary"),
+        "trajectory_clients": _query(con, "trajectory_clients"),
+    }
 
 
-def drivers_table(frame: pl.DataFrame, turn_features: TurnFeatures, outcomes: list[str], cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataFrame]:
+def drivers_table(
+    frame: pl.DataFrame,
+    turn_features: TurnFeatures,
+    outcomes: list[str],
+    cfg: AnalyzeConfig,
+    notes: list[str],
+) -> dict[str, pl.DataFrame]:
     from care_ray.analytics.drivers import fit_drivers
 
     features, feature_notes = driver_features(turn_features, min_sessions=cfg.min_label_sessions)
     notes.extend(feature_notes)
     repeats = frame.get_column("counselor_id").drop_nulls().value_counts()
-    group = "counselor_id" if not repeats.is_empty() and repeats.get_column("count").max() > 1 else None
-    table, fit_notes = fit_drivers(frame, outcomes, features, group=group, alpha=cfg.alpha, max_mixed_rows=cfg.max_mixed_rows)
+    group = (
+        "counselor_id" if not repeats.is_empty() and repeats.get_column("count").max() > 1 else None
+    )
+    table, fit_notes = fit_drivers(
+        frame, outcomes, features, group=group, alpha=cfg.alpha, max_mixed_rows=cfg.max_mixed_rows
+    )
     notes.extend(fit_notes)
     if table.is_empty():
         notes.append("drivers: absent — no outcome could be fitted")
@@ -372,11 +504,21 @@ def contrast_variables(turn_features: TurnFeatures, outcomes: list[str]) -> list
     for family in FAMILIES:
         labels = turn_features.label_sources.get(family, {})
         family_sources = {s for srcs in labels.values() for s in srcs}
-        shared += [feature_name(family, lab) for lab in sorted(labels) if set(labels[lab]) == family_sources]
+        shared += [
+            feature_name(family, lab)
+            for lab in sorted(labels)
+            if set(labels[lab]) == family_sources
+        ]
     return [*outcomes, *BASE_FEATURES, *shared]
 
 
-def contrasts_table(frame: pl.DataFrame, groups: list[GroupBy], variables: list[str], cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataFrame]:
+def contrasts_table(
+    frame: pl.DataFrame,
+    groups: list[GroupBy],
+    variables: list[str],
+    cfg: AnalyzeConfig,
+    notes: list[str],
+) -> dict[str, pl.DataFrame]:
     from care_ray.analytics.contrasts import group_contrasts
 
     names = ["source"] + [g.name for g in groups if g.name != "source"]
@@ -388,7 +530,9 @@ def contrasts_table(frame: pl.DataFrame, groups: list[GroupBy], variables: list[
             continue
         # sorted by group once: each variable's test then slices contiguous groups instead of sorting 1M rows again
         grouped = frame.with_columns(pl.col(name).cast(pl.String)).sort(name, nulls_last=True)
-        table, contrast_notes = group_contrasts(grouped, by=name, variables=variables, min_group=cfg.min_group)
+        table, contrast_notes = group_contrasts(
+            grouped, by=name, variables=variables, min_group=cfg.min_group
+        )
         notes.extend(contrast_notes)
         if not table.is_empty():
             parts.append(table)
@@ -398,7 +542,9 @@ def contrasts_table(frame: pl.DataFrame, groups: list[GroupBy], variables: list[
     return {"contrasts": pl.concat(parts, how="diagonal_relaxed")}
 
 
-_PER_VARIABLE_NOTE = re.compile(r"^contrasts: (?P<skipped>skipped )?(?P<by>[^/]+)/(?P<variable>.+?): (?P<message>.+)$")
+_PER_VARIABLE_NOTE = re.compile(
+    r"^contrasts: (?P<skipped>skipped )?(?P<by>[^/]+)/(?P<variable>.+?): (?P<message>.+)$"
+)
 
 
 def compact_notes(notes: list[str], shown: int = 4) -> list[str]:
@@ -415,19 +561,25 @@ def compact_notes(notes: list[str], shown: int = 4) -> list[str]:
             merged[key] = []
             out.append(key)
         merged[key].append(match["variable"])
+
     def text(entry: str | tuple[str, str, str]) -> str:
         if isinstance(entry, str):
             return entry
         variables = merged[entry]
-        listed = ", ".join(variables[:shown]) + (f", … ({len(variables)} in all)" if len(variables) > shown else "")
+        listed = ", ".join(variables[:shown]) + (
+            f", … ({len(variables)} in all)" if len(variables) > shown else ""
+        )
         return f"contrasts: {entry[0]}{entry[1]}: {entry[2]} — {listed}"
+
     return [text(entry) for entry in out]
 
 
 def challenge_tables(cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataFrame]:
     """Distinctive terms and clusters of low-item rationales (scores mode with items/)."""
     if cfg.scores is None:
-        notes.append("challenge_terms, challenge_clusters: absent — model-free mode has no rationales (pass --scores)")
+        notes.append(
+            "challenge_terms, challenge_clusters: absent — model-free mode has no rationales (pass --scores)"
+        )
         return {}
     items = Path(cfg.scores) / "items"
     if not items.is_dir() or not any(items.rglob("*.parquet")):
@@ -438,23 +590,41 @@ def challenge_tables(cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataF
     con = _connect(cfg.memory_limit)
     _bind_parquet(con, "items", items, hive=False)
     _bind_parquet(con, "sessions", _sessions_root(cfg.sessions))
-    _set_variables(con, low_threshold=float(cfg.low_threshold), max_docs=int(cfg.max_docs), seed=int(cfg.seed))
+    _set_variables(
+        con, low_threshold=float(cfg.low_threshold), max_docs=int(cfg.max_docs), seed=int(cfg.seed)
+    )
     docs = _query(con, "low_items")
     con.close()
     if docs.is_empty():
-        notes.append(f"challenge_terms, challenge_clusters: absent — no item rationale with a score <= {cfg.low_threshold}")
+        notes.append(
+            f"challenge_terms, challenge_clusters: absent — no item rationale with a score <= {cfg.low_threshold}"
+        )
         return {}
-    for row in docs.group_by("dimension").agg(pl.len(), pl.col("n_low").first()).sort("dimension").iter_rows(named=True):
+    for row in (
+        docs.group_by("dimension")
+        .agg(pl.len(), pl.col("n_low").first())
+        .sort("dimension")
+        .iter_rows(named=True)
+    ):
         if row["len"] < row["n_low"]:
-            notes.append(f"challenges: {row['dimension']}: a sample of {row['len']} of {row['n_low']} low-scored items (--max-docs); cluster sizes are the sample's")
-    out = {"challenge_terms": distinctive_terms(docs), "challenge_clusters": cluster_rationales(docs, k=cfg.clusters, max_docs=cfg.max_docs, seed=cfg.seed)}
+            notes.append(
+                f"challenges: {row['dimension']}: a sample of {row['len']} of {row['n_low']} low-scored items (--max-docs); cluster sizes are the sample's"
+            )
+    out = {
+        "challenge_terms": distinctive_terms(docs),
+        "challenge_clusters": cluster_rationales(
+            docs, k=cfg.clusters, max_docs=cfg.max_docs, seed=cfg.seed
+        ),
+    }
     return {name: table for name, table in out.items() if not table.is_empty()}
 
 
 # --- the orchestrator -------------------------------------------------------------------------------
 
 
-def build_frame(cfg: AnalyzeConfig, notes: list[str]) -> tuple[pl.DataFrame, list[Outcome], list[GroupBy], str]:
+def build_frame(
+    cfg: AnalyzeConfig, notes: list[str]
+) -> tuple[pl.DataFrame, list[Outcome], list[GroupBy], str]:
     """One row per analysed session: ids, outcomes and --by columns (no turn features yet)."""
     con = _connect(cfg.memory_limit)
     _bind_parquet(con, "sessions", _sessions_root(cfg.sessions))
@@ -465,31 +635,55 @@ def build_frame(cfg: AnalyzeConfig, notes: list[str]) -> tuple[pl.DataFrame, lis
     scores, score_columns = load_scores(con, cfg.scores) if cfg.scores else (None, ())
     outcomes = parse_outcomes(cfg.outcomes, score_columns, labels)
     groups = parse_by(cfg.by, metadata, labels)
-    taken = {o.name for o in outcomes} | set(ID_COLUMNS) | set(BASE_FEATURES) | {"started_at", "language"}
+    taken = (
+        {o.name for o in outcomes}
+        | set(ID_COLUMNS)
+        | set(BASE_FEATURES)
+        | {"started_at", "language"}
+    )
     clash = [g.name for g in groups if g.name not in BASE_BY and g.name in taken]
     if clash:
-        raise AnalysisError(f"--by name(s) {', '.join(clash)} clash with an outcome or column name; choose another NAME")
-    wanted_labels = {t.column[len("labels."):] for o in outcomes for t in o.terms if t.column.startswith("labels.")}
-    wanted_labels |= {g.column[len("labels."):] for g in groups if g.column.startswith("labels.")}
-    wanted_metadata = {g.column[len("metadata."):] for g in groups if g.column.startswith("metadata.")}
+        raise AnalysisError(
+            f"--by name(s) {', '.join(clash)} clash with an outcome or column name; choose another NAME"
+        )
+    wanted_labels = {
+        t.column[len("labels.") :]
+        for o in outcomes
+        for t in o.terms
+        if t.column.startswith("labels.")
+    }
+    wanted_labels |= {g.column[len("labels.") :] for g in groups if g.column.startswith("labels.")}
+    wanted_metadata = {
+        g.column[len("metadata.") :] for g in groups if g.column.startswith("metadata.")
+    }
     frame = base
     if wanted_labels or wanted_metadata:
-        frame = frame.join(session_values(con, wanted_labels, wanted_metadata), on="session_id", how="left")
+        frame = frame.join(
+            session_values(con, wanted_labels, wanted_metadata), on="session_id", how="left"
+        )
     con.close()
     if scores is not None:
         shared = frame.join(scores, on="session_id", how="semi").height
         if shared == 0:
-            raise AnalysisError(f"the scores at {cfg.scores} share no session_id with the corpus at {cfg.sessions}")
+            raise AnalysisError(
+                f"the scores at {cfg.scores} share no session_id with the corpus at {cfg.sessions}"
+            )
         if shared < scores.height:
-            notes.append(f"{scores.height - shared} scored session(s) are not in the corpus and were left out")
+            notes.append(
+                f"{scores.height - shared} scored session(s) are not in the corpus and were left out"
+            )
         frame = frame.join(scores, on="session_id", how="left")
-    frame = frame.with_columns(*(o.expr() for o in outcomes), *(_group_column(g) for g in groups if g.name not in BASE_BY))
+    frame = frame.with_columns(
+        *(o.expr() for o in outcomes), *(_group_column(g) for g in groups if g.name not in BASE_BY)
+    )
     names = [o.name for o in outcomes]
     analysed = frame.filter(pl.any_horizontal(pl.col(n).is_not_null() for n in names))
     if analysed.is_empty():
         raise AnalysisError(f"no session has a value for any outcome ({', '.join(names)})")
     if analysed.height < frame.height:
-        notes.append(f"{frame.height - analysed.height} of {frame.height} session(s) have no outcome and were left out")
+        notes.append(
+            f"{frame.height - analysed.height} of {frame.height} session(s) have no outcome and were left out"
+        )
     return analysed, outcomes, groups, "scores" if cfg.scores else "labels"
 
 
@@ -500,43 +694,79 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     vocabulary = load_vocabulary(cfg.vocabulary)
     frame, outcomes, groups, mode = build_frame(cfg, notes)
     names = [o.name for o in outcomes]
-    turn_features = compute_features(cfg.sessions, vocabulary, batch_size=cfg.batch_size, session_ids=frame.get_column("session_id"))
+    turn_features = compute_features(
+        cfg.sessions,
+        vocabulary,
+        batch_size=cfg.batch_size,
+        session_ids=frame.get_column("session_id"),
+    )
     frame = frame.join(turn_features.sessions.drop("source"), on="session_id", how="left")
-    feature_columns = [c for c in turn_features.sessions.columns if c not in ("session_id", "source")]
-    tables: dict[str, pl.DataFrame] = {"features": frame.select(*ID_COLUMNS, *names, *feature_columns)}
+    feature_columns = [
+        c for c in turn_features.sessions.columns if c not in ("session_id", "source")
+    ]
+    tables: dict[str, pl.DataFrame] = {
+        "features": frame.select(*ID_COLUMNS, *names, *feature_columns)
+    }
     if turn_features.transitions.is_empty():
-        notes.append("transitions: absent — no counselor turn with a strategy is followed by a client turn with a reaction")
+        notes.append(
+            "transitions: absent — no counselor turn with a strategy is followed by a client turn with a reaction"
+        )
     else:
         tables["transitions"] = turn_features.transitions
     if len(turn_features.sources) > 1 and not cfg.vocabulary:
-        notes.append("strategy/reaction shares are per source (a label is null in sessions of a source that never uses it); pass --vocabulary to map spellings")
+        notes.append(
+            "strategy/reaction shares are per source (a label is null in sessions of a source that never uses it); pass --vocabulary to map spellings"
+        )
     tables.update(sql_tables(frame, names, groups, cfg, notes))
     tables.update(drivers_table(frame, turn_features, names, cfg, notes))
-    tables.update(contrasts_table(frame, groups, contrast_variables(turn_features, names), cfg, notes))
+    tables.update(
+        contrasts_table(frame, groups, contrast_variables(turn_features, names), cfg, notes)
+    )
     tables.update(challenge_tables(cfg, notes))
-    return write_outputs(cfg, tables, {
-        "kind": "care-ray analysis",
-        "mode": mode,
-        "outcomes": names,
-        "outcome_definitions": {o.name: " ".join(f"{'+' if t.sign > 0 else '-'} {t.column}" for t in o.terms).lstrip("+ ") for o in outcomes},
-        "by": [g.name for g in groups],
-        "n_sessions": frame.height,
-        "sessions": str(cfg.sessions),
-        "scores": str(cfg.scores) if cfg.scores else None,
-        "low_threshold": cfg.low_threshold,
-        "notes": compact_notes(notes),
-    }, started)
+    return write_outputs(
+        cfg,
+        tables,
+        {
+            "kind": "care-ray analysis",
+            "mode": mode,
+            "outcomes": names,
+            "outcome_definitions": {
+                o.name: " ".join(
+                    f"{'+' if t.sign > 0 else '-'} {t.column}" for t in o.terms
+                ).lstrip("+ ")
+                for o in outcomes
+            },
+            "by": [g.name for g in groups],
+            "n_sessions": frame.height,
+            "sessions": str(cfg.sessions),
+            "scores": str(cfg.scores) if cfg.scores else None,
+            "low_threshold": cfg.low_threshold,
+            "notes": compact_notes(notes),
+        },
+        started,
+    )
 
 
-def write_outputs(cfg: AnalyzeConfig, tables: dict[str, pl.DataFrame], manifest: dict[str, Any], started: float) -> dict[str, Any]:
+def write_outputs(
+    cfg: AnalyzeConfig, tables: dict[str, pl.DataFrame], manifest: dict[str, Any], started: float
+) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in TABLES:  # a table left from an earlier run must not pass for this run's
         (out / f"{name}.parquet").unlink(missing_ok=True)
     for name, table in tables.items():
         table.write_parquet(out / f"{name}.parquet")
-    manifest = {**manifest, "tables": {name: tables[name].height for name in TABLES if name in tables}}
+    manifest = {
+        **manifest,
+        "tables": {name: tables[name].height for name in TABLES if name in tables},
+    }
     manifest["seconds"] = round(time.perf_counter() - started, 3)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    log.info("analysis written to %s: %s", out, ", ".join(f"{k} ({v})" for k, v in manifest["tables"].items()))
+    (out / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    log.info(
+        "analysis written to %s: %s",
+        out,
+        ", ".join(f"{k} ({v})" for k, v in manifest["tables"].items()),
+    )
     return manifest

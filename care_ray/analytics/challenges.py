@@ -29,7 +29,13 @@ import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
 
-TERM_SCHEMA = {"dimension": pl.String, "term": pl.String, "count": pl.Int64, "log_odds": pl.Float64, "z": pl.Float64}
+TERM_SCHEMA = {
+    "dimension": pl.String,
+    "term": pl.String,
+    "count": pl.Int64,
+    "log_odds": pl.Float64,
+    "z": pl.Float64,
+}
 CLUSTER_SCHEMA = {
     "dimension": pl.String,
     "cluster": pl.Int64,
@@ -65,17 +71,26 @@ def distinctive_terms(
     _check_columns(docs, [group_col, text_col, language_col])
     docs = _usable(docs, group_col, text_col)
     if max_docs is not None and docs.height > max_docs:
-        log.info("distinctive terms: counting a sample of %d of %d documents (seed %d)", max_docs, docs.height, seed)
+        log.info(
+            "distinctive terms: counting a sample of %d of %d documents (seed %d)",
+            max_docs,
+            docs.height,
+            seed,
+        )
         docs = docs.sample(n=max_docs, seed=seed)
     groups = docs[group_col].cast(pl.String)
     names = sorted(groups.unique().to_list())
     if len(names) < 2:
         return pl.DataFrame(schema=TERM_SCHEMA)
-    matrix, terms = term_matrix(docs[text_col], is_chinese(docs, text_col, language_col), _count_vectorizer)
+    matrix, terms = term_matrix(
+        docs[text_col], is_chinese(docs, text_col, language_col), _count_vectorizer
+    )
     if not terms:
         return pl.DataFrame(schema=TERM_SCHEMA)
     codes = groups.replace_strict(names, list(range(len(names))), return_dtype=pl.Int64).to_numpy()
-    membership = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(names), len(codes)))
+    membership = sp.csr_matrix(
+        (np.ones(len(codes)), (codes, np.arange(len(codes)))), shape=(len(names), len(codes))
+    )
     counts = np.asarray((membership @ matrix).todense())
     log_odds, z = log_odds_z(counts, prior_scale)
     return _top_terms_table(names, np.asarray(terms, dtype=object), counts, log_odds, z, top_k)
@@ -90,7 +105,9 @@ def log_odds_z(counts: np.ndarray, prior_scale: float = 1.0) -> tuple[np.ndarray
     n_group = counts.sum(axis=1, keepdims=True)
     n_rest = counts.sum() - n_group
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_odds = np.log((counts + alpha) / (n_group + alpha0 - counts - alpha)) - np.log((rest + alpha) / (n_rest + alpha0 - rest - alpha))
+        log_odds = np.log((counts + alpha) / (n_group + alpha0 - counts - alpha)) - np.log(
+            (rest + alpha) / (n_rest + alpha0 - rest - alpha)
+        )
         z = log_odds / np.sqrt(1 / (counts + alpha) + 1 / (rest + alpha))
     return log_odds, z
 
@@ -102,9 +119,22 @@ def _top_terms_table(names, terms, counts, log_odds, z, top_k) -> pl.DataFrame:
         k = min(top_k, int(np.isfinite(scores).sum()))
         if k == 0:
             continue
-        top = np.array(sorted(np.argpartition(-scores, k - 1)[:k], key=lambda j: (-scores[j], terms[j])), dtype=np.int64)
-        frames.append(pl.DataFrame({"dimension": name, "term": terms[top].tolist(), "count": counts[i, top].astype(np.int64),
-                                    "log_odds": log_odds[i, top], "z": z[i, top]}, schema=TERM_SCHEMA))
+        top = np.array(
+            sorted(np.argpartition(-scores, k - 1)[:k], key=lambda j: (-scores[j], terms[j])),
+            dtype=np.int64,
+        )
+        frames.append(
+            pl.DataFrame(
+                {
+                    "dimension": name,
+                    "term": terms[top].tolist(),
+                    "count": counts[i, top].astype(np.int64),
+                    "log_odds": log_odds[i, top],
+                    "z": z[i, top],
+                },
+                schema=TERM_SCHEMA,
+            )
+        )
     return pl.concat(frames) if frames else pl.DataFrame(schema=TERM_SCHEMA)
 
 
@@ -127,28 +157,59 @@ def cluster_rationales(
     _check_columns(docs, [group_col, text_col, quote_col, language_col])
     docs = _usable(docs, group_col, text_col).with_columns(pl.col(group_col).cast(pl.String))
     frames = [
-        _cluster_group(str(name), docs.filter(pl.col(group_col) == name), text_col, quote_col, language_col, k, max_docs, seed)
+        _cluster_group(
+            str(name),
+            docs.filter(pl.col(group_col) == name),
+            text_col,
+            quote_col,
+            language_col,
+            k,
+            max_docs,
+            seed,
+        )
         for name in sorted(docs[group_col].unique().to_list())
     ]
     return pl.concat(frames) if frames else pl.DataFrame(schema=CLUSTER_SCHEMA)
 
 
-def _cluster_group(name, group, text_col, quote_col, language_col, k, max_docs, seed) -> pl.DataFrame:
+def _cluster_group(
+    name, group, text_col, quote_col, language_col, k, max_docs, seed
+) -> pl.DataFrame:
     total = group.height
     if total > max_docs:
-        log.info("clusters: group %s clustered on a sample of %d of %d documents (seed %d)", name, max_docs, total, seed)
+        log.info(
+            "clusters: group %s clustered on a sample of %d of %d documents (seed %d)",
+            name,
+            max_docs,
+            total,
+            seed,
+        )
         group = group.sample(n=max_docs, seed=seed)
-    matrix, terms = term_matrix(group[text_col], is_chinese(group, text_col, language_col), _tfidf_vectorizer(group.height))
+    matrix, terms = term_matrix(
+        group[text_col], is_chinese(group, text_col, language_col), _tfidf_vectorizer(group.height)
+    )
     distinct = group[text_col].n_unique()
     if group.height < MIN_CLUSTER_DOCS or distinct < 3 or not terms:
         labels = np.zeros(group.height, dtype=np.int64)
         centre_distance = _distance_to_mean(matrix)
     else:
         labels, centre_distance = _kmeans(matrix, k, min(MAX_K, distinct - 1), seed)
-    return _cluster_table(name, group, text_col, quote_col, matrix, np.asarray(terms, dtype=object), labels, centre_distance, total)
+    return _cluster_table(
+        name,
+        group,
+        text_col,
+        quote_col,
+        matrix,
+        np.asarray(terms, dtype=object),
+        labels,
+        centre_distance,
+        total,
+    )
 
 
-def _kmeans(matrix: sp.csr_matrix, k: int | None, max_k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _kmeans(
+    matrix: sp.csr_matrix, k: int | None, max_k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels, and each document's distance to its cluster's centre, in the LSA space.
 
     Without k, each k in 2..max_k is fitted on a sample of up to K_SEARCH_SAMPLE documents and the
@@ -160,8 +221,15 @@ def _kmeans(matrix: sp.csr_matrix, k: int | None, max_k: int, seed: int) -> tupl
     if k is None:
         rows = np.random.default_rng(seed).permutation(space.shape[0])[:K_SEARCH_SAMPLE]
         sample = space[np.sort(rows)]
-        models = {n: KMeans(n_clusters=n, n_init=1, random_state=seed).fit(sample) for n in range(2, max_k + 1)}
-        scored = {n: silhouette_score(sample, m.labels_) for n, m in models.items() if len(np.unique(m.labels_)) > 1}
+        models = {
+            n: KMeans(n_clusters=n, n_init=1, random_state=seed).fit(sample)
+            for n in range(2, max_k + 1)
+        }
+        scored = {
+            n: silhouette_score(sample, m.labels_)
+            for n, m in models.items()
+            if len(np.unique(m.labels_)) > 1
+        }
         k = max(scored, key=lambda n: (scored[n], -n)) if scored else 2
     model = KMeans(n_clusters=min(max(k, 1), max_k + 1), n_init=3, random_state=seed).fit(space)
     distance = model.transform(space)[np.arange(space.shape[0]), model.labels_]
@@ -185,32 +253,46 @@ def _distance_to_mean(matrix: sp.csr_matrix) -> np.ndarray:
     return -np.asarray(matrix @ centre).ravel()
 
 
-def _cluster_table(name, group, text_col, quote_col, matrix, terms, labels, centre_distance, total) -> pl.DataFrame:
+def _cluster_table(
+    name, group, text_col, quote_col, matrix, terms, labels, centre_distance, total
+) -> pl.DataFrame:
     clusters = np.unique(labels)
     sizes = np.array([(labels == c).sum() for c in clusters])
     order = np.lexsort((clusters, -sizes))
-    membership = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(labels.max() + 1, len(labels)))
-    weights = np.asarray((membership @ matrix).todense()) if len(terms) else np.zeros((labels.max() + 1, 0))
+    membership = sp.csr_matrix(
+        (np.ones(len(labels)), (labels, np.arange(len(labels)))),
+        shape=(labels.max() + 1, len(labels)),
+    )
+    weights = (
+        np.asarray((membership @ matrix).todense())
+        if len(terms)
+        else np.zeros((labels.max() + 1, 0))
+    )
     quotes = group[quote_col] if quote_col else None
     rows = []
     for rank, pos in enumerate(order):
         c = clusters[pos]
         members = np.flatnonzero(labels == c)
         example = int(members[np.argmin(centre_distance[members])])
-        rows.append({
-            "dimension": name,
-            "cluster": rank,
-            "size": int(round(sizes[pos] * total / len(labels))),
-            "top_terms": ", ".join(_top(weights[c], terms)),
-            "example_rationale": group[text_col][example],
-            "example_quote": _first_quote(quotes[example]) if quotes is not None else None,
-        })
+        rows.append(
+            {
+                "dimension": name,
+                "cluster": rank,
+                "size": int(round(sizes[pos] * total / len(labels))),
+                "top_terms": ", ".join(_top(weights[c], terms)),
+                "example_rationale": group[text_col][example],
+                "example_quote": _first_quote(quotes[example]) if quotes is not None else None,
+            }
+        )
     return pl.DataFrame(rows, schema=CLUSTER_SCHEMA)
 
 
 def _top(weights: np.ndarray, terms: np.ndarray) -> list[str]:
     positive = np.flatnonzero(weights > 0)
-    return [terms[j] for j in sorted(positive, key=lambda j: (-weights[j], terms[j]))[:TOP_TERMS_PER_CLUSTER]]
+    return [
+        terms[j]
+        for j in sorted(positive, key=lambda j: (-weights[j], terms[j]))[:TOP_TERMS_PER_CLUSTER]
+    ]
 
 
 def _first_quote(quotes) -> str | None:
@@ -229,7 +311,9 @@ def _check_columns(docs: pl.DataFrame, columns: list[str | None]) -> None:
 
 
 def _usable(docs: pl.DataFrame, group_col: str, text_col: str) -> pl.DataFrame:
-    return docs.filter(pl.col(group_col).is_not_null() & (pl.col(text_col).str.strip_chars().str.len_chars() > 0))
+    return docs.filter(
+        pl.col(group_col).is_not_null() & (pl.col(text_col).str.strip_chars().str.len_chars() > 0)
+    )
 
 
 def is_chinese(docs: pl.DataFrame, text_col: str, language_col: str | None) -> np.ndarray:
@@ -237,11 +321,22 @@ def is_chinese(docs: pl.DataFrame, text_col: str, language_col: str | None) -> n
     text = pl.col(text_col)
     han = text.str.count_matches(HAN)
     share = han / text.str.replace_all(r"\s", "").str.len_chars().clip(lower_bound=1)
-    by_language = pl.col(language_col).cast(pl.String).str.to_lowercase().str.starts_with("zh").fill_null(False) & (han > 0) if language_col else pl.lit(False)
+    by_language = (
+        pl.col(language_col)
+        .cast(pl.String)
+        .str.to_lowercase()
+        .str.starts_with("zh")
+        .fill_null(False)
+        & (han > 0)
+        if language_col
+        else pl.lit(False)
+    )
     return docs.select(((share >= CJK_SHARE) | by_language).fill_null(False)).to_series().to_numpy()
 
 
-def term_matrix(texts: pl.Series, chinese: np.ndarray, make_vectorizer: Callable[[bool], object]) -> tuple[sp.csr_matrix, list[str]]:
+def term_matrix(
+    texts: pl.Series, chinese: np.ndarray, make_vectorizer: Callable[[bool], object]
+) -> tuple[sp.csr_matrix, list[str]]:
     """Documents × terms, rows in the order of `texts`; English and Chinese documents are vectorised
     apart (each with its own vocabulary) and their columns placed side by side."""
     blocks, names, order = [], [], []
@@ -294,7 +389,20 @@ def _tfidf_vectorizer(n_docs: int) -> Callable[[bool], object]:
 
     def make(chinese: bool):
         if chinese:
-            return TfidfVectorizer(analyzer="char", ngram_range=(1, 2), min_df=min_df, sublinear_tf=True, max_features=20000)
-        return TfidfVectorizer(lowercase=True, stop_words="english", ngram_range=(1, 2), min_df=min_df, sublinear_tf=True, max_features=20000)
+            return TfidfVectorizer(
+                analyzer="char",
+                ngram_range=(1, 2),
+                min_df=min_df,
+                sublinear_tf=True,
+                max_features=20000,
+            )
+        return TfidfVectorizer(
+            lowercase=True,
+            stop_words="english",
+            ngram_range=(1, 2),
+            min_df=min_df,
+            sublinear_tf=True,
+            max_features=20000,
+        )
 
     return make

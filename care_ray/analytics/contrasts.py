@@ -33,7 +33,9 @@ CONTRAST_SCHEMA = {
 }
 
 
-def group_contrasts(data: pl.DataFrame, by: str, variables: Sequence[str], min_group: int = 5) -> tuple[pl.DataFrame, list[str]]:
+def group_contrasts(
+    data: pl.DataFrame, by: str, variables: Sequence[str], min_group: int = 5
+) -> tuple[pl.DataFrame, list[str]]:
     """Per-group n, mean and sd of each variable, with the test of a difference between the groups.
 
     Rows with no `by` value or no value of the variable are left out; groups with fewer than
@@ -44,36 +46,65 @@ def group_contrasts(data: pl.DataFrame, by: str, variables: Sequence[str], min_g
     null_by = data[by].null_count()
     if null_by:
         notes.append(f"contrasts: {null_by} row(s) with no {by} left out")
-    present = data.filter(pl.col(by).is_not_null()).with_columns(pl.col(by).cast(pl.String).alias("_grp"))
-    tables = [t for v in dict.fromkeys(variables) if (t := _contrast(present, by, v, max(min_group, 2), notes)) is not None]
+    present = data.filter(pl.col(by).is_not_null()).with_columns(
+        pl.col(by).cast(pl.String).alias("_grp")
+    )
+    tables = [
+        t
+        for v in dict.fromkeys(variables)
+        if (t := _contrast(present, by, v, max(min_group, 2), notes)) is not None
+    ]
     if not tables:
         return pl.DataFrame(schema=CONTRAST_SCHEMA), notes
     table = pl.concat(tables)
     per_variable = table.unique("variable", keep="first", maintain_order=True)
-    adjusted = per_variable.select("variable", p_adjusted=pl.Series(bh_adjust(per_variable["p_value"].to_numpy()), dtype=pl.Float64, nan_to_null=True))
-    return table.drop("p_adjusted").join(adjusted, on="variable", how="left", maintain_order="left").select(CONTRAST_SCHEMA.keys()), notes
+    adjusted = per_variable.select(
+        "variable",
+        p_adjusted=pl.Series(
+            bh_adjust(per_variable["p_value"].to_numpy()), dtype=pl.Float64, nan_to_null=True
+        ),
+    )
+    return table.drop("p_adjusted").join(
+        adjusted, on="variable", how="left", maintain_order="left"
+    ).select(CONTRAST_SCHEMA.keys()), notes
 
 
 def _check_columns(data: pl.DataFrame, by: str, variables: Sequence[str]) -> None:
     missing = [c for c in [by, *variables] if c not in data.columns]
     if missing:
         raise ValueError(f"contrasts: no column(s) {', '.join(missing)} in the data")
-    not_numeric = [v for v in variables if not (data.schema[v].is_numeric() or data.schema[v] == pl.Boolean)]
+    not_numeric = [
+        v for v in variables if not (data.schema[v].is_numeric() or data.schema[v] == pl.Boolean)
+    ]
     if not_numeric:
         raise ValueError(f"contrasts: column(s) {', '.join(not_numeric)} are not numeric")
 
 
-def _contrast(present: pl.DataFrame, by: str, variable: str, min_group: int, notes: list[str]) -> pl.DataFrame | None:
-    values = present.select("_grp", value=pl.col(variable).cast(pl.Float64)).filter(pl.col("value").is_finite()).sort("_grp")
-    stats = values.group_by("_grp", maintain_order=True).agg(n=pl.len(), mean=pl.col("value").mean(), sd=pl.col("value").std(ddof=1))
+def _contrast(
+    present: pl.DataFrame, by: str, variable: str, min_group: int, notes: list[str]
+) -> pl.DataFrame | None:
+    values = (
+        present.select("_grp", value=pl.col(variable).cast(pl.Float64))
+        .filter(pl.col("value").is_finite())
+        .sort("_grp")
+    )
+    stats = values.group_by("_grp", maintain_order=True).agg(
+        n=pl.len(), mean=pl.col("value").mean(), sd=pl.col("value").std(ddof=1)
+    )
     small = stats.filter(pl.col("n") < min_group)
     if small.height:
-        notes.append(f"contrasts: {by}/{variable}: dropped {small.height} group(s) with fewer than {min_group} values")
+        notes.append(
+            f"contrasts: {by}/{variable}: dropped {small.height} group(s) with fewer than {min_group} values"
+        )
     stats = stats.filter(pl.col("n") >= min_group)
     if stats.height < 2:
-        notes.append(f"contrasts: skipped {by}/{variable}: fewer than 2 groups with at least {min_group} values")
+        notes.append(
+            f"contrasts: skipped {by}/{variable}: fewer than 2 groups with at least {min_group} values"
+        )
         return None
-    samples = _samples(values.filter(pl.col("_grp").is_in(stats["_grp"].implode())), stats["n"].to_numpy())
+    samples = _samples(
+        values.filter(pl.col("_grp").is_in(stats["_grp"].implode())), stats["n"].to_numpy()
+    )
     if stats.height == 2:
         test = _two_groups(samples, stats)
     else:
@@ -81,10 +112,18 @@ def _contrast(present: pl.DataFrame, by: str, variable: str, min_group: int, not
     if test["p_value"] is None:
         notes.append(f"contrasts: {by}/{variable}: no test (the values do not vary)")
     return stats.select(
-        by=pl.lit(by), variable=pl.lit(variable), grp=pl.col("_grp"), n=pl.col("n").cast(pl.Int64), mean="mean", sd="sd",
-        effect_size=pl.lit(test["effect_size"], dtype=pl.Float64), effect_measure=pl.lit(test["effect_measure"]),
-        test=pl.lit(test["test"]), statistic=pl.lit(test["statistic"], dtype=pl.Float64),
-        p_value=pl.lit(test["p_value"], dtype=pl.Float64), p_adjusted=pl.lit(None, dtype=pl.Float64),
+        by=pl.lit(by),
+        variable=pl.lit(variable),
+        grp=pl.col("_grp"),
+        n=pl.col("n").cast(pl.Int64),
+        mean="mean",
+        sd="sd",
+        effect_size=pl.lit(test["effect_size"], dtype=pl.Float64),
+        effect_measure=pl.lit(test["effect_measure"]),
+        test=pl.lit(test["test"]),
+        statistic=pl.lit(test["statistic"], dtype=pl.Float64),
+        p_value=pl.lit(test["p_value"], dtype=pl.Float64),
+        p_adjusted=pl.lit(None, dtype=pl.Float64),
     )
 
 
@@ -104,7 +143,13 @@ def _two_groups(samples: list[np.ndarray], stats: pl.DataFrame) -> dict:
         return _no_test("welch_t", measure)
     result = sps.ttest_ind(a, b, equal_var=False)
     g, _ = effectsize_smd(a.mean(), a.std(ddof=1), len(a), b.mean(), b.std(ddof=1), len(b))
-    return {"effect_size": float(g), "effect_measure": measure, "test": "welch_t", "statistic": float(result.statistic), "p_value": float(result.pvalue)}
+    return {
+        "effect_size": float(g),
+        "effect_measure": measure,
+        "test": "welch_t",
+        "statistic": float(result.statistic),
+        "p_value": float(result.pvalue),
+    }
 
 
 def _many_groups(samples: list[np.ndarray]) -> dict:
@@ -114,9 +159,20 @@ def _many_groups(samples: list[np.ndarray]) -> dict:
         return _no_test("kruskal_wallis", "epsilon_squared")
     result = sps.kruskal(*samples)
     n = sum(len(s) for s in samples)
-    return {"effect_size": float(result.statistic) / (n - 1), "effect_measure": "epsilon_squared", "test": "kruskal_wallis",
-            "statistic": float(result.statistic), "p_value": float(result.pvalue)}
+    return {
+        "effect_size": float(result.statistic) / (n - 1),
+        "effect_measure": "epsilon_squared",
+        "test": "kruskal_wallis",
+        "statistic": float(result.statistic),
+        "p_value": float(result.pvalue),
+    }
 
 
 def _no_test(test: str, measure: str) -> dict:
-    return {"effect_size": None, "effect_measure": measure, "test": test, "statistic": None, "p_value": None}
+    return {
+        "effect_size": None,
+        "effect_measure": measure,
+        "test": test,
+        "statistic": None,
+        "p_value": None,
+    }

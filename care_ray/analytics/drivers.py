@@ -74,17 +74,40 @@ def fit_drivers(
     dropped: dict[str, list[str]] = {}
     rows: list[dict] = []
     for outcome in outcomes:
-        rows.extend(_fit_outcome(data, outcome, usable, x_all, group, group_codes, alpha, max_mixed_rows, notes, dropped))
-    notes.extend(f"drivers: dropped {reason} (outcome {', '.join(outs)})" for reason, outs in dropped.items())
+        rows.extend(
+            _fit_outcome(
+                data,
+                outcome,
+                usable,
+                x_all,
+                group,
+                group_codes,
+                alpha,
+                max_mixed_rows,
+                notes,
+                dropped,
+            )
+        )
+    notes.extend(
+        f"drivers: dropped {reason} (outcome {', '.join(outs)})" for reason, outs in dropped.items()
+    )
     table = pl.DataFrame(rows, schema=DRIVER_SCHEMA) if rows else pl.DataFrame(schema=DRIVER_SCHEMA)
     return _adjust(table), notes
 
 
-def _check_columns(data: pl.DataFrame, outcomes: Sequence[str], features: Sequence[str], group: str | None) -> None:
-    missing = [c for c in [*outcomes, *features, *([group] if group else [])] if c not in data.columns]
+def _check_columns(
+    data: pl.DataFrame, outcomes: Sequence[str], features: Sequence[str], group: str | None
+) -> None:
+    missing = [
+        c for c in [*outcomes, *features, *([group] if group else [])] if c not in data.columns
+    ]
     if missing:
         raise ValueError(f"drivers: no column(s) {', '.join(missing)} in the data")
-    not_numeric = [c for c in [*outcomes, *features] if not (data.schema[c].is_numeric() or data.schema[c] == pl.Boolean)]
+    not_numeric = [
+        c
+        for c in [*outcomes, *features]
+        if not (data.schema[c].is_numeric() or data.schema[c] == pl.Boolean)
+    ]
     if not_numeric:
         raise ValueError(f"drivers: column(s) {', '.join(not_numeric)} are not numeric")
 
@@ -114,18 +137,26 @@ def _group_codes(data: pl.DataFrame, group: str, notes: list[str]) -> np.ndarray
     if null.any():
         start = np.nanmax(codes) + 1 if (~null).any() else 0
         codes[null] = start + np.arange(null.sum())
-        notes.append(f"drivers: {int(null.sum())} row(s) with no {group} each count as their own group")
+        notes.append(
+            f"drivers: {int(null.sum())} row(s) with no {group} each count as their own group"
+        )
     return codes.astype(np.int64)
 
 
-def _fit_outcome(data, outcome, features, x_all, group, group_codes, alpha, max_mixed_rows, notes, dropped) -> list[dict]:
+def _fit_outcome(
+    data, outcome, features, x_all, group, group_codes, alpha, max_mixed_rows, notes, dropped
+) -> list[dict]:
     y = _float_matrix(data, [outcome])[:, 0]
     complete = np.isfinite(y) & ~np.isnan(x_all).any(axis=1)
     n = int(complete.sum())
     if n < data.height:
-        notes.append(f"drivers: {outcome}: {data.height - n} of {data.height} row(s) left out for a null outcome or feature")
+        notes.append(
+            f"drivers: {outcome}: {data.height - n} of {data.height} row(s) left out for a null outcome or feature"
+        )
     if n < len(features) + EXTRA_ROWS_NEEDED:
-        notes.append(f"drivers: skipped {outcome}: {n} complete row(s) for {len(features)} feature(s) (needs features + {EXTRA_ROWS_NEEDED})")
+        notes.append(
+            f"drivers: skipped {outcome}: {n} complete row(s) for {len(features)} feature(s) (needs features + {EXTRA_ROWS_NEEDED})"
+        )
         return []
     all_rows = bool(complete.all())
     y = y if all_rows else y[complete]
@@ -141,17 +172,32 @@ def _fit_outcome(data, outcome, features, x_all, group, group_codes, alpha, max_
         notes.append(f"drivers: skipped {outcome}: no usable feature")
         return []
     if n < len(kept) + EXTRA_ROWS_NEEDED:
-        notes.append(f"drivers: skipped {outcome}: {n} complete row(s) for {len(kept)} feature(s) (needs features + {EXTRA_ROWS_NEEDED})")
+        notes.append(
+            f"drivers: skipped {outcome}: {n} complete row(s) for {len(kept)} feature(s) (needs features + {EXTRA_ROWS_NEEDED})"
+        )
         return []
     exog = np.empty((n, len(keep) + 1))
     exog[:, 0] = 1.0
     exog[:, 1:] = z[:, keep]
     del z
     codes = None if group_codes is None else (group_codes if all_rows else group_codes[complete])
-    fit = _fit(standardize(y[:, None])[0][:, 0], exog, group, codes, alpha, max_mixed_rows, outcome, notes)
+    fit = _fit(
+        standardize(y[:, None])[0][:, 0], exog, group, codes, alpha, max_mixed_rows, outcome, notes
+    )
     return [
-        {"outcome": outcome, "feature": name, "coef_std": fit.coef[i], "std_error": fit.std_error[i], "ci_low": fit.ci[i, 0], "ci_high": fit.ci[i, 1],
-         "p_value": fit.p_value[i], "p_adjusted": None, "n": n, "model": fit.model, "r2": fit.r2}
+        {
+            "outcome": outcome,
+            "feature": name,
+            "coef_std": fit.coef[i],
+            "std_error": fit.std_error[i],
+            "ci_low": fit.ci[i, 0],
+            "ci_high": fit.ci[i, 1],
+            "p_value": fit.p_value[i],
+            "p_adjusted": None,
+            "n": n,
+            "model": fit.model,
+            "r2": fit.r2,
+        }
         for i, name in enumerate(kept, start=1)
     ]
 
@@ -164,7 +210,9 @@ def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z, sd
 
 
-def screen_features(z: np.ndarray, sd: np.ndarray, names: Sequence[str]) -> tuple[list[int], list[str]]:
+def screen_features(
+    z: np.ndarray, sd: np.ndarray, names: Sequence[str]
+) -> tuple[list[int], list[str]]:
     """Columns worth a coefficient, in order, and why the others were dropped.
 
     `z` is the standardized data. A column is dropped when it is constant, or when the columns kept
@@ -180,7 +228,9 @@ def screen_features(z: np.ndarray, sd: np.ndarray, names: Sequence[str]) -> tupl
             c = corr[keep, pos]
             r2 = float(c @ np.linalg.solve(corr[np.ix_(keep, keep)], c))
             if 1 - r2 < MIN_TOLERANCE:
-                reasons.append(f"feature {names[j]!r}, collinear with the features before it (R² = {min(r2, 1.0):.4f})")
+                reasons.append(
+                    f"feature {names[j]!r}, collinear with the features before it (R² = {min(r2, 1.0):.4f})"
+                )
                 continue
         keep.append(pos)
     return [varying[p] for p in keep], reasons
@@ -196,8 +246,12 @@ def _fit(y, exog, group, codes, alpha, max_mixed_rows, outcome, notes) -> Fit:
         try:
             return _mixed(y, exog, codes, alpha, f"mixedlm:{group}", outcome, notes)
         except (np.linalg.LinAlgError, ValueError) as err:
-            notes.append(f"drivers: {outcome}: MixedLM failed ({type(err).__name__}); fitted OLS with errors clustered by {group}")
-    return _ols(y, exog, alpha, f"ols-cluster:{group}", cov_type="cluster", cov_kwds={"groups": codes})
+            notes.append(
+                f"drivers: {outcome}: MixedLM failed ({type(err).__name__}); fitted OLS with errors clustered by {group}"
+            )
+    return _ols(
+        y, exog, alpha, f"ols-cluster:{group}", cov_type="cluster", cov_kwds={"groups": codes}
+    )
 
 
 def _ols(y, exog, alpha, model, **fit_kwargs) -> Fit:
@@ -216,16 +270,29 @@ def _mixed(y, exog, codes, alpha, model, outcome, notes) -> Fit:
         warnings.simplefilter("always", ConvergenceWarning)
         res = sm.MixedLM(y, exog, groups=codes).fit(reml=True)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        notes.append(f"drivers: {outcome}: MixedLM warned about convergence (e.g. a group variance at the boundary); estimates kept")
+        notes.append(
+            f"drivers: {outcome}: MixedLM warned about convergence (e.g. a group variance at the boundary); estimates kept"
+        )
     fixed = exog @ res.fe_params
     var_fixed = float(np.var(fixed, ddof=1))
     var_group = float(np.asarray(res.cov_re)[0, 0])
     r2 = var_fixed / (var_fixed + var_group + float(res.scale))
-    return Fit(np.asarray(res.fe_params), np.asarray(res.bse_fe), np.asarray(res.conf_int(alpha))[:k], np.asarray(res.pvalues)[:k], r2, model)
+    return Fit(
+        np.asarray(res.fe_params),
+        np.asarray(res.bse_fe),
+        np.asarray(res.conf_int(alpha))[:k],
+        np.asarray(res.pvalues)[:k],
+        r2,
+        model,
+    )
 
 
 def _adjust(table: pl.DataFrame) -> pl.DataFrame:
-    return table.with_columns(p_adjusted=pl.Series(bh_adjust(table["p_value"].to_numpy()), dtype=pl.Float64, nan_to_null=True))
+    return table.with_columns(
+        p_adjusted=pl.Series(
+            bh_adjust(table["p_value"].to_numpy()), dtype=pl.Float64, nan_to_null=True
+        )
+    )
 
 
 def bh_adjust(p_values: np.ndarray) -> np.ndarray:

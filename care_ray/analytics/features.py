@@ -44,7 +44,12 @@ BASE_FEATURES = [
 ]
 # Base features that enter the drivers regression: the rest are sums or ratios of these
 # (n_turns = client_turns + counselor_turns), which would make the design singular.
-DRIVER_BASE_FEATURES = ["n_turns", "counselor_words_per_turn", "counselor_talk_share", "counselor_question_rate"]
+DRIVER_BASE_FEATURES = [
+    "n_turns",
+    "counselor_words_per_turn",
+    "counselor_talk_share",
+    "counselor_question_rate",
+]
 TURN_COLUMNS = ["session_id", "source", "language", "turns"]
 # Languages written without spaces between words: their length is counted in characters.
 CHARACTER_LANGUAGES = ("zh", "ja")
@@ -73,7 +78,9 @@ def load_vocabulary(path: Path | None) -> Vocabulary:
         return Vocabulary(**loaded) if isinstance(loaded, dict) else Vocabulary(strategy=loaded)
     except (yaml.YAMLError, ValidationError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise VocabularyError(f"{path}: expected {{strategy: {{raw: canonical}}, reaction: {{raw: canonical}}}} ({first})") from None
+        raise VocabularyError(
+            f"{path}: expected {{strategy: {{raw: canonical}}, reaction: {{raw: canonical}}}} ({first})"
+        ) from None
 
 
 def feature_name(family: str, label: str) -> str:
@@ -97,9 +104,14 @@ def turn_rows(sessions: pl.DataFrame, vocabulary: Vocabulary | None = None) -> p
     reaction and next_reaction (the reaction on the first client turn after this turn in the same
     session). Rows stay in session and turn order."""
     vocabulary = vocabulary or Vocabulary()
-    by_characters = pl.any_horizontal(pl.col("language").str.to_lowercase().str.starts_with(lang) for lang in CHARACTER_LANGUAGES).fill_null(False)
+    by_characters = pl.any_horizontal(
+        pl.col("language").str.to_lowercase().str.starts_with(lang) for lang in CHARACTER_LANGUAGES
+    ).fill_null(False)
     flags = sessions.select(by_characters.alias("by_characters")).get_column("by_characters")
-    strategy, reaction = pl.col("turns").struct.field("strategy"), pl.col("turns").struct.field("reaction")
+    strategy, reaction = (
+        pl.col("turns").struct.field("strategy"),
+        pl.col("turns").struct.field("reaction"),
+    )
     turns = (
         sessions.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("sid"), flags, "turns")
         .explode("turns")
@@ -118,7 +130,9 @@ def turn_rows(sessions: pl.DataFrame, vocabulary: Vocabulary | None = None) -> p
     # Rows of a session are contiguous after explode: a backward fill finds the next client turn, and
     # comparing its session index stops the fill from crossing into the next session.
     next_client_sid = pl.when(is_client).then(pl.col("sid")).shift(-1).backward_fill()
-    next_client_reaction = pl.when(is_client).then(pl.col("reaction").fill_null("")).shift(-1).backward_fill()
+    next_client_reaction = (
+        pl.when(is_client).then(pl.col("reaction").fill_null("")).shift(-1).backward_fill()
+    )
     next_reaction = pl.when(next_client_sid == pl.col("sid")).then(next_client_reaction)
     return turns.select(
         "sid",
@@ -154,16 +168,35 @@ def label_counts(turns: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     client turns and strategy->reaction pairs; pairs = sid, strategy, reaction, n for each labelled
     counselor turn whose next client turn carries a reaction."""
     counselor, client = pl.col("role") == "counselor", pl.col("role") == "client"
-    strategies = turns.filter(counselor & pl.col("strategy").is_not_null()).group_by("sid", pl.col("strategy").alias("label")).len("n")
-    reactions = turns.filter(client & pl.col("reaction").is_not_null()).group_by("sid", pl.col("reaction").alias("label")).len("n")
+    strategies = (
+        turns.filter(counselor & pl.col("strategy").is_not_null())
+        .group_by("sid", pl.col("strategy").alias("label"))
+        .len("n")
+    )
+    reactions = (
+        turns.filter(client & pl.col("reaction").is_not_null())
+        .group_by("sid", pl.col("reaction").alias("label"))
+        .len("n")
+    )
     pairs = (
-        turns.filter(counselor & pl.col("strategy").is_not_null() & pl.col("next_reaction").is_not_null())
+        turns.filter(
+            counselor & pl.col("strategy").is_not_null() & pl.col("next_reaction").is_not_null()
+        )
         .group_by("sid", "strategy", pl.col("next_reaction").alias("reaction"))
         .len("n")
     )
-    pair_labels = pairs.select("sid", pl.concat_str("strategy", pl.lit(PAIR_SEPARATOR), "reaction").alias("label"), "n")
+    pair_labels = pairs.select(
+        "sid", pl.concat_str("strategy", pl.lit(PAIR_SEPARATOR), "reaction").alias("label"), "n"
+    )
     labels = pl.concat(
-        [frame.with_columns(pl.lit(family).alias("family")) for family, frame in (("strategy", strategies), ("reaction", reactions), ("transition", pair_labels))]
+        [
+            frame.with_columns(pl.lit(family).alias("family"))
+            for family, frame in (
+                ("strategy", strategies),
+                ("reaction", reactions),
+                ("transition", pair_labels),
+            )
+        ]
     ).select("sid", "family", "label", pl.col("n").cast(pl.Int64))
     return labels, pairs.with_columns(pl.col("n").cast(pl.Int64))
 
@@ -183,7 +216,9 @@ def transition_table(pairs: pl.DataFrame) -> pl.DataFrame:
 class TurnFeatures:
     sessions: pl.DataFrame  # session_id, source, BASE_FEATURES, then family:label share columns
     transitions: pl.DataFrame  # source, strategy, reaction, n, share
-    label_sources: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # family → label → sources using it
+    label_sources: dict[str, dict[str, list[str]]] = field(
+        default_factory=dict
+    )  # family → label → sources using it
     sources: list[str] = field(default_factory=list)
 
 
@@ -198,12 +233,18 @@ def _base_features(counts: pl.DataFrame) -> list[pl.Expr]:
     ]
 
 
-def batch_features(sessions: pl.DataFrame, vocabulary: Vocabulary | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+def batch_features(
+    sessions: pl.DataFrame, vocabulary: Vocabulary | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """For one batch of whole sessions (session_id, source, language, turns): (per-session frame with
     the base features, _n_FAMILY counts and the share of each label seen in the batch, null where the
     session lacks it), (family, label, source) seen, and strategy→reaction pair counts per source."""
     turns = turn_rows(sessions, vocabulary)
-    ids = sessions.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("sid"), "session_id", pl.col("source").cast(pl.String))
+    ids = sessions.select(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("sid"),
+        "session_id",
+        pl.col("source").cast(pl.String),
+    )
     counts = session_counts(turns)
     frame = ids.join(counts, on="sid", how="left").with_columns(_base_features(counts))
     labels, pairs = label_counts(turns)
@@ -213,13 +254,19 @@ def batch_features(sessions: pl.DataFrame, vocabulary: Vocabulary | None = None)
             pl.concat_str("family", pl.lit(":"), "label").alias("name"),
             (pl.col("n") / pl.col("n").sum().over("sid", "family")).alias("share"),
         )
-        frame = frame.join(shares.pivot(on="name", index="sid", values="share"), on="sid", how="left")
+        frame = frame.join(
+            shares.pivot(on="name", index="sid", values="share"), on="sid", how="left"
+        )
     seen = labels.join(ids, on="sid").select("family", "label", "source").unique()
-    pair_counts = pairs.join(ids, on="sid").group_by("source", "strategy", "reaction").agg(pl.col("n").sum())
+    pair_counts = (
+        pairs.join(ids, on="sid").group_by("source", "strategy", "reaction").agg(pl.col("n").sum())
+    )
     return frame.drop("sid"), seen, pair_counts
 
 
-def _fill_label_shares(sessions: pl.DataFrame, label_sources: dict[str, dict[str, list[str]]]) -> pl.DataFrame:
+def _fill_label_shares(
+    sessions: pl.DataFrame, label_sources: dict[str, dict[str, list[str]]]
+) -> pl.DataFrame:
     """0 for a label the session's source uses but the session does not; null where the source never
     uses it or the session has no labelled turn of that family."""
     fills = []
@@ -227,22 +274,42 @@ def _fill_label_shares(sessions: pl.DataFrame, label_sources: dict[str, dict[str
         for label, sources in sorted(label_sources.get(family, {}).items()):
             name = feature_name(family, label)
             present = (pl.col(f"_n_{family}") > 0) & pl.col("source").is_in(sources)
-            fills.append(pl.when(present).then(pl.col(name).fill_null(0.0)).otherwise(pl.col(name)).alias(name))
+            fills.append(
+                pl.when(present)
+                .then(pl.col(name).fill_null(0.0))
+                .otherwise(pl.col(name))
+                .alias(name)
+            )
     names = [feature_name(f, lab) for f in FAMILIES for lab in sorted(label_sources.get(f, {}))]
     return sessions.with_columns(fills).select("session_id", "source", *BASE_FEATURES, *names)
 
 
-def features_from_batches(frames: list[pl.DataFrame], seen: list[pl.DataFrame], pairs: list[pl.DataFrame]) -> TurnFeatures:
+def features_from_batches(
+    frames: list[pl.DataFrame], seen: list[pl.DataFrame], pairs: list[pl.DataFrame]
+) -> TurnFeatures:
     """Assemble the per-session table from the batch_features parts (pure; see compute_features)."""
     label_sources: dict[str, dict[str, list[str]]] = {}
-    for row in pl.concat(seen).group_by("family", "label").agg(pl.col("source").unique().sort()).iter_rows(named=True):
+    for row in (
+        pl.concat(seen)
+        .group_by("family", "label")
+        .agg(pl.col("source").unique().sort())
+        .iter_rows(named=True)
+    ):
         label_sources.setdefault(row["family"], {})[row["label"]] = row["source"]
     sessions = _fill_label_shares(pl.concat(frames, how="diagonal_relaxed"), label_sources)
     pair_counts = pl.concat(pairs)
     transitions = (
         transition_table(pair_counts)
         if not pair_counts.is_empty()
-        else pl.DataFrame(schema={"source": pl.String, "strategy": pl.String, "reaction": pl.String, "n": pl.Int64, "share": pl.Float64})
+        else pl.DataFrame(
+            schema={
+                "source": pl.String,
+                "strategy": pl.String,
+                "reaction": pl.String,
+                "n": pl.Int64,
+                "share": pl.Float64,
+            }
+        )
     )
     return TurnFeatures(
         sessions=sessions.sort("session_id"),
@@ -252,7 +319,12 @@ def features_from_batches(frames: list[pl.DataFrame], seen: list[pl.DataFrame], 
     )
 
 
-def compute_features(corpus: Path, vocabulary: Vocabulary | None = None, batch_size: int = 20000, session_ids: pl.Series | None = None) -> TurnFeatures:
+def compute_features(
+    corpus: Path,
+    vocabulary: Vocabulary | None = None,
+    batch_size: int = 20000,
+    session_ids: pl.Series | None = None,
+) -> TurnFeatures:
     """Stream the corpus's sessions (session_id, source, language, turns only) in batches of whole
     sessions; return the per-session features and the strategy→reaction transitions over them.
     With `session_ids`, only those sessions are read."""
@@ -278,7 +350,9 @@ def _sessions_root(corpus: Path) -> Path:
     return corpus / "sessions" if (corpus / "sessions").is_dir() else corpus
 
 
-def driver_features(features: TurnFeatures, families: tuple[str, ...] = FAMILIES, min_sessions: int = 10) -> tuple[list[str], list[str]]:
+def driver_features(
+    features: TurnFeatures, families: tuple[str, ...] = FAMILIES, min_sessions: int = 10
+) -> tuple[list[str], list[str]]:
     """The feature columns for a regression over the whole corpus, and notes on what was left out.
 
     A label feature enters only if every source that uses its family uses that label (so sessions
@@ -295,15 +369,24 @@ def driver_features(features: TurnFeatures, families: tuple[str, ...] = FAMILIES
         shared = [lab for lab, srcs in labels.items() if sorted(srcs) == family_sources]
         not_shared = sorted(set(labels) - set(shared))
         if not_shared:
-            notes.append(f"drivers: {family} labels not used by every source ({', '.join(family_sources)}) left out: {', '.join(not_shared)} (map spellings with --vocabulary)")
-        support = {lab: int((frame.get_column(feature_name(family, lab)).fill_null(0) > 0).sum()) for lab in shared}
+            notes.append(
+                f"drivers: {family} labels not used by every source ({', '.join(family_sources)}) left out: {', '.join(not_shared)} (map spellings with --vocabulary)"
+            )
+        support = {
+            lab: int((frame.get_column(feature_name(family, lab)).fill_null(0) > 0).sum())
+            for lab in shared
+        }
         rare = sorted(lab for lab in shared if support[lab] < min_sessions)
         if rare:
-            notes.append(f"drivers: {family} labels seen in fewer than {min_sessions} sessions left out: {', '.join(rare)}")
+            notes.append(
+                f"drivers: {family} labels seen in fewer than {min_sessions} sessions left out: {', '.join(rare)}"
+            )
         kept = [lab for lab in shared if lab not in rare]
         if len(kept) < 2:
             continue
         reference = max(kept, key=lambda lab: (support[lab], lab))
-        notes.append(f"drivers: {family} shares are relative to the most common label, {reference!r} (left out as the reference)")
+        notes.append(
+            f"drivers: {family} shares are relative to the most common label, {reference!r} (left out as the reference)"
+        )
         chosen += [feature_name(family, lab) for lab in sorted(kept) if lab != reference]
     return chosen, notes

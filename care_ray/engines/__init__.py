@@ -42,7 +42,9 @@ class EngineConfig(BaseModel):
     """How one engine replica is built and sampled. The same for every replica of a job."""
 
     model: str = Field(description="model folder (HF layout, safetensors)")
-    adapter: str | None = Field(None, description="PEFT LoRA adapter folder applied to every request")
+    adapter: str | None = Field(
+        None, description="PEFT LoRA adapter folder applied to every request"
+    )
     kind: Literal["vllm", "hf"] = "vllm"
     max_model_len: int = 4096
     max_new_tokens: int = 512
@@ -54,15 +56,24 @@ class EngineConfig(BaseModel):
     gpus_per_engine: float = 0.0
     enable_prefix_caching: bool = True
     block_size: int | None = None
-    enforce_eager: bool | None = Field(None, description="default: True on CPU (start-up 20 s instead of 50 s)")
+    enforce_eager: bool | None = Field(
+        None, description="default: True on CPU (start-up 20 s instead of 50 s)"
+    )
     kv_cache_gib: float = Field(1.0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
     max_num_seqs: int = 64
     guided: bool = Field(True, description="JSON-schema guided decoding (vllm only)")
-    output_schema: dict = Field(default_factory=dict, description="filled by the scoring job from schemas/output.schema.json")
+    output_schema: dict = Field(
+        default_factory=dict,
+        description="filled by the scoring job from schemas/output.schema.json",
+    )
     score_only: bool = False
     trust_remote_code: bool = False
-    crash_once_marker: str | None = Field(None, description="TEST ONLY: fault injection, see engines/faults.py")
-    fail_while_marker: str | None = Field(None, description="TEST ONLY: fault injection, see engines/faults.py")
+    crash_once_marker: str | None = Field(
+        None, description="TEST ONLY: fault injection, see engines/faults.py"
+    )
+    fail_while_marker: str | None = Field(
+        None, description="TEST ONLY: fault injection, see engines/faults.py"
+    )
 
     def adapter_rank(self) -> int | None:
         if not self.adapter:

@@ -17,11 +17,18 @@ class HFEngine:
         self.batch_size = batch_size
         self.device = "cuda" if torch.cuda.is_available() and config.gpus_per_engine > 0 else "cpu"
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            config.model, trust_remote_code=config.trust_remote_code
+        )
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype, use_safetensors=True, trust_remote_code=config.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            config.model,
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=config.trust_remote_code,
+        )
         if config.adapter:
             from peft import PeftModel
 
@@ -44,7 +51,9 @@ class HFEngine:
         sample = self.config.temperature > 0
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
-            enc = self.tokenizer.pad({"input_ids": chunk}, return_tensors="pt", padding=True).to(self.device)
+            enc = self.tokenizer.pad({"input_ids": chunk}, return_tensors="pt", padding=True).to(
+                self.device
+            )
             with torch.no_grad():
                 gen = self.model.generate(
                     **enc,
@@ -62,7 +71,13 @@ class HFEngine:
                     ids = gen[i * self.config.samples + k, width:]
                     ids = ids[ids != self.tokenizer.pad_token_id]
                     stopped = bool(len(ids)) and int(ids[-1]) == self.tokenizer.eos_token_id
-                    samples.append(Sample(self.tokenizer.decode(ids, skip_special_tokens=True), "stop" if stopped or len(ids) < max_tokens else "length", len(ids)))
+                    samples.append(
+                        Sample(
+                            self.tokenizer.decode(ids, skip_special_tokens=True),
+                            "stop" if stopped or len(ids) < max_tokens else "length",
+                            len(ids),
+                        )
+                    )
                 out.append(Generation(samples=samples, prompt_tokens=int(plen), cached_tokens=None))
         return out
 

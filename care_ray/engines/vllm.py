@@ -22,7 +22,9 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, config: EngineConfig):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(config.kv_cache_gib)))))
+        os.environ.setdefault(
+            "VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(config.kv_cache_gib))))
+        )
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine dies with its actor
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -55,16 +57,29 @@ class VLLMEngine:
 
             rank = config.adapter_rank() or 8
             # max_loras=2: with 1, base requests batched beside LoRA ones got the adapter too
-            kwargs.update(enable_lora=True, max_lora_rank=next(r for r in _LORA_RANKS if r >= rank), max_loras=2)
+            kwargs.update(
+                enable_lora=True,
+                max_lora_rank=next(r for r in _LORA_RANKS if r >= rank),
+                max_loras=2,
+            )
             self.lora_request = LoRARequest("adapter", 1, config.adapter)
-        log.info("starting vLLM engine (cpu=%s, prefix cache=%s, adapter=%s)", cpu, config.enable_prefix_caching, bool(config.adapter))
+        log.info(
+            "starting vLLM engine (cpu=%s, prefix cache=%s, adapter=%s)",
+            cpu,
+            config.enable_prefix_caching,
+            bool(config.adapter),
+        )
         self.llm = LLM(**kwargs)
 
     def _params(self, max_tokens: int):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        structured = StructuredOutputsParams(json=self.config.output_schema) if self.config.guided and self.config.output_schema else None
+        structured = (
+            StructuredOutputsParams(json=self.config.output_schema)
+            if self.config.guided and self.config.output_schema
+            else None
+        )
         return SamplingParams(
             n=self.config.samples,
             temperature=self.config.temperature,
@@ -76,7 +91,11 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
         from vllm.inputs import TokensPrompt
 
-        params = [self._params(m) for m in max_tokens] if isinstance(max_tokens, list) else self._params(max_tokens)
+        params = (
+            [self._params(m) for m in max_tokens]
+            if isinstance(max_tokens, list)
+            else self._params(max_tokens)
+        )
         # token ids, not text: the engine's one core is spared 12 tokenisations of each transcript,
         # and no tokenizer can add a second BOS in front of the chat template's own
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]

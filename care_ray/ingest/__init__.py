@@ -11,7 +11,14 @@ from typing import Any
 
 from care_ray.ingest.esconv import esconv_files, read_esconv
 from care_ray.ingest.formats import FORMATS, FormatUnknown, infer_format
-from care_ray.ingest.mapping import DEFAULT_NULL_VALUES, LabelValues, MappingError, TurnsMapping, mapping_from_spec, mapping_help
+from care_ray.ingest.mapping import (
+    DEFAULT_NULL_VALUES,
+    LabelValues,
+    MappingError,
+    TurnsMapping,
+    mapping_from_spec,
+    mapping_help,
+)
 from care_ray.ingest.records import iter_json_lines
 from care_ray.ingest.summary import ingest_summary, nothing_written
 from care_ray.ingest.turns import TurnsReader
@@ -19,8 +26,22 @@ from care_ray.ingest.types import Candidate
 from care_ray.ingest.writer import EMPTY_TURN_POLICIES, WRITE_MODES, CorpusExists, CorpusWriter
 
 __all__ = [
-    "DEFAULT_NULL_VALUES", "EMPTY_TURN_POLICIES", "FORMATS", "WRITE_MODES", "Candidate", "CorpusExists", "FormatUnknown", "LabelValues",
-    "MappingError", "TurnsMapping", "infer_format", "ingest_files", "ingest_summary", "mapping_from_spec", "mapping_help", "nothing_written",
+    "DEFAULT_NULL_VALUES",
+    "EMPTY_TURN_POLICIES",
+    "FORMATS",
+    "WRITE_MODES",
+    "Candidate",
+    "CorpusExists",
+    "FormatUnknown",
+    "LabelValues",
+    "MappingError",
+    "TurnsMapping",
+    "infer_format",
+    "ingest_files",
+    "ingest_summary",
+    "mapping_from_spec",
+    "mapping_help",
+    "nothing_written",
 ]
 
 
@@ -80,24 +101,41 @@ def ingest_files(
         candidates = _sessions_jsonl_candidates(paths)
     else:
         if mapping is None:
-            raise MappingError(f"format {fmt} needs a column mapping: --map session=COLUMN --map role=COLUMN --map text=COLUMN "
-                               "(see care-ray ingest --help)")
+            raise MappingError(
+                f"format {fmt} needs a column mapping: --map session=COLUMN --map role=COLUMN --map text=COLUMN "
+                "(see care-ray ingest --help)"
+            )
         if source:
             mapping = mapping.model_copy(update={"source": source})
         reader = TurnsReader(paths, fmt, mapping, values, chunk_rows=max(chunk_size * 50, 1000))
         candidates = iter(reader)
-    writer = CorpusWriter(out, chunk_size=chunk_size, mode=mode, source=source, empty_turns=empty_turns)  # candidates are lazy: a clash is refused before reading
+    writer = CorpusWriter(
+        out, chunk_size=chunk_size, mode=mode, source=source, empty_turns=empty_turns
+    )  # candidates are lazy: a clash is refused before reading
     try:
         for c in candidates:
             src = source or c.source
             writer.add_input(src, c.n_input_records)
             if c.error is not None:
-                writer.reject(src, c.origin, c.error, c.raw, c.n_input_records, (c.session or {}).get("session_id"))
+                writer.reject(
+                    src,
+                    c.origin,
+                    c.error,
+                    c.raw,
+                    c.n_input_records,
+                    (c.session or {}).get("session_id"),
+                )
             else:
                 if source:
                     c.session["source"] = source
                 writer.add_session(c.session, c.n_input_records, c.origin, c.raw)
-        return writer.close({"format": fmt, "inputs": [str(p) for p in paths], **(reader.report() if reader else {})})
+        return writer.close(
+            {
+                "format": fmt,
+                "inputs": [str(p) for p in paths],
+                **(reader.report() if reader else {}),
+            }
+        )
     except BaseException:
         writer.abort()
         raise

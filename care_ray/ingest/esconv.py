@@ -14,7 +14,12 @@ from care_ray.ingest.records import RawRecord, iter_json_any
 
 SOURCE = "esconv"
 # usr/sys in the split files, speaker/listener in FailedESConv.json
-ROLE_OF_SPEAKER = {"usr": "client", "sys": "counselor", "speaker": "client", "listener": "counselor"}
+ROLE_OF_SPEAKER = {
+    "usr": "client",
+    "sys": "counselor",
+    "speaker": "client",
+    "listener": "counselor",
+}
 # FailedESConv.json spells some strategies differently from strategy.json
 STRATEGY_ALIASES = {
     "Questions": "Question",
@@ -23,7 +28,16 @@ STRATEGY_ALIASES = {
     "Approval and Reassurance": "Affirmation and Reassurance",
 }
 SEEKER_LABELS = ("empathy", "relevance", "initial_emotion_intensity", "final_emotion_intensity")
-METADATA_KEYS = ("experience_type", "emotion_type", "problem_type", "situation", "seeker_question1", "seeker_question2", "supporter_question1", "supporter_question2")
+METADATA_KEYS = (
+    "experience_type",
+    "emotion_type",
+    "problem_type",
+    "situation",
+    "seeker_question1",
+    "seeker_question2",
+    "supporter_question1",
+    "supporter_question2",
+)
 
 
 def _rating(value: Any, what: str) -> float | None:
@@ -51,12 +65,22 @@ def _turn(t: Any, i: int) -> dict:
     strategy = STRATEGY_ALIASES.get(strategy, strategy)
     if isinstance(text, str):
         text = text.strip()
-    return {"role": ROLE_OF_SPEAKER.get(speaker, speaker), "text": text, "strategy": strategy, "rating": rating}
+    return {
+        "role": ROLE_OF_SPEAKER.get(speaker, speaker),
+        "text": text,
+        "strategy": strategy,
+        "rating": rating,
+    }
 
 
 def esconv_session_id(dialog: Any) -> str:
     """Content-addressed, so ids are stable across file order and a repeated conversation is a duplicate."""
-    return "esconv-" + hashlib.sha1(json.dumps(dialog, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return (
+        "esconv-"
+        + hashlib.sha1(
+            json.dumps(dialog, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        ).hexdigest()[:16]
+    )
 
 
 def esconv_to_session(obj: dict, split: str) -> dict:

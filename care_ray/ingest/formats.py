@@ -48,8 +48,10 @@ def format_of_file(path: Path) -> str:
         return "turns-csv"
     shape = _shape_of(_first_json_record(path))
     if shape is None:
-        raise FormatUnknown(f"cannot tell the format of {path.name} from its extension or first record; "
-                            f"pass --format ({' | '.join(FORMATS)})")
+        raise FormatUnknown(
+            f"cannot tell the format of {path.name} from its extension or first record; "
+            f"pass --format ({' | '.join(FORMATS)})"
+        )
     return shape
 
 
@@ -72,7 +74,9 @@ def _one_format(found: dict[Path, str]) -> str:
     if len(kinds) == 1:
         return kinds[0]
     listed = ", ".join(f"{p.name}: {k}" for p, k in found.items())
-    raise FormatUnknown(f"the inputs look like different formats ({listed}); ingest one format at a time or pass --format")
+    raise FormatUnknown(
+        f"the inputs look like different formats ({listed}); ingest one format at a time or pass --format"
+    )
 
 
 def infer_format(inputs: list[Path]) -> str:

@@ -27,23 +27,47 @@ class TurnsMapping(BaseModel):
     session: str = Field(description="session (conversation) id")
     role: str = Field(description="speaker (role) of the turn")
     text: str = Field(description="utterance text")
-    order: str | None = Field(None, description="turn order, numbers or ISO-8601; default: file order")
-    client_values: list[str] = Field(default_factory=lambda: ["client"], description="role values of the client")
-    counselor_values: list[str] = Field(default_factory=lambda: ["counselor"], description="role values of the counselor")
+    order: str | None = Field(
+        None, description="turn order, numbers or ISO-8601; default: file order"
+    )
+    client_values: list[str] = Field(
+        default_factory=lambda: ["client"], description="role values of the client"
+    )
+    counselor_values: list[str] = Field(
+        default_factory=lambda: ["counselor"], description="role values of the counselor"
+    )
     client_id: str | None = Field(None, description="client id; default: the session id")
     counselor_id: str | None = Field(None, description="counselor id")
-    session_index: str | None = Field(None, description="the session's number for its client, 1-based")
-    started_at: str | None = Field(None, description="session start, ISO-8601; default: first timestamp")
+    session_index: str | None = Field(
+        None, description="the session's number for its client, 1-based"
+    )
+    started_at: str | None = Field(
+        None, description="session start, ISO-8601; default: first timestamp"
+    )
     timestamp: str | None = Field(None, description="each turn's time, ISO-8601")
-    language: str | None = Field(None, description="language tag (en, zh, ...); default: default_language")
+    language: str | None = Field(
+        None, description="language tag (en, zh, ...); default: default_language"
+    )
     default_language: str = Field("en", description="language when no language column")
-    strategy: str | None = Field(None, description="turn-level counselor behaviour code, e.g. strategy")
-    reaction: str | None = Field(None, description="turn-level client behaviour code, e.g. reaction")
+    strategy: str | None = Field(
+        None, description="turn-level counselor behaviour code, e.g. strategy"
+    )
+    reaction: str | None = Field(
+        None, description="turn-level client behaviour code, e.g. reaction"
+    )
     rating: str | None = Field(None, description="numeric rating given at a turn, 1-5")
-    labels: list[str] = Field(default_factory=list, description="session-level numeric columns; text: metadata")
-    metadata: list[str] = Field(default_factory=list, description="session-level columns kept as text, e.g. topic")
-    client_wai: list[str] = Field(default_factory=list, description="12 columns: client's WAI-SR items 1..12")
-    counselor_wai: list[str] = Field(default_factory=list, description="12 columns: counselor's WAI-SR items 1..12")
+    labels: list[str] = Field(
+        default_factory=list, description="session-level numeric columns; text: metadata"
+    )
+    metadata: list[str] = Field(
+        default_factory=list, description="session-level columns kept as text, e.g. topic"
+    )
+    client_wai: list[str] = Field(
+        default_factory=list, description="12 columns: client's WAI-SR items 1..12"
+    )
+    counselor_wai: list[str] = Field(
+        default_factory=list, description="12 columns: counselor's WAI-SR items 1..12"
+    )
     source: str = Field("turns", description="source name, the corpus partition")
 
     @model_validator(mode="after")
@@ -58,9 +82,28 @@ class TurnsMapping(BaseModel):
         return self
 
     def columns(self) -> list[str]:
-        single = [self.session, self.role, self.text, self.order, self.timestamp, self.client_id, self.counselor_id,
-                  self.session_index, self.started_at, self.language, self.strategy, self.reaction, self.rating]
-        return [c for c in single if c] + self.labels + self.metadata + self.client_wai + self.counselor_wai
+        single = [
+            self.session,
+            self.role,
+            self.text,
+            self.order,
+            self.timestamp,
+            self.client_id,
+            self.counselor_id,
+            self.session_index,
+            self.started_at,
+            self.language,
+            self.strategy,
+            self.reaction,
+            self.rating,
+        ]
+        return (
+            [c for c in single if c]
+            + self.labels
+            + self.metadata
+            + self.client_wai
+            + self.counselor_wai
+        )
 
     def numeric_columns(self) -> dict[str, str]:
         """column → the mapping key that needs numbers in it."""
@@ -70,24 +113,53 @@ class TurnsMapping(BaseModel):
 
 
 MAPPING_KEYS: tuple[str, ...] = tuple(TurnsMapping.model_fields)
-LIST_KEYS = frozenset(k for k, f in TurnsMapping.model_fields.items() if "list" in str(f.annotation))
+LIST_KEYS = frozenset(
+    k for k, f in TurnsMapping.model_fields.items() if "list" in str(f.annotation)
+)
 VALUE_KEYS = frozenset({"default_language", "source"})  # a value, not a column name
 
 # What exports call the things the keys name: the nearest key by meaning, where spelling is no help.
 _SYNONYMS = {
-    "speaker": "role", "speaker_role": "role", "who": "role", "author": "role", "sender": "role", "interlocutor": "role",
-    "utterance": "text", "message": "text", "content": "text", "msg": "text", "body": "text",
-    "conversation": "session", "conversation_id": "session", "conv": "session", "dialog": "session", "dialogue": "session",
-    "session_id": "session", "turn": "order", "seq": "order", "position": "order", "index": "order", "time": "timestamp",
-    "lang": "language", "client_value": "client_values", "counselor_value": "counselor_values",
-    "therapist_id": "counselor_id", "patient_id": "client_id", "label": "labels", "meta": "metadata",
+    "speaker": "role",
+    "speaker_role": "role",
+    "who": "role",
+    "author": "role",
+    "sender": "role",
+    "interlocutor": "role",
+    "utterance": "text",
+    "message": "text",
+    "content": "text",
+    "msg": "text",
+    "body": "text",
+    "conversation": "session",
+    "conversation_id": "session",
+    "conv": "session",
+    "dialog": "session",
+    "dialogue": "session",
+    "session_id": "session",
+    "turn": "order",
+    "seq": "order",
+    "position": "order",
+    "index": "order",
+    "time": "timestamp",
+    "lang": "language",
+    "client_value": "client_values",
+    "counselor_value": "counselor_values",
+    "therapist_id": "counselor_id",
+    "patient_id": "client_id",
+    "label": "labels",
+    "meta": "metadata",
 }
 
 
 def nearest_key(key: str) -> str | None:
     if key in _SYNONYMS:
         return _SYNONYMS[key]
-    close = difflib.get_close_matches(key, MAPPING_KEYS, n=1, cutoff=0.6) or difflib.get_close_matches(key.replace("counsellor", "counselor"), MAPPING_KEYS, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(
+        key, MAPPING_KEYS, n=1, cutoff=0.6
+    ) or difflib.get_close_matches(
+        key.replace("counsellor", "counselor"), MAPPING_KEYS, n=1, cutoff=0.6
+    )
     return close[0] if close else None
 
 
@@ -96,8 +168,10 @@ def _unknown_key_message(key: str, value: Any) -> str:
     shown = ",".join(map(str, value)) if isinstance(value, list) else value
     if near:
         return f"unknown mapping key {key!r}; did you mean {near!r}? (--map {near}={shown})"
-    return (f"unknown mapping key {key!r}; to keep a session-level column use --map metadata={shown} "
-            f"(valid keys: {', '.join(MAPPING_KEYS)}; see care-ray ingest --help)")
+    return (
+        f"unknown mapping key {key!r}; to keep a session-level column use --map metadata={shown} "
+        f"(valid keys: {', '.join(MAPPING_KEYS)}; see care-ray ingest --help)"
+    )
 
 
 def _as_list(value: Any) -> list[str]:
@@ -119,12 +193,18 @@ def mapping_from_spec(spec: Mapping[str, Any]) -> TurnsMapping:
         clean[key] = _as_list(value) if key in LIST_KEYS else str(value).strip()
     missing = [k for k in ("session", "role", "text") if not clean.get(k)]
     if missing:
-        raise MappingError("the mapping needs " + ", ".join(f"--map {k}=COLUMN" for k in missing)
-                           + " (see care-ray ingest --help for every key)")
+        raise MappingError(
+            "the mapping needs "
+            + ", ".join(f"--map {k}=COLUMN" for k in missing)
+            + " (see care-ray ingest --help for every key)"
+        )
     try:
         return TurnsMapping(**clean)
     except ValidationError as e:
-        raise MappingError("bad column mapping: " + "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())) from None
+        raise MappingError(
+            "bad column mapping: "
+            + "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        ) from None
 
 
 def mapping_help() -> str:
@@ -133,7 +213,9 @@ def mapping_help() -> str:
     for key, field in TurnsMapping.model_fields.items():
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         notes = ["required"] if field.is_required() else []
-        notes += ["value"] if key in VALUE_KEYS else ["list"] if key in LIST_KEYS and not default else []
+        notes += (
+            ["value"] if key in VALUE_KEYS else ["list"] if key in LIST_KEYS and not default else []
+        )
         if default:
             notes.append(f"default: {','.join(default) if isinstance(default, list) else default}")
         lines.append(f"{key:<17} {field.description}" + (f" ({'; '.join(notes)})" if notes else ""))
@@ -147,6 +229,8 @@ DEFAULT_NULL_VALUES = ("", "n/a", "na", "none", "null", "nan", "-")
 
 def _blank(value: Any) -> bool:
     return value is None or not str(value).strip()
+
+
 LABEL_FIELDS = ("role", "strategy", "reaction")  # what --map-values may translate
 
 
@@ -189,7 +273,11 @@ class LabelValues(BaseModel):
         if table is None or _blank(value) or (field != "role" and self.is_null(value)):
             return False
         text = str(value).strip()
-        return text not in table and text not in {v for v in table.values() if v is not None} and text not in canonical
+        return (
+            text not in table
+            and text not in {v for v in table.values() if v is not None}
+            and text not in canonical
+        )
 
 
 def parse_null_values(text: str | None) -> tuple[str, ...]:
@@ -199,24 +287,42 @@ def parse_null_values(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(["", *(v.strip() for v in text.split(","))]))
 
 
-def load_value_maps(path: Path, mapping: TurnsMapping | None = None) -> dict[str, dict[str, str | None]]:
+def load_value_maps(
+    path: Path, mapping: TurnsMapping | None = None
+) -> dict[str, dict[str, str | None]]:
     """A `--map-values` YAML: {role|strategy|reaction or the column mapped to one: {raw: canonical}}."""
     from care_ray.yaml_files import read_yaml_mapping
 
-    loaded = read_yaml_mapping(path, "--map-values", "{column: {raw value: canonical value}}", MappingError)
-    by_column = {getattr(mapping, f): f for f in LABEL_FIELDS if mapping is not None and getattr(mapping, f)}
+    loaded = read_yaml_mapping(
+        path, "--map-values", "{column: {raw value: canonical value}}", MappingError
+    )
+    by_column = {
+        getattr(mapping, f): f for f in LABEL_FIELDS if mapping is not None and getattr(mapping, f)
+    }
     maps: dict[str, dict[str, str | None]] = {}
     for key, table in loaded.items():
         field = str(key) if str(key) in LABEL_FIELDS else by_column.get(str(key))
         if field is None:
             valid = [*LABEL_FIELDS, *by_column]
-            raise MappingError(f"{path}: {key!r} is not role, strategy, reaction or a column mapped to one (valid: {', '.join(valid)})")
+            raise MappingError(
+                f"{path}: {key!r} is not role, strategy, reaction or a column mapped to one (valid: {', '.join(valid)})"
+            )
         if not isinstance(table, dict):
-            raise MappingError(f"{path}: {key!r} must map raw values to canonical values, got {type(table).__name__}")
-        maps.setdefault(field, {}).update({str(raw).strip(): None if v is None else str(v).strip() for raw, v in table.items()})
+            raise MappingError(
+                f"{path}: {key!r} must map raw values to canonical values, got {type(table).__name__}"
+            )
+        maps.setdefault(field, {}).update(
+            {str(raw).strip(): None if v is None else str(v).strip() for raw, v in table.items()}
+        )
     if "role" in maps:
-        bad = sorted({v for v in maps["role"].values() if v is not None} - set(ROLES)
-                     - set(mapping.client_values if mapping else ()) - set(mapping.counselor_values if mapping else ()))
+        bad = sorted(
+            {v for v in maps["role"].values() if v is not None}
+            - set(ROLES)
+            - set(mapping.client_values if mapping else ())
+            - set(mapping.counselor_values if mapping else ())
+        )
         if bad:
-            raise MappingError(f"{path}: role values must map to client or counselor (or a client_values/counselor_values value), not {bad}")
+            raise MappingError(
+                f"{path}: role values must map to client or counselor (or a client_values/counselor_values value), not {bad}"
+            )
     return maps

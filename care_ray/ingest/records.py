@@ -50,7 +50,12 @@ def iter_json_lines(path: Path) -> Iterator[RawRecord]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
-                yield _reject(origin, line, Reason.MALFORMED_RECORD, f"invalid JSON at column {e.colno}: {e.msg}")
+                yield _reject(
+                    origin,
+                    line,
+                    Reason.MALFORMED_RECORD,
+                    f"invalid JSON at column {e.colno}: {e.msg}",
+                )
                 continue
             if not isinstance(value, dict):
                 yield _reject(origin, line, Reason.MALFORMED_RECORD, "line is not a JSON object")
@@ -64,10 +69,20 @@ def iter_json_array(path: Path) -> Iterator[RawRecord]:
     try:
         values = json.loads(text)
     except json.JSONDecodeError as e:
-        yield _reject(path.name, text[:10_000], Reason.MALFORMED_RECORD, f"file is not valid JSON (line {e.lineno}: {e.msg})")
+        yield _reject(
+            path.name,
+            text[:10_000],
+            Reason.MALFORMED_RECORD,
+            f"file is not valid JSON (line {e.lineno}: {e.msg})",
+        )
         return
     if not isinstance(values, list):
-        yield _reject(path.name, text[:10_000], Reason.MALFORMED_RECORD, "expected a JSON array of conversations")
+        yield _reject(
+            path.name,
+            text[:10_000],
+            Reason.MALFORMED_RECORD,
+            "expected a JSON array of conversations",
+        )
         return
     for i, value in enumerate(values):
         raw = json.dumps(value, ensure_ascii=False)
@@ -101,14 +116,21 @@ def iter_csv_rows(path: Path, delimiter: str = ",") -> Iterator[RawRecord]:
             except StopIteration:
                 return
             except csv.Error as e:
-                yield _reject(f"{path.name}:{start}", "", Reason.MALFORMED_RECORD, f"CSV error: {e}")
+                yield _reject(
+                    f"{path.name}:{start}", "", Reason.MALFORMED_RECORD, f"CSV error: {e}"
+                )
                 continue
             if not row or all(not c.strip() for c in row):
                 continue
             origin = f"{path.name}:{start}"
             raw = delimiter.join(row)
             if len(row) != len(header):
-                yield _reject(origin, raw, Reason.MALFORMED_RECORD, f"{len(row)} fields, header has {len(header)}")
+                yield _reject(
+                    origin,
+                    raw,
+                    Reason.MALFORMED_RECORD,
+                    f"{len(row)} fields, header has {len(header)}",
+                )
             elif has_invalid_utf8(raw):
                 yield _reject(origin, raw, Reason.INVALID_UTF8, "row is not valid UTF-8")
             else:

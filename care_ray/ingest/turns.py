@@ -43,10 +43,20 @@ def _order_key(value: Any) -> float | None:
     try:
         return datetime.fromisoformat(str(value).strip().replace("Z", "+00:00")).timestamp()
     except ValueError:
-        raise ContractError(Reason.BAD_VALUE, f"order value {value!r} is neither a number nor an ISO-8601 time") from None
+        raise ContractError(
+            Reason.BAD_VALUE, f"order value {value!r} is neither a number nor an ISO-8601 time"
+        ) from None
 
 
-_SPILL_SCHEMA = pa.schema([("_session", pa.string()), ("_order", pa.float64()), ("_seq", pa.int64()), ("_origin", pa.string()), ("_row", pa.string())])
+_SPILL_SCHEMA = pa.schema(
+    [
+        ("_session", pa.string()),
+        ("_order", pa.float64()),
+        ("_seq", pa.int64()),
+        ("_origin", pa.string()),
+        ("_row", pa.string()),
+    ]
+)
 
 
 def rows_to_session(rows: list[dict], m: TurnsMapping, values: LabelValues | None = None) -> dict:
@@ -153,13 +163,17 @@ class _MappingProbe:
         self.done = True
         missing = [c for c in self.mapping.columns() if c not in self.columns]
         if missing and self.columns:
-            raise MappingError(f"the mapping names columns the input lacks: {missing}; it has {list(self.columns)}")
+            raise MappingError(
+                f"the mapping names columns the input lacks: {missing}; it has {list(self.columns)}"
+            )
         for col, (numbers, text) in self.counts.items():
             if text > numbers:
                 key = self.numeric[col]
                 value, origin = self.example[col]
-                raise MappingError(f"--map {key}: column {col!r} holds text, not numbers ({text} of the first {numbers + text} values, "
-                                   f"e.g. {str(value)[:40]!r} at {origin}); " + _NUMERIC_HINT[key].format(col=col))
+                raise MappingError(
+                    f"--map {key}: column {col!r} holds text, not numbers ({text} of the first {numbers + text} values, "
+                    f"e.g. {str(value)[:40]!r} at {origin}); " + _NUMERIC_HINT[key].format(col=col)
+                )
 
     def not_kept(self) -> list[str]:
         used = set(self.mapping.columns())
@@ -170,8 +184,16 @@ class TurnsReader:
     """Candidates from utterance-per-row files; after iteration, `report()` says which input columns
     no mapping key used and which label values no --map-values entry covered."""
 
-    def __init__(self, paths: list[Path], fmt: str, mapping: TurnsMapping, values: LabelValues | None = None,
-                 chunk_rows: int = 50_000, memory_limit: str = "1GB", probe_rows: int = 1000):
+    def __init__(
+        self,
+        paths: list[Path],
+        fmt: str,
+        mapping: TurnsMapping,
+        values: LabelValues | None = None,
+        chunk_rows: int = 50_000,
+        memory_limit: str = "1GB",
+        probe_rows: int = 1000,
+    ):
         self.paths, self.fmt, self.mapping = paths, fmt, mapping
         self.values = values or LabelValues()
         self.chunk_rows, self.memory_limit = chunk_rows, memory_limit
@@ -202,7 +224,9 @@ class TurnsReader:
         """(session id, order key) of a parsed row, or ContractError."""
         session = rec.value.get(self.mapping.session)
         if _blank(session):
-            raise ContractError(Reason.MISSING_FIELD, f"row has no session id in column {self.mapping.session!r}")
+            raise ContractError(
+                Reason.MISSING_FIELD, f"row has no session id in column {self.mapping.session!r}"
+            )
         order = _order_key(rec.value.get(self.mapping.order)) if self.mapping.order else None
         return str(session).strip(), order
 
@@ -217,7 +241,10 @@ class TurnsReader:
             def flush() -> None:
                 nonlocal buffer, parts
                 if buffer:
-                    pq.write_table(pa.Table.from_pylist(buffer, schema=_SPILL_SCHEMA), spill_dir / f"spill-{parts:05d}.parquet")
+                    pq.write_table(
+                        pa.Table.from_pylist(buffer, schema=_SPILL_SCHEMA),
+                        spill_dir / f"spill-{parts:05d}.parquet",
+                    )
                     parts += 1
                     buffer = []
 
@@ -235,7 +262,15 @@ class TurnsReader:
                     if rec.error is not None:
                         yield Candidate(rec.origin, rec.raw, 1, None, rec.error, mapping.source)
                         continue
-                    buffer.append({"_session": session, "_order": order, "_seq": seq, "_origin": rec.origin, "_row": json.dumps(rec.value, ensure_ascii=False)})
+                    buffer.append(
+                        {
+                            "_session": session,
+                            "_order": order,
+                            "_seq": seq,
+                            "_origin": rec.origin,
+                            "_row": json.dumps(rec.value, ensure_ascii=False),
+                        }
+                    )
                     seq += 1
                     if len(buffer) >= self.chunk_rows:
                         flush()
@@ -250,29 +285,59 @@ class TurnsReader:
                 # sessions in the order they first appear in the input (the corpus order --limit promises),
                 # turns by their order column, then by input position
                 spilled = con.read_parquet(str(spill_dir / "spill-*.parquet")).set_alias("spilled")
-                first_seen = spilled.aggregate("_session, min(_seq) AS _first_seq", "_session").set_alias("first_seen")
-                ordered = spilled.join(first_seen, "_session").order("_first_seq, _order NULLS LAST, _seq")
-                yield from _group_sessions(ordered.to_arrow_reader(self.chunk_rows), mapping, self.values)
+                first_seen = spilled.aggregate(
+                    "_session, min(_seq) AS _first_seq", "_session"
+                ).set_alias("first_seen")
+                ordered = spilled.join(first_seen, "_session").order(
+                    "_first_seq, _order NULLS LAST, _seq"
+                )
+                yield from _group_sessions(
+                    ordered.to_arrow_reader(self.chunk_rows), mapping, self.values
+                )
             finally:
                 con.close()
 
 
-def read_turns(paths: list[Path], fmt: str, mapping: TurnsMapping, chunk_rows: int = 50_000, memory_limit: str = "1GB",
-               values: LabelValues | None = None) -> Iterator[Candidate]:
+def read_turns(
+    paths: list[Path],
+    fmt: str,
+    mapping: TurnsMapping,
+    chunk_rows: int = 50_000,
+    memory_limit: str = "1GB",
+    values: LabelValues | None = None,
+) -> Iterator[Candidate]:
     return iter(TurnsReader(paths, fmt, mapping, values, chunk_rows, memory_limit))
 
 
-def _group_sessions(batches: pa.RecordBatchReader, mapping: TurnsMapping, values: LabelValues) -> Iterator[Candidate]:
+def _group_sessions(
+    batches: pa.RecordBatchReader, mapping: TurnsMapping, values: LabelValues
+) -> Iterator[Candidate]:
     current: str | None = None
     rows: list[dict] = []
     origins: list[str] = []
 
     def emit() -> Candidate:
-        origin = origins[0] if len(origins) == 1 else f"{origins[0]}..{origins[-1]} ({len(origins)} rows)"
-        return Candidate(origin, json.dumps(rows, ensure_ascii=False), len(rows), rows_to_session(rows, mapping, values), None, mapping.source)
+        origin = (
+            origins[0]
+            if len(origins) == 1
+            else f"{origins[0]}..{origins[-1]} ({len(origins)} rows)"
+        )
+        return Candidate(
+            origin,
+            json.dumps(rows, ensure_ascii=False),
+            len(rows),
+            rows_to_session(rows, mapping, values),
+            None,
+            mapping.source,
+        )
 
     for batch in batches:
-        for sid, origin, row in zip(batch.column("_session").to_pylist(), batch.column("_origin").to_pylist(), batch.column("_row").to_pylist(), strict=True):
+        for sid, origin, row in zip(
+            batch.column("_session").to_pylist(),
+            batch.column("_origin").to_pylist(),
+            batch.column("_row").to_pylist(),
+            strict=True,
+        ):
             if sid != current and rows:
                 yield emit()
                 rows, origins = [], []

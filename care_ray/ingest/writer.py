@@ -31,9 +31,19 @@ QUARANTINE_SCHEMA = pa.schema(
 
 WRITE_MODES = ("create", "append", "overwrite")
 EMPTY_TURN_POLICIES = ("drop", "quarantine")
-_COUNT_KEYS = ("input_records", "records_written", "records_quarantined", "sessions_written", "turns_written", "quarantine_rows",
-               "turns_dropped", "sessions_with_dropped_turns")
-DROPPED_TURNS_KEY = "dropped_turns"  # session metadata key: how many blank turns ingest dropped from it
+_COUNT_KEYS = (
+    "input_records",
+    "records_written",
+    "records_quarantined",
+    "sessions_written",
+    "turns_written",
+    "quarantine_rows",
+    "turns_dropped",
+    "sessions_with_dropped_turns",
+)
+DROPPED_TURNS_KEY = (
+    "dropped_turns"  # session metadata key: how many blank turns ingest dropped from it
+)
 
 
 class CountsDoNotReconcile(RuntimeError):
@@ -50,21 +60,42 @@ def drop_blank_turns(record: dict[str, Any]) -> tuple[dict[str, Any], int]:
     turns = record.get("turns")
     if not isinstance(turns, list):
         return record, 0
-    kept = [t for t in turns if not (isinstance(t, dict) and (t.get("text") is None or (isinstance(t.get("text"), str) and not t["text"].strip())))]
+    kept = [
+        t
+        for t in turns
+        if not (
+            isinstance(t, dict)
+            and (
+                t.get("text") is None or (isinstance(t.get("text"), str) and not t["text"].strip())
+            )
+        )
+    ]
     if turns and not kept:
         raise ContractError(Reason.EMPTY_SESSION, f"all {len(turns)} turns have no text")
-    return ({**record, "turns": kept}, len(turns) - len(kept)) if len(kept) < len(turns) else (record, 0)
+    return (
+        ({**record, "turns": kept}, len(turns) - len(kept))
+        if len(kept) < len(turns)
+        else (record, 0)
+    )
 
 
 def _holds_sessions(out: Path, manifest: dict[str, Any]) -> bool:
     """False for a corpus folder from an ingest that wrote nothing: replacing it loses nothing."""
-    return int(manifest.get("sessions_written", 1)) > 0 or any((Path(out) / "sessions").glob("source=*"))
+    return int(manifest.get("sessions_written", 1)) > 0 or any(
+        (Path(out) / "sessions").glob("source=*")
+    )
 
 
 def corpus_sources(out: Path, manifest: dict[str, Any]) -> set[str]:
     """Sources with sessions in the corpus (a source whose ingest wrote nothing may be ingested again)."""
-    listed = {s for s, counts in manifest.get("by_source", {}).items() if int(counts.get("sessions_written", 1)) > 0}
-    return listed | {p.name.removeprefix("source=") for p in (Path(out) / "sessions").glob("source=*")}
+    listed = {
+        s
+        for s, counts in manifest.get("by_source", {}).items()
+        if int(counts.get("sessions_written", 1)) > 0
+    }
+    return listed | {
+        p.name.removeprefix("source=") for p in (Path(out) / "sessions").glob("source=*")
+    }
 
 
 def existing_corpus(out: Path) -> dict[str, Any] | None:
@@ -73,7 +104,12 @@ def existing_corpus(out: Path) -> dict[str, Any] | None:
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
     if (Path(out) / "sessions").is_dir():
-        return {"by_source": {p.name.removeprefix("source="): {} for p in (Path(out) / "sessions").glob("source=*")}}
+        return {
+            "by_source": {
+                p.name.removeprefix("source="): {}
+                for p in (Path(out) / "sessions").glob("source=*")
+            }
+        }
     return None
 
 
@@ -84,11 +120,21 @@ def merge_manifests(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     for k in _COUNT_KEYS:
         merged[k] = int(old.get(k, 0)) + int(new.get(k, 0))
     merged["by_source"] = {**old.get("by_source", {}), **new.get("by_source", {})}
-    reasons = Counter(old.get("quarantined_by_reason", {})) + Counter(new.get("quarantined_by_reason", {}))
+    reasons = Counter(old.get("quarantined_by_reason", {})) + Counter(
+        new.get("quarantined_by_reason", {})
+    )
     merged["quarantined_by_reason"] = dict(sorted(reasons.items()))
-    merged["quarantine_examples"] = {**new.get("quarantine_examples", {}), **old.get("quarantine_examples", {})}
-    previous = old.get("ingests") or [{k: v for k, v in old.items() if k not in ("ingests", "kind", "contract_version")}]
-    merged["ingests"] = [*previous, {k: v for k, v in new.items() if k not in ("kind", "contract_version")}]
+    merged["quarantine_examples"] = {
+        **new.get("quarantine_examples", {}),
+        **old.get("quarantine_examples", {}),
+    }
+    previous = old.get("ingests") or [
+        {k: v for k, v in old.items() if k not in ("ingests", "kind", "contract_version")}
+    ]
+    merged["ingests"] = [
+        *previous,
+        {k: v for k, v in new.items() if k not in ("kind", "contract_version")},
+    ]
     return merged
 
 
@@ -97,25 +143,42 @@ class CorpusWriter:
     chunk, not the input. Writes to a staging folder and swaps it in at close, so a crashed
     ingest leaves the previous corpus intact and a rerun starts clean."""
 
-    def __init__(self, out: Path, chunk_size: int = 1000, mode: str = "create", source: str | None = None, empty_turns: str = "drop"):
+    def __init__(
+        self,
+        out: Path,
+        chunk_size: int = 1000,
+        mode: str = "create",
+        source: str | None = None,
+        empty_turns: str = "drop",
+    ):
         self.out = Path(out)
         self.chunk_size = chunk_size
         if mode not in WRITE_MODES:
             raise ValueError(f"--mode must be one of {', '.join(WRITE_MODES)}, got {mode!r}")
         if empty_turns not in EMPTY_TURN_POLICIES:
-            raise ValueError(f"--empty-turns must be one of {', '.join(EMPTY_TURN_POLICIES)}, got {empty_turns!r}")
+            raise ValueError(
+                f"--empty-turns must be one of {', '.join(EMPTY_TURN_POLICIES)}, got {empty_turns!r}"
+            )
         self.mode = mode
         self.empty_turns = empty_turns
         self.previous = existing_corpus(self.out) if mode != "overwrite" else None
-        if self.previous is not None and mode == "create" and not _holds_sessions(self.out, self.previous):
+        if (
+            self.previous is not None
+            and mode == "create"
+            and not _holds_sessions(self.out, self.previous)
+        ):
             self.previous = None  # an ingest that wrote nothing left it; the rerun replaces it
         if self.previous is not None:
             sources = sorted(corpus_sources(self.out, self.previous))
             if mode == "create":
-                raise CorpusExists(f"{self.out} already holds a corpus (sources: {', '.join(sources) or 'none'}); "
-                                   "use --mode append to add new sources to it, --mode overwrite to replace it, or another --out")
+                raise CorpusExists(
+                    f"{self.out} already holds a corpus (sources: {', '.join(sources) or 'none'}); "
+                    "use --mode append to add new sources to it, --mode overwrite to replace it, or another --out"
+                )
             if source is not None and source in sources:
-                raise CorpusExists(f"source {source!r} is already in {self.out}; append under another --source, or use --mode overwrite")
+                raise CorpusExists(
+                    f"source {source!r} is already in {self.out}; append under another --source, or use --mode overwrite"
+                )
         self.created_out = not self.out.exists()
         self.staging = self.out / f".staging-{uuid.uuid4().hex[:8]}"
         self.staging.mkdir(parents=True)
@@ -136,7 +199,12 @@ class CorpusWriter:
         root = self.out / "sessions"
         if not root.is_dir():
             return set()
-        return set(ds.dataset(root, format="parquet", partitioning="hive").to_table(columns=["session_id"]).column("session_id").to_pylist())
+        return set(
+            ds.dataset(root, format="parquet", partitioning="hive")
+            .to_table(columns=["session_id"])
+            .column("session_id")
+            .to_pylist()
+        )
 
     def _src(self, source: str) -> Counter:
         return self.by_source.setdefault(source, Counter())
@@ -145,16 +213,27 @@ class CorpusWriter:
         self.counts["input_records"] += n
         self._src(source)["input_records"] += n
 
-    def add_session(self, record: dict[str, Any], n_input_records: int, origin: str, raw: str | None = None) -> bool:
+    def add_session(
+        self, record: dict[str, Any], n_input_records: int, origin: str, raw: str | None = None
+    ) -> bool:
         """Validate and keep a session, or quarantine it with its reason. Returns True if kept."""
         source = str(record.get("source") or "unknown")
         try:
             kept, dropped = drop_blank_turns(record) if self.empty_turns == "drop" else (record, 0)
             session = normalise_session(kept)
             if session["session_id"] in self.seen_ids:
-                raise ContractError(Reason.DUPLICATE_SESSION_ID, f"session_id {session['session_id']!r} seen before")
+                raise ContractError(
+                    Reason.DUPLICATE_SESSION_ID, f"session_id {session['session_id']!r} seen before"
+                )
         except ContractError as err:
-            self.reject(source, origin, err, raw if raw is not None else json.dumps(record, ensure_ascii=False, default=str), n_input_records, record.get("session_id"))
+            self.reject(
+                source,
+                origin,
+                err,
+                raw if raw is not None else json.dumps(record, ensure_ascii=False, default=str),
+                n_input_records,
+                record.get("session_id"),
+            )
             return False
         if dropped:
             session["metadata"] = {**(session["metadata"] or {}), DROPPED_TURNS_KEY: str(dropped)}
@@ -170,7 +249,15 @@ class CorpusWriter:
             self._flush_sessions()
         return True
 
-    def reject(self, source: str, origin: str, err: ContractError, raw: str, n_input_records: int = 1, session_id: Any = None) -> None:
+    def reject(
+        self,
+        source: str,
+        origin: str,
+        err: ContractError,
+        raw: str,
+        n_input_records: int = 1,
+        session_id: Any = None,
+    ) -> None:
         self.rejects.append(
             {
                 "source": source,
@@ -210,7 +297,10 @@ class CorpusWriter:
         qdir = self.staging / "quarantine"
         qdir.mkdir(exist_ok=True)
         n = len(list(qdir.iterdir()))
-        pq.write_table(pa.Table.from_pylist(self.rejects, schema=QUARANTINE_SCHEMA), qdir / f"part-{n:05d}.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(self.rejects, schema=QUARANTINE_SCHEMA),
+            qdir / f"part-{n:05d}.parquet",
+        )
         self.rejects = []
 
     def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -236,7 +326,9 @@ class CorpusWriter:
         }
         if self.previous is not None:
             return self._close_append(manifest)
-        (self.staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        (self.staging / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        )
         for name in ("sessions", "quarantine", "manifest.json"):
             target = self.out / name
             if target.is_dir():
@@ -253,7 +345,9 @@ class CorpusWriter:
         had = corpus_sources(self.out, self.previous or {})
         clash = sorted(set(self.by_source) & had)
         if clash:
-            raise CorpusExists(f"source {clash[0]!r} is already in {self.out}; append under another --source, or use --mode overwrite")
+            raise CorpusExists(
+                f"source {clash[0]!r} is already in {self.out}; append under another --source, or use --mode overwrite"
+            )
         merged = merge_manifests(self.previous or {}, manifest)
         (self.out / "sessions").mkdir(exist_ok=True)
         (self.out / "quarantine").mkdir(exist_ok=True)

@@ -29,9 +29,17 @@ class LoraSettings(_Strict):
 class ScalingSettings(_Strict):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0, description="fractional on small machines: the driver and Ray's own actors need room")
+    cpus_per_worker: float = Field(
+        1.0,
+        gt=0,
+        description="fractional on small machines: the driver and Ray's own actors need room",
+    )
     gpus_per_worker: float = Field(1.0, gt=0)
-    threads_per_worker: int | None = Field(None, ge=1, description="torch intra-op threads on CPU; default max(1, int(cpus_per_worker))")
+    threads_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="torch intra-op threads on CPU; default max(1, int(cpus_per_worker))",
+    )
 
 
 class FaultInjection(_Strict):
@@ -44,12 +52,18 @@ class FaultInjection(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    name: str = Field(description="run name: Ray Train's experiment folder under storage_path, one per fold (NAME-foldK)")
+    name: str = Field(
+        description="run name: Ray Train's experiment folder under storage_path, one per fold (NAME-foldK)"
+    )
     model: str = Field(description="base model folder (safetensors + tokenizer + chat template)")
     data: Path = Field(description="folder written by `care-ray sft-data`")
     output_dir: Path = Field(description="best adapter per fold + metrics.json + summary.json")
-    storage_path: str = Field(description="Ray Train checkpoints: a local/shared path or an object-store URI")
-    folds: list[int] | Literal["all"] = Field("all", description="held-out folds to train for; each trains on the others")
+    storage_path: str = Field(
+        description="Ray Train checkpoints: a local/shared path or an object-store URI"
+    )
+    folds: list[int] | Literal["all"] = Field(
+        "all", description="held-out folds to train for; each trains on the others"
+    )
     rubric: Path | None = Field(None, description="rubric file; default: the examples' language")
 
     method: Literal["lora", "full"] = "lora"
@@ -60,25 +74,56 @@ class FinetuneConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     micro_batch_size: int = Field(1, ge=1, description="sequences per worker per forward pass")
-    effective_batch_size: int = Field(64, ge=1, description="sequences per optimizer step over all workers = micro × accumulation × workers")
-    max_seq_len: int = Field(8192, ge=16, description="longer examples are dropped and counted, never cut (cutting would train on prompts scoring never sends)")
+    effective_batch_size: int = Field(
+        64,
+        ge=1,
+        description="sequences per optimizer step over all workers = micro × accumulation × workers",
+    )
+    max_seq_len: int = Field(
+        8192,
+        ge=16,
+        description="longer examples are dropped and counted, never cut (cutting would train on prompts scoring never sends)",
+    )
     seed: int = 123
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 on GPU (LoRA: frozen bf16 base, fp32 adapters; full: fp32 master weights, bf16 compute), fp32 on CPU"
+        "auto",
+        description="auto: bf16 on GPU (LoRA: frozen bf16 base, fp32 adapters; full: fp32 master weights, bf16 compute), fp32 on CPU",
     )
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a model copy per worker; fsdp: parameters, gradients and optimizer state sharded (FSDP2) — full fine-tuning of models that do not fit one device")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: a model copy per worker; fsdp: parameters, gradients and optimizer state sharded (FSDP2) — full fine-tuning of models that do not fit one device",
+    )
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 
-    eval_every_steps: int | None = Field(None, ge=1, description="checkpoint + held-out evaluation every N optimizer steps; default once per epoch")
+    eval_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description="checkpoint + held-out evaluation every N optimizer steps; default once per epoch",
+    )
     eval_batch_size: int = Field(4, ge=1)
-    max_train_examples: int | None = Field(None, ge=1, description="smoke runs: a deterministic sample of the training folds")
-    max_eval_examples: int | None = Field(None, ge=1, description="smoke runs: held-out examples, whole sessions first")
-    selection_metric: str = Field("heldout_selection_score", description="reported metric that picks the checkpoint kept as best (higher is better)")
-    num_to_keep: int = Field(2, ge=1, description="checkpoints kept by Ray Train, ranked by selection_metric")
-    max_failures: int = Field(2, ge=-1, description="worker-group restarts from the latest checkpoint (-1: unlimited)")
-    merge: bool = Field(False, description="also write merged full weights of the best LoRA checkpoint")
-    ray_address: str | None = Field(None, description="connect to this cluster; default: RAY_ADDRESS, else a local Ray")
+    max_train_examples: int | None = Field(
+        None, ge=1, description="smoke runs: a deterministic sample of the training folds"
+    )
+    max_eval_examples: int | None = Field(
+        None, ge=1, description="smoke runs: held-out examples, whole sessions first"
+    )
+    selection_metric: str = Field(
+        "heldout_selection_score",
+        description="reported metric that picks the checkpoint kept as best (higher is better)",
+    )
+    num_to_keep: int = Field(
+        2, ge=1, description="checkpoints kept by Ray Train, ranked by selection_metric"
+    )
+    max_failures: int = Field(
+        2, ge=-1, description="worker-group restarts from the latest checkpoint (-1: unlimited)"
+    )
+    merge: bool = Field(
+        False, description="also write merged full weights of the best LoRA checkpoint"
+    )
+    ray_address: str | None = Field(
+        None, description="connect to this cluster; default: RAY_ADDRESS, else a local Ray"
+    )
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     fault_injection: FaultInjection | None = None
 
@@ -112,11 +157,15 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, text = entry.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set takes KEY=VALUE with a dotted KEY such as lora.r=32, got {entry!r}")
+            raise ConfigError(
+                f"--set takes KEY=VALUE with a dotted KEY such as lora.r=32, got {entry!r}"
+            )
         try:
             overrides[key] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: {text!r} is not a YAML value: {str(e).splitlines()[0]}") from None
+            raise ConfigError(
+                f"--set {key}: {text!r} is not a YAML value: {str(e).splitlines()[0]}"
+            ) from None
     return overrides
 
 
@@ -125,7 +174,9 @@ def out_overrides(out: Path | str) -> dict[str, str]:
     return {"output_dir": str(out), "storage_path": str(Path(out) / CHECKPOINTS_UNDER_OUT)}
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], origin: str = "override") -> dict[str, Any]:
+def apply_overrides(
+    raw: dict[str, Any], overrides: Mapping[str, Any], origin: str = "override"
+) -> dict[str, Any]:
     """`raw` with each (possibly dotted) key of `overrides` set; a mapping value merges into the
     mapping it replaces, anything else replaces it. Raises ConfigError where a dotted key runs
     through a setting that is not a mapping (`epochs.x=1`)."""
@@ -138,7 +189,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], origin: s
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"{origin} {key}: {'.'.join(parents[: depth + 1])} is {child!r}, not a group of settings")
+                raise ConfigError(
+                    f"{origin} {key}: {'.'.join(parents[: depth + 1])} is {child!r}, not a group of settings"
+                )
             node = child
         if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
             node[leaf] = apply_overrides(node[leaf], value, origin)
@@ -147,7 +200,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], origin: s
     return merged
 
 
-def load_finetune_config(path: Path | str, overrides: Mapping[str, Any] | None = None, origin: str = "override") -> FinetuneConfig:
+def load_finetune_config(
+    path: Path | str, overrides: Mapping[str, Any] | None = None, origin: str = "override"
+) -> FinetuneConfig:
     """YAML (+ overrides: {dotted key: value}, e.g. from `--set`) → FinetuneConfig, validated as a
     whole, so an override is checked exactly as the same value in the file would be. Relative paths
     stay relative to the working directory (the repo root under `ray job submit --working-dir .`)."""
@@ -167,4 +222,7 @@ def load_finetune_config(path: Path | str, overrides: Mapping[str, Any] | None =
     try:
         return FinetuneConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{Path(path)}: " + "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in e.errors())) from None
+        raise ConfigError(
+            f"{Path(path)}: "
+            + "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in e.errors())
+        ) from None

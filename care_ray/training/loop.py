@@ -66,7 +66,9 @@ def autocast(device: torch.device, plan: Precision):
     return torch.autocast(device_type=device.type, dtype=plan.compute_dtype)
 
 
-def encode_examples(rows: Sequence[Mapping[str, Any]], tokenizer, render, max_seq_len: int) -> tuple[list[Encoded], int]:
+def encode_examples(
+    rows: Sequence[Mapping[str, Any]], tokenizer, render, max_seq_len: int
+) -> tuple[list[Encoded], int]:
     """Rows of the example table → Encoded, and how many were dropped for exceeding max_seq_len.
 
     The prompt is rendered by `render` (PromptBuilder.render: the chat template with the
@@ -76,13 +78,19 @@ def encode_examples(rows: Sequence[Mapping[str, Any]], tokenizer, render, max_se
     eos = tokenizer.eos_token or ""
     prompts = [render([dict(m) for m in r["messages"]]) for r in rows]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if rows else []
-    target_ids = tokenizer([r["target"] + eos for r in rows], add_special_tokens=False)["input_ids"] if rows else []
+    target_ids = (
+        tokenizer([r["target"] + eos for r in rows], add_special_tokens=False)["input_ids"]
+        if rows
+        else []
+    )
     out, dropped = [], 0
     for r, p, t in zip(rows, prompt_ids, target_ids, strict=True):
         if len(p) + len(t) > max_seq_len:
             dropped += 1
             continue
-        out.append(Encoded(p, t, r["session_id"], int(r["item_id"]), r["dimension"], int(r["score"])))
+        out.append(
+            Encoded(p, t, r["session_id"], int(r["item_id"]), r["dimension"], int(r["score"]))
+        )
     return out, dropped
 
 
@@ -94,13 +102,21 @@ def score_digit_ids(tokenizer) -> tuple[list[int], list[int]]:
     digits = []
     for d in SCORE_DIGITS:
         ids = tokenizer(f'{SCORE_PREFIX}{d},"rationale":', add_special_tokens=False)["input_ids"]
-        if ids[: len(prefix)] != prefix or len(ids) <= len(prefix) or tokenizer.decode(ids[len(prefix)]).strip() != d:
-            raise ValueError(f"the tokenizer does not give score digit {d} a token of its own after {SCORE_PREFIX!r}; held-out scoring by digit logits needs one")
+        if (
+            ids[: len(prefix)] != prefix
+            or len(ids) <= len(prefix)
+            or tokenizer.decode(ids[len(prefix)]).strip() != d
+        ):
+            raise ValueError(
+                f"the tokenizer does not give score digit {d} a token of its own after {SCORE_PREFIX!r}; held-out scoring by digit logits needs one"
+            )
         digits.append(ids[len(prefix)])
     return prefix, digits
 
 
-def collate(batch: Sequence[Encoded], pad_id: int, with_targets: bool = True) -> dict[str, torch.Tensor]:
+def collate(
+    batch: Sequence[Encoded], pad_id: int, with_targets: bool = True
+) -> dict[str, torch.Tensor]:
     """Right-padded input ids, attention mask, and labels that are -100 except on target tokens
     (the loss is on the assistant's answer only)."""
     seqs = [e.prompt_ids + e.target_ids if with_targets else e.prompt_ids for e in batch]
@@ -126,7 +142,9 @@ def rank_order(n: int, world_size: int, rank: int, seed: int, epoch: int) -> lis
     return order[rank::world_size]
 
 
-def optimizer_steps_per_epoch(n_train: int, world_size: int, micro_batch_size: int, grad_accum: int) -> int:
+def optimizer_steps_per_epoch(
+    n_train: int, world_size: int, micro_batch_size: int, grad_accum: int
+) -> int:
     micro_batches = math.ceil(math.ceil(n_train / world_size) / micro_batch_size)
     return math.ceil(micro_batches / grad_accum)
 
@@ -135,7 +153,12 @@ def load_base_model(cfg: FinetuneConfig, dtype: torch.dtype, weights_dir: str | 
     """The base model from safetensors (or, resuming full fine-tuning, the checkpoint's weights)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(weights_dir or cfg.model, dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(
+        weights_dir or cfg.model,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=cfg.trust_remote_code,
+    )
 
 
 def build_model(cfg: FinetuneConfig, dtype: torch.dtype, checkpoint_dir: str | None = None):
@@ -148,12 +171,22 @@ def build_model(cfg: FinetuneConfig, dtype: torch.dtype, checkpoint_dir: str | N
 
         model = get_peft_model(
             load_base_model(cfg, dtype),
-            LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"),
+            LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules),
+                task_type="CAUSAL_LM",
+            ),
         )
         if checkpoint_dir is not None:
-            result = set_peft_model_state_dict(model, load_file(str(Path(checkpoint_dir) / "adapter_model.safetensors")))
+            result = set_peft_model_state_dict(
+                model, load_file(str(Path(checkpoint_dir) / "adapter_model.safetensors"))
+            )
             if getattr(result, "unexpected_keys", None):
-                raise RuntimeError(f"checkpoint adapter does not fit the configured LoRA: unexpected keys {result.unexpected_keys[:3]}")
+                raise RuntimeError(
+                    f"checkpoint adapter does not fit the configured LoRA: unexpected keys {result.unexpected_keys[:3]}"
+                )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method == "lora":
@@ -170,8 +203,14 @@ def shard_fsdp(model, device: torch.device, plan: Precision):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     block_names = set(getattr(base, "_no_split_modules", None) or [])
     if not block_names:
-        raise ValueError(f"{type(base).__name__} names no transformer blocks (_no_split_modules); use parallel: ddp")
-    mp = MixedPrecisionPolicy(param_dtype=plan.compute_dtype, reduce_dtype=torch.float32) if plan.compute_dtype else MixedPrecisionPolicy()
+        raise ValueError(
+            f"{type(base).__name__} names no transformer blocks (_no_split_modules); use parallel: ddp"
+        )
+    mp = (
+        MixedPrecisionPolicy(param_dtype=plan.compute_dtype, reduce_dtype=torch.float32)
+        if plan.compute_dtype
+        else MixedPrecisionPolicy()
+    )
     for module in list(model.modules()):
         if type(module).__name__ in block_names:
             fully_shard(module, mp_policy=mp)
@@ -197,12 +236,25 @@ def gradient_sync(model, enabled: bool):
 
 def training_loss(model, batch: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """Mean cross-entropy over the target tokens of the micro-batch (transformers shifts labels)."""
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), labels=batch["labels"].to(device), use_cache=False)
+    out = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        labels=batch["labels"].to(device),
+        use_cache=False,
+    )
     return out.loss
 
 
 @torch.no_grad()
-def score_by_first_digit(model, examples: Sequence[Encoded], prefix_ids: list[int], digit_ids: list[int], pad_id: int, device: torch.device, batch_size: int = 4) -> list[tuple[int, float]]:
+def score_by_first_digit(
+    model,
+    examples: Sequence[Encoded],
+    prefix_ids: list[int],
+    digit_ids: list[int],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int = 4,
+) -> list[tuple[int, float]]:
     """For each example: (argmax score, expected score) from the next-token logits after the
     prompt + `{"score":`, restricted to the digits 1..5. The argmax is the score greedy guided
     decoding writes; the expectation is a smoother signal for diagnostics. Batches are sorted by
@@ -218,12 +270,20 @@ def score_by_first_digit(model, examples: Sequence[Encoded], prefix_ids: list[in
         enc = collate(batch, pad_id, with_targets=False)
         last = enc["attention_mask"].sum(dim=1) - 1
         # logits_to_keep with a tensor keeps those positions in every row: a b×b block, tiny next to b×T×V
-        logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device), logits_to_keep=last.to(device), use_cache=False).logits
+        logits = model(
+            input_ids=enc["input_ids"].to(device),
+            attention_mask=enc["attention_mask"].to(device),
+            logits_to_keep=last.to(device),
+            use_cache=False,
+        ).logits
         rows = logits[torch.arange(len(idx), device=device), torch.arange(len(idx), device=device)]
         digit_logits = rows[:, digits].float()
         probs = torch.softmax(digit_logits, dim=-1)
         for j, i in enumerate(idx):
-            out[i] = (int(digit_logits[j].argmax().item()) + 1, float((probs[j] * values).sum().item()))
+            out[i] = (
+                int(digit_logits[j].argmax().item()) + 1,
+                float((probs[j] * values).sum().item()),
+            )
     model.train()
     return out  # type: ignore[return-value]
 
@@ -232,11 +292,19 @@ def full_state(model, optimizer, method: str) -> tuple[dict, dict]:
     """(model state, optimizer state), unsharded, on CPU, on rank 0 (others get empty dicts under
     FSDP). Collective under FSDP: every rank must call it. LoRA keeps only the trainable
     (adapter) parameters, so an 8B base is never copied for a checkpoint."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     inner = unwrap(model)
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=method == "lora")
-    return get_model_state_dict(inner, options=options), get_optimizer_state_dict(inner, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = StateDictOptions(
+        full_state_dict=True, cpu_offload=True, ignore_frozen_params=method == "lora"
+    )
+    return get_model_state_dict(inner, options=options), get_optimizer_state_dict(
+        inner, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def restore_optimizer(model, optimizer, state: dict, from_rank0: bool) -> None:
@@ -244,10 +312,25 @@ def restore_optimizer(model, optimizer, state: dict, from_rank0: bool) -> None:
     broadcast and sharded; otherwise every rank loads the same copy."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0))
+    set_optimizer_state_dict(
+        unwrap(model),
+        optimizer,
+        state,
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0),
+    )
 
 
-def save_training_checkpoint(directory: Path, model, cfg: FinetuneConfig, model_state: dict, optimizer_state: dict, scheduler, state: Mapping[str, Any], heldout: Mapping[str, Any], tokenizer=None) -> Path:
+def save_training_checkpoint(
+    directory: Path,
+    model,
+    cfg: FinetuneConfig,
+    model_state: dict,
+    optimizer_state: dict,
+    scheduler,
+    state: Mapping[str, Any],
+    heldout: Mapping[str, Any],
+    tokenizer=None,
+) -> Path:
     """A checkpoint folder that is at once a standard PEFT adapter folder (LoRA) or model folder
     (full; + tokenizer), loadable by transformers and vLLM as it is, plus trainer_state.pt
     (schedule, step, RNG, history) and optimizer.pt for resuming, and heldout.json (its held-out
@@ -257,9 +340,14 @@ def save_training_checkpoint(directory: Path, model, cfg: FinetuneConfig, model_
     unwrap(model).save_pretrained(directory, state_dict=model_state, safe_serialization=True)
     if cfg.method == "full" and tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    torch.save({"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), **dict(state)}, directory / TRAINER_STATE_FILE)
+    torch.save(
+        {"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), **dict(state)},
+        directory / TRAINER_STATE_FILE,
+    )
     torch.save(optimizer_state, directory / OPTIMIZER_FILE)
-    (directory / HELDOUT_FILE).write_text(json.dumps(heldout, indent=2, default=_json_safe) + "\n", encoding="utf-8")
+    (directory / HELDOUT_FILE).write_text(
+        json.dumps(heldout, indent=2, default=_json_safe) + "\n", encoding="utf-8"
+    )
     return directory
 
 

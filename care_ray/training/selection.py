@@ -23,7 +23,14 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 NOT_EXPORTED = ("trainer_state.pt", "optimizer.pt")  # for resuming, not for serving
 
 
-def heldout_metrics(session_ids: Sequence[str], item_ids: Sequence[int], dimensions: Sequence[str], true_scores: Sequence[int], predictions: Sequence[tuple[int, float]], prefix: str = "heldout_") -> dict[str, float]:
+def heldout_metrics(
+    session_ids: Sequence[str],
+    item_ids: Sequence[int],
+    dimensions: Sequence[str],
+    true_scores: Sequence[int],
+    predictions: Sequence[tuple[int, float]],
+    prefix: str = "heldout_",
+) -> dict[str, float]:
     """Per-item (argmax, expected) predictions → per-dimension Pearson/Spearman/MSE of dimension
     means against the targets, item-level exact accuracy, and `{prefix}selection_score`.
 
@@ -40,11 +47,19 @@ def heldout_metrics(session_ids: Sequence[str], item_ids: Sequence[int], dimensi
     present = [d for d in DIMENSIONS if d in truth] + sorted(set(truth) - set(DIMENSIONS))
     by_dim = dimension_agreement(argmax, truth, present)
     metrics = flat_metrics(by_dim, prefix)
-    metrics.update({f"{prefix}pearson_expected_{d}": m["pearson"] for d, m in dimension_agreement(expected, truth, present).items()})
+    metrics.update(
+        {
+            f"{prefix}pearson_expected_{d}": m["pearson"]
+            for d, m in dimension_agreement(expected, truth, present).items()
+        }
+    )
     mean = metrics[f"{prefix}pearson_mean"]
     metrics[f"{prefix}selection_score"] = NO_DEFINED_SCORE if math.isnan(mean) else mean
     metrics[f"{prefix}mean_rule"] = MEAN_RULE
-    metrics[f"{prefix}item_accuracy"] = float(sum(p[0] == t for p, t in zip(predictions, true_scores, strict=True)) / max(len(predictions), 1))
+    metrics[f"{prefix}item_accuracy"] = float(
+        sum(p[0] == t for p, t in zip(predictions, true_scores, strict=True))
+        / max(len(predictions), 1)
+    )
     metrics[f"{prefix}sessions"] = len(set(session_ids))
     metrics[f"{prefix}items"] = len(predictions)
     return metrics
@@ -62,7 +77,9 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-def best_checkpoint(best_checkpoints: Sequence[tuple[Any, Mapping[str, Any]]], metric: str) -> tuple[Any, Mapping[str, Any]]:
+def best_checkpoint(
+    best_checkpoints: Sequence[tuple[Any, Mapping[str, Any]]], metric: str
+) -> tuple[Any, Mapping[str, Any]]:
     """The (checkpoint, metrics) with the highest `metric`; the later one on ties (more training).
     A checkpoint whose metric is missing or undefined (null, NaN) ranks below every defined one."""
     if not best_checkpoints:
@@ -86,25 +103,39 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, method: str) -> Path:
     if method == "lora":
         missing = [f for f in ADAPTER_FILES if not (out_dir / f).exists()]
         if missing:
-            raise RuntimeError(f"checkpoint {checkpoint_dir} is not a PEFT adapter folder (missing {missing})")
+            raise RuntimeError(
+                f"checkpoint {checkpoint_dir} is not a PEFT adapter folder (missing {missing})"
+            )
     return out_dir
 
 
-def merge_adapter(base_model: str, adapter_dir: Path, out_dir: Path, trust_remote_code: bool = False) -> Path:
+def merge_adapter(
+    base_model: str, adapter_dir: Path, out_dir: Path, trust_remote_code: bool = False
+) -> Path:
     """Base + LoRA adapter → one model folder (safetensors + tokenizer) that needs no PEFT to load."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     out_dir = Path(out_dir)
     merged.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(
+        out_dir
+    )
     return out_dir
 
 
 def write_metrics(path: Path, metrics: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(finite_or_none(metrics), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            finite_or_none(metrics), indent=2, ensure_ascii=False, default=str, allow_nan=False
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return path

@@ -43,7 +43,9 @@ FEEDBACK_KEY = "seeker_question1"  # ESConv: the seeker's free-text feedback on 
 RATIONALE_KEY = "rationale_{item}"  # CounselingWAI layout: one expert-revised rationale per item
 EXAMPLES_FILE = "examples.parquet"
 MANIFEST_FILE = "manifest.json"
-SCORE_PREFIX = '{"score":'  # what every target starts with; held-out scoring appends it to the prompt
+SCORE_PREFIX = (
+    '{"score":'  # what every target starts with; held-out scoring appends it to the prompt
+)
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 EXAMPLE_SCHEMA = pa.schema(
@@ -58,7 +60,10 @@ EXAMPLE_SCHEMA = pa.schema(
         ("target", pa.string()),  # the assistant message
         ("score", pa.int8()),
         ("proxy_label", pa.bool_()),
-        ("label_name", pa.string()),  # which label the score came from ("client_wai" for real ratings)
+        (
+            "label_name",
+            pa.string(),
+        ),  # which label the score came from ("client_wai" for real ratings)
         ("rationale_source", pa.string()),  # reference | feedback | template | none (score-only)
         ("fold", pa.int32()),
     ]
@@ -70,7 +75,10 @@ _TEMPLATES = {
     "zh": "我的回答是“{anchor}”（{score}/5）。会谈结束后我给{label}打了{value}/5分。我说过：“{quote}”",
 }
 _LABEL_WORDS = {
-    "en": {"empathy": "my supporter's empathy", "relevance": "how relevant the conversation was to my problem"},
+    "en": {
+        "empathy": "my supporter's empathy",
+        "relevance": "how relevant the conversation was to my problem",
+    },
     "zh": {"empathy": "咨询师的共情", "relevance": "谈话与我的问题的相关程度"},
 }
 _QUOTED = re.compile(r"[\"“「『]([^\"”」』]{4,400})[\"”」』]")
@@ -159,16 +167,26 @@ def quotes_in_rationale(rationale: str, dialogue: str, max_quotes: int = 5) -> l
 def templated_rationale(rubric: Rubric, score: int, label: str, value: float, quote: str) -> str:
     lang = rubric.language if rubric.language in _TEMPLATES else "en"
     label_words = _LABEL_WORDS[lang].get(label, label)
-    return _TEMPLATES[lang].format(anchor=rubric.scale[score], score=score, label=label_words, value=f"{value:g}", quote=quote)
+    return _TEMPLATES[lang].format(
+        anchor=rubric.scale[score], score=score, label=label_words, value=f"{value:g}", quote=quote
+    )
 
 
 def _as_score(value: float, what: str) -> int:
     if not 1 <= value <= 5:
-        raise SFTDataError(f"{what} = {value:g} is outside 1..5; proxy labels must be on the rating scale")
+        raise SFTDataError(
+            f"{what} = {value:g} is outside 1..5; proxy labels must be on the rating scale"
+        )
     return int(np.clip(round(value), 1, 5))
 
 
-def session_targets(session: Mapping[str, Any], rubric: Rubric, items: Sequence, label_map: LabelMap | None, opts: SFTOptions) -> list[dict[str, Any]]:
+def session_targets(
+    session: Mapping[str, Any],
+    rubric: Rubric,
+    items: Sequence,
+    label_map: LabelMap | None,
+    opts: SFTOptions,
+) -> list[dict[str, Any]]:
     """The (item, score, rationale, quotes) targets of one session; [] when it has none."""
     meta = session.get("metadata") or {}
     labels = session.get("labels") or {}
@@ -177,7 +195,9 @@ def session_targets(session: Mapping[str, Any], rubric: Rubric, items: Sequence,
     out = []
     quote = client_quote(turns)
     feedback = (meta.get(opts.feedback_key) or "").strip()
-    if len(feedback.split()) < opts.min_feedback_words and not re.search(r"[\u4e00-\u9fff]{4,}", feedback):
+    if len(feedback.split()) < opts.min_feedback_words and not re.search(
+        r"[\u4e00-\u9fff]{4,}", feedback
+    ):
         feedback = ""
     for item in items:
         if wai is not None:
@@ -198,9 +218,22 @@ def session_targets(session: Mapping[str, Any], rubric: Rubric, items: Sequence,
             if feedback:
                 rationale, source = feedback, "feedback"
             else:
-                rationale, source = templated_rationale(rubric, score, label, value, quote), "template"
+                rationale, source = (
+                    templated_rationale(rubric, score, label, value, quote),
+                    "template",
+                )
             quotes = [quote] if quote else []
-        out.append({"item": item, "score": score, "label_name": label, "proxy_label": proxy, "rationale": rationale, "rationale_source": source, "quotes": quotes})
+        out.append(
+            {
+                "item": item,
+                "score": score,
+                "label_name": label,
+                "proxy_label": proxy,
+                "rationale": rationale,
+                "rationale_source": source,
+                "quotes": quotes,
+            }
+        )
     return out
 
 
@@ -211,7 +244,9 @@ def target_text(target: Mapping[str, Any], mode: str, validator) -> str:
         return json.dumps({"score": int(target["score"])}, separators=(",", ":"))
     props = validator.schema["properties"]
     rationale = target["rationale"][: props["rationale"]["maxLength"]]
-    quotes = [q[: props["quotes"]["items"]["maxLength"]] for q in target["quotes"]][: props["quotes"]["maxItems"]]
+    quotes = [q[: props["quotes"]["items"]["maxLength"]] for q in target["quotes"]][
+        : props["quotes"]["maxItems"]
+    ]
     text = format_item_output(target["score"], rationale, quotes)
     # A target the engine's schema would reject is a bug here. One compiled validator: the
     # module-level jsonschema.validate re-checks the schema itself on every call (~5 ms).
@@ -226,7 +261,9 @@ def output_validator():
     return jsonschema.validators.validator_for(schema)(schema)
 
 
-def sample_sessions(sessions: Iterable[Mapping[str, Any]], n: int | None, seed: int) -> list[Mapping[str, Any]]:
+def sample_sessions(
+    sessions: Iterable[Mapping[str, Any]], n: int | None, seed: int
+) -> list[Mapping[str, Any]]:
     """All sessions, or a deterministic pseudo-random `n` of them (by a seeded hash of the id)."""
     sessions = list(sessions)
     if n is None or n >= len(sessions):
@@ -253,7 +290,13 @@ def stratum_labels(mean_scores: Sequence[float], n_splits: int) -> np.ndarray:
         y[y == c] = nearest
 
 
-def assign_folds(session_ids: Sequence[str], client_ids: Sequence[str], mean_scores: Sequence[float], n_splits: int, seed: int) -> dict[str, int]:
+def assign_folds(
+    session_ids: Sequence[str],
+    client_ids: Sequence[str],
+    mean_scores: Sequence[float],
+    n_splits: int,
+    seed: int,
+) -> dict[str, int]:
     """session_id → fold: client-disjoint (no client in two folds), stratified on the session's
     mean target score (scikit-learn's StratifiedGroupKFold)."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -266,23 +309,34 @@ def assign_folds(session_ids: Sequence[str], client_ids: Sequence[str], mean_sco
     y = stratum_labels(mean_scores, n_splits)
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds: dict[str, int] = {}
-    for k, (_, test_idx) in enumerate(splitter.split(np.zeros(len(y)), y, groups=np.asarray(client_ids))):
+    for k, (_, test_idx) in enumerate(
+        splitter.split(np.zeros(len(y)), y, groups=np.asarray(client_ids))
+    ):
         for i in test_idx:
             folds[session_ids[i]] = k
     return folds
 
 
-def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubric: Rubric | None = None, prompt_builder: PromptBuilder | PromptBuilders | None = None) -> pa.Table:
+def build_examples(
+    sessions: Iterable[Mapping[str, Any]],
+    opts: SFTOptions,
+    rubric: Rubric | None = None,
+    prompt_builder: PromptBuilder | PromptBuilders | None = None,
+) -> pa.Table:
     """Canonical sessions → the example table (EXAMPLE_SCHEMA). Each session's rubric follows its
     language by the rule scoring uses (`rubric_for_language`) unless `rubric` fixes one.
     `prompt_builder` (with a tokenizer and max_model_len: PromptBuilders, one per rubric, or one
     PromptBuilder that fixes the rubric) applies scoring's token budget to each transcript; without
     one the whole transcript goes in and the trainer drops what does not fit its max_seq_len."""
     if opts.target not in TARGET_MODES:
-        raise SFTDataError(f"--target must be one of {', '.join(TARGET_MODES)}, got {opts.target!r}")
+        raise SFTDataError(
+            f"--target must be one of {', '.join(TARGET_MODES)}, got {opts.target!r}"
+        )
     validator = output_validator()
     if isinstance(prompt_builder, PromptBuilder) or rubric is not None:
-        fixed = prompt_builder if isinstance(prompt_builder, PromptBuilder) else PromptBuilder(rubric)
+        fixed = (
+            prompt_builder if isinstance(prompt_builder, PromptBuilder) else PromptBuilder(rubric)
+        )
         builder_for = lambda _language: fixed  # noqa: E731
     else:
         builder_for = (prompt_builder or PromptBuilders()).for_language
@@ -298,7 +352,9 @@ def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubr
         label_map = None
         if s.get("client_wai") is None:
             if r.id not in label_maps:
-                label_maps[r.id] = parse_label_map(opts.label_map if opts.label_map is not None else ESCONV_LABEL_MAP, r)
+                label_maps[r.id] = parse_label_map(
+                    opts.label_map if opts.label_map is not None else ESCONV_LABEL_MAP, r
+                )
             label_map = label_maps[r.id]
         targets = session_targets(s, r, items, label_map, opts)
         if not targets:
@@ -325,9 +381,13 @@ def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubr
                 }
             )
             stats[f"rationale_{rows[-1]['rationale_source']}"] += 1
-        session_rows.append((s["session_id"], s["client_id"], float(np.mean([t["score"] for t in targets]))))
+        session_rows.append(
+            (s["session_id"], s["client_id"], float(np.mean([t["score"] for t in targets])))
+        )
     if not rows:
-        raise SFTDataError("no session has a target: no client_wai, and no label named in the label map")
+        raise SFTDataError(
+            "no session has a target: no client_wai, and no label named in the label map"
+        )
     sids, cids, means = zip(*session_rows, strict=True)
     folds = assign_folds(list(sids), list(cids), list(means), opts.folds, opts.seed)
     for row in rows:
@@ -339,10 +399,16 @@ def build_examples(sessions: Iterable[Mapping[str, Any]], opts: SFTOptions, rubr
 
 def summarise_examples(table: pa.Table) -> dict[str, Any]:
     """Counts a reader checks before training: per fold, per dimension, the score distribution."""
-    cols = table.select(["fold", "session_id", "client_id", "score", "dimension", "proxy_label"]).to_pydict()
+    cols = table.select(
+        ["fold", "session_id", "client_id", "score", "dimension", "proxy_label"]
+    ).to_pydict()
     folds: dict[int, dict[str, Any]] = {}
-    for fold, sid, cid, score in zip(cols["fold"], cols["session_id"], cols["client_id"], cols["score"], strict=True):
-        f = folds.setdefault(fold, {"sessions": set(), "clients": set(), "examples": 0, "scores": Counter()})
+    for fold, sid, cid, score in zip(
+        cols["fold"], cols["session_id"], cols["client_id"], cols["score"], strict=True
+    ):
+        f = folds.setdefault(
+            fold, {"sessions": set(), "clients": set(), "examples": 0, "scores": Counter()}
+        )
         f["sessions"].add(sid)
         f["clients"].add(cid)
         f["examples"] += 1
@@ -352,7 +418,12 @@ def summarise_examples(table: pa.Table) -> dict[str, Any]:
         "proxy_label_examples": int(sum(cols["proxy_label"])),
         "by_dimension": dict(Counter(cols["dimension"])),
         "folds": {
-            str(k): {"sessions": len(v["sessions"]), "clients": len(v["clients"]), "examples": v["examples"], "scores": {str(s): n for s, n in sorted(v["scores"].items())}}
+            str(k): {
+                "sessions": len(v["sessions"]),
+                "clients": len(v["clients"]),
+                "examples": v["examples"],
+                "scores": {str(s): n for s, n in sorted(v["scores"].items())},
+            }
             for k, v in sorted(folds.items())
         },
     }
@@ -365,7 +436,9 @@ def write_examples(table: pa.Table, out: Path, manifest: Mapping[str, Any]) -> P
     tmp = out / f".{EXAMPLES_FILE}.tmp"
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(out / EXAMPLES_FILE)
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    (out / MANIFEST_FILE).write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+    )
     return out / EXAMPLES_FILE
 
 
@@ -379,7 +452,15 @@ def read_examples(path: Path | str) -> pa.Table:
     return pq.read_table(p, schema=EXAMPLE_SCHEMA)
 
 
-def make_sft_data(sessions_dir: Path, out: Path, opts: SFTOptions, rubric_path: Path | None = None, tokenizer_path: str | None = None, max_model_len: int | None = None, max_new_tokens: int = 512) -> dict[str, Any]:
+def make_sft_data(
+    sessions_dir: Path,
+    out: Path,
+    opts: SFTOptions,
+    rubric_path: Path | None = None,
+    tokenizer_path: str | None = None,
+    max_model_len: int | None = None,
+    max_new_tokens: int = 512,
+) -> dict[str, Any]:
     """The `care-ray sft-data` command: read a corpus, build examples and folds, write them."""
     from care_ray.corpus import iter_sessions
 
@@ -389,7 +470,12 @@ def make_sft_data(sessions_dir: Path, out: Path, opts: SFTOptions, rubric_path: 
             raise SFTDataError("--max-model-len needs --model (its tokenizer counts the tokens)")
         from care_ray.prompts import load_tokenizer
 
-        builder = PromptBuilders(load_tokenizer(str(tokenizer_path)), max_model_len=max_model_len, max_new_tokens=max_new_tokens, rubric_file=rubric_path)
+        builder = PromptBuilders(
+            load_tokenizer(str(tokenizer_path)),
+            max_model_len=max_model_len,
+            max_new_tokens=max_new_tokens,
+            rubric_file=rubric_path,
+        )
     elif rubric_path:
         builder = PromptBuilders(rubric_file=rubric_path)
     table = build_examples(iter_sessions(sessions_dir), opts, prompt_builder=builder)
@@ -401,12 +487,24 @@ def make_sft_data(sessions_dir: Path, out: Path, opts: SFTOptions, rubric_path: 
         "seed": opts.seed,
         "items": opts.items or "all",
         "label_map": dict(opts.label_map) if opts.label_map is not None else ESCONV_LABEL_MAP,
-        "token_budget": {"tokenizer": tokenizer_path, "max_model_len": max_model_len, "max_new_tokens": max_new_tokens} if builder else None,
+        "token_budget": {
+            "tokenizer": tokenizer_path,
+            "max_model_len": max_model_len,
+            "max_new_tokens": max_new_tokens,
+        }
+        if builder
+        else None,
         "counts": dict(opts.stats),
         **summarise_examples(table),
     }
     write_examples(table, out, manifest)
-    log.info("wrote %d examples (%d proxy-labelled) in %d folds to %s", table.num_rows, manifest["proxy_label_examples"], opts.folds, out)
+    log.info(
+        "wrote %d examples (%d proxy-labelled) in %d folds to %s",
+        table.num_rows,
+        manifest["proxy_label_examples"],
+        opts.folds,
+        out,
+    )
     return manifest
 
 

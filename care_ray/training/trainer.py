@@ -43,7 +43,9 @@ def _fold_examples(cfg: FinetuneConfig, fold: int) -> tuple[list[dict], list[dic
     train = list(iter_fold(table, fold, held_out=False))
     held_out = list(iter_fold(table, fold, held_out=True))
     if not train or not held_out:
-        raise ValueError(f"fold {fold} leaves {len(train)} training and {len(held_out)} held-out examples; check `folds` against the data's folds")
+        raise ValueError(
+            f"fold {fold} leaves {len(train)} training and {len(held_out)} held-out examples; check `folds` against the data's folds"
+        )
     rng = random.Random(cfg.seed)
     if cfg.max_train_examples and len(train) > cfg.max_train_examples:
         train = [train[i] for i in sorted(rng.sample(range(len(train)), cfg.max_train_examples))]
@@ -119,22 +121,36 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(cfg.scaling.threads_per_worker or max(1, int(cfg.scaling.cpus_per_worker)))
+        torch.set_num_threads(
+            cfg.scaling.threads_per_worker or max(1, int(cfg.scaling.cpus_per_worker))
+        )
     plan = loop.precision_plan(cfg.precision, cfg.method, device)
     fsdp = cfg.parallel == "fsdp" and world > 1
     torch.manual_seed(cfg.seed)
 
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     builder = PromptBuilder(load_rubric(cfg.rubric) if cfg.rubric else load_rubric(), tokenizer)
     train_rows, eval_rows = _fold_examples(cfg, fold)
-    train, dropped_train = loop.encode_examples(train_rows, tokenizer, builder.render, cfg.max_seq_len)
-    held_out, dropped_eval = loop.encode_examples(eval_rows, tokenizer, builder.render, cfg.max_seq_len)
+    train, dropped_train = loop.encode_examples(
+        train_rows, tokenizer, builder.render, cfg.max_seq_len
+    )
+    held_out, dropped_eval = loop.encode_examples(
+        eval_rows, tokenizer, builder.render, cfg.max_seq_len
+    )
     prefix_ids, digit_ids = loop.score_digit_ids(tokenizer)
 
     # Resume: weights first (they shape the model), optimizer and schedule once it exists.
     checkpoint = ray.train.get_checkpoint()
-    state: dict[str, Any] = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "loss_history": [], "attempts": []}
+    state: dict[str, Any] = {
+        "global_step": 0,
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "loss_history": [],
+        "attempts": [],
+    }
     saved: dict[str, Any] | None = None
     optimizer_state: dict[str, Any] = {}
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restored_dir:
@@ -144,13 +160,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             if rank == 0 or not fsdp:  # under FSDP rank 0 reads it and broadcasts the shards
                 optimizer_state = loop.load_trainer_state(restored_dir, loop.OPTIMIZER_FILE)
         model = loop.build_model(cfg, plan.load_dtype, restored_dir)
-    model = loop.shard_fsdp(model, device, plan) if fsdp else ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+    model = (
+        loop.shard_fsdp(model, device, plan)
+        if fsdp
+        else ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     accum = cfg.grad_accum_steps
     steps_per_epoch = loop.optimizer_steps_per_epoch(len(train), world, cfg.micro_batch_size, accum)
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=int(round(cfg.warmup_ratio * total_steps)), num_training_steps=total_steps)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=int(round(cfg.warmup_ratio * total_steps)),
+        num_training_steps=total_steps,
+    )
     if saved is not None:
         loop.restore_optimizer(model, optimizer, optimizer_state, from_rank0=fsdp)
         scheduler.load_state_dict(saved["scheduler"])
@@ -160,8 +184,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     if rank == 0:
         log.info(
             "fold %d: %d train / %d held-out examples (%d / %d dropped > max_seq_len), %d steps x %d epochs, accumulation %d, %s (%s) on %s, start step %d",
-            fold, len(train), len(held_out), dropped_train, dropped_eval, steps_per_epoch, cfg.epochs, accum,
-            plan, "fsdp" if fsdp else "ddp", device, state["global_step"],
+            fold,
+            len(train),
+            len(held_out),
+            dropped_train,
+            dropped_eval,
+            steps_per_epoch,
+            cfg.epochs,
+            accum,
+            plan,
+            "fsdp" if fsdp else "ddp",
+            device,
+            state["global_step"],
         )
 
     my_eval, my_real = _equal_shards(held_out, rank, world)
@@ -170,16 +204,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     def evaluate_and_report(epoch_done: bool) -> None:
         t0 = time.perf_counter()
         with loop.autocast(device, plan):
-            preds = loop.score_by_first_digit(loop.unwrap(model), my_eval, prefix_ids, digit_ids, pad_id, device, cfg.eval_batch_size)
-        mine = [(e.session_id, e.item_id, e.dimension, e.score, p) for e, p in zip(my_eval[:my_real], preds[:my_real], strict=True)]
+            preds = loop.score_by_first_digit(
+                loop.unwrap(model),
+                my_eval,
+                prefix_ids,
+                digit_ids,
+                pad_id,
+                device,
+                cfg.eval_batch_size,
+            )
+        mine = [
+            (e.session_id, e.item_id, e.dimension, e.score, p)
+            for e, p in zip(my_eval[:my_real], preds[:my_real], strict=True)
+        ]
         rows = [r for part in _all_gather(mine) for r in part]
         sids, iids, dims, scores, ps = (list(x) for x in zip(*rows, strict=True))
-        loss_sum, steps, tokens, seconds = _all_reduce_sum([window["loss_sum"], window["steps"], window["tokens"], window["seconds"]], device)
+        loss_sum, steps, tokens, seconds = _all_reduce_sum(
+            [window["loss_sum"], window["steps"], window["tokens"], window["seconds"]], device
+        )
         metrics = heldout_metrics(sids, iids, dims, scores, ps)
         metrics.update(
             {
                 "fold": fold,
-                "epoch": state["epoch"] + (0 if epoch_done else state["step_in_epoch"] / steps_per_epoch),
+                "epoch": state["epoch"]
+                + (0 if epoch_done else state["step_in_epoch"] / steps_per_epoch),
                 "step": state["global_step"],
                 "train_loss": loss_sum / steps if steps else float("nan"),
                 "train_tokens_per_s": tokens / (seconds / world) if seconds else float("nan"),
@@ -193,29 +241,52 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         )
         metrics = finite_or_none(metrics)
         window.update(loss_sum=0.0, steps=0, tokens=0, seconds=0.0)
-        model_state, optim_state = loop.full_state(model, optimizer, cfg.method)  # collective under FSDP
+        model_state, optim_state = loop.full_state(
+            model, optimizer, cfg.method
+        )  # collective under FSDP
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
         else:
             with tempfile.TemporaryDirectory(prefix="care-ray-ckpt-") as tmp:
-                loop.save_training_checkpoint(Path(tmp), model, cfg, model_state, optim_state, scheduler, state, {"metrics": metrics, "predictions": rows}, tokenizer)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{state['global_step']:06d}")
+                loop.save_training_checkpoint(
+                    Path(tmp),
+                    model,
+                    cfg,
+                    model_state,
+                    optim_state,
+                    scheduler,
+                    state,
+                    {"metrics": metrics, "predictions": rows},
+                    tokenizer,
+                )
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=f"step-{state['global_step']:06d}",
+                )
         # The controller registers a reported checkpoint asynchronously; a worker lost before that
         # would restart from the previous one (seen: a kill 3 steps later restarted from zero).
         # Waiting for the commit makes "reported" mean "resumable".
-        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+        ray.train.get_all_reported_checkpoints(
+            consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
+        )
 
     model.train()
     while state["epoch"] < cfg.epochs:
         order = loop.rank_order(len(train), world, rank, cfg.seed, state["epoch"])
-        micro_batches = [order[i : i + cfg.micro_batch_size] for i in range(0, len(order), cfg.micro_batch_size)]
+        micro_batches = [
+            order[i : i + cfg.micro_batch_size] for i in range(0, len(order), cfg.micro_batch_size)
+        ]
         for step_in_epoch in range(state["step_in_epoch"], steps_per_epoch):
             group = micro_batches[step_in_epoch * accum : (step_in_epoch + 1) * accum]
             t0 = time.perf_counter()
             step_loss = 0.0
             for j, idx in enumerate(group):
                 batch = loop.collate([train[i] for i in idx], pad_id)
-                with loop.gradient_sync(model, enabled=j == len(group) - 1), loop.autocast(device, plan):
+                with (
+                    loop.gradient_sync(model, enabled=j == len(group) - 1),
+                    loop.autocast(device, plan),
+                ):
                     loss = loop.training_loss(model, batch, device)
                     (loss / len(group)).backward()
                 step_loss += loss.item() / len(group)
@@ -233,12 +304,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             state["loss_history"].append([state["global_step"], step_loss])
             _maybe_inject_failure(cfg, rank, state["global_step"])
             last_of_epoch = step_in_epoch + 1 == steps_per_epoch
-            if cfg.eval_every_steps and state["global_step"] % cfg.eval_every_steps == 0 and not last_of_epoch:
+            if (
+                cfg.eval_every_steps
+                and state["global_step"] % cfg.eval_every_steps == 0
+                and not last_of_epoch
+            ):
                 evaluate_and_report(epoch_done=False)
         state["epoch"] += 1
         state["step_in_epoch"] = 0
         evaluate_and_report(epoch_done=True)
-    return {"loss_history": state["loss_history"], "attempts": state["attempts"], "steps": state["global_step"], "steps_per_epoch": steps_per_epoch}
+    return {
+        "loss_history": state["loss_history"],
+        "attempts": state["attempts"],
+        "steps": state["global_step"],
+        "steps_per_epoch": steps_per_epoch,
+    }
 
 
 # ---------------------------------------------------------------- driver side
@@ -278,7 +358,10 @@ def held_out_folds(cfg: FinetuneConfig) -> list[int]:
 
 def with_absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     """Local paths resolved against the driver's working directory: Ray workers need not share it."""
-    update: dict[str, Any] = {"data": Path(cfg.data).resolve(), "output_dir": Path(cfg.output_dir).resolve()}
+    update: dict[str, Any] = {
+        "data": Path(cfg.data).resolve(),
+        "output_dir": Path(cfg.output_dir).resolve(),
+    }
     if Path(cfg.model).exists():
         update["model"] = str(Path(cfg.model).resolve())
     if cfg.rubric is not None:
@@ -300,19 +383,32 @@ def make_trainer(cfg: FinetuneConfig, fold: int):
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.model_dump(mode="json"), "fold": fold},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=f"{cfg.name}-fold{fold}",
             storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=cfg.selection_metric, checkpoint_score_order="max"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.num_to_keep,
+                checkpoint_score_attribute=cfg.selection_metric,
+                checkpoint_score_order="max",
+            ),
         ),
     )
 
 
-def export_fold(cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str, Any], fit_seconds: float) -> dict[str, Any]:
+def export_fold(
+    cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str, Any], fit_seconds: float
+) -> dict[str, Any]:
     """Best checkpoint of a fold → output_dir/foldK/{adapter|model}/ + metrics.json (+ merged/)."""
-    from care_ray.training.selection import best_checkpoint, export_checkpoint, merge_adapter, write_metrics
+    from care_ray.training.selection import (
+        best_checkpoint,
+        export_checkpoint,
+        merge_adapter,
+        write_metrics,
+    )
 
     checkpoint, metrics = best_checkpoint(result.best_checkpoints, cfg.selection_metric)
     fold_dir = Path(cfg.output_dir) / f"fold{fold}"
@@ -329,7 +425,13 @@ def export_fold(cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str,
         "selected_checkpoint": checkpoint.path,
         "metrics": dict(metrics),
         "candidates": [
-            {"checkpoint": c.path, "step": m.get("step"), cfg.selection_metric: m.get(cfg.selection_metric), "train_loss": m.get("train_loss"), "train_tokens_per_s": m.get("train_tokens_per_s")}
+            {
+                "checkpoint": c.path,
+                "step": m.get("step"),
+                cfg.selection_metric: m.get(cfg.selection_metric),
+                "train_loss": m.get("train_loss"),
+                "train_tokens_per_s": m.get("train_tokens_per_s"),
+            }
             for c, m in result.best_checkpoints
         ],
         "adapter" if cfg.method == "lora" else "model": str(served),
@@ -369,8 +471,21 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         result = make_trainer(cfg, fold).fit()
         record = export_fold(cfg, fold, result, data_manifest, time.time() - t0)
         records.append(record)
-        log.info("fold %d: best %s = %.3f at step %s", fold, cfg.selection_metric, record["metrics"][cfg.selection_metric], record["metrics"].get("step"))
-    per_fold = [{k: v for k, v in r["metrics"].items() if k.startswith("heldout_") and isinstance(v, int | float)} for r in records]
+        log.info(
+            "fold %d: best %s = %.3f at step %s",
+            fold,
+            cfg.selection_metric,
+            record["metrics"][cfg.selection_metric],
+            record["metrics"].get("step"),
+        )
+    per_fold = [
+        {
+            k: v
+            for k, v in r["metrics"].items()
+            if k.startswith("heldout_") and isinstance(v, int | float)
+        }
+        for r in records
+    ]
     summary = {
         "name": cfg.name,
         "folds": folds,
@@ -378,7 +493,15 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "target": data_manifest.get("target"),
         "method": cfg.method,
         "over_folds": fold_summary(per_fold),
-        "per_fold": [{"fold": r["fold"], "dir": str(Path(cfg.output_dir) / f"fold{r['fold']}"), "seconds": r["seconds"], **per_fold[i]} for i, r in enumerate(records)],
+        "per_fold": [
+            {
+                "fold": r["fold"],
+                "dir": str(Path(cfg.output_dir) / f"fold{r['fold']}"),
+                "seconds": r["seconds"],
+                **per_fold[i],
+            }
+            for i, r in enumerate(records)
+        ],
         "seconds": round(time.time() - started, 1),
     }
     write_metrics(Path(cfg.output_dir) / "summary.json", summary)
