@@ -92,6 +92,8 @@ def build_run(folder: Path, n_sessions: int, sessions_per_file: int) -> list[str
 
 
 def measure(n_sessions: int, sessions_per_file: int, work: Path) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from _common import PeakRSS
 
     from care_ray.results import (
@@ -101,9 +103,6 @@ def measure(n_sessions: int, sessions_per_file: int, work: Path) -> dict:
         reconcile,
         write_session_scores,
     )
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     folder = work / f"driver-{n_sessions}"
     ids_file = folder.with_suffix(

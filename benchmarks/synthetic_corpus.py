@@ -531,7 +531,7 @@ def _items(
 
 def _write_sessions(sessions: pa.Table, root: Path, chunk: int, row_group_size: int) -> None:
     """One file per source, the partition column in the path only (as `care-ray ingest` writes)."""
-    for code, name in enumerate(SOURCES):
+    for name in SOURCES:
         part = sessions.filter(pc.equal(sessions.column("source"), name)).drop_columns(["source"])
         if part.num_rows:
             folder = root / f"source={name}"

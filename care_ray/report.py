@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -1846,9 +1846,7 @@ def _written_at(findings: Findings) -> str:
     path = findings.path / name
     if not path.exists():
         return "unknown"
-    return datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc).strftime(
-        "%Y-%m-%d %H:%M UTC"
-    )
+    return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _source_block(findings: Findings, heading: str) -> str:
@@ -1952,7 +1950,7 @@ def build_report(
     generated_at: datetime | None = None,
 ) -> str:
     """The whole page as one HTML string (no scripts, no external resources)."""
-    generated_at = generated_at or datetime.now(timezone.utc)
+    generated_at = generated_at or datetime.now(UTC)
     with rc_context(_RC):
         groups: list[tuple[str, str, list[Section], str]] = []
         if evaluation is not None:

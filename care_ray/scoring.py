@@ -25,7 +25,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from care_ray.engines import Engine, EngineConfig
 from care_ray.fingerprint import FINGERPRINT_FILE
-from care_ray.storage import Location
 from care_ray.output import (
     InvalidOutput,
     OutputError,
@@ -33,6 +32,7 @@ from care_ray.output import (
     parse_item_output,
     quote_found_share,
 )
+from care_ray.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +305,9 @@ class BuildItemPrompts:
     """Ray Data stage: a block of sessions → its pending (session, item) prompts."""
 
     def __init__(self, config: ScoreConfig, item_ids: list[int], plan_ref: Any):
-        from care_ray.prompts import PromptBuilders, load_tokenizer
-
         import ray
+
+        from care_ray.prompts import PromptBuilders, load_tokenizer
 
         tokenizer = load_tokenizer(config.model, config.trust_remote_code)
         self.builders = PromptBuilders(

@@ -377,7 +377,7 @@ def test_population_matches_numpy(synthetic):
         assert row["median"] == pytest.approx(np.median(values))
         assert row["q25"] == pytest.approx(np.quantile(values, 0.25))
         assert row["low_share"] == pytest.approx(np.mean(values <= 2.5))
-    for (group_by, grp), frame in population.group_by("group_by", "grp"):
+    for _key, frame in population.group_by("group_by", "grp"):
         weakest = frame.filter(pl.col("is_weakest")).get_column("outcome").to_list()
         assert weakest == [frame.sort("mean").get_column("outcome")[0]]
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_report_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow

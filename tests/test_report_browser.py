@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_report import PLANTED, SECTION_TITLES, write_analysis, write_evaluation
 from typer.testing import CliRunner
 
 from care_ray.cli import app
-from test_report import PLANTED, SECTION_TITLES, write_analysis, write_evaluation
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

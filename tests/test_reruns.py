@@ -12,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from care_ray.cli import app
+from care_ray.engines import EngineConfig, Generation, Sample
+from care_ray.output import output_schema
 from care_ray.results import RESULT_SCHEMA, RunFolder
 from care_ray.scoring import (
     ScoreConfig,
@@ -20,8 +22,6 @@ from care_ray.scoring import (
     score_item_prompts,
     select_sessions,
 )
-from care_ray.engines import EngineConfig, Generation, Sample
-from care_ray.output import output_schema
 
 runner = CliRunner()
 

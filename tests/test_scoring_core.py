@@ -1,11 +1,11 @@
 """The pure parts of scoring, with no engine: CPU planning, the run folder's commit protocol,
 consolidation to one row per pair, the resume plan."""
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from pathlib import Path
 
 from care_ray.results import ITEM_COLUMNS, RESULT_SCHEMA, RunFolder, consolidate, pending_plan
 from care_ray.scoring import _write_results_batch, plan_cpus

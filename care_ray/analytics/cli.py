@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from care_ray.cli_errors import fail as _fail
-
 from care_ray.analytics.analyze import BY_HELP, OUTCOME_HELP
+from care_ray.cli_errors import fail as _fail
 
 
 def register(app: typer.Typer) -> None:
