@@ -10,7 +10,12 @@ from typing import Annotated
 
 import typer
 
-from care_ray.cli_errors import UserError, fail, validation_message  # noqa: F401 - validation_message: part of this module's API
+from care_ray.cli_errors import (  # noqa: F401 - validation_message: part of this module's API
+    UserError,
+    fail,
+    load_options,
+    validation_message,
+)
 from care_ray.yaml_files import read_yaml_mapping
 
 app = typer.Typer(
@@ -281,24 +286,6 @@ def tiny_model(
     typer.echo(f"tiny model written to {path}")
 
 
-def _load_config(model_cls, config_file: Path | None, given: dict):
-    """YAML file (same keys as the options) overlaid with the options given on the command line."""
-    from pydantic import ValidationError
-
-    values: dict = {}
-    if config_file is not None:
-        try:
-            loaded = read_yaml_mapping(config_file, "config", "a mapping of option names to values")
-        except ValueError as e:
-            _fail(str(e))
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    values.update({k: v for k, v in given.items() if v is not None})
-    try:
-        return model_cls(**values)
-    except ValidationError as e:
-        _fail(validation_message(e, list(model_cls.model_fields)))
-
-
 def _d(field: str) -> str:
     """' [default: X]' from ScoreConfig, so --help shows the value a run really gets (the options
     themselves default to None: a --config file fills what the command line leaves out)."""
@@ -504,7 +491,7 @@ def score(
 
     Rerun with the same --out to resume: pairs already in items/ or errors/ are skipped. The folder records a fingerprint of everything that changes results (model and adapter contents, rubric, prompt version, sampling, output bounds, token budget); a rerun with other settings is refused."""  # noqa: E501 - Typer keeps line breaks
     given = {k: v for k, v in locals().items() if k != "config"}
-    cfg = _load_config(_score_config_cls(), config, given)
+    cfg = load_options(_score_config_cls(), config, given)
     from care_ray.paths import refuse_relative_in_job
     from care_ray.scoring import score_corpus
 
@@ -575,6 +562,9 @@ _register_evaluation(app)
 from care_ray.plan_cli import register as _register_plan  # noqa: E402
 
 _register_plan(app)
+from care_ray.rationales.cli import register as _register_rationales  # noqa: E402
+
+_register_rationales(app)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m care_ray`

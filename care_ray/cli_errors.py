@@ -36,3 +36,24 @@ def validation_message(e, known: list[str] | None = None) -> str:
         else:
             parts.append(f"{option}: {msg}" if option else msg)
     return "; ".join(parts)
+
+
+def load_options(model_cls, config_file, given: dict):
+    """A command's settings: a YAML file (same keys as the options) overlaid with the options
+    given on the command line; a mistake in either is one line and exit 2."""
+    from pydantic import ValidationError
+
+    from care_ray.yaml_files import read_yaml_mapping
+
+    values: dict = {}
+    if config_file is not None:
+        try:
+            loaded = read_yaml_mapping(config_file, "config", "a mapping of option names to values")
+        except ValueError as e:
+            fail(str(e))
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in given.items() if v is not None})
+    try:
+        return model_cls(**values)
+    except ValidationError as e:
+        fail(validation_message(e, list(model_cls.model_fields)))

@@ -26,6 +26,11 @@ class PromptText(BaseModel):
     counselor_label: str
     elided: str = Field(description="marker for cut turns; {n} = how many")
     question: str = Field(description="the item question; {item} = the item's text")
+    draft_question: str | None = Field(
+        None,
+        description="`rationales draft`: asks a teacher to explain a known rating; {item}, "
+        "{rating} (1-5) and {anchor} (the rating's scale word)",
+    )
 
 
 class Rubric(BaseModel):
@@ -47,6 +52,9 @@ class Rubric(BaseModel):
             raise ValueError(f"items name dimensions not listed in 'dimensions': {sorted(unknown)}")
         if "{item}" not in self.prompt.question or "{n}" not in self.prompt.elided:
             raise ValueError("prompt.question needs {item} and prompt.elided needs {n}")
+        draft = self.prompt.draft_question
+        if draft is not None and not all(k in draft for k in ("{item}", "{rating}")):
+            raise ValueError("prompt.draft_question needs {item} and {rating}")
         return self
 
     def item(self, item_id: int) -> RubricItem:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -274,6 +274,18 @@ class ScoreConfig(BaseModel):
         }
         return settings, info
 
+    # what finalize writes: the manifest's kind, and sessions/ (dimension scores) or not
+    MANIFEST_KIND: ClassVar[str] = "care-ray scores"
+    SESSION_SCORES: ClassVar[bool] = True
+
+    def prompt_stage(self) -> type[BuildItemPrompts]:
+        """The Ray Data stage that turns a block of sessions into (session, item) prompts."""
+        return BuildItemPrompts
+
+    def selected_sessions(self) -> pa.ChunkedArray:
+        """The session ids this run covers, in corpus order."""
+        return select_sessions(self.sessions, self.limit)
+
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
             model=self.model,
@@ -304,18 +316,17 @@ class ScoreConfig(BaseModel):
 class BuildItemPrompts:
     """Ray Data stage: a block of sessions → its pending (session, item) prompts."""
 
+    # the corpus columns this stage reads
+    columns: tuple[str, ...] = ("session_id", "turns", "language")
+
     def __init__(self, config: ScoreConfig, item_ids: list[int], plan_ref: Any):
         import ray
 
-        from care_ray.prompts import PromptBuilders, load_tokenizer
+        from care_ray.prompts import load_tokenizer
 
-        tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-        self.builders = PromptBuilders(
-            tokenizer,
-            config.max_model_len,
-            config.max_new_tokens,
-            rubric_file=config.rubric,
-            language_override=config.language,
+        self.config = config
+        self.builders = self.make_builders(
+            config, load_tokenizer(config.model, config.trust_remote_code)
         )
         self.item_ids = item_ids
         # the resume plan (session → items still to score); None: every session, every item
@@ -330,29 +341,39 @@ class BuildItemPrompts:
                 )
             )
 
+    @staticmethod
+    def make_builders(config: ScoreConfig, tokenizer: Any) -> Any:
+        from care_ray.prompts import PromptBuilders
+
+        return PromptBuilders(
+            tokenizer,
+            config.max_model_len,
+            config.max_new_tokens,
+            rubric_file=config.rubric,
+            language_override=config.language,
+        )
+
+    def session_prompts(
+        self, session: dict[str, Any], one: pa.Table, missing: list[int]
+    ) -> list[pa.Table]:
+        """The prompts of one session's pending items (`one`: its session_id and turns)."""
+        builder = self.builders.for_language(session["language"])
+        return [builder.build_item_prompts(one, [builder.rubric.item(i) for i in missing])]
+
     def __call__(self, sessions: pa.Table) -> pa.Table:
+        from care_ray.corpus import row_to_session
         from care_ray.prompts import ITEM_PROMPT_SCHEMA
 
         parts = []
-        columns = (
-            sessions.column("session_id").to_pylist(),
-            sessions.column("turns").to_pylist(),
-            sessions.column("language").to_pylist(),
-        )
-        for sid, turns, language in zip(*columns, strict=True):
+        turns_type = sessions.schema.field("turns").type
+        for row in sessions.select(list(self.columns)).to_pylist():
+            session = row_to_session(row)
+            sid = session["session_id"]
             missing = self.item_ids if self.pending is None else self.pending.get(sid)
             if not missing:
                 continue
-            builder = self.builders.for_language(language)
-            pending = [builder.rubric.item(i) for i in missing]
-            if pending:
-                one = pa.table(
-                    {
-                        "session_id": [sid],
-                        "turns": pa.array([turns], type=sessions.schema.field("turns").type),
-                    }
-                )
-                parts.append(builder.build_item_prompts(one, pending))
+            one = pa.table({"session_id": [sid], "turns": pa.array([row["turns"]], turns_type)})
+            parts += self.session_prompts(session, one, list(missing))
         return pa.concat_tables(parts) if parts else ITEM_PROMPT_SCHEMA.empty_table()
 
 
@@ -545,7 +566,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
 
     started = time.time()
     items = rubric_for_language(None, config.rubric, config.language).select(config.items)
-    session_ids = select_sessions(config.sessions, config.limit)
+    session_ids = config.selected_sessions()
     item_ids = [i.id for i in items]
     run = RunFolder(config.out)
     check_run_folder(config.out, config)  # before Ray starts: a refused rerun answers at once
@@ -594,12 +615,12 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
         corpus = sessions_dataset(config.sessions)
         ds_ = (
             ray.data.read_parquet(
-                corpus.files, filesystem=corpus.filesystem, partitioning=None, **light
+                corpus.files, filesystem=corpus.filesystem, partitioning=None, num_cpus=light_cpus
             )
-            .select_columns(["session_id", "turns", "language"])
+            .select_columns(list(config.prompt_stage().columns))
             .repartition(target_num_rows_per_block=config.sessions_per_block)
             .map_batches(
-                BuildItemPrompts,
+                config.prompt_stage(),
                 fn_constructor_kwargs=dict(config=config, item_ids=item_ids, plan_ref=plan_ref),
                 batch_format="pyarrow",
                 batch_size=None,
@@ -661,11 +682,12 @@ def finalize(
     foreign = set(counts.pop("fingerprints")) - {fingerprint}
     if fingerprint is not None and foreign:
         raise RuntimeError(
-            f"{out} holds rows of another configuration (fingerprints {sorted(map(str, foreign))}, this run {fingerprint})"
+            f"{out} holds rows of another configuration (fingerprints "
+            f"{sorted(map(str, foreign))}, this run {fingerprint})"
         )
-    n_session_rows = write_session_scores(run)
+    n_session_rows = write_session_scores(run) if config.SESSION_SCORES else None
     manifest = {
-        "kind": "care-ray scores",
+        "kind": config.MANIFEST_KIND,
         **counts,
         "fingerprint": fingerprint,
         "session_rows": n_session_rows,

@@ -72,7 +72,7 @@ def _wai_sessions(n_clients: int = 30, per_client: int = 3, seed: int = 0) -> li
 
 def test_client_wai_targets_rationales_and_client_disjoint_folds():
     sessions = _wai_sessions()
-    opts = SFTOptions(target="score+rationale", folds=5, seed=7)
+    opts = SFTOptions(target="score+rationale", folds=5, seed=7, missing_rationale="template")
     table = build_examples(sessions, opts)
     rows = table.to_pylist()
     # one example per rated item: 30 clients × 3 sessions × 12 items, minus the 30 missing ratings
@@ -101,7 +101,7 @@ def test_client_wai_targets_rationales_and_client_disjoint_folds():
 
 def test_esconv_proxy_labels_map_to_dimensions_and_are_marked(esconv_corpus):
     sessions = list(iter_sessions(esconv_corpus))
-    table = build_examples(sessions, SFTOptions(folds=5, seed=123))
+    table = build_examples(sessions, SFTOptions(folds=5, seed=123, missing_rationale="template"))
     rows = table.to_pylist()
     labelled = {
         s["session_id"]: s
@@ -133,8 +133,95 @@ def test_esconv_proxy_labels_map_to_dimensions_and_are_marked(esconv_corpus):
     assert sources["feedback"] and sources["template"]
 
 
+def test_targets_without_a_rationale_are_skipped_and_counted_unless_asked_otherwise():
+    sessions = _wai_sessions()
+    opts = SFTOptions(folds=5, seed=7)  # the default: no template rationales
+    rows = build_examples(sessions, opts).to_pylist()
+    assert {r["rationale_source"] for r in rows} == {"reference"}
+    assert len(rows) == 30 * 3 * 6
+    assert opts.stats["targets_without_rationale_skipped"] == 30 * 3 * 6 - 30
+    with pytest.raises(SFTDataError, match="item 7 has no rationale"):
+        build_examples(sessions, SFTOptions(folds=5, seed=7, missing_rationale="error"))
+    bare = [dict(s, metadata=None) for s in sessions]
+    with pytest.raises(SFTDataError, match="care-ray rationales draft.*--target score"):
+        build_examples(bare, SFTOptions(folds=5, seed=7))
+    # score-only training needs no rationale
+    assert build_examples(bare, SFTOptions(target="score", folds=5, seed=7)).num_rows == 1050
+
+
+def test_rationale_table_reviewed_first_drafts_only_when_asked():
+    sessions = _wai_sessions()
+    s = sessions[4]
+    rating = s["client_wai"][6]
+    table = {
+        (s["session_id"], 7): {  # reviewed: used
+            "rating": rating,
+            "status": "reviewed",
+            "text": "I said I would like to sleep.",
+            "quotes": ["I would like to sleep before midnight"],
+            "flags": ["score_mismatch"],
+        },
+        (s["session_id"], 8): {  # a flagged draft: only with drafts=all
+            "rating": s["client_wai"][7],
+            "status": "draft",
+            "text": "draft eight",
+            "quotes": [],
+            "flags": ["no_quotes"],
+        },
+        (s["session_id"], 9): {  # an unflagged draft: with drafts=unflagged or all
+            "rating": s["client_wai"][8],
+            "status": "draft",
+            "text": "draft nine",
+            "quotes": [],
+            "flags": [],
+        },
+        (s["session_id"], 10): {  # explains another rating: never
+            "rating": s["client_wai"][9] % 5 + 1,
+            "status": "reviewed",
+            "text": "other",
+            "quotes": [],
+            "flags": [],
+        },
+        (s["session_id"], 11): {  # rejected: never
+            "rating": s["client_wai"][10],
+            "status": "rejected",
+            "text": None,
+            "quotes": [],
+            "flags": [],
+        },
+        # a reference rationale in the corpus wins over the table
+        (s["session_id"], 1): {
+            "rating": s["client_wai"][0],
+            "status": "reviewed",
+            "text": "not this",
+            "quotes": [],
+            "flags": [],
+        },
+    }
+
+    def sources(drafts: str) -> dict[int, tuple[str, str]]:
+        opts = SFTOptions(folds=5, seed=7, rationales=table, drafts=drafts)
+        rows = build_examples(sessions, opts).to_pylist()
+        return {
+            r["item_id"]: (r["rationale_source"], parse_item_output(r["target"])["rationale"])
+            for r in rows
+            if r["session_id"] == s["session_id"]
+        }, opts
+
+    got, opts = sources("none")
+    assert got[7] == ("reviewed", "I said I would like to sleep.")
+    assert got[1][0] == "reference" and set(got) == {1, 2, 3, 4, 5, 6, 7}
+    assert opts.stats["rationale_table_rating_mismatch"] == 1
+    got, _ = sources("unflagged")
+    assert got[9] == ("draft", "draft nine") and 8 not in got
+    got, _ = sources("all")
+    assert got[8] == ("draft", "draft eight") and 10 not in got and 11 not in got
+
+
 def test_folds_are_stratified_on_the_score_distribution(esconv_corpus):
-    table = build_examples(iter_sessions(esconv_corpus), SFTOptions(folds=5, seed=123))
+    table = build_examples(
+        iter_sessions(esconv_corpus), SFTOptions(folds=5, seed=123, missing_rationale="template")
+    )
     per_session = {}
     for r in table.select(["session_id", "fold", "score"]).to_pylist():
         per_session.setdefault(r["session_id"], [r["fold"], []])[1].append(r["score"])

@@ -61,6 +61,25 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="a deterministic sample of this many sessions (smoke runs)"),
         ] = None,
         seed: Annotated[int, typer.Option()] = 123,
+        rationales: Annotated[
+            Path | None,
+            typer.Option(
+                help="a `care-ray rationales draft` folder: its reviewed rationales become targets"
+            ),
+        ] = None,
+        drafts: Annotated[
+            str,
+            typer.Option(
+                help="unreviewed drafts of --rationales as targets too: none | unflagged | all"
+            ),
+        ] = "none",
+        missing_rationale: Annotated[
+            str,
+            typer.Option(
+                help="a target no source gives a rationale: skip (counted in the manifest) | "
+                "template (a fixed sentence naming the rating) | error"
+            ),
+        ] = "skip",
         rationale_key: Annotated[
             str, typer.Option(help="metadata key of reference rationales; {item} = item id")
         ] = "rationale_{item}",
@@ -102,6 +121,8 @@ def register(app: typer.Typer) -> None:
                 rationale_key=rationale_key,
                 feedback_key=feedback_key,
                 max_sessions=max_sessions,
+                drafts=drafts,
+                missing_rationale=missing_rationale,
             )
             manifest = make_sft_data(
                 sessions,
@@ -111,6 +132,7 @@ def register(app: typer.Typer) -> None:
                 tokenizer_path=model,
                 max_model_len=max_model_len,
                 max_new_tokens=max_new_tokens,
+                rationales_dir=rationales,
             )
         except (SFTDataError, FileNotFoundError, ValueError, OSError) as e:
             _fail(str(e))

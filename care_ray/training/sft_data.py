@@ -31,14 +31,19 @@ import pyarrow.parquet as pq
 
 from care_ray.output import format_item_output, output_schema
 from care_ray.prompts import PromptBuilder, PromptBuilders, full_dialogue
+from care_ray.ratings import (  # noqa: F401 - LabelMap, parse_label_map: part of this module's API
+    ESCONV_LABEL_MAP,
+    LabelMap,
+    LabelMaps,
+    RatingError,
+    parse_label_map,
+)
+from care_ray.rationales.stats import length_summary
 from care_ray.rubric import Rubric
 
 log = logging.getLogger(__name__)
 
 TARGET_MODES = ("score+rationale", "score")
-# ESConv's seeker survey, mapped onto WAI-SR dimensions (the issue's proposal): the supporter's
-# empathy is closest to the Bond; relevance (did the talk address my problem) to Goal and Task.
-ESCONV_LABEL_MAP: dict[str, str] = {"empathy": "bond", "relevance": "goal,task"}
 FEEDBACK_KEY = "seeker_question1"  # ESConv: the seeker's free-text feedback on the supporter
 RATIONALE_KEY = "rationale_{item}"  # CounselingWAI layout: one expert-revised rationale per item
 EXAMPLES_FILE = "examples.parquet"
@@ -84,18 +89,10 @@ _LABEL_WORDS = {
 _QUOTED = re.compile(r"[\"“「『]([^\"”」』]{4,400})[\"”」』]")
 
 
-class SFTDataError(ValueError):
-    """A mistake in the user's input (bad label map, no usable targets, bad option)."""
-
-
-@dataclass(frozen=True)
-class LabelMap:
-    """Numeric session label → the rubric items it stands in for (a proxy target)."""
-
-    items_by_label: dict[str, tuple[int, ...]]
-
-    def label_of(self, item_id: int) -> str | None:
-        return next((name for name, ids in self.items_by_label.items() if item_id in ids), None)
+# one error type for a mistake in the user's input, from the ratings rule or from here
+SFTDataError = RatingError
+MISSING_RATIONALE = ("skip", "template", "error")
+DRAFT_USE = ("none", "unflagged", "all")
 
 
 @dataclass
@@ -109,36 +106,13 @@ class SFTOptions:
     feedback_key: str = FEEDBACK_KEY
     min_feedback_words: int = 4  # "no", "nope", "good job" say nothing about the session
     max_sessions: int | None = None  # a deterministic sample, for smoke runs
+    # `care-ray rationales` table (reviewed rationales and drafts), keyed by (session, item)
+    rationales: Mapping[tuple[str, int], Mapping[str, Any]] | None = None
+    drafts: str = "none"  # unreviewed drafts as targets: none | unflagged | all
+    # a target no source gives a rationale: skip it (counted), template it, or stop
+    missing_rationale: str = "skip"
     stats: Counter = field(default_factory=Counter)
-
-
-def parse_label_map(spec: Mapping[str, str] | Sequence[str], rubric: Rubric) -> LabelMap:
-    """{'empathy': 'bond', 'relevance': 'goal,task'} or ['empathy=bond', 'relevance=1,2,10'] →
-    LabelMap. Values use the rubric's item selection syntax (dimensions or item ids); an item may
-    take its target from one label only."""
-    if not isinstance(spec, Mapping):
-        pairs = {}
-        for entry in spec:
-            if "=" not in entry:
-                raise SFTDataError(f"--label-map takes LABEL=DIMENSIONS_OR_ITEMS, got {entry!r}")
-            name, value = entry.split("=", 1)
-            pairs[name.strip()] = value.strip()
-        spec = pairs
-    items_by_label: dict[str, tuple[int, ...]] = {}
-    owner: dict[int, str] = {}
-    for name, value in spec.items():
-        try:
-            ids = tuple(i.id for i in rubric.select(str(value)))
-        except ValueError as e:
-            raise SFTDataError(f"label map {name}={value}: {e}".replace("--items: ", "")) from None
-        for i in ids:
-            if i in owner:
-                raise SFTDataError(f"item {i} is mapped from both {owner[i]!r} and {name!r}")
-            owner[i] = name
-        items_by_label[str(name)] = ids
-    if not items_by_label:
-        raise SFTDataError("the label map is empty")
-    return LabelMap(items_by_label)
+    rationale_lengths: dict[str, Any] = field(default_factory=dict)  # set by build_examples
 
 
 def client_quote(turns: Sequence[Mapping[str, Any]], max_chars: int = 200) -> str:
@@ -172,63 +146,87 @@ def templated_rationale(rubric: Rubric, score: int, label: str, value: float, qu
     )
 
 
-def _as_score(value: float, what: str) -> int:
-    if not 1 <= value <= 5:
-        raise SFTDataError(
-            f"{what} = {value:g} is outside 1..5; proxy labels must be on the rating scale"
-        )
-    return int(np.clip(round(value), 1, 5))
+def _client_feedback(meta: Mapping[str, Any], opts: SFTOptions) -> str:
+    """The client's free-text feedback when it says something about the session, else ''."""
+    feedback = str(meta.get(opts.feedback_key) or "").strip()
+    if len(feedback.split()) < opts.min_feedback_words and not re.search(
+        r"[\u4e00-\u9fff]{4,}", feedback
+    ):
+        return ""
+    return feedback
+
+
+def _table_rationale(
+    row: Mapping[str, Any] | None, score: int, opts: SFTOptions
+) -> tuple[str, list[str], str] | None:
+    """(text, quotes, source) from the rationales table when it has a usable one for this score."""
+    if row is None:
+        return None
+    if int(row["rating"]) != score:
+        # it explains another rating (the label map changed since drafting): never train on it
+        opts.stats["rationale_table_rating_mismatch"] += 1
+        return None
+    if row["status"] == "reviewed":
+        return row["text"], list(row["quotes"] or []), "reviewed"
+    if row["status"] == "draft" and (
+        opts.drafts == "all" or (opts.drafts == "unflagged" and not row["flags"])
+    ):
+        return row["text"], list(row["quotes"] or []), "draft"
+    return None
 
 
 def session_targets(
     session: Mapping[str, Any],
     rubric: Rubric,
     items: Sequence,
-    label_map: LabelMap | None,
+    label_maps: LabelMaps,
     opts: SFTOptions,
 ) -> list[dict[str, Any]]:
-    """The (item, score, rationale, quotes) targets of one session; [] when it has none."""
+    """The (item, score, rationale, quotes) targets of one session; [] when it has none.
+
+    A target's rationale comes from the first source that has one: the corpus's own reference
+    rationale, the rationales table (reviewed, then drafts when `opts.drafts` asks for them), the
+    client's feedback text (proxy targets), and a template only when `missing_rationale` is
+    'template'. Without any, the target is skipped and counted, or the build stops."""
     meta = session.get("metadata") or {}
-    labels = session.get("labels") or {}
-    wai = session.get("client_wai")
     turns = session["turns"]
     out = []
     quote = client_quote(turns)
-    feedback = (meta.get(opts.feedback_key) or "").strip()
-    if len(feedback.split()) < opts.min_feedback_words and not re.search(
-        r"[\u4e00-\u9fff]{4,}", feedback
-    ):
-        feedback = ""
-    for item in items:
-        if wai is not None:
-            if wai[item.id - 1] is None:
-                continue
-            score, label, proxy = int(wai[item.id - 1]), "client_wai", False
-            rationale = (meta.get(opts.rationale_key.format(item=item.id)) or "").strip()
-            source = "reference" if rationale else "template"
-            quotes = quotes_in_rationale(rationale, full_dialogue(turns)) if rationale else [quote]
-            if not rationale:
-                rationale = templated_rationale(rubric, score, "client_wai", score, quote)
+    feedback = _client_feedback(meta, opts)
+    dialogue = full_dialogue(turns)
+    table = opts.rationales or {}
+    for item_id, rating in label_maps.ratings(session, rubric, items).items():
+        item = rubric.item(item_id)
+        reference = (meta.get(opts.rationale_key.format(item=item.id)) or "").strip()
+        found = _table_rationale(table.get((session["session_id"], item.id)), rating.score, opts)
+        if reference and not rating.proxy:
+            rationale, quotes, source = (
+                reference,
+                quotes_in_rationale(reference, dialogue),
+                "reference",
+            )
+        elif found is not None:
+            rationale, quotes, source = found
+        elif feedback and rating.proxy:
+            rationale, quotes, source = feedback, [quote] if quote else [], "feedback"
+        elif opts.target == "score" or opts.missing_rationale == "template":
+            rationale = templated_rationale(rubric, rating.score, rating.label, rating.value, quote)
+            quotes, source = [quote] if quote else [], "template"
+        elif opts.missing_rationale == "error":
+            raise SFTDataError(
+                f"session {session['session_id']} item {item.id} has no rationale from any "
+                "source; draft them (`care-ray rationales draft`), train with --target score, "
+                "or pass --missing-rationale skip|template"
+            )
         else:
-            label = label_map.label_of(item.id) if label_map else None
-            if label is None or labels.get(label) is None:
-                continue
-            value = float(labels[label])
-            score, proxy = _as_score(value, f"session {session['session_id']} label {label}"), True
-            if feedback:
-                rationale, source = feedback, "feedback"
-            else:
-                rationale, source = (
-                    templated_rationale(rubric, score, label, value, quote),
-                    "template",
-                )
-            quotes = [quote] if quote else []
+            opts.stats["targets_without_rationale_skipped"] += 1
+            continue
         out.append(
             {
                 "item": item,
-                "score": score,
-                "label_name": label,
-                "proxy_label": proxy,
+                "score": rating.score,
+                "label_name": rating.label,
+                "proxy_label": rating.proxy,
                 "rationale": rationale,
                 "rationale_source": source,
                 "quotes": quotes,
@@ -332,6 +330,13 @@ def build_examples(
         raise SFTDataError(
             f"--target must be one of {', '.join(TARGET_MODES)}, got {opts.target!r}"
         )
+    if opts.missing_rationale not in MISSING_RATIONALE:
+        raise SFTDataError(
+            f"--missing-rationale must be one of {', '.join(MISSING_RATIONALE)}, "
+            f"got {opts.missing_rationale!r}"
+        )
+    if opts.drafts not in DRAFT_USE:
+        raise SFTDataError(f"--drafts must be one of {', '.join(DRAFT_USE)}, got {opts.drafts!r}")
     validator = output_validator()
     if isinstance(prompt_builder, PromptBuilder) or rubric is not None:
         fixed = (
@@ -340,23 +345,16 @@ def build_examples(
         builder_for = lambda _language: fixed  # noqa: E731
     else:
         builder_for = (prompt_builder or PromptBuilders()).for_language
-    label_maps: dict[str, LabelMap] = {}  # per rubric
+    label_maps = LabelMaps(opts.label_map)
     stats = opts.stats
     rows: list[dict[str, Any]] = []
     session_rows: list[tuple[str, str, float]] = []
+    lengths: list[tuple[str, int]] = []  # (dimension, rationale chars) of every target
     for s in sample_sessions(sessions, opts.max_sessions, opts.seed):
         stats["sessions_read"] += 1
         builder = builder_for(s["language"])
         r = builder.rubric
-        items = r.select(opts.items)
-        label_map = None
-        if s.get("client_wai") is None:
-            if r.id not in label_maps:
-                label_maps[r.id] = parse_label_map(
-                    opts.label_map if opts.label_map is not None else ESCONV_LABEL_MAP, r
-                )
-            label_map = label_maps[r.id]
-        targets = session_targets(s, r, items, label_map, opts)
+        targets = session_targets(s, r, r.select(opts.items), label_maps, opts)
         if not targets:
             stats["sessions_without_targets"] += 1
             continue
@@ -381,13 +379,29 @@ def build_examples(
                 }
             )
             stats[f"rationale_{rows[-1]['rationale_source']}"] += 1
+            if opts.target != "score":
+                lengths.append((t["item"].dimension, len(t["rationale"])))
         session_rows.append(
             (s["session_id"], s["client_id"], float(np.mean([t["score"] for t in targets])))
+        )
+    if not rows and stats["targets_without_rationale_skipped"]:
+        raise SFTDataError(
+            f"none of the {stats['targets_without_rationale_skipped']} targets has a rationale "
+            "(no reference rationales, no rationales table, no client feedback): draft them with "
+            "`care-ray rationales draft` and review them, or train with --target score "
+            "(--missing-rationale template trains on a fixed sentence instead)"
         )
     if not rows:
         raise SFTDataError(
             "no session has a target: no client_wai, and no label named in the label map"
         )
+    if stats["targets_without_rationale_skipped"]:
+        log.warning(
+            "%d targets have no rationale from any source and are left out "
+            "(--missing-rationale template|error to change that)",
+            stats["targets_without_rationale_skipped"],
+        )
+    opts.rationale_lengths = length_summary(lengths)
     sids, cids, means = zip(*session_rows, strict=True)
     folds = assign_folds(list(sids), list(cids), list(means), opts.folds, opts.seed)
     for row in rows:
@@ -460,9 +474,19 @@ def make_sft_data(
     tokenizer_path: str | None = None,
     max_model_len: int | None = None,
     max_new_tokens: int = 512,
+    rationales_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The `care-ray sft-data` command: read a corpus, build examples and folds, write them."""
+    """The `care-ray sft-data` command: read a corpus, build examples and folds, write them.
+    `rationales_dir`: a `care-ray rationales draft` folder whose reviewed rationales (and drafts,
+    per `opts.drafts`) become targets."""
     from care_ray.corpus import iter_sessions
+
+    if rationales_dir is not None:
+        from care_ray.rationales.review import rationale_lookup
+
+        opts.rationales = rationale_lookup(rationales_dir)
+    elif opts.drafts != "none":
+        raise SFTDataError("--drafts needs --rationales DIR (a `care-ray rationales draft` folder)")
 
     builder = None
     if max_model_len is not None:
@@ -483,6 +507,7 @@ def make_sft_data(
         "kind": "care-ray sft examples",
         "sessions": str(sessions_dir),
         "target": opts.target,
+        "rationales_table": str(rationales_dir) if rationales_dir else None,
         "n_folds": opts.folds,
         "seed": opts.seed,
         "items": opts.items or "all",
@@ -494,6 +519,16 @@ def make_sft_data(
         }
         if builder
         else None,
+        "rationales": {
+            "drafts": opts.drafts,
+            "missing_rationale": opts.missing_rationale,
+            "by_source": {
+                k.removeprefix("rationale_"): v
+                for k, v in opts.stats.items()
+                if k.startswith("rationale_") and k != "rationale_table_rating_mismatch"
+            },
+            "length_chars_by_dimension": opts.rationale_lengths,
+        },
         "counts": dict(opts.stats),
         **summarise_examples(table),
     }
