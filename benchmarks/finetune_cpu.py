@@ -49,7 +49,9 @@ def prepare(work: Path) -> dict[str, Path]:
         make_sft_data(
             paths["corpus"],
             paths["data"],
-            SFTOptions(target="score+rationale", folds=2, max_sessions=80),
+            SFTOptions(
+                target="score+rationale", folds=2, max_sessions=80, missing_rationale="template"
+            ),
         )
     return paths
 

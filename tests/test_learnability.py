@@ -171,6 +171,9 @@ def planted(tiny_model, tmp_path_factory):
                 MAX_MODEL_LEN,
                 "--max-new-tokens",
                 MAX_NEW_TOKENS,
+                # the planted corpus has ratings only: a fixed sentence is the rationale
+                "--missing-rationale",
+                "template",
             ]
         )
     held_ids = {

@@ -164,11 +164,14 @@ def test_sft_data_and_finetune_check_the_model_too(esconv_corpus, tmp_path, no_n
     from care_ray.training.sft_data import SFTOptions, make_sft_data
 
     make_sft_data(
-        esconv_corpus, tmp_path / "sft", SFTOptions(folds=2, max_sessions=8, seed=1)
+        esconv_corpus,
+        tmp_path / "sft",
+        SFTOptions(folds=2, max_sessions=8, seed=1, missing_rationale="template"),
     )  # valid data: the model is what is wrong
     cfg = tmp_path / "ft.yaml"
     cfg.write_text(
-        f"name: t\nmodel: {tmp_path / 'gone'}\ndata: {tmp_path / 'sft'}\noutput_dir: {tmp_path / 'o'}\nstorage_path: {tmp_path / 's'}\n"
+        f"name: t\nmodel: {tmp_path / 'gone'}\ndata: {tmp_path / 'sft'}\noutput_dir: "
+        f"{tmp_path / 'o'}\nstorage_path: {tmp_path / 's'}\n"
     )
     r, seconds = run_quickly(["finetune", "--config", str(cfg)])
     assert "no such folder" in one_line_error(r) and seconds < 5 and no_network == []

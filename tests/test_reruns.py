@@ -346,7 +346,8 @@ def test_ingest_into_an_existing_corpus_refuses_or_appends_by_source(esconv_dir,
     assert [i["format"] for i in m["ingests"]] == ["sessions-jsonl", "esconv"]
     t = ds.dataset(out / "sessions", partitioning="hive").to_table(columns=["session_id", "source"])
     assert t.num_rows == 1497 and t.column("source").to_pylist().count("zh-test") == 1
-    # the same source twice is refused (a duplicate partition would double-count), and ids already in the corpus are duplicates
+    # the same source twice is refused (a duplicate partition would double-count), and ids
+    # already in the corpus are duplicates
     clash = runner.invoke(
         app,
         ["ingest", "--format", "sessions-jsonl", str(jsonl), "--out", str(out), "--mode", "append"],
@@ -433,7 +434,7 @@ def test_training_and_scoring_prompts_are_byte_identical_in_english_and_chinese(
     make_sft_data(
         tmp_path / "rated",
         tmp_path / "sft2",
-        SFTOptions(folds=2, seed=1, label_map={"empathy": "bond"}),
+        SFTOptions(folds=2, seed=1, label_map={"empathy": "bond"}, missing_rationale="template"),
         tokenizer_path=str(tiny_model),
         max_model_len=1024,
         max_new_tokens=160,

@@ -27,7 +27,7 @@ def _sft(esconv_corpus, tiny_model, out: Path, target: str) -> Path:
     make_sft_data(
         esconv_corpus,
         out,
-        SFTOptions(target=target, folds=2, max_sessions=40, seed=5),
+        SFTOptions(target=target, folds=2, max_sessions=40, seed=5, missing_rationale="template"),
         tokenizer_path=str(tiny_model),
         max_model_len=MAX_MODEL_LEN,
         max_new_tokens=128,
@@ -286,7 +286,8 @@ def test_finetune_cli_rejects_bad_configs_in_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     cases = {
         "name: x\nmodel: m\n": "Field required",
-        "name: x\nmodel: m\ndata: d\noutput_dir: o\nstorage_path: s\nmicro_batch_size: 3\neffective_batch_size: 8\n": "not a multiple",
+        "name: x\nmodel: m\ndata: d\noutput_dir: o\nstorage_path: s\nmicro_batch_size: "
+        "3\neffective_batch_size: 8\n": "not a multiple",
         "name: x\nmodel: m\ndata: d\noutput_dir: o\nstorage_path: s\nlearning_rat: 1\n": "learning_rat",
         f"name: x\nmodel: {tmp_path}\ndata: {tmp_path / 'nodata'}\noutput_dir: o\nstorage_path: s\n": "no SFT examples",
         "[1, 2": "not valid YAML",
