@@ -252,7 +252,7 @@ class ScoreConfig(BaseModel):
         engine_cfg = self.engine_config()
         settings = {
             "model": folder_digest(self.model) or self.model,
-            "adapter": (folder_digest(self.adapter) or self.adapter) if self.adapter else None,
+            "adapter": self._adapter_digest(),
             "rubrics": {p.name: file_digest(p) for p in rubric_files(self.rubric)},
             "rubric_language": self.language,
             "prompt_version": PROMPT_VERSION,
@@ -285,6 +285,18 @@ class ScoreConfig(BaseModel):
     def selected_sessions(self) -> pa.ChunkedArray:
         """The session ids this run covers, in corpus order."""
         return select_sessions(self.sessions, self.limit)
+
+    def _adapter_digest(self) -> str | None:
+        """The adapter's content digest, wherever it lives (a URI is fetched once per process)."""
+        from care_ray.fingerprint import folder_digest
+        from care_ray.storage import fetch_folder
+
+        if not self.adapter:
+            return None
+        try:
+            return folder_digest(fetch_folder(self.adapter)) or self.adapter
+        except FileNotFoundError:
+            return self.adapter  # a missing adapter is reported by its own check
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -557,7 +569,9 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     # every argument check comes before Ray starts and before --out is created or touched
     check_model_folder(config.model)
     if config.adapter:
-        check_adapter_folder(config.adapter, config.model)
+        from care_ray.storage import fetch_folder
+
+        check_adapter_folder(fetch_folder(config.adapter), config.model)
     import ray
 
     from care_ray.corpus import sessions_dataset

@@ -106,3 +106,43 @@ def location(path: str | os.PathLike) -> Location:
         return Location(fs, inner.rstrip("/"), text.rstrip("/"))
     absolute = str(Path(text).absolute())
     return Location(pafs.LocalFileSystem(), absolute, absolute)
+
+
+_FETCHED: dict[str, str] = {}
+
+
+def fetch_folder(path: str | os.PathLike) -> str:
+    """A local folder holding the files of `path`: the path itself when it is local, else a copy
+    of the object-store folder made once per process (engines need files on their own disk; a
+    fresh copy per process, so an adapter replaced at the same URI is never served stale)."""
+    import tempfile
+
+    source = location(path)
+    if source.local:
+        return source.path
+    if source.uri not in _FETCHED:
+        if not source.is_dir():
+            raise FileNotFoundError(f"{source.uri}: no such folder in the object store")
+        target = tempfile.mkdtemp(prefix="care-ray-fetched-")
+        pafs.copy_files(
+            source.path,
+            target,
+            source_filesystem=source.fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
+        _FETCHED[source.uri] = target
+    return _FETCHED[source.uri]
+
+
+def publish_folder(local_dir: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Copy a local folder's files to `destination` (a local path or an object-store URI)."""
+    target = location(destination)
+    if target.local and Path(target.path).resolve() == Path(local_dir).resolve():
+        return
+    target.mkdir()
+    pafs.copy_files(
+        str(Path(local_dir).resolve()),
+        target.path,
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=target.fs,
+    )

@@ -192,3 +192,59 @@ def test_a_local_output_path_on_a_multi_node_cluster_is_refused():
         location("/tmp/x"), alive_nodes=2, shared_filesystem=True
     )  # the user says it is mounted everywhere
     check_output_reachable(location("/tmp/x"), alive_nodes=1, shared_filesystem=False)
+
+
+def test_sft_data_finetune_and_the_adapter_travel_through_s3(
+    s3_env, s3_corpus, tiny_model, tmp_path
+):
+    """Every path of the training side as a URI: sft-data writes its examples to s3://, finetune
+    reads them from there, keeps Ray Train's checkpoints (storage_path) and publishes the adapter
+    there (--out), and score serves the adapter straight from its URI."""
+    import json
+
+    from care_ray.fingerprint import folder_digest
+    from care_ray.scoring import ScoreConfig, score_corpus
+    from care_ray.storage import fetch_folder, location
+    from care_ray.training.sft_data import SFTOptions, make_sft_data, read_examples
+
+    sft = f"s3://{BUCKET}/sft"
+    make_sft_data(
+        s3_corpus, sft, SFTOptions(folds=2, max_sessions=16, seed=2, missing_rationale="template")
+    )
+    assert location(sft).join("examples.parquet").exists()
+    examples = read_examples(sft)
+    assert examples.num_rows and examples.num_rows % 12 == 0
+    ft = f"s3://{BUCKET}/ft"
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "care_ray", "finetune",
+            "--config", str(Path(__file__).parents[1] / "configs" / "finetune-tiny-cpu.yaml"),
+            "--set", f"model={tiny_model}", "--set", f"data={sft}", "--set", "epochs=1",
+            "--set", "folds=[0]", "--set", "scaling.num_workers=1",
+            "--set", "max_train_examples=32", "--set", "max_eval_examples=16", "--out", ft,
+        ],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(location(ft).join("summary.json").read_text())
+    assert summary["per_fold"][0]["dir"] == f"{ft}/fold0"
+    metrics = json.loads(location(ft).join("fold0", "metrics.json").read_text())
+    assert metrics["adapter"] == f"{ft}/fold0/adapter"
+    assert location(ft).join("fold0", "adapter", "adapter_model.safetensors").exists()
+    assert metrics["selected_checkpoint"].startswith(f"{BUCKET}/ft/ray-results/") or metrics[
+        "selected_checkpoint"
+    ].startswith(f"s3://{BUCKET}/ft/ray-results/")
+    assert location(ft).join("ray-results").is_dir()
+
+    adapter = f"{ft}/fold0/adapter"
+    m = score_corpus(
+        ScoreConfig(
+            sessions=s3_corpus, model=str(tiny_model), adapter=adapter, out=str(tmp_path / "scored"),
+            limit=1, items="1,3", max_model_len=1024, max_new_tokens=96, max_rationale_chars=80,
+            max_quotes=1, max_quote_chars=40, progress=False,
+        )
+    )  # fmt: skip
+    assert m["items_in"] == 2 and m["items_scored"] + m["items_errors"] == 2
+    recorded = json.loads((tmp_path / "scored" / "fingerprint.json").read_text())
+    assert recorded["settings"]["adapter"] == folder_digest(fetch_folder(adapter))
+    assert recorded["info"]["adapter"] == adapter

@@ -83,6 +83,11 @@ class EngineConfig(BaseModel):
 
 
 def make_engine(config: EngineConfig) -> Engine:
+    if config.adapter:
+        from care_ray.storage import fetch_folder
+
+        # an adapter in an object store is copied to this node's disk: the engines load files
+        config = config.model_copy(update={"adapter": fetch_folder(config.adapter)})
     if config.kind == "vllm":
         from care_ray.engines.vllm import VLLMEngine
 

@@ -17,10 +17,19 @@ def register(app: typer.Typer) -> None:
     @app.command("sft-data")
     def sft_data(
         sessions: Annotated[
-            Path, typer.Option("--sessions", help="a corpus folder written by `care-ray ingest`")
+            str,
+            typer.Option(
+                "--sessions",
+                help="a corpus folder written by `care-ray ingest`, a local path or a URI",
+            ),
         ],
         out: Annotated[
-            Path, typer.Option("--out", help="folder for examples.parquet + manifest.json")
+            str,
+            typer.Option(
+                "--out",
+                help="folder for examples.parquet + manifest.json, a local path or an s3://, "
+                "gs:// URI",
+            ),
         ],
         target: Annotated[
             str, typer.Option(help="score+rationale (CARE) | score (the ablation)")
@@ -62,7 +71,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         seed: Annotated[int, typer.Option()] = 123,
         rationales: Annotated[
-            Path | None,
+            str | None,
             typer.Option(
                 help="a `care-ray rationales draft` folder: its reviewed rationales become targets"
             ),
@@ -151,10 +160,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         out: Annotated[
-            Path | None,
+            str | None,
             typer.Option(
                 "--out",
-                help="one folder for the run: output_dir = OUT, storage_path = OUT/ray-results",
+                help="one folder for the run: output_dir = OUT, storage_path = OUT/ray-results; "
+                "a local path or an s3://, gs:// URI",
             ),
         ] = None,
     ) -> None:

@@ -56,8 +56,10 @@ class FinetuneConfig(_Strict):
         description="run name: Ray Train's experiment folder under storage_path, one per fold (NAME-foldK)"
     )
     model: str = Field(description="base model folder (safetensors + tokenizer + chat template)")
-    data: Path = Field(description="folder written by `care-ray sft-data`")
-    output_dir: Path = Field(description="best adapter per fold + metrics.json + summary.json")
+    data: str = Field(description="folder written by `care-ray sft-data`, a local path or a URI")
+    output_dir: str = Field(
+        description="best adapter per fold + metrics.json + summary.json, a local path or a URI"
+    )
     storage_path: str = Field(
         description="Ray Train checkpoints: a local/shared path or an object-store URI"
     )
@@ -171,6 +173,11 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 def out_overrides(out: Path | str) -> dict[str, str]:
     """`--out DIR`: the exported folds and summary in DIR, Ray Train's checkpoints in DIR/ray-results."""
+    if "://" in str(out):
+        return {
+            "output_dir": str(out),
+            "storage_path": f"{str(out).rstrip('/')}/{CHECKPOINTS_UNDER_OUT}",
+        }
     return {"output_dir": str(out), "storage_path": str(Path(out) / CHECKPOINTS_UNDER_OUT)}
 
 

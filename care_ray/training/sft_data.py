@@ -443,32 +443,43 @@ def summarise_examples(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def write_examples(table: pa.Table, out: Path, manifest: Mapping[str, Any]) -> Path:
-    """out/examples.parquet + out/manifest.json; the Parquet file is replaced atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{EXAMPLES_FILE}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(out / EXAMPLES_FILE)
-    (out / MANIFEST_FILE).write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
+def write_examples(table: pa.Table, out: Path | str, manifest: Mapping[str, Any]) -> str:
+    """out/examples.parquet + out/manifest.json, on a local disk (each file replaced atomically)
+    or an object store (one PUT each); returns the examples file's URI."""
+    from care_ray.storage import location
+
+    folder = location(out)
+    examples = folder.join(EXAMPLES_FILE)
+    examples.write_parquet(table)
+    folder.join(MANIFEST_FILE).write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n"
     )
-    return out / EXAMPLES_FILE
+    return examples.uri
 
 
 def read_examples(path: Path | str) -> pa.Table:
-    """An sft-data folder (or its examples.parquet) → the example table."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / EXAMPLES_FILE
-    if not p.exists():
+    """An sft-data folder (or its examples.parquet), a local path or a URI → the example table."""
+    from care_ray.storage import location
+
+    found = location(path)
+    if found.is_dir():
+        found = found.join(EXAMPLES_FILE)
+    if not found.exists():
         raise FileNotFoundError(f"no SFT examples at {path} (run `care-ray sft-data` first)")
-    return pq.read_table(p, schema=EXAMPLE_SCHEMA)
+    return pq.read_table(found.path, filesystem=found.fs, schema=EXAMPLE_SCHEMA)
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """An sft-data folder's manifest.json ({} when there is none)."""
+    from care_ray.storage import location
+
+    text = location(path).join(MANIFEST_FILE).read_text()
+    return json.loads(text) if text else {}
 
 
 def make_sft_data(
-    sessions_dir: Path,
-    out: Path,
+    sessions_dir: Path | str,
+    out: Path | str,
     opts: SFTOptions,
     rubric_path: Path | None = None,
     tokenizer_path: str | None = None,

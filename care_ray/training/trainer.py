@@ -358,9 +358,12 @@ def held_out_folds(cfg: FinetuneConfig) -> list[int]:
 
 def with_absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     """Local paths resolved against the driver's working directory: Ray workers need not share it."""
+    from care_ray.storage import is_uri
+
     update: dict[str, Any] = {
-        "data": Path(cfg.data).resolve(),
-        "output_dir": Path(cfg.output_dir).resolve(),
+        key: str(Path(getattr(cfg, key)).resolve())
+        for key in ("data", "output_dir")
+        if not is_uri(getattr(cfg, key))
     }
     if Path(cfg.model).exists():
         update["model"] = str(Path(cfg.model).resolve())
@@ -456,14 +459,19 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     A rerun with the same name and storage_path resumes each unfinished run where it stopped
     (Ray Train restores its checkpoint manager from storage)."""
     from care_ray.evaluation import fold_summary
+    from care_ray.storage import is_uri, publish_folder
     from care_ray.training.selection import finite_or_none, write_metrics
-    from care_ray.training.sft_data import MANIFEST_FILE
+    from care_ray.training.sft_data import read_manifest
 
     cfg = with_absolute_paths(cfg)
-    manifest_path = Path(cfg.data) / MANIFEST_FILE
-    data_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    data_manifest = read_manifest(cfg.data)
+    destination = cfg.output_dir
+    if is_uri(destination):
+        # exports are written on this disk, then copied up once every fold is done
+        cfg = cfg.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="care-ray-export-")})
     folds = held_out_folds(cfg)
     ensure_ray(cfg.ray_address)
+    check_worker_resources(cfg)
     records = []
     started = time.time()
     for fold in folds:
@@ -505,4 +513,17 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "seconds": round(time.time() - started, 1),
     }
     write_metrics(Path(cfg.output_dir) / "summary.json", summary)
+    if destination != cfg.output_dir:
+        summary = _point_at(Path(cfg.output_dir), destination, summary)
+        publish_folder(cfg.output_dir, destination)
     return finite_or_none(summary)
+
+
+def _point_at(staging: Path, destination: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Paths under the local staging folder, in the exported JSON files and the summary, rewritten
+    to where the folder is published (the staging path is a unique temporary name)."""
+    for path in staging.rglob("*.json"):
+        text = path.read_text(encoding="utf-8")
+        if str(staging) in text:
+            path.write_text(text.replace(str(staging), destination), encoding="utf-8")
+    return json.loads(json.dumps(summary, default=str).replace(str(staging), destination))
