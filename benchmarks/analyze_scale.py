@@ -331,7 +331,10 @@ def pandas_analysis(
 
 
 def pooled_counselor_means(long: pd.DataFrame, min_sessions: int = 5) -> pd.DataFrame:
-    """Per outcome and counselor: raw mean and the empirical-Bayes pooled mean (queries/counselor_profiles.sql's method)."""
+    """Per outcome and counselor: raw mean and the empirical-Bayes pooled mean.
+
+    The method of queries/counselor_profiles.sql.
+    """
     per = (
         long.dropna(subset=["counselor_id"])
         .groupby(["outcome", "counselor_id"])["value"]
@@ -515,7 +518,8 @@ def planted_effects_found(corpus: Path, analysis: Path) -> dict[str, bool]:
 
     bond = profiles[profiles["outcome"] == "bond"]
     stars = truth["star_counselors"]
-    # Counselor effects also vary by chance (sd 0.12 around the stars' +0.6), so a few ordinary ones may rank among them.
+    # Counselor effects also vary by chance (sd 0.12 around the stars' +0.6), so a few ordinary
+    # ones may rank among them.
     top_share = bond.nsmallest(len(stars), "rank")["counselor_id"].isin(stars).mean()
     return {
         "bond driver " + truth["effects"]["bond"]["feature"]: driver(
@@ -614,7 +618,8 @@ def report(figures: dict, truth: dict, corpus: Path) -> None:
     """One printed line per figure."""
     full, small = figures["full"], figures["subset"]
     print(
-        f"corpus: {truth['sessions']:,} sessions, {truth['turns']:,} turns, {12 * truth['sessions']:,} item rows, {truth['clients']:,} clients, "
+        f"corpus: {truth['sessions']:,} sessions, {truth['turns']:,} turns, "
+        f"{12 * truth['sessions']:,} item rows, {truth['clients']:,} clients, "
         f"{truth['counselors']:,} counselors; {figures['corpus_gib']:.2f} GiB on disk at {corpus}"
     )
     for label, run in (
@@ -630,7 +635,8 @@ def report(figures: dict, truth: dict, corpus: Path) -> None:
         )
     for backend, r in figures["pandas"].items():
         print(
-            f"pandas ({backend} dtypes), same computations, {r['sessions']:,} sessions: wall {r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
+            f"pandas ({backend} dtypes), same computations, {r['sessions']:,} sessions: wall "
+            f"{r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, "
             f"RSS growth {r['rss_growth_gib']:.2f} GiB; "
             + ", ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
         )

@@ -175,12 +175,16 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
         print(
-            f"{r['sessions']:>9,} sessions ({r['files']:,} files): plan {r['plan_s']} s + finalize {r['finalize_s']} s = {r['total_s']} s, peak RSS {r['peak_rss_gib']} GiB"
+            f"{r['sessions']:>9,} sessions ({r['files']:,} files): plan {r['plan_s']} s + "
+            f"finalize {r['finalize_s']} s = {r['total_s']} s, peak RSS "
+            f"{r['peak_rss_gib']} GiB"
         )
     if len(results) == 2:
         a, b = results
         print(
-            f"ratio {b['sessions'] // a['sessions']}x sessions: time {b['total_s'] / a['total_s']:.2f}x, memory {b['peak_rss_gib'] / a['peak_rss_gib']:.2f}x"
+            f"ratio {b['sessions'] // a['sessions']}x sessions: time "
+            f"{b['total_s'] / a['total_s']:.2f}x, memory "
+            f"{b['peak_rss_gib'] / a['peak_rss_gib']:.2f}x"
         )
 
 

@@ -101,13 +101,15 @@ def main() -> None:
     b_rate, b_wall, n = bare(a.sessions, a.per_call)
     f_rate, f_wall, n2 = full(a.sessions, a.per_call)
     print(
-        f"items={n} (ray path {n2}); bare engine loop: {b_rate:.1f} items/s steady, {b_wall:.0f} s wall incl. engine start"
+        f"items={n} (ray path {n2}); bare engine loop: {b_rate:.1f} items/s steady, "
+        f"{b_wall:.0f} s wall incl. engine start"
     )
     print(
         f"Ray Data path: {f_rate:.1f} items/s steady, {f_wall:.0f} s wall incl. Ray + actor + engine start"
     )
     print(
-        f"overhead ratio (bare steady rate / Ray steady rate) = {b_rate / f_rate:.2f}  (goal <= 1.3); wall ratio = {f_wall / b_wall:.2f}"
+        f"overhead ratio (bare steady rate / Ray steady rate) = {b_rate / f_rate:.2f}  (goal "
+        f"<= 1.3); wall ratio = {f_wall / b_wall:.2f}"
     )
 
 

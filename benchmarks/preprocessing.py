@@ -29,10 +29,12 @@ def main() -> None:
     n = sessions.num_rows
     tokens = sum(len(x) for x in prompts.column("prompt_token_ids").to_pylist())
     print(
-        f"sessions={n} prompts={prompts.num_rows} prompt tokens={tokens} sessions truncated={sum(prompts.column('truncated').to_pylist()) // 12}"
+        f"sessions={n} prompts={prompts.num_rows} prompt tokens={tokens} sessions "
+        f"truncated={sum(prompts.column('truncated').to_pylist()) // 12}"
     )
     print(
-        f"prompt building + tokenisation (the engine gets token ids): {n / dt:.0f} sessions/s on one core  (goal >= 500)"
+        f"prompt building + tokenisation (the engine gets token ids): {n / dt:.0f} sessions/s "
+        "on one core  (goal >= 500)"
     )
 
 

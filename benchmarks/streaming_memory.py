@@ -75,7 +75,9 @@ def main() -> None:
         print(line.strip().splitlines()[-1])
     ratio = results[1]["peak_rss_gib"] / results[0]["peak_rss_gib"]
     print(
-        f"peak RSS {results[0]['peak_rss_gib']:.2f} GiB at {a.small} sessions, {results[1]['peak_rss_gib']:.2f} GiB at {a.large}: ratio {ratio:.2f} (goal <= 1.3)"
+        f"peak RSS {results[0]['peak_rss_gib']:.2f} GiB at {a.small} sessions, "
+        f"{results[1]['peak_rss_gib']:.2f} GiB at {a.large}: ratio {ratio:.2f} (goal <= "
+        "1.3)"
     )
 
 

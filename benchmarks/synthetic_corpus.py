@@ -574,7 +574,8 @@ def generate(
             a + b for a, b in zip(totals["by_source"], sums["by_source"], strict=True)
         ]
         log(
-            f"chunk {chunk}: {totals['sessions']:,} sessions, {totals['turns']:,} turns ({time.perf_counter() - started:.0f} s)"
+            f"chunk {chunk}: {totals['sessions']:,} sessions, {totals['turns']:,} turns "
+            f"({time.perf_counter() - started:.0f} s)"
         )
     scores_dir = staging / "scores"
     (scores_dir / "sessions").mkdir(parents=True)

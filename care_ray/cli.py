@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -145,7 +144,8 @@ def ingest(
         list[str] | None,
         typer.Option(
             "--map",
-            help="turns-*: KEY=COLUMN, repeated; the keys are listed above, e.g. --map session=conv_id --map metadata=topic,quality_flag",
+            help="turns-*: KEY=COLUMN, repeated; the keys are listed above, e.g. --map "
+            "session=conv_id --map metadata=topic,quality_flag",
         ),
     ] = None,
     mapping_file: Annotated[
@@ -158,21 +158,23 @@ def ingest(
     empty_turns: Annotated[
         str,
         typer.Option(
-            help="a turn with blank text: drop it (counted in the manifest and the session's metadata.dropped_turns) or quarantine its whole session"
+            help="a turn with blank text: drop it (counted in the manifest and the session's "
+            "metadata.dropped_turns) or quarantine its whole session"
         ),
     ] = "drop",
     null_values: Annotated[
         str | None,
         typer.Option(
-            help="turns-*: comma-separated values meaning 'no label' in strategy, reaction, rating, labels and WAI columns, case-insensitive; blank always counts; a list given replaces the defaults (default: "
-            + _default_null_values()
-            + ")"
+            help="turns-*: comma-separated values meaning 'no label' in strategy, reaction, "
+            "rating, labels and WAI columns, case-insensitive; blank always counts; a list "
+            "given replaces the defaults (default: " + _default_null_values() + ")"
         ),
     ] = None,
     map_values: Annotated[
         Path | None,
         typer.Option(
-            help="turns-*: YAML {role|strategy|reaction or its column: {raw value: canonical value}}; values it does not list are reported in the summary and manifest"
+            help="turns-*: YAML {role|strategy|reaction or its column: {raw value: canonical "
+            "value}}; values it does not list are reported in the summary and manifest"
         ),
     ] = None,
     source: Annotated[
@@ -184,7 +186,8 @@ def ingest(
     mode: Annotated[
         str,
         typer.Option(
-            help="when --out already holds a corpus: create (refuse), append (add new sources; ids already there are duplicates), overwrite (replace it)"
+            help="when --out already holds a corpus: create (refuse), append (add new sources; "
+            "ids already there are duplicates), overwrite (replace it)"
         ),
     ] = "create",
     json_: Annotated[
@@ -214,7 +217,8 @@ def ingest(
             mapping = mapping_from_spec(_parse_map(map_ or [], mapping_file))
         elif map_ or mapping_file:
             raise UserError(
-                f"--map/--mapping apply to turns-csv and turns-jsonl, not {fmt} (pass --format if the input was taken for {fmt})"
+                f"--map/--mapping apply to turns-csv and turns-jsonl, not {fmt} (pass --format "
+                f"if the input was taken for {fmt})"
             )
         values = _ingest_values(fmt, null_values, map_values, mapping)
         manifest = ingest_files(
@@ -263,7 +267,8 @@ def export(
     corpus: Annotated[Path, typer.Argument(help="a corpus folder")],
     out: Annotated[Path, typer.Option("--out", help="sessions-jsonl file to write")],
 ) -> None:
-    """Write a corpus as sessions-jsonl (one session per line in the contract; `ingest --format sessions-jsonl` reads it back)."""
+    """Write a corpus as sessions-jsonl (one session per line in the contract; `ingest --format
+    sessions-jsonl` reads it back)."""
     from care_ray.corpus import export_sessions_jsonl
 
     try:
@@ -317,7 +322,8 @@ def score(
     out: Annotated[
         str | None,
         typer.Option(
-            help="output folder (items/, sessions/, errors/, manifest.json, fingerprint.json), a local path or an s3://, gs:// URI; rerun to resume (required)"
+            help="output folder (items/, sessions/, errors/, manifest.json, fingerprint.json), "
+            "a local path or an s3://, gs:// URI; rerun to resume (required)"
         ),
     ] = None,
     adapter: Annotated[
@@ -387,7 +393,8 @@ def score(
     language: Annotated[
         str | None,
         typer.Option(
-            help="score every session with this language's rubric (en | zh) \\[default: each session's own language, as sft-data does]"
+            help="score every session with this language's rubric (en | zh) \\[default: each "
+            "session's own language, as sft-data does]"
         ),
     ] = None,
     rubric: Annotated[
@@ -457,7 +464,8 @@ def score(
     ray_address: Annotated[
         str | None,
         typer.Option(
-            help="Ray cluster to join: 'auto', host:port or ray://… \\[default: the job's cluster under `ray job submit`, else a private local Ray]"
+            help="Ray cluster to join: 'auto', host:port or ray://… \\[default: the job's "
+            "cluster under `ray job submit`, else a private local Ray]"
         ),
     ] = None,
     progress: Annotated[
@@ -469,7 +477,8 @@ def score(
     retry_errors: Annotated[
         str | None,
         typer.Option(
-            help="re-score the pairs in errors/: 'all' or reasons (truncated, invalid_json, schema_violation, engine_error)"
+            help="re-score the pairs in errors/: 'all' or reasons (truncated, invalid_json, "
+            "schema_violation, engine_error)"
         ),
     ] = None,
     overwrite: Annotated[
@@ -483,7 +492,8 @@ def score(
         bool | None,
         typer.Option(
             "--shared-filesystem",
-            help="a local --out is one filesystem mounted on every node (else a multi-node run needs an object-store URI)",
+            help="a local --out is one filesystem mounted on every node (else a multi-node run "
+            "needs an object-store URI)",
         ),
     ] = None,
 ) -> None:
@@ -572,4 +582,4 @@ def run() -> None:  # pragma: no cover - console entry for `python -m care_ray`
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run())
+    run()

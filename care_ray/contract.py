@@ -69,14 +69,14 @@ def _arrow_field(spec: Mapping[str, Any]) -> pa.Field:
 
 @dataclass(frozen=True)
 class SessionContract:
-    spec: dict
+    spec: dict[str, Any]
     schema: pa.Schema
 
     @property
     def required(self) -> list[str]:
         return [f["name"] for f in self.spec["fields"] if not f.get("nullable", True)]
 
-    def field_spec(self, name: str) -> dict:
+    def field_spec(self, name: str) -> dict[str, Any]:
         return next(f for f in self.spec["fields"] if f["name"] == name)
 
 
@@ -95,7 +95,7 @@ def session_schema() -> pa.Schema:
     return load_contract().schema
 
 
-def _check_ratings(name: str, values: Any, spec: dict) -> list[int | None] | None:
+def _check_ratings(name: str, values: Any, spec: Mapping[str, Any]) -> list[int | None] | None:
     if values is None:
         return None
     if not isinstance(values, list | tuple) or len(values) != spec["length"]:
@@ -133,7 +133,16 @@ def _parse_time(value: Any, what: str) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-def normalise_session(record: Mapping[str, Any]) -> dict:
+def _turn_label(value: Any, what: str) -> str | None:
+    """A strategy or reaction: text or absent. Anything else would fail the Arrow write."""
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise ContractError(Reason.BAD_VALUE, f"{what} is not text")
+    return value
+
+
+def normalise_session(record: Mapping[str, Any]) -> dict[str, Any]:
     """Check one session against the contract and return it in canonical form.
 
     Raises ContractError with the first defect found. Pure: no I/O, no state across records
@@ -176,8 +185,8 @@ def normalise_session(record: Mapping[str, Any]) -> dict:
                 "role": role,
                 "text": text,
                 "timestamp": _parse_time(turn.get("timestamp"), f"turn {i} timestamp"),
-                "strategy": turn.get("strategy") or None,
-                "reaction": turn.get("reaction") or None,
+                "strategy": _turn_label(turn.get("strategy"), f"turn {i} strategy"),
+                "reaction": _turn_label(turn.get("reaction"), f"turn {i} reaction"),
                 "rating": rating,
             }
         )

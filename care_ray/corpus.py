@@ -26,7 +26,7 @@ def sessions_dataset(corpus: Path | str) -> ds.Dataset:
     return ds.dataset(root.path, filesystem=root.fs, format="parquet", partitioning="hive")
 
 
-def iter_session_batches(corpus: Path, batch_size: int = 1000) -> Iterator[pa.Table]:
+def iter_session_batches(corpus: Path | str, batch_size: int = 1000) -> Iterator[pa.Table]:
     for batch in sessions_dataset(corpus).to_batches(batch_size=batch_size):
         yield conform_table(pa.Table.from_batches([batch]))
 
@@ -40,7 +40,7 @@ def row_to_session(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def iter_sessions(corpus: Path, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
+def iter_sessions(corpus: Path | str, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
     for table in iter_session_batches(corpus, batch_size):
         for row in table.to_pylist():
             yield row_to_session(row)

@@ -235,7 +235,7 @@ def read_folds(config: EvaluateConfig, corpus: pa.Table) -> tuple[pl.DataFrame |
             raise EvaluateError(
                 f"--folds: cannot read session_id and fold from {path}: {e}"
             ) from None
-        folds = pl.from_arrow(table).unique().with_columns(pl.col("fold").cast(pl.String))
+        folds = pl.DataFrame(table).unique().with_columns(pl.col("fold").cast(pl.String))
         clash = folds["session_id"].is_duplicated().sum()
         if clash:
             raise EvaluateError(f"--folds: {clash} rows of {path} give one session two folds")
@@ -473,7 +473,9 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
     if pairs.height == 0:
         hint = " (try --truth labels.NAME=DIMENSION)" if truth.kind == CLIENT_WAI else ""
         raise EvaluateError(
-            f"none of the {corpus.num_rows} scored sessions in the corpus has both a model score and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} value{hint}"
+            f"none of the {corpus.num_rows} scored sessions in the corpus has both a model "
+            f"score and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} "
+            f"value{hint}"
         )
     truth_dims = [d for d in dimensions if d in truth.describe(dimensions)]
     log.info(
@@ -541,7 +543,8 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
             "max_n": config.bootstrap_max_n,
             "fold_intervals": config.fold_intervals,
             "note": (
-                f"{subsampled} cell(s) had more than {config.bootstrap_max_n} pairs: their intervals come from a seeded subsample of "
+                f"{subsampled} cell(s) had more than {config.bootstrap_max_n} pairs: their "
+                "intervals come from a seeded subsample of "
                 f"{config.bootstrap_max_n}, rescaled by sqrt(subsample/n) around the full-sample estimate"
             )
             if subsampled

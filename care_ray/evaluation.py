@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,7 +71,7 @@ def wide_dimension_scores(wai: np.ndarray, item_dims: Mapping[int, str]) -> dict
     return out
 
 
-def agreement(pred: Sequence[float], true: Sequence[float]) -> dict[str, float]:
+def agreement(pred: npt.ArrayLike, true: npt.ArrayLike) -> dict[str, float]:
     """Pearson r, Spearman rho and MSE over the pairs where both sides are present."""
     from scipy import stats
 
@@ -195,7 +196,7 @@ def rouge_n(reference: str, candidate: str, n: int = 1) -> float:
     """ROUGE-N F1 (clipped n-gram overlap)."""
     from collections import Counter
 
-    def grams(tokens: list[str]) -> Counter:
+    def grams(tokens: list[str]) -> Counter[tuple[str, ...]]:
         return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
     ref, cand = grams(overlap_tokens(reference)), grams(overlap_tokens(candidate))
@@ -541,8 +542,9 @@ def quote_found_share(
     return _nan_if_none(overall), {d: _nan_if_none(by_dim.get(d)) for d in dimensions}
 
 
-def _nan_if_none(value: float | None) -> float:
-    return NAN if value is None else float(value)
+def _nan_if_none(value: object) -> float:
+    """A Float64 mean as a float: NaN where polars gives None (no value to average)."""
+    return float(value) if isinstance(value, int | float) else NAN
 
 
 def reference_rationale_frame(

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         scores: Annotated[
-            Path,
+            str,
             typer.Option(
                 "--scores",
                 help="a scoring run folder (`care-ray score --out`): sessions/, else items/",
@@ -37,9 +37,12 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--truth",
-                help="what to compare with, repeatable: client_wai (default: the client's own WAI-SR, dimension = mean of its rated items) "
-                "or labels.NAME=DIMENSION[,DIMENSION] (a numeric session label stands for those dimensions, e.g. --truth labels.empathy=bond "
-                "--truth labels.relevance=goal,task); labels.NAME alone compares NAME with every dimension. The counselor baseline "
+                help="what to compare with, repeatable: client_wai (default: the client's own "
+                "WAI-SR, dimension = mean of its rated items) "
+                "or labels.NAME=DIMENSION[,DIMENSION] (a numeric session label stands for "
+                "those dimensions, e.g. --truth labels.empathy=bond "
+                "--truth labels.relevance=goal,task); labels.NAME alone compares NAME with "
+                "every dimension. The counselor baseline "
                 "(counselor_wai, where present) is compared with the same truth",
             ),
         ] = None,
@@ -64,7 +67,8 @@ def register(app: typer.Typer) -> None:
         bootstrap_max_n: Annotated[
             int,
             typer.Option(
-                help="above this many sessions in a cell, bootstrap a seeded subsample and rescale the interval by sqrt(subsample/n)"
+                help="above this many sessions in a cell, bootstrap a seeded subsample and "
+                "rescale the interval by sqrt(subsample/n)"
             ),
         ] = 2000,
         fold_intervals: Annotated[

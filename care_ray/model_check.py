@@ -53,7 +53,8 @@ def offline_runtime_env() -> dict[str, Any]:
 def _not_a_folder(option: str, path: str) -> ModelPathError:
     if _HUB_ID.match(path) and not Path(path).exists():
         return ModelPathError(
-            f"{option} {path} looks like a model hub id, and care-ray never downloads weights: download them once with the hub's own "
+            f"{option} {path} looks like a model hub id, and care-ray never downloads weights: "
+            "download them once with the hub's own "
             f"tool (e.g. `huggingface-cli download {path} --local-dir DIR`) and pass {option} DIR"
         )
     if Path(path).is_file():
@@ -68,7 +69,8 @@ def _weights(root: Path, option: str) -> list[Path]:
         missing = [s for s in shards if not (root / s).exists()]
         if missing:
             raise ModelPathError(
-                f"{option} {root}: {len(missing)} weight shard(s) named in model.safetensors.index.json are missing, e.g. {missing[0]}"
+                f"{option} {root}: {len(missing)} weight shard(s) named in "
+                f"model.safetensors.index.json are missing, e.g. {missing[0]}"
             )
         return [root / s for s in shards]
     found = sorted(root.glob("*.safetensors"))
@@ -78,7 +80,8 @@ def _weights(root: Path, option: str) -> list[Path]:
         )
         if legacy:
             raise ModelPathError(
-                f"{option} {root} has only pickled weights ({legacy[0]}); care-ray loads safetensors only: convert them "
+                f"{option} {root} has only pickled weights ({legacy[0]}); care-ray loads "
+                "safetensors only: convert them "
                 "(e.g. load and save_pretrained(safe_serialization=True)) and pass the converted folder"
             )
         raise ModelPathError(f"{option} {root} has no safetensors weights (*.safetensors)")
@@ -142,7 +145,8 @@ def check_adapter_folder(
     cfg_file = root / "adapter_config.json"
     if not cfg_file.exists():
         raise ModelPathError(
-            f"--adapter {root} has no adapter_config.json: not a PEFT adapter folder (a fine-tuned model folder goes in --model)"
+            f"--adapter {root} has no adapter_config.json: not a PEFT adapter folder (a "
+            "fine-tuned model folder goes in --model)"
         )
     if not (root / "adapter_model.safetensors").exists():
         legacy = (root / "adapter_model.bin").exists()
@@ -170,6 +174,7 @@ def check_adapter_folder(
         absent = sorted(t for t in targets if t not in present)
         if absent:
             raise ModelPathError(
-                f"--adapter {root} targets modules the base model {model} does not have: {', '.join(absent)} (an adapter for another architecture?)"
+                f"--adapter {root} targets modules the base model {model} does not have: "
+                f"{', '.join(absent)} (an adapter for another architecture?)"
             )
     return root

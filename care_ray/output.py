@@ -8,7 +8,7 @@ import json
 import re
 from enum import StrEnum
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 
@@ -28,8 +28,11 @@ class InvalidOutput(ReasonedError):
 
 
 @cache
-def _file_schema() -> dict:
-    return json.loads((schemas_dir() / "output.schema.json").read_text(encoding="utf-8"))
+def _file_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(
+        (schemas_dir() / "output.schema.json").read_text(encoding="utf-8")
+    )
+    return schema
 
 
 def output_schema(
@@ -37,7 +40,7 @@ def output_schema(
     max_quotes: int | None = None,
     max_quote_chars: int | None = None,
     score_only: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """The output schema, optionally with tighter length bounds: guided decoding then cannot run
     past max_tokens, which matters most for small or weak models that ramble. `score_only` is the
     ablation's answer, {"score": n}: a model trained without rationales must not be forced to write one."""
@@ -74,7 +77,7 @@ def _validator(schema_json: str) -> jsonschema.protocols.Validator:
 
 
 def parse_item_output(
-    text: str, schema: dict | None = None, finish_reason: str | None = None
+    text: str, schema: dict[str, Any] | None = None, finish_reason: str | None = None
 ) -> dict[str, Any]:
     """Parse and validate one model answer. Guided output can still carry raw control characters
     inside strings, so JSON is parsed with strict=False before schema validation."""
@@ -97,7 +100,8 @@ def parse_item_output(
     if error is not None:
         path = "/".join(map(str, error.absolute_path)) or "(root)"
         raise InvalidOutput(OutputError.SCHEMA_VIOLATION, f"{path}: {error.message[:200]}")
-    return value
+    # every output schema's root is an object, so a value that passed validation is a dict
+    return cast(dict[str, Any], value)
 
 
 _WS = re.compile(r"\s+")

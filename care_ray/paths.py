@@ -45,6 +45,8 @@ def refuse_relative_in_job(paths: dict[str, object]) -> None:
         if "://" in text or Path(text).is_absolute():
             continue
         raise ValueError(
-            f"{option} {text} is a relative path, and this runs under `ray job submit`, where it would resolve inside Ray's temporary "
-            f"copy of the working dir (and vanish with it); pass an absolute path (e.g. $PWD/{text}) or an object-store URI"
+            f"{option} {text} is a relative path, and this runs under `ray job submit`, where "
+            "it would resolve inside Ray's temporary "
+            "copy of the working dir (and vanish with it); pass an absolute path (e.g. "
+            f"$PWD/{text}) or an object-store URI"
         )

@@ -165,7 +165,7 @@ class Plan:
 
 def common_prefix_length(a: Sequence, b: Sequence) -> int:
     """Length of the longest common prefix of two token-id sequences or two strings."""
-    if isinstance(a, str):
+    if isinstance(a, str) and isinstance(b, str):
         return len(os.path.commonprefix([a, b]))
     n = min(len(a), len(b))
     differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
@@ -264,7 +264,8 @@ def measure_corpus_tokens(
         previous = prompts[:1]
     items = len(prompts)
     how = (
-        f"the tokenizer of {tokenizer_name}, scoring's token budget (max_model_len {max_model_len}, max_new_tokens {max_new_tokens})"
+        f"the tokenizer of {tokenizer_name}, scoring's token budget (max_model_len "
+        f"{max_model_len}, max_new_tokens {max_new_tokens})"
         if tokenizer is not None
         else f"{chars_per_token:g} characters per token, whole transcripts (no token budget without --model)"
     )
@@ -273,13 +274,15 @@ def measure_corpus_tokens(
             "sessions measured",
             len(totals),
             "sessions",
-            f"a seeded sample (seed {seed}) of {n_rows:,} in {corpus}; prompts built as `care-ray score` builds them, counted with {how}",
+            f"a seeded sample (seed {seed}) of {n_rows:,} in {corpus}; prompts built as "
+            f"`care-ray score` builds them, counted with {how}",
         ),
         Assumption(
             "prefix cache block",
             block_size,
             "tokens",
-            "vLLM caches whole KV blocks only; 16 tokens is its default block (vllm/config/cache.py, CacheConfig.DEFAULT_BLOCK_SIZE); --block-size",
+            "vLLM caches whole KV blocks only; 16 tokens is its default block "
+            "(vllm/config/cache.py, CacheConfig.DEFAULT_BLOCK_SIZE); --block-size",
         ),
         *_chars_assumption(tokenizer, chars_per_token),
         _output_assumption(output_tokens_per_item),
@@ -306,7 +309,8 @@ def _chars_assumption(tokenizer, chars_per_token: float) -> tuple[Assumption, ..
             "characters per token",
             chars_per_token,
             "chars/token",
-            "OpenAI's published rule of thumb for English text, 'What are tokens and how to count them?' (a token is about 4 characters); "
+            "OpenAI's published rule of thumb for English text, 'What are tokens and how to "
+            "count them?' (a token is about 4 characters); "
             "pass --model to count with the model's own tokenizer (needed for Chinese and other scripts)",
         ),
     )
@@ -317,7 +321,8 @@ def _output_assumption(output_tokens_per_item: int) -> Assumption:
         "answer tokens per item",
         output_tokens_per_item,
         "tokens",
-        f"{STACK_NOTES}: the H200 scoring probe decoded 160 tokens per item (score, rationale, quotes); --output-tokens",
+        f"{STACK_NOTES}: the H200 scoring probe decoded 160 tokens per item (score, rationale, "
+        "quotes); --output-tokens",
     )
 
 
@@ -333,7 +338,8 @@ def default_tokens(output_tokens_per_item: int = OUTPUT_TOKENS_PER_ITEM) -> Toke
                 "prompt tokens per item",
                 DEFAULT_PROMPT_TOKENS,
                 "tokens",
-                f"{RESULTS}, prefix-cache row: ESConv prompts of ~1,020 tokens (no --corpus given: pass one to measure yours)",
+                f"{RESULTS}, prefix-cache row: ESConv prompts of ~1,020 tokens (no --corpus "
+                "given: pass one to measure yours)",
             ),
             Assumption(
                 "prefix cache: tokens computed per session ÷ one prompt",
@@ -374,7 +380,8 @@ def gpu_rates(gpu: str) -> tuple[float, float, tuple[Assumption, ...]]:
             "H200 engine estimate",
             H200_ESTIMATE_SESSIONS_PER_S,
             "sessions/s",
-            f"{STACK_NOTES}: estimate for a vLLM-class engine with the prefix cache at ~1.8k prefill and 1,920 decoded tokens per session",
+            f"{STACK_NOTES}: estimate for a vLLM-class engine with the prefix cache at ~1.8k "
+            "prefill and 1,920 decoded tokens per session",
         ),
         Assumption(
             "H200 decode",
@@ -386,7 +393,8 @@ def gpu_rates(gpu: str) -> tuple[float, float, tuple[Assumption, ...]]:
             "model",
             "Llama-3.1-8B shape, bf16, one engine per GPU",
             "",
-            f"the shape of every GPU figure in {STACK_NOTES}; a larger model is slower roughly in proportion to its parameters",
+            f"the shape of every GPU figure in {STACK_NOTES}; a larger model is slower roughly "
+            "in proportion to its parameters",
         ),
     ]
     assumptions.append(Assumption("GPU", spec.name, "", spec.source))
@@ -397,13 +405,15 @@ def gpu_rates(gpu: str) -> tuple[float, float, tuple[Assumption, ...]]:
                 f"{gpu} prefill scale (compute-bound)",
                 round(compute_ratio, 3),
                 "x H200",
-                f"dense bf16 TFLOP/s {spec.bf16_dense_tflops:g} / {ref.bf16_dense_tflops:g}, from the two datasheets above",
+                f"dense bf16 TFLOP/s {spec.bf16_dense_tflops:g} / {ref.bf16_dense_tflops:g}, "
+                "from the two datasheets above",
             ),
             Assumption(
                 f"{gpu} decode scale (memory-bound)",
                 round(bandwidth_ratio, 3),
                 "x H200",
-                f"memory bandwidth {spec.memory_bandwidth_gbs:g} / {ref.memory_bandwidth_gbs:g} GB/s, from the two datasheets above",
+                f"memory bandwidth {spec.memory_bandwidth_gbs:g} / "
+                f"{ref.memory_bandwidth_gbs:g} GB/s, from the two datasheets above",
             ),
         ]
     return (
@@ -446,7 +456,8 @@ def estimate(
             "not counted",
             "engine start-up, node start, retries of failed items",
             "",
-            f"a fixed cost per run, not per session: a vLLM engine took 47-53 s to start on CPU ({STACK_NOTES.split(',')[0]}); "
+            "a fixed cost per run, not per session: a vLLM engine took 47-53 s to start on "
+            f"CPU ({STACK_NOTES.split(',')[0]}); "
             "`care-ray score` retries a failed item once with twice the answer budget",
         ),
         *(
@@ -525,7 +536,8 @@ def plan_table(plan: Plan) -> str:
     lines += [
         "",
         (
-            f"{'per GPU':<40}prefill {plan.prefill_tokens_per_s:,.0f} tok/s, decode {plan.decode_tokens_per_s:,.0f} tok/s, "
+            f"{'per GPU':<40}prefill {plan.prefill_tokens_per_s:,.0f} tok/s, decode "
+            f"{plan.decode_tokens_per_s:,.0f} tok/s, "
             f"{plan.sessions_per_s_per_gpu:,.2f} sessions/s"
         ),
         f"{'engine-hours (GPU-hours)':<40}{plan.engine_hours:,.2f}",

@@ -65,7 +65,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--corpus",
-                help="a corpus folder or URI to measure tokens per session from (a sample of it) \\[default: ESConv figures from benchmarks/RESULTS.md]",
+                help="a corpus folder or URI to measure tokens per session from (a sample of "
+                "it) \\[default: ESConv figures from benchmarks/RESULTS.md]",
             ),
         ] = None,
         gpu: Annotated[str, typer.Option("--gpu", help="h200 | h100 | a100 | l40s")] = "h200",

@@ -10,12 +10,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import pyarrow as pa
 
 from care_ray.rubric import Rubric, RubricItem, rubric_for_language
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Bumped whenever the prompt's wording or layout changes in code (not in a rubric file): a scoring
 # run's fingerprint includes it, so a folder is never resumed with differently built prompts.
@@ -43,7 +47,7 @@ _TRANSCRIPT_SLOT = "\ue001care-ray-transcript\ue001"
 
 
 @cache
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -83,11 +87,11 @@ class PromptBuilder:
     def __init__(
         self,
         rubric: Rubric,
-        tokenizer=None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         max_model_len: int | None = None,
         max_new_tokens: int = 512,
         head_share: float = 0.25,
-    ):
+    ) -> None:
         self.rubric = rubric
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -107,16 +111,27 @@ class PromptBuilder:
             self.budget = max_model_len - max_new_tokens - overhead - marker - 8
             if self.budget < 64:
                 raise ValueError(
-                    f"max_model_len {max_model_len} leaves {self.budget} tokens for the transcript; raise it or lower max_new_tokens"
+                    f"max_model_len {max_model_len} leaves {self.budget} tokens for the "
+                    "transcript; raise it or lower max_new_tokens"
                 )
 
-    def _ids(self, text: str | list[str]):
+    @overload
+    def _ids(self, text: str) -> list[int]: ...
+    @overload
+    def _ids(self, text: list[str]) -> list[list[int]]: ...
+    def _ids(self, text: str | list[str]) -> list[int] | list[list[int]]:
+        if self.tokenizer is None:
+            raise ValueError("counting tokens needs the model's tokenizer")
         fast = getattr(self.tokenizer, "backend_tokenizer", None)
         if fast is None:
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids: list[int] | list[list[int]] = self.tokenizer(text, add_special_tokens=False)[
+                "input_ids"
+            ]
+            return ids
         # the Rust tokenizer directly: the transformers wrapper costs as much as the encoding here
         if isinstance(text, str):
-            return fast.encode(text, add_special_tokens=False).ids
+            one: list[int] = fast.encode(text, add_special_tokens=False).ids
+            return one
         return [e.ids for e in fast.encode_batch(text, add_special_tokens=False)]
 
     def _count(self, text: str) -> int:
@@ -164,7 +179,7 @@ class PromptBuilder:
             used += counts[i]
         tail.reverse()
         if not head and not tail:  # one turn longer than the whole budget: keep its end
-            lines[-1] = self.tokenizer.decode(self._ids(lines[-1])[-self.budget :])
+            lines[-1] = self._decode(self._ids(lines[-1])[-self.budget :])
             tail = [len(lines) - 1]
         n_elided = len(lines) - len(head) - len(tail)
         kept = (
@@ -179,12 +194,23 @@ class PromptBuilder:
         user = f"{p.preamble}\n\n{transcript_text}\n\n{p.question.format(item=item.text)}"
         return [{"role": "system", "content": p.system}, {"role": "user", "content": user}]
 
+    def _decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            raise ValueError("decoding tokens needs the model's tokenizer")
+        text = self.tokenizer.decode(ids)
+        if not isinstance(text, str):  # a list only for a batch of id lists
+            raise TypeError(f"the tokenizer decoded one id list to {type(text).__name__}")
+        return text
+
     def render(self, messages: list[dict[str, str]]) -> str:
         if self.tokenizer is None:
             raise ValueError("rendering a chat prompt needs the model's tokenizer")
-        return self.tokenizer.apply_chat_template(
+        text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True
         )
+        if not isinstance(text, str):  # token ids or a BatchEncoding only when tokenize=True
+            raise TypeError(f"the chat template rendered to {type(text).__name__}, not text")
+        return text
 
     def render_items(self, transcript_text: str, items: Sequence[RubricItem]) -> list[str]:
         """The rendered prompt of each item: the same bytes as rendering each one whole."""
@@ -197,11 +223,10 @@ class PromptBuilder:
         header, middle, tail = self._parts
         return [f"{header}{transcript_text}{middle}{item.text}{tail}" for item in items]
 
-    def _suffix_ids(self, item: RubricItem) -> list[int]:
+    def _suffix_ids(self, item: RubricItem, middle: str, tail: str) -> list[int]:
         """Tokens after the transcript: the same for every session, so computed once per item."""
         cached = self._suffix_cache.get(item.id)
         if cached is None:
-            _, middle, tail = self._parts
             cached = self._suffix_cache[item.id] = self._ids(f"{middle}{item.text}{tail}")
         return cached
 
@@ -215,7 +240,11 @@ class PromptBuilder:
             return t, prompts, self._ids(prompts)
         if transcript_ids is None:
             transcript_ids = self._ids(t.text)
-        ids = [self._header_ids + transcript_ids + self._suffix_ids(item) for item in items]
+        _, middle, tail = self._parts
+        ids = [
+            self._header_ids + transcript_ids + self._suffix_ids(item, middle, tail)
+            for item in items
+        ]
         if not self._pieces_checked:
             self._pieces_checked = True
             if ids[0] != self._ids(prompts[0]):
@@ -228,10 +257,10 @@ class PromptBuilder:
 
     def build_item_prompts(self, sessions: pa.Table, items: Sequence[RubricItem]) -> pa.Table:
         """sessions (contract columns session_id, turns) → one row per (session, item)."""
-        out: dict[str, list] = {
+        out: dict[str, list[Any]] = {
             name: [] for name in ITEM_PROMPT_SCHEMA.names if name != "prompt_token_ids"
         }
-        flat: list[np.ndarray] = []
+        flat: list[np.ndarray[Any, np.dtype[np.int32]]] = []
         for sid, turns in zip(
             sessions.column("session_id").to_pylist(),
             sessions.column("turns").to_pylist(),
@@ -266,12 +295,12 @@ class PromptBuilders:
 
     def __init__(
         self,
-        tokenizer=None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         max_model_len: int | None = None,
         max_new_tokens: int = 512,
-        rubric_file=None,
+        rubric_file: str | Path | None = None,
         language_override: str | None = None,
-    ):
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.max_new_tokens = max_new_tokens

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -28,6 +29,9 @@ from matplotlib.ticker import MaxNLocator
 from scipy import stats
 from scipy.stats.contingency import association
 from statsmodels.stats.proportion import proportion_confint
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 EVALUATION_KIND = "care-ray evaluation"
 ANALYSIS_KIND = "care-ray analysis"
@@ -139,7 +143,7 @@ MODEL_COLOR, COUNSELOR_COLOR, SIGNIFICANT_COLOR, MUTED_COLOR = (
     "#c0392b",
     "#8a8a8a",
 )
-_RC = {
+_RC: dict[RcKeyType, Any] = {
     "svg.fonttype": "path",  # glyphs as paths: the page renders the same without the fonts installed
     "svg.hashsalt": "care-ray",  # deterministic clip-path ids (made unique per figure in _svg)
     "text.parse_math": False,  # a "$" in a counselor id or a term is text, not mathtext
@@ -207,7 +211,7 @@ def folder_kind(path: Path) -> tuple[str | None, dict]:
 
 def _read_table(path: Path, name: str, required: Sequence[str]) -> pl.DataFrame:
     try:
-        frame = pl.from_arrow(pq.read_table(path))
+        frame = pl.DataFrame(pq.read_table(path))
     except Exception as e:  # pyarrow raises several types for a damaged or empty file
         raise ReportError(f"{path}: cannot read {name} table ({type(e).__name__}: {e})") from None
     missing = [c for c in required if c not in frame.columns]
@@ -365,7 +369,10 @@ def html_table(
         )
         body.append(f"<tr{' class=hl' if mark else ''}>{cells}</tr>")
     cap = f"<caption>{_e(caption)}</caption>" if caption else ""
-    return f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return (
+        f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 # ----------------------------------------------------------------------------- figures
@@ -477,7 +484,10 @@ def _agreement_figure(overall: pl.DataFrame, fig_id: str) -> str:
         ax.set_ylim(len(dims) - 0.5, -0.5)
         ax.set_title(name)
     _legend_below(fig, axes[0])
-    caption = f"Agreement with the client's rating per dimension, {int(LEVEL * 100)}% confidence intervals (model vs. the counselor's own rating where available)."
+    caption = (
+        f"Agreement with the client's rating per dimension, {int(LEVEL * 100)}% "
+        "confidence intervals (model vs. the counselor's own rating where available)."
+    )
     return _svg(fig, fig_id, caption)
 
 
@@ -541,7 +551,11 @@ def _calibration_figure(calibration: pl.DataFrame, pairs: pl.DataFrame | None, f
         ax.set_xlabel("predicted")
         ax.set_ylabel("observed (client)")
     _legend_below(fig, axes[0])
-    caption = f"Calibration: mean client rating (± sd) per bin of predicted score; grey dots are single sessions (at most {MAX_POINTS:,} per panel, a random sample), the dashed line is perfect calibration."
+    caption = (
+        "Calibration: mean client rating (± sd) per bin of predicted score; grey dots "
+        f"are single sessions (at most {MAX_POINTS:,} per panel, a random sample), the dashed "
+        "line is perfect calibration."
+    )
     return _svg(fig, fig_id, caption)
 
 
@@ -657,7 +671,8 @@ def _counselor_baseline_table(meta: dict) -> str:
     ]
     text = (
         _para(
-            "The counselor's own post-session rating as a predictor of the client's (the baseline the paper compares against); "
+            "The counselor's own post-session rating as a predictor of the client's (the "
+            "baseline the paper compares against); "
             "mean gap = counselor − client, averaged over sessions: "
             + "; ".join(f"{d} {_num(g)}" for d, g in gaps)
             + "."
@@ -696,7 +711,8 @@ def _folds_table(agreement: pl.DataFrame) -> str:
         for r in summary.iter_rows(named=True)
     ]
     text = _para(
-        f"Held-out folds: Pearson r per fold, summarised over {_int(summary['folds'].max())} folds (sd across folds shows how much the estimate moves with the split)."
+        f"Held-out folds: Pearson r per fold, summarised over {_int(summary['folds'].max())} "
+        "folds (sd across folds shows how much the estimate moves with the split)."
     )
     return (
         "<h4>Folds</h4>"
@@ -714,15 +730,19 @@ def _rationale_text(meta: dict) -> str:
         )
     overlap = meta.get("rationale_overlap") or {}
     if _f(overlap.get("rouge1")) is not None:
+        skipped = _int(overlap.get("skipped"))
+        skipped_note = f", {skipped} skipped" if _f(overlap.get("skipped")) else ""
         sentences.append(
-            f"Rationale overlap with reference rationales: ROUGE-1 {_num(overlap.get('rouge1'))}, ROUGE-L {_num(overlap.get('rougeL'))} "
-            f"(n = {_int(overlap.get('n'))}{', ' + _int(overlap.get('skipped')) + ' skipped' if _f(overlap.get('skipped')) else ''})."
+            "Rationale overlap with reference rationales: ROUGE-1 "
+            f"{_num(overlap.get('rouge1'))}, ROUGE-L {_num(overlap.get('rougeL'))} "
+            f"(n = {_int(overlap.get('n'))}{skipped_note})."
         )
     return _para(*sentences) if sentences else ""
 
 
 def agreement_section(ev: Findings) -> Section | None:
-    """Agreement with the reference ratings: table and plot of r/ρ/MSE with CIs, counselor baseline, folds, calibration."""
+    """Agreement with the reference ratings: table and plot of r/ρ/MSE with CIs, counselor
+    baseline, folds, calibration."""
     agreement = ev.tables.get("agreement")
     calibration = ev.tables.get("calibration")
     parts = []
@@ -736,7 +756,8 @@ def agreement_section(ev: Findings) -> Section | None:
     elif ev.meta.get("dimensions"):
         parts.append(
             _para(
-                f"Agreement on {_int(ev.meta.get('n_sessions'))} sessions (from metrics.json; agreement.parquet is missing)."
+                f"Agreement on {_int(ev.meta.get('n_sessions'))} sessions (from metrics.json; "
+                "agreement.parquet is missing)."
             )
         )
         rows = [
@@ -768,7 +789,9 @@ def agreement_section(ev: Findings) -> Section | None:
 # ----------------------------------------------------------------------------- population
 
 MAX_GROUPS = 15
-MIN_GROUP_N = 10  # smaller groups stay in the tables but out of plots and "lowest/highest" sentences: their CIs span the scale
+# Smaller groups stay in the tables but out of plots and "lowest/highest" sentences: their CIs
+# span the scale.
+MIN_GROUP_N = 10
 
 
 def _population_rows(pop: pl.DataFrame) -> list[dict]:
@@ -781,8 +804,11 @@ def _population_rows(pop: pl.DataFrame) -> list[dict]:
 
 def _summary_marks(ax, ys: Sequence[float], rs: Sequence[dict]) -> None:
     """Interquartile bar, median tick and mean with its CI for each row."""
-    boxes = [(y, _f(r["q25"]), _f(r["q75"])) for y, r in zip(ys, rs, strict=True)]
-    boxes = [(y, a, b) for y, a, b in boxes if a is not None and b is not None]
+    boxes: list[tuple[float, float, float]] = []
+    for y, r in zip(ys, rs, strict=True):
+        q25, q75 = _f(r["q25"]), _f(r["q75"])
+        if q25 is not None and q75 is not None:
+            boxes.append((y, q25, q75))
     ax.barh(
         [y for y, _, _ in boxes],
         [b - a for _, a, b in boxes],
@@ -893,7 +919,8 @@ def _weakest_test(features: pl.DataFrame | None, weakest: str, runner_up: str) -
         return ""
     res = stats.wilcoxon(diff)
     return (
-        f"On the {both.height:,} sessions with both, {weakest} is lower than {runner_up} by {-np.mean(diff):.2f} on average "
+        f"On the {both.height:,} sessions with both, {weakest} is lower than {runner_up} by "
+        f"{-np.mean(diff):.2f} on average "
         f"(Wilcoxon signed-rank {_p(res.pvalue)})."
     )
 
@@ -957,8 +984,10 @@ def _population_by_text(
             and low["mean_hi"] < high["mean_lo"]
         )
         sentences.append(
-            f"{outcome}: lowest in {low['grp']} ({_est_ci(low['mean'], low['mean_lo'], low['mean_hi'])}, n = {_int(low['n'])}), "
-            f"highest in {high['grp']} ({_est_ci(high['mean'], high['mean_lo'], high['mean_hi'])}, n = {_int(high['n'])})"
+            f"{outcome}: lowest in {low['grp']} "
+            f"({_est_ci(low['mean'], low['mean_lo'], low['mean_hi'])}, n = {_int(low['n'])}), "
+            f"highest in {high['grp']} "
+            f"({_est_ci(high['mean'], high['mean_lo'], high['mean_hi'])}, n = {_int(high['n'])})"
             + ("; the intervals do not overlap." if separated else "; the intervals overlap.")
         )
     weakest = [r["outcome"] for r in rows if r["is_weakest"]]
@@ -1027,7 +1056,9 @@ def _population_by_html(
     plotted = [g for g in ordered if sizes[g] >= MIN_GROUP_N][:MAX_GROUPS]
     left_out = len(ordered) - len(plotted)
     intro = f"{_plural(len(sizes), 'group')}; means with 95% CIs." + (
-        f" {left_out} group(s) with fewer than {MIN_GROUP_N} sessions or beyond the {MAX_GROUPS} largest are left out of the plot and the comparison (they are in the table)."
+        f" {left_out} group(s) with fewer than {MIN_GROUP_N} sessions or beyond the "
+        f"{MAX_GROUPS} largest are left out of the plot and the comparison (they are in "
+        "the table)."
         if left_out
         else ""
     )
@@ -1149,7 +1180,10 @@ def _counselor_figure(
         ax.set_ylim(len(ys) - 0.5, -0.5)
         ax.set_title(outcome)
     _legend_below(fig, axes[0])
-    caption = f"Counselors ranked by pooled mean (top and bottom {TOP_COUNSELORS} per outcome), with intervals; × marks the unpooled mean."
+    caption = (
+        f"Counselors ranked by pooled mean (top and bottom {TOP_COUNSELORS} per "
+        "outcome), with intervals; × marks the unpooled mean."
+    )
     return _svg(fig, fig_id, caption)
 
 
@@ -1168,7 +1202,8 @@ def _counselor_text(
     n_counselors = per_counselor.height
     out = [
         f"{n_counselors:,} counselors with {_int(per_counselor['n_sessions'].sum())} scored sessions "
-        f"(median {_num(per_counselor['n_sessions'].median(), 0)} per counselor). Pooled means shrink counselors with few sessions toward the overall mean."
+        f"(median {_num(per_counselor['n_sessions'].median(), 0)} per counselor). Pooled means "
+        "shrink counselors with few sessions toward the overall mean."
     ]
     for outcome in outcomes:
         if outcome not in overall:
@@ -1177,7 +1212,8 @@ def _counselor_text(
         above = p.filter(pl.col("pooled_lo") > overall[outcome]).height
         below = p.filter(pl.col("pooled_hi") < overall[outcome]).height
         out.append(
-            f"{outcome}: {above} counselor(s) have intervals entirely above the overall mean ({overall[outcome]:.2f}) and {below} entirely below; "
+            f"{outcome}: {above} counselor(s) have intervals entirely above the overall mean "
+            f"({overall[outcome]:.2f}) and {below} entirely below; "
             f"the other {p.height - above - below} cannot be told apart from it."
         )
     weakest = profiles.filter(pl.col("is_weakest"))["outcome"].to_list()
@@ -1250,7 +1286,7 @@ def _drivers_shown(d: pl.DataFrame) -> pl.DataFrame:
         (pl.col("p_adjusted") < ALPHA).fill_null(False).alias("_sig"),
     )
     keep = d.sort(["_sig", "_abs"], descending=True, nulls_last=True).head(
-        max(MAX_DRIVERS, d["_sig"].sum())
+        max(MAX_DRIVERS, int(d["_sig"].sum()))
     )
     return keep.sort("coef_std", nulls_last=True)
 
@@ -1289,7 +1325,9 @@ def _drivers_figure(drivers: pl.DataFrame, outcomes: list[str], fig_id: str) -> 
     return _svg(
         fig,
         fig_id,
-        f"Standardized regression coefficients with 95% CIs; red = significant after multiple-testing adjustment (at most {MAX_DRIVERS} non-significant features shown per outcome).",
+        "Standardized regression coefficients with 95% CIs; red = significant after "
+        f"multiple-testing adjustment (at most {MAX_DRIVERS} non-significant features "
+        "shown per outcome).",
     )
 
 
@@ -1299,19 +1337,26 @@ def _drivers_text(drivers: pl.DataFrame, outcomes: list[str]) -> list[str]:
         d = drivers.filter(pl.col("outcome") == outcome)
         first = d.row(0, named=True)
         sig = d.filter(pl.col("p_adjusted") < ALPHA).sort("p_adjusted")
-        head = f"{first['model'] or 'Linear'} regression of {outcome} on {d.height} standardized features (n = {_int(first['n'])} sessions, R² = {_num(first['r2'])})"
+        head = (
+            f"{first['model'] or 'Linear'} regression of {outcome} on {d.height} "
+            f"standardized features (n = {_int(first['n'])} sessions, R² = {_num(first['r2'])})"
+        )
         if sig.height == 0:
             out.append(
                 f"{head}: no feature is associated with {outcome} after multiple-testing adjustment."
             )
             continue
         listed = "; ".join(
-            f"{r['feature']} ({'+' if (_f(r['coef_std']) or 0) > 0 else ''}{_num(r['coef_std'])}, 95% CI {_ci(r['ci_low'], r['ci_high'])}, adjusted {_p(r['p_adjusted'])})"
+            f"{r['feature']} "
+            f"({'+' if (_f(r['coef_std']) or 0) > 0 else ''}{_num(r['coef_std'])}, 95% CI "
+            f"{_ci(r['ci_low'], r['ci_high'])}, adjusted {_p(r['p_adjusted'])})"
             for r in sig.head(5).iter_rows(named=True)
         )
         more = f" and {sig.height - 5} more" if sig.height > 5 else ""
         out.append(
-            f"{head}: after multiple-testing adjustment, {_plural(sig.height, 'feature')} {'is' if sig.height == 1 else 'are'} associated with {outcome}: {listed}{more}."
+            f"{head}: after multiple-testing adjustment, {_plural(sig.height, 'feature')} "
+            f"{'is' if sig.height == 1 else 'are'} associated with {outcome}: "
+            f"{listed}{more}."
         )
     out.append("These are associations in observational data, not causal effects.")
     return out
@@ -1381,12 +1426,11 @@ def _first(frame: pl.DataFrame, column: str):
 
 def _contrast_p(g: pl.DataFrame) -> float:
     """The adjusted p of a contrast (its raw p when no adjusted one was written)."""
-    p = _f(_first(g, "p_adjusted"))
-    return (
-        p
-        if p is not None
-        else (_f(_first(g, "p_value")) if _f(_first(g, "p_value")) is not None else 1.0)
-    )
+    for column in ("p_adjusted", "p_value"):
+        p = _f(_first(g, column))
+        if p is not None:
+            return p
+    return 1.0
 
 
 def _contrast_figure(by: str, items: list[tuple[str, pl.DataFrame]], fig_id: str) -> str:
@@ -1427,7 +1471,10 @@ def _contrast_sentence(by: str, var: str, g: pl.DataFrame) -> str:
     if len(rows) <= 3:
         described = "; ".join(_group_phrase(r) for r in rows)
     else:
-        described = f"lowest in {_group_phrase(rows[0])}, highest in {_group_phrase(rows[-1])}, across {len(rows)} groups"
+        described = (
+            f"lowest in {_group_phrase(rows[0])}, highest in "
+            f"{_group_phrase(rows[-1])}, across {len(rows)} groups"
+        )
     effect, measure = _first(g, "effect_size"), _first(g, "effect_measure")
     test, statistic = _first(g, "test"), _first(g, "statistic")
     p, p_adj = _first(g, "p_value"), _first(g, "p_adjusted")
@@ -1504,7 +1551,10 @@ def contrasts_section(an: Findings, sid: str) -> Section | None:
             )
         )
     else:
-        intro = f"{_plural(len(groups), 'contrast')} between groups; none differs at adjusted p < {ALPHA}. The {len(shown)} with the smallest p:"
+        intro = (
+            f"{_plural(len(groups), 'contrast')} between groups; none differs at adjusted "
+            f"p < {ALPHA}. The {len(shown)} with the smallest p:"
+        )
     figures = []
     for k, by in enumerate(dict.fromkeys(b for b, _, _ in shown)):
         figures.append(
@@ -1576,7 +1626,8 @@ def _transition_text(
 ) -> list[str]:
     total = counts.sum()
     out = [
-        f"{source}: {int(total):,} counselor turns with a following client reaction, {len(strategies)} strategies × {len(reactions)} reactions."
+        f"{source}: {int(total):,} counselor turns with a following client reaction, "
+        f"{len(strategies)} strategies × {len(reactions)} reactions."
     ]
     rows, cols = counts.sum(axis=1) > 0, counts.sum(axis=0) > 0
     table = counts[rows][:, cols]
@@ -1587,7 +1638,8 @@ def _transition_text(
     out.append(
         f"The reaction depends on the strategy (χ² = {chi2:.1f}, df = {dof}, {_p(p)}; Cramér's V = {v:.2f})."
         if p < ALPHA
-        else f"No dependence of reaction on strategy is detected (χ² = {chi2:.1f}, df = {dof}, {_p(p)}; Cramér's V = {v:.2f})."
+        else f"No dependence of reaction on strategy is detected (χ² = {chi2:.1f}, df = {dof}, "
+        f"{_p(p)}; Cramér's V = {v:.2f})."
     )
     residuals = (table - expected) / np.sqrt(expected)
     strat, react = (
@@ -1605,7 +1657,8 @@ def _transition_text(
         n_row = table[i].sum()
         lo, hi = share_ci(table[i, j] / n_row, n_row)
         cells.append(
-            f"{react[j]} after {strat[i]} ({table[i, j] / n_row:.0%}, 95% CI {lo:.0%}–{hi:.0%}, of {int(n_row):,} turns)"
+            f"{react[j]} after {strat[i]} ({table[i, j] / n_row:.0%}, 95% CI "
+            f"{lo:.0%}–{hi:.0%}, of {int(n_row):,} turns)"
         )
     if cells:
         out.append("More often than independence predicts: " + "; ".join(cells) + ".")
@@ -1653,7 +1706,8 @@ def _terms_figure(terms: pl.DataFrame, dims: list[str], fig_id: str) -> str:
     return _svg(
         fig,
         fig_id,
-        f"Terms most over-represented in the rationales of low-scored sessions (top {TOP_TERMS} per dimension; red: z > 1.96).",
+        "Terms most over-represented in the rationales of low-scored sessions (top "
+        f"{TOP_TERMS} per dimension; red: z > 1.96).",
     )
 
 
@@ -1676,7 +1730,9 @@ def _clusters_html(clusters: pl.DataFrame) -> str:
             quote = _as_text(r["example_quote"])
             parts.append(
                 '<div class="cluster">'
-                f"<p><strong>Cluster {_e(r['cluster'])}</strong> — {_e(_int(r['size']))} rationales ({_e(_pct(share))}); top terms: {_e(_as_text(r['top_terms']))}</p>"
+                f"<p><strong>Cluster {_e(r['cluster'])}</strong> — {_e(_int(r['size']))} "
+                f"rationales ({_e(_pct(share))}); top terms: "
+                f"{_e(_as_text(r['top_terms']))}</p>"
                 f'<p class="rationale">Example rationale: {_e(_as_text(r["example_rationale"]))}</p>'
                 + (f'<blockquote class="quote">{_e(quote)}</blockquote>' if quote else "")
                 + "</div>"
@@ -1686,7 +1742,8 @@ def _clusters_html(clusters: pl.DataFrame) -> str:
 
 def _terms_text(terms: pl.DataFrame, dims: list[str]) -> list[str]:
     out = [
-        "Terms are compared between the rationales of low-scored sessions and the rest of the rationales; z is the z-score of the term's log-odds ratio "
+        "Terms are compared between the rationales of low-scored sessions and the rest of the "
+        "rationales; z is the z-score of the term's log-odds ratio "
         "(z > 1.96 ≈ the 5% level for one term; not adjusted for the many terms compared)."
     ]
     for dim in dims:
@@ -1715,7 +1772,8 @@ def challenges_section(an: Findings, sid: str) -> Section | None:
         parts += [
             "<h4>Recurring challenges (clusters of low-score rationales)</h4>",
             _para(
-                "Each cluster groups the model's rationales for low scores; the example rationale and the transcript quote it cited are shown as written."
+                "Each cluster groups the model's rationales for low scores; the example "
+                "rationale and the transcript quote it cited are shown as written."
             ),
             _clusters_html(clusters),
         ]
@@ -1744,7 +1802,8 @@ def _trajectory_figure(summary: pl.DataFrame, fig_id: str) -> str:
     return _svg(
         fig,
         fig_id,
-        "Mean outcome by session number over clients with repeated sessions (bottom: clients contributing at each session number).",
+        "Mean outcome by session number over clients with repeated sessions (bottom: clients "
+        "contributing at each session number).",
     )
 
 
@@ -1782,14 +1841,17 @@ def trajectories_section(an: Findings, sid: str) -> Section | None:
     parts = []
     if rows:
         sentences = [
-            f"{r['outcome']}: over {_int(r['n_clients'])} clients with repeated sessions, the mean change per session is "
-            f"{_est_ci(r['mean_slope'], r['slope_lo'], r['slope_hi'], 3)} (95% CI), and {_pct_ci(r['share_rising'], r['rising_lo'], r['rising_hi'])} of clients "
+            f"{r['outcome']}: over {_int(r['n_clients'])} clients with repeated sessions, the "
+            "mean change per session is "
+            f"{_est_ci(r['mean_slope'], r['slope_lo'], r['slope_hi'], 3)} (95% CI), and "
+            f"{_pct_ci(r['share_rising'], r['rising_lo'], r['rising_hi'])} of clients "
             "rise over their sessions (Wilson 95% CI)."
             for r in rows
         ]
         parts.append(
             _para(
-                "Per-client trend of each outcome over the client's sessions (the slope of a line through the client's scores)."
+                "Per-client trend of each outcome over the client's sessions (the slope of a "
+                "line through the client's scores)."
             )
         )
         parts.append(_bullets(sentences))
@@ -1901,7 +1963,8 @@ def analysis_sections(an: Findings, index: int) -> list[Section]:
 _CSS = """
 :root { --ink:#1d2733; --muted:#5b6673; --line:#d9dee4; --accent:#1f6fb4; --hl:#fff4e0; }
 * { box-sizing: border-box; }
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: var(--ink); margin: 0; background: #f6f7f9; }
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif;
+  color: var(--ink); margin: 0; background: #f6f7f9; }
 header, main, footer, nav { max-width: 1120px; margin: 0 auto; padding: 0 24px; }
 header { padding-top: 28px; }
 h1 { font-size: 28px; margin: 0 0 4px; }
@@ -1909,14 +1972,17 @@ h2 { font-size: 22px; margin: 36px 0 10px; padding-bottom: 4px; border-bottom: 2
 h3 { font-size: 18px; margin: 26px 0 8px; }
 h4 { font-size: 15px; margin: 18px 0 6px; color: var(--muted); }
 details > summary { cursor: pointer; color: var(--accent); margin: 6px 0; }
-section.finding-group { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 4px 22px 18px; margin: 18px 0; }
+section.finding-group { background: #fff; border: 1px solid var(--line); border-radius: 8px;
+  padding: 4px 22px 18px; margin: 18px 0; }
 .meta { color: var(--muted); margin: 0 0 12px; }
 .sources { display: flex; flex-wrap: wrap; gap: 14px; }
-.source { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 2px 16px 10px; flex: 1 1 340px; }
+.source { background: #fff; border: 1px solid var(--line); border-radius: 8px;
+  padding: 2px 16px 10px; flex: 1 1 340px; }
 .source h3 { margin-top: 10px; font-size: 15px; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; margin: 0; font-size: 13px; }
 dt { color: var(--muted); } dd { margin: 0; overflow-wrap: anywhere; }
-nav ol { font-size: 14px; background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px 10px 36px; margin: 16px 0 0; }
+nav ol { font-size: 14px; background: #fff; border: 1px solid var(--line); border-radius: 8px;
+  padding: 10px 16px 10px 36px; margin: 16px 0 0; }
 nav ol > li { margin: 3px 0; }
 nav ul { display: inline; padding: 0; margin: 0 0 0 6px; }
 nav ul::before { content: "— "; color: var(--muted); }
@@ -1937,7 +2003,8 @@ figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; max-width: 9
 .cluster { border-left: 3px solid var(--accent); padding: 2px 12px; margin: 10px 0; background: #fafbfc; }
 .cluster p { margin: 4px 0; }
 .rationale { color: var(--muted); }
-blockquote.quote { margin: 6px 0; padding: 4px 10px; background: #f0f3f6; border-radius: 4px; white-space: pre-wrap; font-style: italic; }
+blockquote.quote { margin: 6px 0; padding: 4px 10px; background: #f0f3f6; border-radius: 4px;
+  white-space: pre-wrap; font-style: italic; }
 details.notes { margin: 10px 0; font-size: 14px; }
 footer { color: var(--muted); font-size: 13px; padding-bottom: 40px; }
 """
@@ -1956,7 +2023,8 @@ def build_report(
         if evaluation is not None:
             section = agreement_section(evaluation)
             intro = _para(
-                f"{_int(evaluation.meta.get('n_sessions'))} sessions; model scores against {truth_name(evaluation.meta)}."
+                f"{_int(evaluation.meta.get('n_sessions'))} sessions; model scores against "
+                f"{truth_name(evaluation.meta)}."
             )
             if section is None:
                 intro += _para("The evaluation folder holds no agreement tables.")
@@ -1971,9 +2039,18 @@ def build_report(
         for i, an in enumerate(analyses, start=1):
             heading = f"Analysis: {an.label}" if len(analyses) == 1 else f"Analysis {i}: {an.label}"
             sections = analysis_sections(an, i)
+            mode = an.meta.get("mode")
+            scored_from = (
+                "model scores"
+                if mode == "scores"
+                else "labels"
+                if mode == "labels"
+                else "an unknown source"
+            )
             intro = _para(
-                f"{_int(an.meta.get('n_sessions'))} sessions; outcomes {', '.join(map(str, an.meta.get('outcomes') or [])) or 'not listed'}"
-                f" (from {'model scores' if an.meta.get('mode') == 'scores' else 'labels' if an.meta.get('mode') == 'labels' else 'an unknown source'})."
+                f"{_int(an.meta.get('n_sessions'))} sessions; outcomes "
+                f"{', '.join(map(str, an.meta.get('outcomes') or [])) or 'not listed'}"
+                f" (from {scored_from})."
             ) + _notes(an)
             if not sections:
                 intro += _para("This analysis holds none of the tables the report knows.")
@@ -1999,7 +2076,11 @@ def build_report(
         int(_f(f.meta.get("n_sessions")) or 0)
         for f in ([evaluation] if evaluation else []) + list(analyses)
     ]
-    summary = f"Built {generated_at.strftime('%Y-%m-%d %H:%M UTC')} from {_plural(len(n_sessions), 'output folder')} covering up to {max(n_sessions, default=0):,} sessions."
+    summary = (
+        f"Built {generated_at.strftime('%Y-%m-%d %H:%M UTC')} from "
+        f"{_plural(len(n_sessions), 'output folder')} covering up to "
+        f"{max(n_sessions, default=0):,} sessions."
+    )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -2017,8 +2098,9 @@ def build_report(
 </header>
 <nav aria-label="contents"><ol>{"".join(toc)}</ol></nav>
 <main>{"".join(main)}</main>
-<footer><p>Intervals are 95% unless stated. Findings describe associations in observational data, not causes. Scores are model estimates of
-the client's perceived working alliance (WAI-SR), not the client's own answers, unless the analysis used labels.</p></footer>
+<footer><p>Intervals are 95% unless stated. Findings describe associations in observational data,
+not causes. Scores are model estimates of the client's perceived working alliance (WAI-SR), not
+the client's own answers, unless the analysis used labels.</p></footer>
 </body>
 </html>
 """

@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--title", metavar="TEXT", help="the page's title")
         ] = None,
     ) -> None:
-        """One self-contained report.html (inline plots, tables, a sentence per finding) from evaluate/analyze output; prints its path."""
+        """One self-contained report.html (inline plots, tables, a sentence per finding) from
+        evaluate/analyze output; prints its path."""
         from care_ray.report import ReportError, write_report
 
         try:

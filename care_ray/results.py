@@ -19,12 +19,14 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from care_ray.storage import Location, location
@@ -315,7 +317,7 @@ def reconcile(
     session_ids: Sequence[str],
     item_ids: Sequence[int],
     memory_limit: str = DRIVER_MEMORY,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The manifest's counts over the selected pairs; raises if any pair is missing or counted twice."""
     con = run.connect(memory_limit)
     bind_selection(con, session_ids, item_ids)
@@ -331,7 +333,8 @@ def reconcile(
     counts = dict(zip(names, (int(v or 0) for v in row), strict=True))
     if counts["missing"] or counts["in_both"]:
         raise RuntimeError(
-            f"scoring counts do not reconcile: {counts['missing']} pairs missing, {counts['in_both']} in both items and errors"
+            f"scoring counts do not reconcile: {counts['missing']} pairs missing, "
+            f"{counts['in_both']} in both items and errors"
         )
     prompt_tokens, cached_tokens, reasons, rubrics, fingerprints = con.sql(
         read_sql("results_totals")

@@ -74,8 +74,10 @@ class Rubric(BaseModel):
                 raise ValueError(
                     f"--items: {part!r} is neither a dimension ({', '.join(self.dimensions)}) nor an item id"
                 )
-        seen: set[int] = set()
-        return [i for i in chosen if not (i.id in seen or seen.add(i.id))]
+        unique: dict[int, RubricItem] = {}
+        for item in chosen:
+            unique.setdefault(item.id, item)
+        return list(unique.values())
 
 
 def rubric_path(language: str = "en") -> Path:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from care_ray.engines import Engine, EngineConfig
+from care_ray.engines import Engine, EngineConfig, Generation
 from care_ray.fingerprint import FINGERPRINT_FILE
 from care_ray.output import (
     InvalidOutput,
@@ -70,7 +70,7 @@ def score_item_prompts(
     texts = prompts.column("prompt_token_ids").to_pylist()
     budget = config.max_new_tokens
     try:
-        gens = engine.generate(texts, budget)
+        gens: list[Generation | Exception] = list(engine.generate(texts, budget))
     except Exception as e:  # an engine that raises (not dies) fails its rows, not the job
         log.warning("engine failed on a batch of %d prompts: %s", len(texts), type(e).__name__)
         log.debug("engine error: %s", engine_message(e))
@@ -99,9 +99,9 @@ def score_item_prompts(
             regen = engine.generate(
                 [texts[i] for i in retry], [min(2 * budget, room[i]) for i in retry]
             )
-            for i, g in zip(retry, regen, strict=True):
-                gens[i], attempts[i] = g, 2
-                judged[i] = _judge(g.samples, schema)
+            for i, again in zip(retry, regen, strict=True):
+                gens[i], attempts[i] = again, 2
+                judged[i] = _judge(again.samples, schema)
         except Exception as e:
             log.warning(
                 "engine failed on a retry batch of %d prompts: %s", len(retry), type(e).__name__
@@ -120,6 +120,8 @@ def score_item_prompts(
         g = gens[i]
         valid, err = judged[i]
         ok = not isinstance(g, Exception) and bool(valid)
+        # no error and no valid sample: an engine that returned no samples at all
+        error = None if ok else err or InvalidOutput(OutputError.ENGINE_ERROR, "no samples")
         first = valid[0] if valid else None
         scores = [v["score"] for v in valid]
         samples = [] if isinstance(g, Exception) else g.samples
@@ -138,8 +140,8 @@ def score_item_prompts(
             cached_tokens=None if isinstance(g, Exception) else g.cached_tokens,
             attempts=attempts[i],
             finish_reason=samples[0].finish_reason if samples else None,
-            error_reason=None if ok else err.reason.value,
-            error_detail=None if ok else err.detail,
+            error_reason=error.reason.value if error else None,
+            error_detail=error.detail if error else None,
             raw_output=None if ok else (samples[0].text if samples else ""),
             **{k: v for k, v in run_meta.items() if k not in row},
         )
@@ -232,7 +234,8 @@ class ScoreConfig(BaseModel):
             unknown = set(self.retry_errors.split(",")) - {"all", *ERROR_REASONS}
             if unknown:
                 raise ValueError(
-                    f"--retry-errors: unknown reason {sorted(unknown)[0]!r}; use 'all' or any of {', '.join(ERROR_REASONS)}"
+                    f"--retry-errors: unknown reason {sorted(unknown)[0]!r}; use 'all' or any "
+                    f"of {', '.join(ERROR_REASONS)}"
                 )
         return self
 
@@ -531,7 +534,8 @@ def prepare_run_folder(out: Path | str, config: ScoreConfig, check_only: bool = 
     holds = f"{counts['items']} scored items and {counts['errors']} errors"
     if recorded is None and any(counts.values()) and not config.overwrite:
         raise FingerprintMismatch(
-            f"{out} holds {holds} but no {FINGERPRINT_FILE} (an older care-ray wrote it), so a rerun cannot tell whether "
+            f"{out} holds {holds} but no {FINGERPRINT_FILE} (an older care-ray wrote it), so a "
+            "rerun cannot tell whether "
             "it would mix configurations; score into a new --out folder, or pass --overwrite to start over there"
         )
     if recorded is not None and not config.overwrite:
@@ -618,7 +622,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
         config.cpus_per_engine,
         config.gpus_per_engine,
     )
-    light = {"num_cpus": 0.25}
+    light_cpus = 0.25
     if pending_sessions:
         # the whole corpus, nothing done: no plan to ship (it would be every session)
         everything = (
@@ -639,7 +643,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                 batch_format="pyarrow",
                 batch_size=None,
                 compute=ray.data.ActorPoolStrategy(size=config.prompt_workers),
-                **light,
+                num_cpus=light_cpus,
             )
             .map_batches(
                 ScoreItemsActor,
@@ -655,13 +659,14 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                 fn_kwargs=dict(out=run.loc.uri, run_id=run_id),
                 batch_format="pyarrow",
                 batch_size=None,
-                **light,
+                num_cpus=light_cpus,
             )
         )
         # a session's prompts travel in one block, so each write batch reports whole sessions;
         # counting them (not keeping a set of a million ids) keeps the driver small
         with _progress(pending_sessions, config.progress) as bar:
             for batch in ds_.iter_batches(batch_format="pyarrow", batch_size=None):
+                assert isinstance(batch, pa.Table)  # Ray types batches of every format as one union
                 for ids in batch.column("session_ids").to_pylist():
                     bar.update(min(len(json.loads(ids)), bar.total - bar.n))
     return finalize(

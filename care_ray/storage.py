@@ -12,6 +12,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.fs as pafs

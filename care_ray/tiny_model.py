@@ -95,7 +95,9 @@ def build_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(vocab_size)
     tokenizer.save_pretrained(out)
-    config = LlamaConfig(
+    # rope_theta and torch_dtype are transformers 4.x names (pyproject allows 4.51+); 5.x declares
+    # rope_parameters and dtype instead and still takes the old names through **kwargs
+    config = LlamaConfig(  # type: ignore[call-arg]
         vocab_size=len(tokenizer),
         hidden_size=128,
         intermediate_size=256,

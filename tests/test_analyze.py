@@ -533,7 +533,8 @@ def test_each_query_runs_alone_in_duckdb(synthetic):
     sql = lambda name: (queries_dir() / f"{name}.sql").read_text(encoding="utf-8")  # noqa: E731
     con = duckdb.connect()
     con.execute(
-        f"CREATE VIEW sessions AS SELECT * FROM read_parquet('{corpus}/sessions/**/*.parquet', hive_partitioning = true)"
+        f"CREATE VIEW sessions AS SELECT * FROM read_parquet('{corpus}/sessions/**/*.parquet', "
+        "hive_partitioning = true)"
     )
     con.execute(f"CREATE VIEW items AS SELECT * FROM read_parquet('{run}/items/*.parquet')")
     keys = con.sql(sql("analysis_keys")).pl()
@@ -544,11 +545,13 @@ def test_each_query_runs_alone_in_duckdb(synthetic):
     )
     assert con.sql(sql("analysis_values")).pl().height == 2 * len(synthetic["sessions"])
     con.execute(
-        f"CREATE VIEW session_outcomes AS UNPIVOT (SELECT session_id, client_id, counselor_id, session_index, NULL::TIMESTAMP AS started_at, goal, task, bond "
+        "CREATE VIEW session_outcomes AS UNPIVOT (SELECT session_id, client_id, counselor_id, "
+        "session_index, NULL::TIMESTAMP AS started_at, goal, task, bond "
         f"FROM '{out}/features.parquet') ON goal, task, bond INTO NAME outcome VALUE value"
     )
     con.execute(
-        f"CREATE VIEW session_groups AS SELECT session_id, 'all' AS group_by, 'all' AS grp FROM '{out}/features.parquet' "
+        "CREATE VIEW session_groups AS SELECT session_id, 'all' AS group_by, 'all' AS grp "
+        f"FROM '{out}/features.parquet' "
         f"UNION ALL SELECT session_id, 'source', source FROM '{out}/features.parquet'"
     )
     con.execute("SET VARIABLE low_threshold = 2.5")

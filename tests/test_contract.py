@@ -72,6 +72,15 @@ def test_chinese_passes_through_untouched():
         (good(client_wai=[5] * 3), Reason.BAD_VALUE),
         (good(session_id=None), Reason.MISSING_FIELD),
         (good(started_at="yesterday"), Reason.BAD_VALUE),
+        (
+            good(
+                turns=[
+                    {"role": "client", "text": "a"},
+                    {"role": "counselor", "text": "b", "strategy": ["Question"]},
+                ]
+            ),
+            Reason.BAD_VALUE,
+        ),
     ],
 )
 def test_each_defect_has_its_reason(record, reason):
@@ -87,3 +96,27 @@ def test_ratings_and_times_are_canonicalised():
     assert s["client_wai"] == [4] * 12
     assert s["started_at"].isoformat() == "2026-01-02T03:04:05+00:00"
     assert s["labels"] == {"empathy": 4.0}
+
+
+def test_esconv_turn_with_non_text_speaker_or_strategy_is_quarantined_not_a_crash(tmp_path):
+    from care_ray.ingest.esconv import read_esconv
+
+    def record(speaker, strategy):
+        dialog = [
+            {"speaker": "usr", "annotation": {}, "content": "hi"},
+            {"speaker": speaker, "annotation": {"strategy": strategy}, "content": "hello"},
+        ]
+        return {"emotion_type": "anxiety", "problem_type": "job", "dialog": dialog}
+
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([record({"a": 1}, "Question"), record("sys", ["Question"])]))
+    reasons = []
+    for raw, session in read_esconv([path]):
+        error = raw.error
+        if session is not None:
+            try:
+                normalise_session(session)
+            except ContractError as e:
+                error = e
+        reasons.append(error.reason if error else None)
+    assert reasons == [Reason.UNKNOWN_ROLE, Reason.BAD_VALUE]

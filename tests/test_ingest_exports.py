@@ -184,7 +184,8 @@ def test_when_nothing_is_written_the_command_fails_with_top_reasons_and_an_examp
     assert r.exit_code == 1
     err = r.output[r.output.index("error: nothing was written") :]
     assert re.search(
-        r"single_speaker ×2, e\.g\. only-clients\.\w+:\d+\.\.only-clients\.\w+:\d+ \(2 rows\): all 2 turns are client turns",
+        r"single_speaker ×2, e\.g\. only-clients\.\w+:\d+\.\.only-clients\.\w+:\d+ \(2 rows\): "
+        r"all 2 turns are client turns",
         err,
     ), err
     assert re.search(r"unknown_role ×1, e\.g\. .*'supervisor'", err), err
@@ -438,8 +439,8 @@ def test_the_ingest_ends_with_a_human_summary_then_the_manifest_path(tmp_path):
     text = "\n".join(lines)
     m = manifest(tmp_path)
     assert (
-        f"written:        {m['sessions_written']} sessions ({m['records_written']} of {m['input_records']} input records"
-        in text
+        f"written:        {m['sessions_written']} sessions ({m['records_written']} of "
+        f"{m['input_records']} input records" in text
     )
     assert "quarantined:    1 input records in 1 row: single_speaker 1" in text
     assert "dropped turns:  1 empty" in text

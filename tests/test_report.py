@@ -605,9 +605,8 @@ def test_population_names_the_weakest_outcome_with_its_ci(folders, pages):
     runner_up = means.drop(weakest).idxmin()
     p = stats.wilcoxon(features[weakest] - features[runner_up]).pvalue
     assert (
-        f"{weakest} is lower than {runner_up} by {means[runner_up] - means[weakest]:.2f} on average (Wilcoxon signed-rank "
-        + ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
-        in text
+        f"{weakest} is lower than {runner_up} by {means[runner_up] - means[weakest]:.2f} on "
+        "average (Wilcoxon signed-rank " + ("p < 0.001" if p < 0.001 else f"p = {p:.3f}") in text
     )
 
 
@@ -628,8 +627,8 @@ def test_counselor_intervals_are_counted_against_the_overall_mean(folders, pages
         p, overall = profiles[profiles["outcome"] == dim], features[dim].mean()
         above, below = int((p["pooled_lo"] > overall).sum()), int((p["pooled_hi"] < overall).sum())
         assert (
-            f"{dim}: {above} counselor(s) have intervals entirely above the overall mean ({overall:.2f}) and {below} entirely below"
-            in text
+            f"{dim}: {above} counselor(s) have intervals entirely above the overall mean "
+            f"({overall:.2f}) and {below} entirely below" in text
         )
 
 

@@ -1,1 +1,4 @@
-"""care-ray analyze: findings from scored sessions (population, counselor profiles, drivers, contrasts, challenges, trajectories)."""
+"""care-ray analyze: findings from scored sessions.
+
+Population, counselor profiles, drivers, contrasts, challenges, trajectories.
+"""

@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow.dataset as ds
 from pydantic import BaseModel, ConfigDict, Field
 
 from care_ray.analytics.features import (
@@ -51,10 +52,14 @@ TABLES = (
 )
 OUTCOME_HELP = (
     "with --scores: goal, task, bond (default all three); any numeric label as labels.KEY (or KEY); "
-    "a difference or sum as NAME=TERM-TERM, e.g. emotion_drop=labels.initial_emotion_intensity-labels.final_emotion_intensity. "
+    "a difference or sum as NAME=TERM-TERM, e.g. "
+    "emotion_drop=labels.initial_emotion_intensity-labels.final_emotion_intensity. "
     "Without --scores the default is every label the corpus has."
 )
-BY_HELP = "source | language | metadata.KEY | labels.KEY | KEY (metadata, then labels) | NAME=COLUMN:V1,V2 (two groups: those values vs 'other')"
+BY_HELP = (
+    "source | language | metadata.KEY | labels.KEY | KEY (metadata, then labels) | "
+    "NAME=COLUMN:V1,V2 (two groups: those values vs 'other')"
+)
 
 
 class AnalysisError(ValueError):
@@ -228,7 +233,8 @@ def _resolve_column(ref: str, metadata: list[str], labels: list[str]) -> str:
     if ref in labels:
         return f"labels.{ref}"
     raise AnalysisError(
-        f"unknown --by column {ref!r}; choose {', '.join(BASE_BY)}, metadata keys ({', '.join(metadata) or 'none'}) or labels ({', '.join(labels) or 'none'})"
+        f"unknown --by column {ref!r}; choose {', '.join(BASE_BY)}, metadata keys "
+        f"({', '.join(metadata) or 'none'}) or labels ({', '.join(labels) or 'none'})"
     )
 
 
@@ -442,7 +448,7 @@ def _counselor_profiles(
     if counts.is_empty():
         notes.append("counselor_profiles: absent — no session has a counselor_id")
         return {}
-    if counts.get_column("count").max() < cfg.min_sessions:
+    if not (counts.get_column("count") >= cfg.min_sessions).any():
         notes.append(
             f"counselor_profiles: absent — no counselor has {cfg.min_sessions} or more sessions (--min-sessions)"
         )
@@ -460,7 +466,8 @@ def _trajectories(con: duckdb.DuckDBPyConnection, notes: list[str]) -> dict[str,
     points = _query(con, "trajectory_points")
     if points.is_empty():
         notes.append(
-            "trajectories: absent — no client has two or more sessions with an outcome and a session_index or started_at"
+            "trajectories: absent — no client has two or more sessions with an outcome and a "
+            "session_index or started_at"
         )
         return {}
     con.register("trajectory_points", points)
@@ -485,9 +492,7 @@ def drivers_table(
     features, feature_notes = driver_features(turn_features, min_sessions=cfg.min_label_sessions)
     notes.extend(feature_notes)
     repeats = frame.get_column("counselor_id").drop_nulls().value_counts()
-    group = (
-        "counselor_id" if not repeats.is_empty() and repeats.get_column("count").max() > 1 else None
-    )
+    group = "counselor_id" if (repeats.get_column("count") > 1).any() else None
     table, fit_notes = fit_drivers(
         frame, outcomes, features, group=group, alpha=cfg.alpha, max_mixed_rows=cfg.max_mixed_rows
     )
@@ -608,7 +613,8 @@ def challenge_tables(cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataF
     ):
         if row["len"] < row["n_low"]:
             notes.append(
-                f"challenges: {row['dimension']}: a sample of {row['len']} of {row['n_low']} low-scored items (--max-docs); cluster sizes are the sample's"
+                f"challenges: {row['dimension']}: a sample of {row['len']} of {row['n_low']} "
+                "low-scored items (--max-docs); cluster sizes are the sample's"
             )
     out = {
         "challenge_terms": distinctive_terms(docs),
@@ -715,7 +721,8 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
         tables["transitions"] = turn_features.transitions
     if len(turn_features.sources) > 1 and not cfg.vocabulary:
         notes.append(
-            "strategy/reaction shares are per source (a label is null in sessions of a source that never uses it); pass --vocabulary to map spellings"
+            "strategy/reaction shares are per source (a label is null in sessions of a source "
+            "that never uses it); pass --vocabulary to map spellings"
         )
     tables.update(sql_tables(frame, names, groups, cfg, notes))
     tables.update(drivers_table(frame, turn_features, names, cfg, notes))

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--out", help="folder for the Parquet tables and manifest.json")
         ],
         scores: Annotated[
-            Path | None,
+            str | None,
             typer.Option(
                 "--scores",
                 help="a `care-ray score` run folder; without it the outcomes are session labels (model-free)",
@@ -45,14 +45,16 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--vocabulary",
-                help="YAML mapping label spellings: {strategy: {raw: canonical}, reaction: {raw: canonical}}; without it shares are compared within a source only",
+                help="YAML mapping label spellings: {strategy: {raw: canonical}, reaction: "
+                "{raw: canonical}}; without it shares are compared within a source only",
             ),
         ] = None,
         low_threshold: Annotated[
             float,
             typer.Option(
                 "--low-threshold",
-                help="low = value <= this: the population's low_share per outcome and the low-scored items whose rationales make the challenges",
+                help="low = value <= this: the population's low_share per outcome and the "
+                "low-scored items whose rationales make the challenges",
             ),
         ] = 2.0,
         min_sessions: Annotated[

@@ -155,7 +155,8 @@ def _fit_outcome(
         )
     if n < len(features) + EXTRA_ROWS_NEEDED:
         notes.append(
-            f"drivers: skipped {outcome}: {n} complete row(s) for {len(features)} feature(s) (needs features + {EXTRA_ROWS_NEEDED})"
+            f"drivers: skipped {outcome}: {n} complete row(s) for {len(features)} feature(s) "
+            f"(needs features + {EXTRA_ROWS_NEEDED})"
         )
         return []
     all_rows = bool(complete.all())
@@ -173,7 +174,8 @@ def _fit_outcome(
         return []
     if n < len(kept) + EXTRA_ROWS_NEEDED:
         notes.append(
-            f"drivers: skipped {outcome}: {n} complete row(s) for {len(kept)} feature(s) (needs features + {EXTRA_ROWS_NEEDED})"
+            f"drivers: skipped {outcome}: {n} complete row(s) for {len(kept)} feature(s) "
+            f"(needs features + {EXTRA_ROWS_NEEDED})"
         )
         return []
     exog = np.empty((n, len(keep) + 1))
@@ -247,7 +249,8 @@ def _fit(y, exog, group, codes, alpha, max_mixed_rows, outcome, notes) -> Fit:
             return _mixed(y, exog, codes, alpha, f"mixedlm:{group}", outcome, notes)
         except (np.linalg.LinAlgError, ValueError) as err:
             notes.append(
-                f"drivers: {outcome}: MixedLM failed ({type(err).__name__}); fitted OLS with errors clustered by {group}"
+                f"drivers: {outcome}: MixedLM failed ({type(err).__name__}); fitted OLS with "
+                f"errors clustered by {group}"
             )
     return _ols(
         y, exog, alpha, f"ols-cluster:{group}", cov_type="cluster", cov_kwds={"groups": codes}
@@ -271,7 +274,8 @@ def _mixed(y, exog, codes, alpha, model, outcome, notes) -> Fit:
         res = sm.MixedLM(y, exog, groups=codes).fit(reml=True)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         notes.append(
-            f"drivers: {outcome}: MixedLM warned about convergence (e.g. a group variance at the boundary); estimates kept"
+            f"drivers: {outcome}: MixedLM warned about convergence (e.g. a group variance at "
+            "the boundary); estimates kept"
         )
     fixed = exog @ res.fe_params
     var_fixed = float(np.var(fixed, ddof=1))

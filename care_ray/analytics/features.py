@@ -370,7 +370,9 @@ def driver_features(
         not_shared = sorted(set(labels) - set(shared))
         if not_shared:
             notes.append(
-                f"drivers: {family} labels not used by every source ({', '.join(family_sources)}) left out: {', '.join(not_shared)} (map spellings with --vocabulary)"
+                f"drivers: {family} labels not used by every source "
+                f"({', '.join(family_sources)}) left out: {', '.join(not_shared)} (map "
+                "spellings with --vocabulary)"
             )
         support = {
             lab: int((frame.get_column(feature_name(family, lab)).fill_null(0) > 0).sum())

@@ -3,6 +3,8 @@ For machines without vLLM; outputs are parsed tolerantly and fail validation mor
 
 from __future__ import annotations
 
+from typing import Any
+
 from care_ray.engines import EngineConfig, Generation, Sample
 
 
@@ -23,29 +25,33 @@ class HFEngine:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(
+        base = AutoModelForCausalLM.from_pretrained(
             config.model,
             dtype=dtype,
             use_safetensors=True,
             trust_remote_code=config.trust_remote_code,
         )
+        # a transformers model, or a PeftModel around one: both generate(), but their types share
+        # only torch.nn.Module, which has no generate(); None after shutdown()
+        self.model: Any = base
         if config.adapter:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, config.adapter)
-        self.model = model.to(self.device).eval()
+            self.model = PeftModel.from_pretrained(base, config.adapter)
+        self.model = self.model.to(self.device).eval()
         torch.manual_seed(config.seed)
 
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
         import torch
 
         if isinstance(max_tokens, list):  # one generate call per distinct budget
-            out: list[Generation] = [None] * len(prompts)  # type: ignore[list-item]
+            by_index: dict[int, Generation] = {}
             for limit in sorted(set(max_tokens)):
                 idx = [i for i, m in enumerate(max_tokens) if m == limit]
-                for i, g in zip(idx, self.generate([prompts[i] for i in idx], limit), strict=True):
-                    out[i] = g
-            return out
+                by_index.update(
+                    zip(idx, self.generate([prompts[i] for i in idx], limit), strict=True)
+                )
+            return [by_index[i] for i in range(len(prompts))]
 
         out: list[Generation] = []
         sample = self.config.temperature > 0
@@ -71,9 +77,12 @@ class HFEngine:
                     ids = gen[i * self.config.samples + k, width:]
                     ids = ids[ids != self.tokenizer.pad_token_id]
                     stopped = bool(len(ids)) and int(ids[-1]) == self.tokenizer.eos_token_id
+                    text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                    if not isinstance(text, str):  # a list only for a batch of id rows
+                        raise TypeError(f"decoding one sample gave {type(text).__name__}")
                     samples.append(
                         Sample(
-                            self.tokenizer.decode(ids, skip_special_tokens=True),
+                            text,
                             "stop" if stopped or len(ids) < max_tokens else "length",
                             len(ids),
                         )

@@ -69,7 +69,7 @@ class VLLMEngine:
             config.enable_prefix_caching,
             bool(config.adapter),
         )
-        self.llm = LLM(**kwargs)
+        self.llm: LLM | None = LLM(**kwargs)
 
     def _params(self, max_tokens: int):
         from vllm import SamplingParams
@@ -91,6 +91,8 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
         from vllm.inputs import TokensPrompt
 
+        if self.llm is None:
+            raise RuntimeError("the vLLM engine was shut down")
         params = (
             [self._params(m) for m in max_tokens]
             if isinstance(max_tokens, list)

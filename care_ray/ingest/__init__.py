@@ -126,6 +126,7 @@ def ingest_files(
                     (c.session or {}).get("session_id"),
                 )
             else:
+                assert c.session is not None  # a candidate without an error has a session
                 if source:
                     c.session["source"] = source
                 writer.add_session(c.session, c.n_input_records, c.origin, c.raw)

@@ -62,11 +62,12 @@ def _turn(t: Any, i: int) -> dict:
         rating = _rating(annotation.get("feedback"), f"turn {i} feedback")
     else:
         text, strategy, rating = t.get("text"), t.get("strategy"), None
-    strategy = STRATEGY_ALIASES.get(strategy, strategy)
+    if isinstance(strategy, str):  # anything else is the contract's to reject, not a crash here
+        strategy = STRATEGY_ALIASES.get(strategy, strategy)
     if isinstance(text, str):
         text = text.strip()
     return {
-        "role": ROLE_OF_SPEAKER.get(speaker, speaker),
+        "role": ROLE_OF_SPEAKER.get(speaker, speaker) if isinstance(speaker, str) else speaker,
         "text": text,
         "strategy": strategy,
         "rating": rating,

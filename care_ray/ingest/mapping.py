@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +268,9 @@ class LabelValues(BaseModel):
         text = "" if value is None else str(value).strip()
         return self.maps.get("role", {}).get(text, text) or ""
 
-    def is_unmapped(self, field: str, value: Any, canonical: set[str] = frozenset()) -> bool:
+    def is_unmapped(
+        self, field: str, value: Any, canonical: AbstractSet[str] = frozenset()
+    ) -> bool:
         """True for a value of a mapped field that the map does not know (and that is no canonical value)."""
         table = self.maps.get(field)
         if table is None or _blank(value) or (field != "role" and self.is_null(value)):
@@ -323,6 +326,7 @@ def load_value_maps(
         )
         if bad:
             raise MappingError(
-                f"{path}: role values must map to client or counselor (or a client_values/counselor_values value), not {bad}"
+                f"{path}: role values must map to client or counselor (or a "
+                f"client_values/counselor_values value), not {bad}"
             )
     return maps

@@ -8,12 +8,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from care_ray.contract import ContractError, Reason
 
+
+class _TextEncoding(TypedDict):
+    encoding: str
+    errors: str
+
+
 # Lines are decoded with surrogateescape so that one bad byte costs one record, not the file.
-_ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+_ENCODING: _TextEncoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
 @dataclass

@@ -24,7 +24,8 @@ def ingest_summary(manifest: dict[str, Any], out: Path) -> str:
     n_files = len(m.get("inputs", []))
     lines = [
         f"ingest {m.get('format', '?')} ({_plural(n_files, 'file')}) → {out}",
-        f"  written:        {_plural(m['sessions_written'], 'session')} ({m['records_written']} of {m['input_records']} input records, "
+        f"  written:        {_plural(m['sessions_written'], 'session')} "
+        f"({m['records_written']} of {m['input_records']} input records, "
         f"{_plural(m['turns_written'], 'turn')})",
     ]
     reasons = ", ".join(f"{r} {n}" for r, n in _by_count(m.get("quarantined_by_reason", {})))
@@ -34,7 +35,8 @@ def ingest_summary(manifest: dict[str, Any], out: Path) -> str:
     )
     if m.get("turns_dropped"):
         lines.append(
-            f"  dropped turns:  {m['turns_dropped']} empty, from {_plural(m['sessions_with_dropped_turns'], 'session')} "
+            f"  dropped turns:  {m['turns_dropped']} empty, from "
+            f"{_plural(m['sessions_with_dropped_turns'], 'session')} "
             "(kept; counted in metadata.dropped_turns; --empty-turns quarantine rejects such sessions)"
         )
     for field, values in (m.get("unmapped_values") or {}).items():
@@ -48,7 +50,8 @@ def ingest_summary(manifest: dict[str, Any], out: Path) -> str:
         )
     if "ingests" in manifest:
         lines.append(
-            f"  corpus now:     {_plural(manifest['sessions_written'], 'session')} from {', '.join(sorted(manifest.get('by_source', {})))}"
+            f"  corpus now:     {_plural(manifest['sessions_written'], 'session')} from "
+            f"{', '.join(sorted(manifest.get('by_source', {})))}"
         )
     lines.append(f"manifest: {Path(out) / 'manifest.json'}")
     return "\n".join(lines)
@@ -63,7 +66,8 @@ def nothing_written(manifest: dict[str, Any], out: Path, top: int = 3) -> str | 
         return f"nothing was written: the inputs hold no records ({', '.join(m.get('inputs', []))})"
     examples = m.get("quarantine_examples", {})
     lines = [
-        f"nothing was written: all {m['input_records']} input records were quarantined (see {Path(out) / 'quarantine'}). Top reasons:"
+        f"nothing was written: all {m['input_records']} input records were quarantined (see "
+        f"{Path(out) / 'quarantine'}). Top reasons:"
     ]
     for reason, n in _by_count(m.get("quarantined_by_reason", {}))[:top]:
         ex = examples.get(reason)

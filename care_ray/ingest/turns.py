@@ -171,7 +171,8 @@ class _MappingProbe:
                 key = self.numeric[col]
                 value, origin = self.example[col]
                 raise MappingError(
-                    f"--map {key}: column {col!r} holds text, not numbers ({text} of the first {numbers + text} values, "
+                    f"--map {key}: column {col!r} holds text, not numbers ({text} of the first "
+                    f"{numbers + text} values, "
                     f"e.g. {str(value)[:40]!r} at {origin}); " + _NUMERIC_HINT[key].format(col=col)
                 )
 

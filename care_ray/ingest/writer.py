@@ -177,7 +177,8 @@ class CorpusWriter:
                 )
             if source is not None and source in sources:
                 raise CorpusExists(
-                    f"source {source!r} is already in {self.out}; append under another --source, or use --mode overwrite"
+                    f"source {source!r} is already in {self.out}; append under another "
+                    "--source, or use --mode overwrite"
                 )
         self.created_out = not self.out.exists()
         self.staging = self.out / f".staging-{uuid.uuid4().hex[:8]}"
@@ -309,7 +310,8 @@ class CorpusWriter:
         c = self.counts
         if c["input_records"] != c["records_written"] + c["records_quarantined"]:
             raise CountsDoNotReconcile(
-                f"read {c['input_records']} records but wrote {c['records_written']} and quarantined {c['records_quarantined']}"
+                f"read {c['input_records']} records but wrote {c['records_written']} and "
+                f"quarantined {c['records_quarantined']}"
             )
         (self.staging / "sessions").mkdir(exist_ok=True)
         (self.staging / "quarantine").mkdir(exist_ok=True)

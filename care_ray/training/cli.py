@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--label-map",
-                help="proxy targets for sessions without client_wai: LABEL=DIMENSIONS_OR_ITEMS, repeatable (default ESConv: empathy=bond relevance=goal,task)",
+                help="proxy targets for sessions without client_wai: "
+                "LABEL=DIMENSIONS_OR_ITEMS, repeatable (default ESConv: empathy=bond "
+                "relevance=goal,task)",
             ),
         ] = None,
         items: Annotated[
@@ -156,7 +158,8 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--set",
-                help="override a setting of the config: KEY=VALUE, KEY dotted (lora.r=32), VALUE as in YAML (folds=[0]); repeatable",
+                help="override a setting of the config: KEY=VALUE, KEY dotted (lora.r=32), "
+                "VALUE as in YAML (folds=[0]); repeatable",
             ),
         ] = None,
         out: Annotated[

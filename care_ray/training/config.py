@@ -84,16 +84,19 @@ class FinetuneConfig(_Strict):
     max_seq_len: int = Field(
         8192,
         ge=16,
-        description="longer examples are dropped and counted, never cut (cutting would train on prompts scoring never sends)",
+        description="longer examples are dropped and counted, never cut (cutting would train "
+        "on prompts scoring never sends)",
     )
     seed: int = 123
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
-        description="auto: bf16 on GPU (LoRA: frozen bf16 base, fp32 adapters; full: fp32 master weights, bf16 compute), fp32 on CPU",
+        description="auto: bf16 on GPU (LoRA: frozen bf16 base, fp32 adapters; full: fp32 "
+        "master weights, bf16 compute), fp32 on CPU",
     )
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp",
-        description="ddp: a model copy per worker; fsdp: parameters, gradients and optimizer state sharded (FSDP2) — full fine-tuning of models that do not fit one device",
+        description="ddp: a model copy per worker; fsdp: parameters, gradients and optimizer "
+        "state sharded (FSDP2) — full fine-tuning of models that do not fit one device",
     )
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
@@ -134,7 +137,8 @@ class FinetuneConfig(_Strict):
         per_step = self.micro_batch_size * self.scaling.num_workers
         if self.effective_batch_size % per_step:
             raise ValueError(
-                f"effective_batch_size {self.effective_batch_size} is not a multiple of micro_batch_size × num_workers = {per_step}"
+                f"effective_batch_size {self.effective_batch_size} is not a multiple of "
+                f"micro_batch_size × num_workers = {per_step}"
             )
         return self
 

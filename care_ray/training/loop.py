@@ -108,7 +108,8 @@ def score_digit_ids(tokenizer) -> tuple[list[int], list[int]]:
             or tokenizer.decode(ids[len(prefix)]).strip() != d
         ):
             raise ValueError(
-                f"the tokenizer does not give score digit {d} a token of its own after {SCORE_PREFIX!r}; held-out scoring by digit logits needs one"
+                f"the tokenizer does not give score digit {d} a token of its own after "
+                f"{SCORE_PREFIX!r}; held-out scoring by digit logits needs one"
             )
         digits.append(ids[len(prefix)])
     return prefix, digits
@@ -183,9 +184,11 @@ def build_model(cfg: FinetuneConfig, dtype: torch.dtype, checkpoint_dir: str | N
             result = set_peft_model_state_dict(
                 model, load_file(str(Path(checkpoint_dir) / "adapter_model.safetensors"))
             )
-            if getattr(result, "unexpected_keys", None):
+            unexpected = getattr(result, "unexpected_keys", None)
+            if unexpected:
                 raise RuntimeError(
-                    f"checkpoint adapter does not fit the configured LoRA: unexpected keys {result.unexpected_keys[:3]}"
+                    "checkpoint adapter does not fit the configured LoRA: unexpected keys "
+                    f"{unexpected[:3]}"
                 )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -30,7 +30,7 @@ def heldout_metrics(
     true_scores: Sequence[int],
     predictions: Sequence[tuple[int, float]],
     prefix: str = "heldout_",
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """Per-item (argmax, expected) predictions → per-dimension Pearson/Spearman/MSE of dimension
     means against the targets, item-level exact accuracy, and `{prefix}selection_score`.
 
@@ -46,14 +46,15 @@ def heldout_metrics(
     expected = dimension_means(session_ids, item_ids, [p[1] for p in predictions], dims)
     present = [d for d in DIMENSIONS if d in truth] + sorted(set(truth) - set(DIMENSIONS))
     by_dim = dimension_agreement(argmax, truth, present)
-    metrics = flat_metrics(by_dim, prefix)
+    agreement = flat_metrics(by_dim, prefix)
+    mean = agreement[f"{prefix}pearson_mean"]
+    metrics: dict[str, float | str] = {**agreement}
     metrics.update(
         {
             f"{prefix}pearson_expected_{d}": m["pearson"]
             for d, m in dimension_agreement(expected, truth, present).items()
         }
     )
-    mean = metrics[f"{prefix}pearson_mean"]
     metrics[f"{prefix}selection_score"] = NO_DEFINED_SCORE if math.isnan(mean) else mean
     metrics[f"{prefix}mean_rule"] = MEAN_RULE
     metrics[f"{prefix}item_accuracy"] = float(

@@ -338,10 +338,10 @@ def build_examples(
     if opts.drafts not in DRAFT_USE:
         raise SFTDataError(f"--drafts must be one of {', '.join(DRAFT_USE)}, got {opts.drafts!r}")
     validator = output_validator()
-    if isinstance(prompt_builder, PromptBuilder) or rubric is not None:
-        fixed = (
-            prompt_builder if isinstance(prompt_builder, PromptBuilder) else PromptBuilder(rubric)
-        )
+    if isinstance(prompt_builder, PromptBuilder):
+        builder_for = lambda _language: prompt_builder  # noqa: E731
+    elif rubric is not None:
+        fixed = PromptBuilder(rubric)
         builder_for = lambda _language: fixed  # noqa: E731
     else:
         builder_for = (prompt_builder or PromptBuilders()).for_language
@@ -485,7 +485,7 @@ def make_sft_data(
     tokenizer_path: str | None = None,
     max_model_len: int | None = None,
     max_new_tokens: int = 512,
-    rationales_dir: Path | None = None,
+    rationales_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """The `care-ray sft-data` command: read a corpus, build examples and folds, write them.
     `rationales_dir`: a `care-ray rationales draft` folder whose reviewed rationales (and drafts,

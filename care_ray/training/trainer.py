@@ -44,7 +44,8 @@ def _fold_examples(cfg: FinetuneConfig, fold: int) -> tuple[list[dict], list[dic
     held_out = list(iter_fold(table, fold, held_out=True))
     if not train or not held_out:
         raise ValueError(
-            f"fold {fold} leaves {len(train)} training and {len(held_out)} held-out examples; check `folds` against the data's folds"
+            f"fold {fold} leaves {len(train)} training and {len(held_out)} held-out examples; "
+            "check `folds` against the data's folds"
         )
     rng = random.Random(cfg.seed)
     if cfg.max_train_examples and len(train) > cfg.max_train_examples:
@@ -53,7 +54,8 @@ def _fold_examples(cfg: FinetuneConfig, fold: int) -> tuple[list[dict], list[dic
         sizes = Counter(r["session_id"] for r in held_out)
         sessions = sorted(sizes)
         rng.shuffle(sessions)
-        keep, n = set(), 0
+        keep: set[str] = set()
+        n = 0
         for s in sessions:
             if n + sizes[s] > cfg.max_eval_examples and keep:
                 break
@@ -183,7 +185,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     state["attempts"].append({"start_step": state["global_step"], "world_size": world})
     if rank == 0:
         log.info(
-            "fold %d: %d train / %d held-out examples (%d / %d dropped > max_seq_len), %d steps x %d epochs, accumulation %d, %s (%s) on %s, start step %d",
+            "fold %d: %d train / %d held-out examples (%d / %d dropped > max_seq_len), %d "
+            "steps x %d epochs, accumulation %d, %s (%s) on %s, start step %d",
             fold,
             len(train),
             len(held_out),
@@ -384,7 +387,9 @@ def make_trainer(cfg: FinetuneConfig, fold: int):
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
     return TorchTrainer(
-        train_loop_per_worker,
+        # Ray types the loop as returning None, yet hands rank 0's return value back as
+        # Result.return_value, which export_fold reads (loss history, attempts)
+        train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={"config": cfg.model_dump(mode="json"), "fold": fold},
         scaling_config=ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
