@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from care_ray import evaluation as ev
 from care_ray.rubric import Rubric, load_rubric
+from care_ray.storage import PathOrURI
 from care_ray.training.sft_data import EXAMPLES_FILE, RATIONALE_KEY
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ class EvaluateError(ValueError):
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scores: Path = Field(description="a scoring run folder (sessions/ and/or items/)")
-    sessions: Path = Field(description="the corpus folder the run scored")
+    scores: PathOrURI = Field(
+        description="a scoring run folder (sessions/ and/or items/), a local path or a URI"
+    )
+    sessions: PathOrURI = Field(description="the corpus folder the run scored, a path or a URI")
     out: Path
     truth: list[str] = Field(default_factory=lambda: [CLIENT_WAI], min_length=1)
     folds: Path | None = Field(
@@ -129,30 +132,21 @@ def _parquet_dataset(folder: Path, partitioning: str | None = None) -> ds.Datase
     return dataset if dataset.files else None
 
 
-def read_predicted(scores: Path, dimensions: list[str]) -> tuple[pl.DataFrame, str]:
-    """Long (session_id, dimension, predicted) from the run's sessions/ table, or from items/ by
-    queries/session_scores.sql (the same definition: a dimension needs all of its items scored)."""
-    if not scores.is_dir():
-        raise EvaluateError(f"scores folder not found: {scores}")
-    sessions = _parquet_dataset(scores / "sessions")
-    if sessions is not None:
-        folder, origin = scores / "sessions", "sessions/"
-        names = sessions.schema.names
-        if "session_id" not in names:
-            raise EvaluateError(f"{folder} has no session_id column")
-        table = pl.from_arrow(
-            sessions.to_table(columns=["session_id", *[d for d in dimensions if d in names]])
-        )
-    elif _parquet_dataset(scores / "items") is not None:
-        from care_ray.queries import connect, read_query
+def read_predicted(scores: str | Path, dimensions: list[str]) -> tuple[pl.DataFrame, str]:
+    """Long (session_id, dimension, predicted) from the run's sessions/ table, or from its
+    committed items/ by queries/session_scores.sql (the same definition: a dimension needs all of
+    its items scored). A local folder or a URI."""
+    from care_ray.results import NoScores, read_session_scores
 
-        folder, origin = scores / "items", "items/ (queries/session_scores.sql)"
-        with connect({"items": folder}) as con:
-            table = con.sql(read_query("session_scores")).pl()
-    else:
-        raise EvaluateError(
-            f"no scores in {scores} (expected Parquet under {scores}/sessions or {scores}/items)"
-        )
+    try:
+        arrow, origin = read_session_scores(scores)
+    except NoScores as e:
+        raise EvaluateError(str(e)) from None
+    folder = f"{scores}/{origin.split()[0].rstrip('/')}"
+    names = arrow.schema.names
+    if "session_id" not in names:
+        raise EvaluateError(f"{folder} has no session_id column")
+    table = pl.DataFrame(arrow.select(["session_id", *[d for d in dimensions if d in names]]))
     if table.height == 0:
         raise EvaluateError(f"no scored sessions in {folder}")
     duplicated = table["session_id"].is_duplicated().sum()
@@ -166,7 +160,7 @@ def read_predicted(scores: Path, dimensions: list[str]) -> tuple[pl.DataFrame, s
     ), origin
 
 
-def read_corpus(sessions: Path, session_ids: pl.Series, columns: list[str]) -> pa.Table:
+def read_corpus(sessions: str | Path, session_ids: pl.Series, columns: list[str]) -> pa.Table:
     """The corpus rows of `session_ids`, only `columns` (those the corpus has)."""
     from care_ray.corpus import sessions_dataset
 
@@ -259,12 +253,13 @@ def read_folds(config: EvaluateConfig, corpus: pa.Table) -> tuple[pl.DataFrame |
     return None, None
 
 
-def read_items(scores: Path, session_ids: pl.Series, columns: list[str]) -> pl.DataFrame | None:
-    items = _parquet_dataset(scores / "items")
-    if items is None or not set(columns) <= set(items.schema.names):
-        return None
-    ids = pa.array(session_ids.unique().to_list(), pa.string())
-    return pl.from_arrow(items.to_table(columns=columns, filter=pc.field("session_id").isin(ids)))
+def read_items(
+    scores: str | Path, session_ids: pl.Series, columns: list[str]
+) -> pl.DataFrame | None:
+    from care_ray.results import read_item_rows
+
+    rows = read_item_rows(scores, columns, session_ids.unique().to_list())
+    return None if rows is None else pl.DataFrame(rows)
 
 
 # ---- the summaries in metrics.json ----

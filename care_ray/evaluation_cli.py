@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
             ),
         ],
         sessions: Annotated[
-            Path, typer.Option("--sessions", help="the corpus folder that was scored")
+            str,
+            typer.Option("--sessions", help="the corpus folder that was scored, a path or a URI"),
         ],
         out: Annotated[
             Path,

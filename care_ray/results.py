@@ -180,6 +180,14 @@ class RunFolder:
 
     # --- reading -------------------------------------------------------------------------------
 
+    def readable(self, sub: str) -> list[str]:
+        """The data files a reader may use: the committed ones of a care-ray run folder, or every
+        Parquet file under `sub` of a folder written without commit markers (by hand, or by a
+        care-ray older than the protocol)."""
+        if self.loc.join(COMMITS).is_dir():
+            return self.committed(sub)
+        return _parquet_files(self.loc.join(sub))
+
     def dataset(self, sub: str) -> ds.Dataset:
         files = self.committed(sub)
         if not files:
@@ -361,3 +369,63 @@ def write_session_scores(run: RunFolder, memory_limit: str = DRIVER_MEMORY) -> i
     run.loc.join("sessions").delete_dir()
     run.loc.join("sessions", "part-00000.parquet").write_parquet(table)
     return table.num_rows
+
+
+def _parquet_files(folder: Location) -> list[str]:
+    """Every Parquet file under `folder` (recursively), as filesystem paths."""
+    if not folder.is_dir():
+        return []
+    infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+    return sorted(
+        i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+    )
+
+
+class NoScores(FileNotFoundError):
+    """A scores folder with neither sessions/ nor items/ to read."""
+
+
+def read_session_scores(
+    scores: str | os.PathLike, memory_limit: str = DRIVER_MEMORY
+) -> tuple[pa.Table, str]:
+    """Per-session dimension scores of a scoring run, local or in an object store: (table, where
+    they came from). Its sessions/ table when finalize wrote one, else queries/session_scores.sql
+    over the readable items/ (an unfinished run: its committed files only)."""
+    run = RunFolder(scores)
+    if not run.loc.is_dir():
+        raise NoScores(f"scores folder not found: {run.loc.uri}")
+    # finalize writes sessions/ whole, after consolidating: every file there counts
+    sessions = _parquet_files(run.loc.join("sessions"))
+    if sessions:
+        table = ds.dataset(sessions, filesystem=run.loc.fs, format="parquet").to_table()
+        return table, "sessions/"
+    items = run.readable("items")
+    if not items:
+        raise NoScores(
+            f"no scores in {run.loc.uri} (expected sessions/ or items/ of a `care-ray score` run)"
+        )
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.register("_items_arrow", ds.dataset(items, filesystem=run.loc.fs, format="parquet"))
+    con.sql("SELECT * FROM _items_arrow").create_view("items")
+    return con.sql(read_sql("session_scores")).to_arrow_table(), (
+        "items/ (queries/session_scores.sql)"
+    )
+
+
+def read_item_rows(
+    scores: str | os.PathLike, columns: list[str], session_ids: Sequence[str] | None = None
+) -> pa.Table | None:
+    """The readable items/ rows of a scoring run (local or object store), these columns only,
+    for these sessions; None when there are none or a column is missing."""
+    run = RunFolder(scores)
+    files = run.readable("items")
+    if not files:
+        return None
+    dataset = ds.dataset(files, filesystem=run.loc.fs, format="parquet")
+    if not set(columns) <= set(dataset.schema.names):
+        return None
+    wanted = None
+    if session_ids is not None:
+        wanted = pc.field("session_id").isin(pa.array(list(session_ids), pa.string()))
+    return dataset.to_table(columns=columns, filter=wanted)

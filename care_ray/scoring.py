@@ -32,15 +32,23 @@ from care_ray.output import (
     parse_item_output,
     quote_found_share,
 )
-from care_ray.storage import Location
+from care_ray.storage import Location, PathOrURI
 
 log = logging.getLogger(__name__)
 
 from care_ray.results import ERROR_COLUMNS, ITEM_COLUMNS, RESULT_SCHEMA, RUN_ID_FILE, RunFolder  # noqa: E402,F401 - the schema lives with the folder
 
 ERROR_REASONS = tuple(r.value for r in OutputError)
-# a local path or an object-store URI, kept as text: Path("s3://b/x") would turn it into "s3:/b/x"
-PathOrURI = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, os.PathLike) else v)]
+
+
+def _json_mapping(value: Any) -> Any:
+    """A JSON object given as text (the command line) becomes a mapping; YAML gives one already."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError(f'not a JSON object such as {{"engine_node": 1}}: {value!r}') from None
 
 
 def engine_message(e: BaseException) -> str:

@@ -17,6 +17,10 @@ from typing import Annotated
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import BeforeValidator
+
+# a local path or an object-store URI, kept as text: Path("s3://b/x") would turn it into "s3:/b/x"
+PathOrURI = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, os.PathLike) else v)]
 
 
 def is_uri(path: str | os.PathLike) -> bool:

@@ -195,11 +195,12 @@ def test_a_local_output_path_on_a_multi_node_cluster_is_refused():
 
 
 def test_sft_data_finetune_and_the_adapter_travel_through_s3(
-    s3_env, s3_corpus, tiny_model, tmp_path
+    s3_env, s3_corpus, esconv_corpus, tiny_model, tmp_path
 ):
     """Every path of the training side as a URI: sft-data writes its examples to s3://, finetune
     reads them from there, keeps Ray Train's checkpoints (storage_path) and publishes the adapter
-    there (--out), and score serves the adapter straight from its URI."""
+    there (--out), score serves the adapter straight from its URI into s3://, and evaluate and
+    analyze read those scores there."""
     import json
 
     from care_ray.fingerprint import folder_digest
@@ -237,14 +238,41 @@ def test_sft_data_finetune_and_the_adapter_travel_through_s3(
     assert location(ft).join("ray-results").is_dir()
 
     adapter = f"{ft}/fold0/adapter"
+    scored = f"s3://{BUCKET}/scored-with-adapter"
     m = score_corpus(
         ScoreConfig(
-            sessions=s3_corpus, model=str(tiny_model), adapter=adapter, out=str(tmp_path / "scored"),
-            limit=1, items="1,3", max_model_len=1024, max_new_tokens=96, max_rationale_chars=80,
+            sessions=s3_corpus, model=str(tiny_model), adapter=adapter, out=scored,
+            limit=2, items="bond", max_model_len=1024, max_new_tokens=96, max_rationale_chars=80,
             max_quotes=1, max_quote_chars=40, progress=False,
         )
     )  # fmt: skip
-    assert m["items_in"] == 2 and m["items_scored"] + m["items_errors"] == 2
-    recorded = json.loads((tmp_path / "scored" / "fingerprint.json").read_text())
+    assert m["items_in"] == 8 and m["items_scored"] + m["items_errors"] == 8
+    recorded = json.loads(location(scored).join("fingerprint.json").read_text())
     assert recorded["settings"]["adapter"] == folder_digest(fetch_folder(adapter))
     assert recorded["info"]["adapter"] == adapter
+
+    # the findings read the scores where they are
+    from typer.testing import CliRunner
+
+    from care_ray.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate", "--scores", scored, "--sessions", s3_corpus,
+            "--truth", "labels.empathy=bond", "--out", str(tmp_path / "evaluation"),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert metrics["scores"] == scored and metrics["predicted_from"] == "sessions/"
+    res = CliRunner().invoke(
+        app,
+        [
+            "analyze", "--sessions", str(esconv_corpus), "--scores", scored,
+            "--out", str(tmp_path / "analysis"),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    analysis = json.loads((tmp_path / "analysis" / "manifest.json").read_text())
+    assert analysis["mode"] == "scores"

@@ -31,6 +31,7 @@ from care_ray.analytics.features import (
     load_vocabulary,
 )
 from care_ray.queries import parquet_glob, read_query
+from care_ray.storage import PathOrURI
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ class AnalyzeConfig(BaseModel):
 
     sessions: Path = Field(description="corpus folder written by `care-ray ingest`")
     out: Path = Field(description="folder for the Parquet tables and manifest.json")
-    scores: Path | None = Field(
-        None, description="a `care-ray score` run folder; without it, outcomes are session labels"
+    scores: PathOrURI | None = Field(
+        None,
+        description="a `care-ray score` run folder or URI; without it, outcomes are session labels",
     )
     outcomes: list[str] = Field(default_factory=list, description=OUTCOME_HELP)
     by: list[str] = Field(default_factory=list, description=BY_HELP)
@@ -332,20 +334,17 @@ def session_values(
     return frame
 
 
-def load_scores(
-    con: duckdb.DuckDBPyConnection, scores: Path
-) -> tuple[pl.DataFrame, tuple[str, ...]]:
-    """Per-session dimension scores of a scoring run: its sessions/ table, or recomputed from items/."""
-    scores = Path(scores)
-    if (scores / "sessions").is_dir() and any((scores / "sessions").rglob("*.parquet")):
-        table = con.read_parquet(parquet_glob(scores / "sessions"), union_by_name=True).pl()
-    elif (scores / "items").is_dir() and any((scores / "items").rglob("*.parquet")):
-        _bind_parquet(con, "items", scores / "items", hive=False)
-        table = _query(con, "session_scores")
-    else:
-        raise AnalysisError(
-            f"no scores at {scores} (expected sessions/ or items/ of a `care-ray score` run)"
-        )
+def load_scores(scores: str | Path) -> tuple[pl.DataFrame, tuple[str, ...]]:
+    """Per-session dimension scores of a scoring run (a local folder or a URI): its sessions/
+    table, or recomputed from its committed items/."""
+    from care_ray.results import NoScores, read_session_scores
+
+    try:
+        arrow, _ = read_session_scores(scores)
+    except NoScores as e:
+        raise AnalysisError(str(e)) from None
+    table = pl.from_arrow(arrow)
+    assert isinstance(table, pl.DataFrame)
     columns = tuple(c for c in SCORE_OUTCOMES if c in table.columns)
     if "session_id" not in table.columns or not columns:
         raise AnalysisError(
@@ -586,14 +585,18 @@ def challenge_tables(cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataF
             "challenge_terms, challenge_clusters: absent — model-free mode has no rationales (pass --scores)"
         )
         return {}
-    items = Path(cfg.scores) / "items"
-    if not items.is_dir() or not any(items.rglob("*.parquet")):
+    from care_ray.results import RunFolder
+
+    run = RunFolder(cfg.scores)
+    items = run.readable("items")  # an unfinished run: its committed files only
+    if not items:
         notes.append("challenge_terms, challenge_clusters: absent — the scoring run has no items/")
         return {}
     from care_ray.analytics.challenges import cluster_rationales, distinctive_terms
 
     con = _connect(cfg.memory_limit)
-    _bind_parquet(con, "items", items, hive=False)
+    con.register("_items_arrow", ds.dataset(items, filesystem=run.loc.fs, format="parquet"))
+    con.sql("SELECT * FROM _items_arrow").create_view("items")
     _bind_parquet(con, "sessions", _sessions_root(cfg.sessions))
     _set_variables(
         con, low_threshold=float(cfg.low_threshold), max_docs=int(cfg.max_docs), seed=int(cfg.seed)
@@ -638,7 +641,7 @@ def build_frame(
     base = _query(con, "analysis_sessions")
     if base.is_empty():
         raise AnalysisError(f"the corpus at {cfg.sessions} has no sessions")
-    scores, score_columns = load_scores(con, cfg.scores) if cfg.scores else (None, ())
+    scores, score_columns = load_scores(cfg.scores) if cfg.scores else (None, ())
     outcomes = parse_outcomes(cfg.outcomes, score_columns, labels)
     groups = parse_by(cfg.by, metadata, labels)
     taken = (

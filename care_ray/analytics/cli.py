@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
 
         if not sessions.exists():
             _fail(f"corpus not found: {sessions}")
-        if scores is not None and not scores.exists():
+        if scores is not None and "://" not in scores and not Path(scores).exists():
             _fail(f"scores not found: {scores}")
         try:
             cfg = AnalyzeConfig(
