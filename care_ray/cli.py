@@ -360,6 +360,14 @@ def score(
             help="logical CPUs per replica \\[default: fit the node so read/write tasks keep a share]"
         ),
     ] = None,
+    engine_resources: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray custom resources per replica as JSON, e.g. '{\"engine_node\": 1}': engines "
+            "run only on nodes started with them (`ray start --resources`); placement only, "
+            "not part of the run's fingerprint"
+        ),
+    ] = None,
     tensor_parallel_size: Annotated[
         int | None,
         typer.Option(

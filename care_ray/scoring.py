@@ -178,6 +178,11 @@ class ScoreConfig(BaseModel):
     cpus_per_engine: float | None = Field(
         None, gt=0, description="default: fits the node so read/write tasks keep a share"
     )
+    engine_resources: Annotated[dict[str, float], BeforeValidator(_json_mapping)] = Field(
+        default_factory=dict,
+        description='Ray custom resources per engine replica, e.g. {"engine_node": 1}: engines '
+        "run only on nodes that have them",
+    )
     tensor_parallel_size: int = Field(1, ge=1)
     max_model_len: int = Field(4096, ge=256)
     max_new_tokens: int = Field(512, ge=16)
@@ -234,6 +239,14 @@ class ScoreConfig(BaseModel):
             raise ValueError(
                 f"--samples {self.samples} needs --temperature > 0 (at temperature 0 every sample is the same answer)"
             )
+        for name, amount in self.engine_resources.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(
+                    f"--engine-resources: give {name} with --{name.lower()}s-per-engine, "
+                    "not as a custom resource"
+                )
+            if amount <= 0:
+                raise ValueError(f"--engine-resources: {name} must be > 0, got {amount:g}")
         if self.retry_errors is not None:
             self.retry_errors = (
                 ",".join(sorted({r.strip() for r in self.retry_errors.split(",") if r.strip()}))
@@ -518,8 +531,50 @@ def check_output_reachable(out: Location, alive_nodes: int, shared_filesystem: b
     machine's disk would scatter them over the nodes' own disks."""
     if out.local and alive_nodes > 1 and not shared_filesystem:
         raise ValueError(
-            f"--out {out.uri} is a local path, but the cluster has {alive_nodes} nodes: other nodes would write to their own disks. "
-            "Use an object-store URI (s3://…, gs://…), or pass --shared-filesystem if that path is one filesystem mounted on every node"
+            f"--out {out.uri} is a local path, but the cluster has {alive_nodes} nodes: other "
+            "nodes would write to their own disks. "
+            "Use an object-store URI (s3://…, gs://…), or pass --shared-filesystem if that "
+            "path is one filesystem mounted on every node"
+        )
+
+
+class MissingClusterResources(ValueError):
+    """Custom resources asked of every replica that the cluster's nodes do not have."""
+
+
+def check_custom_resources(
+    requested: dict[str, float],
+    replicas: int,
+    node_resources: list[dict[str, float]],
+    option: str = "--engine-resources",
+    replicas_option: str = "--num-engines",
+) -> None:
+    """Refuse, before anything is scheduled, custom resources per replica (`requested`) that the
+    cluster's alive nodes (`node_resources`: each node's total resources) cannot give all
+    `replicas`: Ray would keep the actors pending forever, a hang with no message."""
+    if not requested:
+        return
+    shown = json.dumps({k: int(v) if float(v).is_integer() else v for k, v in requested.items()})
+    known = sorted({name for node in node_resources for name in node})
+    missing = [name for name in requested if name not in known]
+    if missing:
+        builtin = ("CPU", "GPU", "memory", "object_store_memory")
+        custom = [n for n in known if n not in builtin and not n.startswith("node:__")]
+        raise MissingClusterResources(
+            f"{option} {shown}: no node of the cluster has the resource {missing[0]!r} (its "
+            f"resources besides CPU, GPU and memory: {', '.join(custom) or 'none'}); start "
+            f"the nodes meant for it with `ray start --resources '{{\"{missing[0]}\": N}}'`"
+        )
+    # Per node, how many replicas its totals hold; the slack absorbs float error in fractions.
+    fit = sum(
+        int(min(node.get(name, 0.0) / amount + 1e-9 for name, amount in requested.items()))
+        for node in node_resources
+    )
+    if fit < replicas:
+        raise MissingClusterResources(
+            f"{option} {shown}: the cluster's nodes have these resources for {fit} "
+            f"replica{'s' if fit != 1 else ''}, {replicas_option} asks for {replicas}; lower "
+            f"{replicas_option} or the amounts"
         )
 
 
@@ -597,8 +652,10 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     run = RunFolder(config.out)
     check_run_folder(config.out, config)  # before Ray starts: a refused rerun answers at once
     init_ray(config.ray_address)
-    check_output_reachable(
-        run.loc, len([n for n in ray.nodes() if n.get("Alive")]), config.shared_filesystem
+    alive_nodes = [n for n in ray.nodes() if n.get("Alive")]
+    check_output_reachable(run.loc, len(alive_nodes), config.shared_filesystem)
+    check_custom_resources(
+        config.engine_resources, config.num_engines, [n["Resources"] for n in alive_nodes]
     )
     fingerprint = prepare_run_folder(config.out, config)
     run_id = uuid.uuid4().hex
@@ -661,9 +718,11 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                 compute=ray.data.ActorPoolStrategy(size=config.num_engines),
                 num_cpus=cpus,
                 num_gpus=config.gpus_per_engine or None,
+                resources=config.engine_resources or None,
             )
             .map_batches(
-                _write_results_batch,
+                # Ray types the function as taking the batch alone; fn_kwargs supplies the rest
+                _write_results_batch,  # type: ignore[arg-type]
                 fn_kwargs=dict(out=run.loc.uri, run_id=run_id),
                 batch_format="pyarrow",
                 batch_size=None,

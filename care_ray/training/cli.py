@@ -207,5 +207,10 @@ def register(app: typer.Typer) -> None:
             check_model_folder(cfg.model, option=f"{config}: model")
         except (ConfigError, FileNotFoundError, ValueError) as e:
             _fail(str(e))
-        summary = run_finetune(cfg)
+        from care_ray.scoring import MissingClusterResources
+
+        try:
+            summary = run_finetune(cfg)
+        except MissingClusterResources as e:  # found once Ray is up: still one line, not a trace
+            _fail(str(e))
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False, default=str))

@@ -40,6 +40,23 @@ class ScalingSettings(_Strict):
         ge=1,
         description="torch intra-op threads on CPU; default max(1, int(cpus_per_worker))",
     )
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description='Ray custom resources per worker, e.g. {"train_node": 1}: workers run only on '
+        "nodes started with them (`ray start --resources`)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ScalingSettings:
+        for name, amount in self.resources_per_worker.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(
+                    f"resources_per_worker: give {name} with {name.lower()}s_per_worker, not "
+                    "as a custom resource"
+                )
+            if amount <= 0:
+                raise ValueError(f"resources_per_worker: {name} must be > 0, got {amount:g}")
+        return self
 
 
 class FaultInjection(_Strict):

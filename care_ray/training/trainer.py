@@ -347,6 +347,22 @@ def ensure_ray(address: str | None = None) -> None:
     ray.init(address="local", runtime_env=offline_runtime_env())
 
 
+def check_worker_resources(cfg: FinetuneConfig) -> None:
+    """Custom worker resources no alive node offers are one line before training starts, not a
+    worker group that waits for its placement group forever."""
+    import ray
+
+    from care_ray.scoring import check_custom_resources
+
+    check_custom_resources(
+        cfg.scaling.resources_per_worker,
+        cfg.scaling.num_workers,
+        [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+        option="scaling.resources_per_worker",
+        replicas_option="scaling.num_workers",
+    )
+
+
 def held_out_folds(cfg: FinetuneConfig) -> list[int]:
     from care_ray.training.sft_data import read_examples
 
@@ -383,7 +399,7 @@ def make_trainer(cfg: FinetuneConfig, fold: int):
     from ray.train.torch import TorchTrainer
 
     s = cfg.scaling
-    resources = {"CPU": s.cpus_per_worker}
+    resources = {"CPU": s.cpus_per_worker, **s.resources_per_worker}
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
     return TorchTrainer(
