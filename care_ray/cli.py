@@ -444,6 +444,15 @@ def score(
         int | None,
         typer.Option(help="KV cache block size \\[default: 32 on CPU, the engine's own on GPU]"),
     ] = None,
+    align_prefix_blocks: Annotated[
+        bool | None,
+        typer.Option(
+            "--align-prefix-blocks",
+            help="pad the part a session's prompts share to a KV block boundary (newline tokens "
+            "after the transcript) so later prompts recompute only their item; off by default: "
+            "a model fine-tuned by care-ray was trained without the padding",
+        ),
+    ] = None,
     kv_cache_gib: Annotated[
         float | None, typer.Option(help="KV cache GiB per CPU engine" + _d("kv_cache_gib"))
     ] = None,

@@ -82,7 +82,12 @@ class PromptBuilder:
     The chat template is rendered once, with placeholders for transcript and item; a prompt is
     then header + transcript + middle + item + tail. Token ids are assembled the same way (the
     transcript is tokenised once per session, not 12 times), after checking on the first session
-    that this equals tokenising the whole prompt; if it ever does not, every prompt is tokenised whole."""
+    that this equals tokenising the whole prompt; if it ever does not, every prompt is tokenised whole.
+
+    With `align_to` (the engine's KV block size), the part the 12 prompts share ends on a block
+    boundary: that many newline tokens (at most align_to - 1) follow the transcript, a blank
+    stretch after the dialogue. A prefix cache keeps whole blocks only, so without them each later
+    prompt recomputes the partly filled last block of the transcript."""
 
     def __init__(
         self,
@@ -91,8 +96,12 @@ class PromptBuilder:
         max_model_len: int | None = None,
         max_new_tokens: int = 512,
         head_share: float = 0.25,
+        align_to: int | None = None,
     ) -> None:
         self.rubric = rubric
+        self.align_to = align_to if align_to and align_to > 1 else None
+        self._pad_id: int | None = None
+        self._shared_suffix: int | None = None
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.head_share = head_share
@@ -108,7 +117,8 @@ class PromptBuilder:
                 self._count(self.render(self.messages("", item))) for item in rubric.items
             )
             marker = self._count(rubric.prompt.elided.format(n=9999))
-            self.budget = max_model_len - max_new_tokens - overhead - marker - 8
+            pad_room = self.align_to - 1 if self.align_to else 0
+            self.budget = max_model_len - max_new_tokens - overhead - marker - pad_room - 8
             if self.budget < 64:
                 raise ValueError(
                     f"max_model_len {max_model_len} leaves {self.budget} tokens for the "
@@ -253,7 +263,43 @@ class PromptBuilder:
                 )
                 self._pieces_safe = False
                 return t, prompts, self._ids(prompts)
+        if self.align_to is not None:
+            return self._aligned(t, prompts, ids, len(self._header_ids) + len(transcript_ids))
         return t, prompts, ids
+
+    def _aligned(
+        self, t: Transcript, prompts: list[str], ids: list[list[int]], transcript_end: int
+    ) -> tuple[Transcript, list[str], list[list[int]]]:
+        """The prompts with newline tokens after the transcript up to the next block boundary of
+        the shared part (the text shows them as blank lines; the ids are what the engine reads)."""
+        assert self.align_to is not None and self._parts is not None
+        if self._pad_id is None:
+            newline = self._ids("\n")
+            if len(newline) != 1:
+                logging.getLogger(__name__).info("no single newline token: prefixes not aligned")
+                self.align_to = None
+                return t, prompts, ids
+            self._pad_id = newline[0]
+        if self._shared_suffix is None:
+            _, middle, tail = self._parts
+            suffixes = [self._suffix_ids(item, middle, tail) for item in self.rubric.items]
+            self._shared_suffix = next(
+                (
+                    i
+                    for i, column in enumerate(zip(*suffixes, strict=False))
+                    if len(set(column)) > 1
+                ),
+                min(map(len, suffixes)),
+            )
+        pad = -(transcript_end + self._shared_suffix) % self.align_to
+        if not pad:
+            return t, prompts, ids
+        at = len(self._parts[0]) + len(t.text)
+        return (
+            t,
+            [p[:at] + "\n" * pad + p[at:] for p in prompts],
+            [x[:transcript_end] + [self._pad_id] * pad + x[transcript_end:] for x in ids],
+        )
 
     def build_item_prompts(self, sessions: pa.Table, items: Sequence[RubricItem]) -> pa.Table:
         """sessions (contract columns session_id, turns) → one row per (session, item)."""
@@ -300,8 +346,10 @@ class PromptBuilders:
         max_new_tokens: int = 512,
         rubric_file: str | Path | None = None,
         language_override: str | None = None,
+        align_to: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.align_to = align_to
         self.max_model_len = max_model_len
         self.max_new_tokens = max_new_tokens
         self.rubric_file = rubric_file
@@ -316,6 +364,10 @@ class PromptBuilders:
         builder = self._by_rubric.get(rubric.id)
         if builder is None:
             builder = self._by_rubric[rubric.id] = PromptBuilder(
-                rubric, self.tokenizer, self.max_model_len, self.max_new_tokens
+                rubric,
+                self.tokenizer,
+                self.max_model_len,
+                self.max_new_tokens,
+                align_to=self.align_to,
             )
         return builder

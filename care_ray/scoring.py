@@ -196,6 +196,11 @@ class ScoreConfig(BaseModel):
     rubric: Path | None = None
     dtype: str = "auto"
     enable_prefix_caching: bool = True
+    align_prefix_blocks: bool = Field(
+        False,
+        description="end the part a session's prompts share on a KV block boundary (newline "
+        "tokens after the transcript): later prompts reuse every block of it",
+    )
     block_size: int | None = None
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 64
@@ -288,6 +293,7 @@ class ScoreConfig(BaseModel):
                 "max_new_tokens": self.max_new_tokens,
             },
             "max_model_len": self.max_model_len,
+            **({"prefix_alignment": self.prefix_alignment()} if self.align_prefix_blocks else {}),
             "engine": self.engine,
             "dtype": self.dtype,
         }
@@ -297,6 +303,13 @@ class ScoreConfig(BaseModel):
             "rubric": str(self.rubric) if self.rubric else None,
         }
         return settings, info
+
+    def prefix_alignment(self) -> int | None:
+        """The block size the shared prefix is padded to (--align-prefix-blocks), else None."""
+        if not self.align_prefix_blocks:
+            return None
+        # the engines' own defaults: care-ray's 32 for vLLM on CPU, vLLM's 16 on GPU
+        return self.block_size or (16 if self.gpus_per_engine > 0 else 32)
 
     # what finalize writes: the manifest's kind, and sessions/ (dimension scores) or not
     MANIFEST_KIND: ClassVar[str] = "care-ray scores"
@@ -387,6 +400,7 @@ class BuildItemPrompts:
             config.max_new_tokens,
             rubric_file=config.rubric,
             language_override=config.language,
+            align_to=config.prefix_alignment(),
         )
 
     def session_prompts(

@@ -112,3 +112,36 @@ def test_token_ids_equal_tokenising_each_prompt_whole(tiny_model):
         ):
             assert ids == tok(prompt, add_special_tokens=False)["input_ids"]
         assert b._pieces_safe  # the fast path held for this tokenizer
+
+
+@pytest.mark.parametrize("block", [16, 32, 128])
+def test_aligned_prompts_share_whole_kv_blocks_and_differ_only_by_newline_tokens(tiny_model, block):
+    rubric = load_rubric()
+    tok = load_tokenizer(str(tiny_model))
+    plain = PromptBuilder(rubric, tok, max_model_len=2048, max_new_tokens=256)
+    aligned = PromptBuilder(rubric, tok, max_model_len=2048, max_new_tokens=256, align_to=block)
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    assert len(newline) == 1
+    pads = set()
+    for n_turns in range(3, 13):
+        turns = session(n_turns=n_turns, words=n_turns)["turns"]
+        _, texts, ids = aligned.item_prompts(turns, rubric.items)
+        _, plain_texts, plain_ids = plain.item_prompts(turns, rubric.items)
+        shared = len(os.path.commonprefix(ids))
+        unshared = len(os.path.commonprefix(plain_ids))
+        pad = len(ids[0]) - len(plain_ids[0])
+        pads.add(pad)
+        assert 0 <= pad < block and shared == unshared + pad
+        # what the items share ends on a block boundary: a prefix cache keeps all of it
+        assert shared % block == 0 and all(len(x) > shared for x in ids)
+        assert all(len(x) - len(y) == pad for x, y in zip(ids, plain_ids, strict=True))
+        # the padding is newline tokens right after the transcript, nothing else moves
+        cut = len(os.path.commonprefix([ids[0], plain_ids[0]]))
+        assert ids[0][cut : cut + pad] == newline * pad
+        assert ids[0][:cut] + ids[0][cut + pad :] == plain_ids[0]
+        at = len(os.path.commonprefix([texts[0], plain_texts[0]]))
+        assert texts[0][at : at + pad] == "\n" * pad
+        assert texts[0][:at] + texts[0][at + pad :] == plain_texts[0]
+    assert len(pads) > 1  # sessions of different lengths get different padding
+    # the padding comes out of the transcript's budget, never past the context
+    assert aligned.budget == plain.budget - (block - 1)

@@ -275,3 +275,24 @@ def test_score_with_adapter_really_applies_it(esconv_corpus, tiny_model, random_
         )
         >= len(shared) // 2
     )
+
+
+def test_aligned_prefix_blocks_reach_the_engine(esconv_corpus, tiny_model, tmp_path):
+    """--align-prefix-blocks: the prompts the engine gets share whole KV blocks, the cache serves
+    every one of them, and the folder's fingerprint records the alignment."""
+    import json
+
+    m = score_corpus(
+        cfg(esconv_corpus, tiny_model, tmp_path, limit=2, align_prefix_blocks=True, block_size=32)
+    )
+    assert m["items_in"] == 24 and m["items_scored"] + m["items_errors"] == 24
+    settings = json.loads((tmp_path / "fingerprint.json").read_text())["settings"]
+    assert settings["prefix_alignment"] == 32
+    rows = pq.read_table(tmp_path / "items").to_pylist()
+    for sid in {r["session_id"] for r in rows}:
+        mine = [r for r in rows if r["session_id"] == sid]
+        cached = sorted(r["cached_tokens"] or 0 for r in mine)
+        # all but the first prompt of a session find the shared part cached, whole blocks of it
+        assert cached[-1] > 0 and all(c % 32 == 0 for c in cached)
+        later = [r["prompt_tokens"] - r["cached_tokens"] for r in mine if r["cached_tokens"]]
+        assert max(later) < 64  # only the item's own tokens are computed again

@@ -120,6 +120,7 @@ class DraftPromptBuilders:
                     self.base.tokenizer,
                     self.base.max_model_len,
                     self.base.max_new_tokens,
+                    align_to=self.base.align_to,
                 )
                 for r in rubric.scale
             }
