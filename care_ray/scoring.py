@@ -540,6 +540,25 @@ def _progress(total: int, enabled: bool):
     )
 
 
+def check_alignment_fits_the_model(config: ScoreConfig) -> None:
+    """--align-prefix-blocks puts newline tokens after the transcript. A model care-ray fine-tuned
+    learned from prompts without them, and a small one stops reading the transcript at all (the
+    learnability test's model: held-out r 0.985 → 0.00), so that combination is refused."""
+    if not config.align_prefix_blocks:
+        return
+    from care_ray.storage import fetch_folder
+
+    tuned = [p for p in (config.adapter, config.model) if p is not None]
+    for path in tuned:
+        folder = Path(fetch_folder(path)) if "://" in str(path) else Path(path)
+        if (folder / "heldout.json").exists():
+            raise ValueError(
+                f"--align-prefix-blocks: {path} was fine-tuned by care-ray on prompts without "
+                "the padding, and padding changes what a fine-tuned model answers; score it "
+                "without --align-prefix-blocks"
+            )
+
+
 def check_output_reachable(out: Location, alive_nodes: int, shared_filesystem: bool) -> None:
     """Engines write their results where they run: on a cluster of several nodes a path on this
     machine's disk would scatter them over the nodes' own disks."""
@@ -653,6 +672,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
         from care_ray.storage import fetch_folder
 
         check_adapter_folder(fetch_folder(config.adapter), config.model)
+    check_alignment_fits_the_model(config)
     import ray
 
     from care_ray.corpus import sessions_dataset

@@ -481,25 +481,14 @@ def test_a_planted_signal_is_learned_and_scored_back(planted, tiny_model, method
         f"scored r {scored_r:.3f} vs held-out r {best:.3f} at training time"
     )
 
-    # --align-prefix-blocks: blank lines after the transcript up to a KV block boundary, which
-    # training never saw, must not change what the trained model answers in any way that matters
-    aligned = run / "scores-aligned"
-    _invoke(
+    # --align-prefix-blocks pads what training never padded: a fine-tuned model is refused with
+    # it (this test's full model scored its held-out fold at r = 0.00 with the padding)
+    refused = CliRunner().invoke(
+        app,
         [
-            "score", "--sessions", planted["held_out"], *model_args, "--out", aligned,
-            "--items", ITEMS, "--max-model-len", MAX_MODEL_LEN, "--max-new-tokens",
-            MAX_NEW_TOKENS, "--no-progress", "--align-prefix-blocks",
-            *(["--score-only"] if target == "score" else []),
-        ]
+            "score", "--sessions", str(planted["held_out"]), *map(str, model_args),
+            "--out", str(run / "scores-aligned"), "--align-prefix-blocks",
+        ],
     )  # fmt: skip
-    plain = {(r["session_id"], r["item_id"]): r["score"] for r in items}
-    padded = ds.dataset(aligned / "items").to_table().to_pylist()
-    assert len(padded) == len(items)
-    same = np.mean([r["score"] == plain[r["session_id"], r["item_id"]] for r in padded])
-    assert same >= MIN_SCORE_AGREEMENT, f"aligned prompts change {1 - same:.0%} of the scores"
-    padded_sessions = ds.dataset(aligned / "sessions").to_table().to_pylist()
-    aligned_r = pearsonr(
-        [s["goal"] for s in padded_sessions],
-        [_goal_truth(planted["sessions"][s["session_id"]]) for s in padded_sessions],
-    ).statistic
-    assert abs(aligned_r - scored_r) <= MAX_R_GAP
+    assert refused.exit_code == 2 and "fine-tuned by care-ray" in refused.output
+    assert not (run / "scores-aligned").exists()

@@ -115,3 +115,20 @@ def test_a_superseded_run_cannot_write(tmp_path):
     assert _write_results_batch(t, str(tmp_path), "old").column("items").to_pylist() == [0]
     assert not (tmp_path / "items").exists()
     assert _write_results_batch(t, str(tmp_path), "new").column("items").to_pylist() == [1]
+
+
+def test_aligned_prefixes_are_refused_for_a_model_care_ray_fine_tuned(tmp_path):
+    from care_ray.scoring import ScoreConfig, check_alignment_fits_the_model
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    (adapter / "heldout.json").write_text("{}")
+
+    def config(**kw):
+        return ScoreConfig(sessions=str(tmp_path), model=str(base), out=str(tmp_path / "o"), **kw)
+
+    check_alignment_fits_the_model(config(align_prefix_blocks=True))  # a base model: fine
+    check_alignment_fits_the_model(config(adapter=str(adapter)))  # not aligned: fine
+    with pytest.raises(ValueError, match="fine-tuned by care-ray"):
+        check_alignment_fits_the_model(config(adapter=str(adapter), align_prefix_blocks=True))
