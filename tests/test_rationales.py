@@ -331,6 +331,9 @@ def test_export_edit_import_then_sft_data_and_finetune_use_the_reviewed_text(
     assert pair["reviewers"] == ["A", "C"] and pair["drafts"] == 4
     assert pair["relevance"]["n"] == 4 and -1 <= pair["faithfulness"]["weighted_kappa"] <= 1
     assert json.loads((out / "review.json").read_text())["pending"] == summary["pending"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["review"]["by_reviewer"] == summary["by_reviewer"]
+    assert manifest["drafts"] == m["drafts"]  # the draft run's own counts stay
 
     sft = tmp_path / "sft"
     opts = SFTOptions(folds=2, seed=3)

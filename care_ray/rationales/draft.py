@@ -335,6 +335,9 @@ def draft_corpus(config: DraftConfig) -> dict[str, Any]:
         }
     )
     run.loc.join("manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    from care_ray.rationales.review import attach_review_summary
+
+    attach_review_summary(run.loc)  # a rerun that drafts more keeps the review's counts
     return manifest
 
 

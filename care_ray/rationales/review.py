@@ -434,7 +434,32 @@ def import_reviews(
         "ratings": len(ratings),
     }
     folder.join(SUMMARY_FILE).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    attach_review_summary(folder, summary)
     return summary
+
+
+def attach_review_summary(folder: Any, summary: dict[str, Any] | None = None) -> None:
+    """The draft folder's manifest.json carries the review's counts too (per reviewer, pending)."""
+    if summary is None:
+        if not folder.join(REVIEWS_FILE).exists():
+            return
+        summary = review_summary(
+            read_drafts(folder.uri), read_reviews(folder.uri), _stored(folder, RATINGS_FILE)
+        )
+    text = folder.join("manifest.json").read_text()
+    manifest = json.loads(text) if text else {}
+    manifest["review"] = {k: v for k, v in summary.items() if k != "imported"}
+    folder.join("manifest.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    )
+
+
+def _stored(folder: Any, name: str) -> pa.Table:
+    path = folder.join(name)
+    schema = RATING_SCHEMA if name == RATINGS_FILE else REVIEW_SCHEMA
+    if not path.exists():
+        return schema.empty_table()
+    return pq.read_table(path.path, filesystem=path.fs, schema=schema)
 
 
 def review_summary(drafts: pa.Table, reviews: pa.Table, quality: pa.Table) -> dict[str, Any]:
