@@ -61,6 +61,12 @@ class EngineConfig(BaseModel):
     )
     kv_cache_gib: float = Field(1.0, description="vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE)")
     max_num_seqs: int = 64
+    max_batch_tokens: int | None = Field(
+        None,
+        description="transformers engine: most padded tokens in one batch, rows × (longest prompt"
+        " + largest max_tokens), i.e. the KV cache the batch ends with; default max_num_seqs ×"
+        " max_model_len, the cache vLLM would size for max_num_seqs full-length sequences",
+    )
     guided: bool = Field(True, description="JSON-schema guided decoding (vllm only)")
     output_schema: dict = Field(
         default_factory=dict,
