@@ -7,6 +7,15 @@ full: fp32 master weights + bf16 autocast), held-out scoring under autocast, che
 gathered from the model, and FSDP2 with a bf16 MixedPrecisionPolicy over NCCL (world size 1).
 Prints one JSON object with per-path losses, tokens/s and checks; exits 1 if a check fails.
 Runs on CPU too (fp32), which is how it is tested before a device run.
+
+    python benchmarks/finetune_gpu_check.py --shape llama-3.1-8b [--tokens 2048,8192] [--steps 5]
+
+Throughput at Llama-3.1-8B shape (random bf16 weights, LoRA r 16 on every linear layer, the
+training loop's micro-batch, loss and checkpointing functions, AdamW): tokens/s and the share of
+the measured bf16 matmul peak (a large bf16 matmul timed on the same GPU) for the plain path (padded
+batch, full logits; checkpointing on and off, as issue 14 measured it) and the new one (packed,
+fused loss, checkpointing chosen from memory), plus peak memory against the estimate that chose.
+Needs CUDA (exits 2 without); `--shape small` runs the same mechanics on CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from care_ray.prompts import PromptBuilder, load_tokenizer  # noqa: E402
 from care_ray.rubric import load_rubric  # noqa: E402
 from care_ray.training import loop  # noqa: E402
-from care_ray.training.config import FinetuneConfig  # noqa: E402
+from care_ray.training.config import FinetuneConfig, LoraSettings  # noqa: E402
 from care_ray.training.sft_data import iter_fold, read_examples  # noqa: E402
 
 
@@ -145,12 +154,258 @@ def run_path(
     return out
 
 
+SHAPES = {
+    # meta-llama/Llama-3.1-8B-Instruct's config.json
+    "llama-3.1-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": False,
+    },
+    # the same code paths at a size a CPU runs in seconds
+    "small": {
+        "hidden_size": 256,
+        "intermediate_size": 896,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "vocab_size": 8192,
+        "max_position_embeddings": 16384,
+        "tie_word_embeddings": False,
+    },
+}
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """The best of large square matmuls in `dtype`: the peak this GPU reaches in practice."""
+    best = 0.0
+    sizes = (4096, 8192, 16384) if device.type == "cuda" else (512,)
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        _sync(device)
+        iters = 20 if device.type == "cuda" else 3
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12)
+        del a, b
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_flops(
+    shape: loop.ModelShape, lengths: list[int], targets: int, lora_params: int
+) -> float:
+    """Useful FLOPs of one LoRA training step on examples of `lengths` tokens with `targets` target
+    tokens in all: the frozen base's matmuls forward and backward to their inputs (4 per weight and
+    token), the adapters' forward and both backward matmuls (6), causal attention (forward 2·h·L²
+    per layer and example, backward twice that), and the LM head on target positions only (what
+    the loss needs). Recomputation under checkpointing is not counted: it is overhead."""
+    h, i, kv = shape.hidden, shape.intermediate, shape.kv_dim
+    per_layer_weights = h * (2 * h + 2 * kv) + 3 * h * i
+    tokens = sum(lengths)
+    matmuls = 4 * shape.layers * per_layer_weights * tokens + 6 * lora_params * tokens
+    attention = 3 * 2 * h * shape.layers * sum(n * n for n in lengths)
+    head = 4 * h * shape.vocab * targets
+    return float(matmuls + attention + head)
+
+
+def throughput_variant(
+    base_cfg: FinetuneConfig,
+    model_config,
+    device: torch.device,
+    lengths: list[int],
+    target_tokens: int,
+    *,
+    packing: bool,
+    fused: bool,
+    checkpointing,
+    steps: int,
+    peak_tflops: float,
+) -> dict:
+    """Train `steps` steps on one micro-batch of random examples of `lengths` tokens, timed after
+    two warm-up steps, the way the Ray worker does (loop.micro_batch, loop.training_loss)."""
+    from transformers import LlamaForCausalLM
+
+    cfg = base_cfg.model_copy(
+        update={"gradient_checkpointing": checkpointing, "packing": packing, "fused_loss": fused}
+    )
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with device:
+        model = LlamaForCausalLM._from_config(model_config, dtype=dtype)
+    model = loop.with_lora(cfg, model)
+    longest = loop.longest_micro_batch_tokens(
+        [
+            loop.Encoded([0] * (n - target_tokens), [0] * target_tokens, "", 0, "", 0)
+            for n in lengths
+        ],
+        len(lengths),
+        packing,
+    )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    checkpointed = loop.setup_checkpointing(
+        model, cfg, device=device, activation_dtype=dtype, longest_tokens=longest
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    examples = []
+    for n in lengths:
+        ids = torch.randint(0, model_config.vocab_size, (n,), generator=g).tolist()
+        examples.append(
+            loop.Encoded(ids[: n - target_tokens], ids[n - target_tokens :], "", 0, "", 0)
+        )
+    batch = loop.micro_batch(examples, pad_id=0, packing=packing)
+    model.train()
+    seconds = 0.0
+    for step in range(steps + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = loop.training_loss(model, batch, device, fused=fused)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if step >= 2:
+            seconds += time.perf_counter() - t0
+    shape = loop.ModelShape.of(model_config)
+    lora_params = sum(p.numel() for p in trainable)
+    flops = training_flops(shape, lengths, target_tokens * len(lengths), lora_params) * steps
+    tokens = loop.batch_tokens(batch) * steps
+    out = {
+        "examples": lengths,
+        "packing": packing,
+        "fused_loss": fused,
+        "gradient_checkpointing": checkpointing,
+        "checkpointed": checkpointed,
+        "loss": round(loss.item(), 3),
+        "tokens_per_s": round(tokens / seconds),
+        "model_tflops": round(flops / seconds / 1e12, 1),
+        "share_of_matmul_peak": round(flops / seconds / 1e12 / peak_tflops, 3),
+    }
+    if device.type == "cuda":
+        estimate = (
+            sum(p.numel() * p.element_size() for p in model.parameters())
+            + 12 * lora_params
+            + (
+                loop.checkpointed_activation_bytes(shape, longest, 2, cfg.lora.dropout > 0)
+                if checkpointed
+                else loop.activation_bytes(shape, longest, 2, cfg.lora.dropout > 0)
+            )
+            + loop.loss_bytes(shape, longest, 2, fused)
+        )
+        out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
+        out["estimated_memory_gib"] = round(estimate / 2**30, 1)
+    del model, optimizer, batch, loss
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def throughput_main(args) -> int:
+    from transformers import LlamaConfig
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and args.shape != "small":
+        print(
+            f"error: --shape {args.shape} needs a CUDA GPU and torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}); --shape small runs the same code on CPU",
+            file=sys.stderr,
+        )
+        return 2
+    model_config = LlamaConfig(**SHAPES[args.shape])
+    cfg = _config("unused", "unused", "lora").model_copy(
+        update={"lora": LoraSettings(r=16, alpha=32, dropout=0.05)}
+    )
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_peak_tflops(device, dtype)
+    target = args.target_tokens
+    runs = []
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        variants = [
+            # issue 14's measurements: padded, full logits, checkpointing on / off
+            ([tokens], False, False, True),
+            ([tokens], False, False, False),
+            # the new path: fused loss, checkpointing from memory; several examples packed
+            ([tokens], True, True, "auto"),
+            ([tokens // 4] * 4, True, True, "auto"),
+        ]
+        for lengths, packing, fused, ckpt in variants:
+            try:
+                runs.append(
+                    throughput_variant(
+                        cfg,
+                        model_config,
+                        device,
+                        lengths,
+                        target,
+                        packing=packing,
+                        fused=fused,
+                        checkpointing=ckpt,
+                        steps=args.steps,
+                        peak_tflops=peak,
+                    )
+                )
+            except torch.OutOfMemoryError as e:
+                runs.append(
+                    {"examples": lengths, "gradient_checkpointing": ckpt, "oom": str(e)[:200]}
+                )
+                torch.cuda.empty_cache()
+            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    best_2k = max(
+        (r.get("share_of_matmul_peak", 0) for r in runs if sum(r["examples"]) == 2048), default=None
+    )
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "shape": args.shape,
+                "attention": loop.attention_implementation(device) or "sdpa",
+                "bf16_matmul_peak_tflops": round(peak, 1),
+                "target_tokens_per_example": target,
+                "steps": args.steps,
+                "runs": runs,
+                "best_share_at_2048_tokens": best_2k,
+                "goal_share_at_2048_tokens": 0.45,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--model")
+    p.add_argument("--data")
+    p.add_argument("--steps", type=int, help="default 12; with --shape, timed steps per run: 5")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="throughput at this model shape")
+    p.add_argument("--tokens", default="2048,8192", help="--shape: micro-batch sizes in tokens")
+    p.add_argument("--target-tokens", type=int, default=128, help="--shape: per example")
     args = p.parse_args(argv)
+    if args.shape:
+        args.steps = args.steps or 5
+        return throughput_main(args)
+    args.steps = args.steps or 12
+    if not (args.model and args.data):
+        p.error("--model and --data are required (or --shape for the throughput benchmark)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(args.model)
     builder = PromptBuilder(load_rubric(), tok)

@@ -115,7 +115,21 @@ class FinetuneConfig(_Strict):
         description="ddp: a model copy per worker; fsdp: parameters, gradients and optimizer "
         "state sharded (FSDP2) — full fine-tuning of models that do not fit one device",
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Literal["auto"] | bool = Field(
+        "auto",
+        description="auto: on only where the longest micro-batch's activations would not fit the "
+        "device's free memory (never on CPU); the decision is logged",
+    )
+    packing: bool = Field(
+        True,
+        description="a micro-batch's examples concatenated into one row without padding, positions "
+        "restarting and attention kept within each example; the loss is the same as padded",
+    )
+    fused_loss: bool = Field(
+        True,
+        description="the LM head and cross-entropy only on target positions, in chunks: the "
+        "[tokens x vocab] logits are never materialized",
+    )
     trust_remote_code: bool = False
 
     eval_every_steps: int | None = Field(

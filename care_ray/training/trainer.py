@@ -161,7 +161,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             state.update({k: saved[k] for k in state})
             if rank == 0 or not fsdp:  # under FSDP rank 0 reads it and broadcasts the shards
                 optimizer_state = loop.load_trainer_state(restored_dir, loop.OPTIMIZER_FILE)
-        model = loop.build_model(cfg, plan.load_dtype, restored_dir)
+        model = loop.build_model(
+            cfg,
+            plan.load_dtype,
+            restored_dir,
+            device=device,
+            compute_dtype=plan.compute_dtype,
+            longest_tokens=loop.longest_micro_batch_tokens(
+                train, cfg.micro_batch_size, cfg.packing
+            ),
+            shards=world if fsdp else 1,
+        )
     model = (
         loop.shard_fsdp(model, device, plan)
         if fsdp
@@ -285,15 +295,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             step_loss = 0.0
             for j, idx in enumerate(group):
-                batch = loop.collate([train[i] for i in idx], pad_id)
+                batch = loop.micro_batch([train[i] for i in idx], pad_id, cfg.packing)
                 with (
                     loop.gradient_sync(model, enabled=j == len(group) - 1),
                     loop.autocast(device, plan),
                 ):
-                    loss = loop.training_loss(model, batch, device)
+                    loss = loop.training_loss(model, batch, device, fused=cfg.fused_loss)
                     (loss / len(group)).backward()
                 step_loss += loss.item() / len(group)
-                window["tokens"] += int(batch["attention_mask"].sum())
+                window["tokens"] += loop.batch_tokens(batch)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
