@@ -541,22 +541,34 @@ def _progress(total: int, enabled: bool):
 
 
 def check_alignment_fits_the_model(config: ScoreConfig) -> None:
-    """--align-prefix-blocks puts newline tokens after the transcript. A model care-ray fine-tuned
-    learned from prompts without them, and a small one stops reading the transcript at all (the
-    learnability test's model: held-out r 0.985 → 0.00), so that combination is refused."""
-    if not config.align_prefix_blocks:
-        return
+    """A model care-ray fine-tuned is scored with the prompts it was trained on: aligned to the
+    same block size (sft-data --align-prefix-blocks N) or not aligned. Padding it never saw changes
+    what it answers (the learnability test's model: held-out r 0.985 → 0.00 with it)."""
     from care_ray.storage import fetch_folder
 
-    tuned = [p for p in (config.adapter, config.model) if p is not None]
-    for path in tuned:
+    for path in (config.adapter, config.model):
+        if path is None:
+            continue
         folder = Path(fetch_folder(path)) if "://" in str(path) else Path(path)
-        if (folder / "heldout.json").exists():
-            raise ValueError(
-                f"--align-prefix-blocks: {path} was fine-tuned by care-ray on prompts without "
-                "the padding, and padding changes what a fine-tuned model answers; score it "
-                "without --align-prefix-blocks"
-            )
+        if not (folder / "heldout.json").exists():
+            continue  # not fine-tuned by care-ray: any prompt layout is the user's choice
+        record = folder / "training_prompts.json"
+        trained = (
+            json.loads(record.read_text()).get("prefix_alignment") if record.exists() else None
+        )
+        asked = config.prefix_alignment()
+        if trained == asked:
+            continue
+        if trained is None:
+            fix = "score it without --align-prefix-blocks"
+        else:
+            fix = f"score it with --align-prefix-blocks --block-size {trained}"
+        raise ValueError(
+            f"{path} was fine-tuned by care-ray on prompts "
+            + (f"aligned to {trained}-token blocks" if trained else "without padding")
+            + (f", not {asked}" if asked and trained else "")
+            + f"; {fix} (padding a model never saw changes what it answers)"
+        )
 
 
 def check_output_reachable(out: Location, alive_nodes: int, shared_filesystem: bool) -> None:

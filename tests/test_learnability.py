@@ -71,6 +71,7 @@ COUNSELOR_LINES = [
 N_SESSIONS = 160
 ITEMS = "goal"
 HELD_OUT = 0
+ALIGN = 32  # the score-only variant's prefix alignment (sft-data and score --align-prefix-blocks)
 MAX_MODEL_LEN = 1024  # sft-data cuts transcripts by scoring's budget; score runs with the same
 MAX_NEW_TOKENS = 160
 MIN_HELDOUT_R = (
@@ -174,6 +175,8 @@ def planted(tiny_model, tmp_path_factory):
                 # the planted corpus has ratings only: a fixed sentence is the rationale
                 "--missing-rationale",
                 "template",
+                # the score-only variant trains on block-aligned prompts and is scored with them
+                *(["--align-prefix-blocks", ALIGN] if target == "score" else []),
             ]
         )
     held_ids = {
@@ -253,8 +256,11 @@ def _goal_truth(session: dict) -> float:
 def test_scoring_sends_the_token_ids_training_learned_from(planted, tiny_model, target):
     tok = load_tokenizer(str(tiny_model))
     trained = training_prompt_ids(planted["data"][target], tok)
+    # the score-only data was built with --align-prefix-blocks: scoring aligns the same way
+    layout = dict(align_prefix_blocks=True, block_size=ALIGN) if target == "score" else {}
     scored = scoring_prompt_ids(
-        planted["held_out"], _score_config(planted, tiny_model, score_only=target == "score")
+        planted["held_out"],
+        _score_config(planted, tiny_model, score_only=target == "score", **layout),
     )
     assert set(scored) == set(trained) and len(trained) == 4 * len({s for s, _ in trained})
     differing = [k for k in trained if scored[k] != trained[k]]
@@ -271,7 +277,10 @@ def test_a_drifted_scoring_prompt_is_caught(planted, tiny_model, tmp_path):
     drifted.write_text(text.replace("Rate how often", "Rate how frequently"), encoding="utf-8")
     trained = training_prompt_ids(planted["data"]["score"], load_tokenizer(str(tiny_model)))
     scored = scoring_prompt_ids(
-        planted["held_out"], _score_config(planted, tiny_model, rubric=drifted)
+        planted["held_out"],
+        _score_config(
+            planted, tiny_model, rubric=drifted, align_prefix_blocks=True, block_size=ALIGN
+        ),
     )
     assert set(scored) == set(trained) and all(scored[k] != trained[k] for k in trained)
 
@@ -333,7 +342,7 @@ def test_set_overrides_are_typed_merged_and_validated(tmp_path):
         "run a",
     )
     assert (
-        cfg.output_dir == tmp_path / "run"
+        Path(cfg.output_dir) == tmp_path / "run"
         and Path(cfg.storage_path) == tmp_path / "run" / "ray-results"
     )
     merged = load_finetune_config(CONFIG, parse_overrides(["lora={r: 4, dropout: 0.1}"]))
@@ -449,6 +458,7 @@ def test_a_planted_signal_is_learned_and_scored_back(planted, tiny_model, method
             MAX_NEW_TOKENS,
             "--no-progress",
             *(["--score-only"] if target == "score" else []),
+            *(["--align-prefix-blocks", "--block-size", ALIGN] if target == "score" else []),
         ]
     )
     manifest = json.loads((scores / "manifest.json").read_text())
@@ -481,14 +491,15 @@ def test_a_planted_signal_is_learned_and_scored_back(planted, tiny_model, method
         f"scored r {scored_r:.3f} vs held-out r {best:.3f} at training time"
     )
 
-    # --align-prefix-blocks pads what training never padded: a fine-tuned model is refused with
-    # it (this test's full model scored its held-out fold at r = 0.00 with the padding)
+    # a fine-tuned model is scored with the prompt layout it trained on, and refused with the other
+    # (the full model, trained without padding, scored its held-out fold at r = 0.00 with it)
+    aligned = ["--align-prefix-blocks", "--block-size", str(ALIGN)]
     refused = CliRunner().invoke(
         app,
         [
             "score", "--sessions", str(planted["held_out"]), *map(str, model_args),
-            "--out", str(run / "scores-aligned"), "--align-prefix-blocks",
+            "--out", str(run / "scores-other-layout"), *([] if target == "score" else aligned),
         ],
     )  # fmt: skip
     assert refused.exit_code == 2 and "fine-tuned by care-ray" in refused.output
-    assert not (run / "scores-aligned").exists()
+    assert not (run / "scores-other-layout").exists()

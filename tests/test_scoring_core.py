@@ -130,5 +130,16 @@ def test_aligned_prefixes_are_refused_for_a_model_care_ray_fine_tuned(tmp_path):
 
     check_alignment_fits_the_model(config(align_prefix_blocks=True))  # a base model: fine
     check_alignment_fits_the_model(config(adapter=str(adapter)))  # not aligned: fine
-    with pytest.raises(ValueError, match="fine-tuned by care-ray"):
+    with pytest.raises(ValueError, match="without padding; score it without --align"):
         check_alignment_fits_the_model(config(adapter=str(adapter), align_prefix_blocks=True))
+    # trained on aligned prompts (sft-data --align-prefix-blocks 32): scored the same way only
+    (adapter / "training_prompts.json").write_text('{"prefix_alignment": 32}')
+    check_alignment_fits_the_model(
+        config(adapter=str(adapter), align_prefix_blocks=True, block_size=32)
+    )
+    with pytest.raises(ValueError, match="--align-prefix-blocks --block-size 32"):
+        check_alignment_fits_the_model(config(adapter=str(adapter)))
+    with pytest.raises(ValueError, match="aligned to 32-token blocks, not 128"):
+        check_alignment_fits_the_model(
+            config(adapter=str(adapter), align_prefix_blocks=True, block_size=128)
+        )

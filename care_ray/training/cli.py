@@ -67,6 +67,15 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: Annotated[
             int, typer.Option(help="the answer's token reserve in that budget (same as scoring's)")
         ] = 512,
+        align_prefix_blocks: Annotated[
+            int | None,
+            typer.Option(
+                "--align-prefix-blocks",
+                help="train on prompts whose shared part is padded to this KV block size, as "
+                "`score --align-prefix-blocks --block-size N` sends them (needs --model and "
+                "--max-model-len)",
+            ),
+        ] = None,
         max_sessions: Annotated[
             int | None,
             typer.Option(help="a deterministic sample of this many sessions (smoke runs)"),
@@ -144,6 +153,7 @@ def register(app: typer.Typer) -> None:
                 max_model_len=max_model_len,
                 max_new_tokens=max_new_tokens,
                 rationales_dir=rationales,
+                align_to=align_prefix_blocks,
             )
         except (SFTDataError, FileNotFoundError, ValueError, OSError) as e:
             _fail(str(e))

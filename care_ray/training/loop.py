@@ -83,8 +83,16 @@ def encode_examples(
     holds them). The target is tokenized on its own, as the model will produce it after the
     prompt, and ends with the end-of-turn token so the model learns to stop."""
     eos = tokenizer.eos_token or ""
-    prompts = [render([dict(m) for m in r["messages"]]) for r in rows]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if rows else []
+    # sft-data's own token ids where it built them (aligned prefixes: padding a tokenizer would
+    # merge), else the rendered messages tokenized here
+    prompt_ids: list[list[int]] = [list(r.get("prompt_token_ids") or []) for r in rows]
+    todo = [i for i, r in enumerate(rows) if r.get("prompt_token_ids") is None]
+    if todo:
+        texts = [render([dict(m) for m in rows[i]["messages"]]) for i in todo]
+        for i, ids in zip(
+            todo, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True
+        ):
+            prompt_ids[i] = ids
     target_ids = (
         tokenizer([r["target"] + eos for r in rows], add_special_tokens=False)["input_ids"]
         if rows

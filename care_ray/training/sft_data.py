@@ -71,6 +71,9 @@ EXAMPLE_SCHEMA = pa.schema(
         ),  # which label the score came from ("client_wai" for real ratings)
         ("rationale_source", pa.string()),  # reference | feedback | template | none (score-only)
         ("fold", pa.int32()),
+        # the prompt's token ids when sft-data built them (--align-prefix-blocks): training reads
+        # these instead of tokenizing the messages, exactly what scoring sends the engine
+        ("prompt_token_ids", pa.list_(pa.int32())),
     ]
 )
 
@@ -360,7 +363,10 @@ def build_examples(
             continue
         transcript = builder.transcript(s["turns"])
         stats["sessions_truncated"] += transcript.n_elided > 0
-        for t in targets:
+        aligned_ids: list[list[int] | None] = [None] * len(targets)
+        if builder.align_to is not None:
+            aligned_ids = list(builder.item_prompts(s["turns"], [t["item"] for t in targets])[2])
+        for t, ids in zip(targets, aligned_ids, strict=True):
             rows.append(
                 {
                     "session_id": s["session_id"],
@@ -376,6 +382,7 @@ def build_examples(
                     "label_name": t["label_name"],
                     "rationale_source": "none" if opts.target == "score" else t["rationale_source"],
                     "fold": -1,
+                    "prompt_token_ids": ids,
                 }
             )
             stats[f"rationale_{rows[-1]['rationale_source']}"] += 1
@@ -486,6 +493,7 @@ def make_sft_data(
     max_model_len: int | None = None,
     max_new_tokens: int = 512,
     rationales_dir: Path | str | None = None,
+    align_to: int | None = None,
 ) -> dict[str, Any]:
     """The `care-ray sft-data` command: read a corpus, build examples and folds, write them.
     `rationales_dir`: a `care-ray rationales draft` folder whose reviewed rationales (and drafts,
@@ -500,6 +508,10 @@ def make_sft_data(
         raise SFTDataError("--drafts needs --rationales DIR (a `care-ray rationales draft` folder)")
 
     builder = None
+    if align_to is not None and max_model_len is None:
+        raise SFTDataError(
+            "--align-prefix-blocks needs --model and --max-model-len (scoring's token budget)"
+        )
     if max_model_len is not None:
         if tokenizer_path is None:
             raise SFTDataError("--max-model-len needs --model (its tokenizer counts the tokens)")
@@ -510,6 +522,7 @@ def make_sft_data(
             max_model_len=max_model_len,
             max_new_tokens=max_new_tokens,
             rubric_file=rubric_path,
+            align_to=align_to,
         )
     elif rubric_path:
         builder = PromptBuilders(rubric_file=rubric_path)
@@ -519,6 +532,7 @@ def make_sft_data(
         "sessions": str(sessions_dir),
         "target": opts.target,
         "rationales_table": str(rationales_dir) if rationales_dir else None,
+        "prefix_alignment": align_to,
         "n_folds": opts.folds,
         "seed": opts.seed,
         "items": opts.items or "all",

@@ -433,6 +433,9 @@ def make_trainer(cfg: FinetuneConfig, fold: int):
     )
 
 
+PROMPTS_FILE = "training_prompts.json"  # in an exported model or adapter folder
+
+
 def export_fold(
     cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str, Any], fit_seconds: float
 ) -> dict[str, Any]:
@@ -449,6 +452,10 @@ def export_fold(
     served = fold_dir / ("adapter" if cfg.method == "lora" else "model")
     with checkpoint.as_directory() as d:
         export_checkpoint(Path(d), served, cfg.method)
+    # how its prompts were built, for `score` to match: aligned prefixes or none
+    (served / PROMPTS_FILE).write_text(
+        json.dumps({"prefix_alignment": data_manifest.get("prefix_alignment")}) + "\n"
+    )
     merged = None
     if cfg.merge and cfg.method == "lora":
         merged = merge_adapter(cfg.model, served, fold_dir / "merged", cfg.trust_remote_code)
