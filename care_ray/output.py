@@ -96,12 +96,27 @@ def parse_item_output(
                 OutputError.TRUNCATED, f"output cut at max_tokens ({len(text)} chars)"
             ) from None
         raise InvalidOutput(OutputError.INVALID_JSON, f"{e.msg} at char {e.pos}") from None
+    value = _without_undecodable_tails(value)
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
         path = "/".join(map(str, error.absolute_path)) or "(root)"
         raise InvalidOutput(OutputError.SCHEMA_VIOLATION, f"{path}: {error.message[:200]}")
     # every output schema's root is an object, so a value that passed validation is a dict
     return cast(dict[str, Any], value)
+
+
+def _without_undecodable_tails(value: Any) -> Any:
+    """Strings with the replacement characters at their end removed. A byte-level tokenizer can
+    end a string (at a length bound) inside a multi-byte character: the grammar counted one
+    character, the detokenizer shows one U+FFFD per byte, and the answer would fail its own
+    maxLength. Those bytes are no text; everything before them is kept."""
+    if isinstance(value, str):
+        return value.rstrip("\ufffd")
+    if isinstance(value, list):
+        return [_without_undecodable_tails(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _without_undecodable_tails(v) for k, v in value.items()}
+    return value
 
 
 _WS = re.compile(r"\s+")

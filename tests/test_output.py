@@ -59,3 +59,16 @@ def test_score_only_schema_for_the_ablation():
     assert parse_item_output('{"score":3}', schema) == {"score": 3}
     with pytest.raises(InvalidOutput):
         parse_item_output('{"score":3}')  # the full contract wants a rationale
+
+
+def test_a_multibyte_character_cut_at_the_length_bound_is_dropped_not_an_error():
+    from care_ray.output import output_schema, parse_item_output
+
+    schema = output_schema(max_rationale_chars=10)
+    # the grammar counted one character; the detokenizer shows three undecodable bytes
+    text = '{"score":2,"rationale":"abcdefghi\ufffd\ufffd\ufffd","quotes":["ok\ufffd"]}'
+    value = parse_item_output(text, schema)
+    assert value["rationale"] == "abcdefghi" and value["quotes"] == ["ok"]
+    # a string really too long is still a schema violation
+    with pytest.raises(Exception, match="too long"):
+        parse_item_output('{"score":2,"rationale":"abcdefghijk","quotes":[]}', schema)
