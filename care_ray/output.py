@@ -122,7 +122,8 @@ def _without_undecodable_tails(value: Any) -> Any:
 _WS = re.compile(r"\s+")
 
 
-def _norm(s: str) -> str:
+def normalize_quote(s: str) -> str:
+    """Whitespace collapsed and case folded: how a quote is matched against the dialogue."""
     return _WS.sub(" ", s).strip().casefold()
 
 
@@ -131,5 +132,5 @@ def quote_found_share(quotes: list[str], dialogue: str) -> float | None:
     None when the answer quotes nothing."""
     if not quotes:
         return None
-    hay = _norm(dialogue)
-    return sum(1 for q in quotes if _norm(q) and _norm(q) in hay) / len(quotes)
+    hay = normalize_quote(dialogue)
+    return sum(1 for q in quotes if normalize_quote(q) and normalize_quote(q) in hay) / len(quotes)

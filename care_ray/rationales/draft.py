@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from care_ray.prompts import PromptBuilder, PromptBuilders
 from care_ray.ratings import LabelMaps
@@ -70,9 +69,17 @@ class DraftConfig(ScoreConfig):
     def prompt_stage(self) -> type[BuildItemPrompts]:
         return BuildDraftPrompts
 
+    _ratings: tuple[pa.Table, pa.Table] | None = PrivateAttr(None)
+
+    def ratings(self) -> tuple[pa.Table, pa.Table]:
+        """`corpus_ratings`, read once per run (planning, drafting and the drafts table use it)."""
+        if self._ratings is None:
+            self._ratings = corpus_ratings(self)
+        return self._ratings
+
     def selected_sessions(self) -> pa.ChunkedArray:
         """Sessions with a rating for every selected item, in corpus order (the first `limit`)."""
-        rated = rated_sessions(self)
+        rated = self.ratings()[0]
         ids = rated.filter(rated.column("complete")).column("session_id")
         return ids.slice(0, self.limit) if self.limit else ids
 
@@ -161,26 +168,40 @@ class BuildDraftPrompts(BuildItemPrompts):
         return parts
 
 
-def rated_sessions(config: DraftConfig) -> pa.Table:
-    """Every corpus session: its id, language, whether it has a rating for every selected item,
-    and how many it has (corpus order). Sessions without a full set are not drafted: reconciling
-    needs every selected pair answered."""
+def corpus_ratings(config: DraftConfig) -> tuple[pa.Table, pa.Table]:
+    """One pass over the corpus (without its turns): (every session's id, language and whether
+    it has a rating for every selected item, in corpus order; the (session_id, item_id, rating,
+    rating_label, language) pairs of the complete ones). Sessions without a full set are not
+    drafted: reconciling needs every selected pair answered."""
     from care_ray.corpus import row_to_session
 
     label_maps = LabelMaps(config.label_map)
-    rows: dict[str, list[Any]] = {"session_id": [], "language": [], "n_rated": [], "complete": []}
     builders = PromptBuilders(rubric_file=config.rubric, language_override=config.language)
+    sessions: dict[str, list[Any]] = {"session_id": [], "language": [], "complete": []}
+    pairs: dict[str, list[Any]] = {
+        "session_id": [],
+        "item_id": [],
+        "rating": [],
+        "rating_label": [],
+        "language": [],
+    }
     for batch in _rating_batches(config.sessions):
         for raw in batch.to_pylist():
             session = row_to_session(raw)
             rubric = builders.rubric(session["language"])
             items = rubric.select(config.items)
-            n = len(label_maps.ratings(session, rubric, items))
-            rows["session_id"].append(session["session_id"])
-            rows["language"].append(session["language"])
-            rows["n_rated"].append(n)
-            rows["complete"].append(n == len(items))
-    return pa.table(rows)
+            ratings = label_maps.ratings(session, rubric, items)
+            complete = len(ratings) == len(items)
+            sessions["session_id"].append(session["session_id"])
+            sessions["language"].append(session["language"])
+            sessions["complete"].append(complete)
+            for item_id, r in ratings.items() if complete else ():
+                pairs["session_id"].append(session["session_id"])
+                pairs["item_id"].append(item_id)
+                pairs["rating"].append(r.score)
+                pairs["rating_label"].append(r.label)
+                pairs["language"].append(session["language"])
+    return pa.table(sessions), pa.table(pairs)
 
 
 def _rating_batches(corpus: str) -> Any:
@@ -249,37 +270,6 @@ def build_drafts_table(items: pa.Table, ratings: pa.Table) -> pa.Table:
     return table.sort_by([("session_id", "ascending"), ("item_id", "ascending")])
 
 
-def pair_ratings(config: DraftConfig, session_ids: Sequence[str]) -> pa.Table:
-    """(session_id, item_id, rating, rating_label, language) of the drafted sessions."""
-    from care_ray.corpus import row_to_session
-
-    wanted = set(session_ids)
-    label_maps = LabelMaps(config.label_map)
-    builders = PromptBuilders(rubric_file=config.rubric, language_override=config.language)
-    rows: dict[str, list[Any]] = {
-        "session_id": [],
-        "item_id": [],
-        "rating": [],
-        "rating_label": [],
-        "language": [],
-    }
-    for batch in _rating_batches(config.sessions):
-        for raw in batch.to_pylist():
-            if raw["session_id"] not in wanted:
-                continue
-            session = row_to_session(raw)
-            rubric = builders.rubric(session["language"])
-            for item_id, r in label_maps.ratings(
-                session, rubric, rubric.select(config.items)
-            ).items():
-                rows["session_id"].append(session["session_id"])
-                rows["item_id"].append(item_id)
-                rows["rating"].append(r.score)
-                rows["rating_label"].append(r.label)
-                rows["language"].append(session["language"])
-    return pa.table(rows)
-
-
 def drafts_summary(drafts: pa.Table) -> dict[str, Any]:
     """Flag shares, quote-found share and rationale lengths per dimension, for the manifest."""
     from care_ray.rationales.stats import length_summary
@@ -311,7 +301,7 @@ def draft_corpus(config: DraftConfig) -> dict[str, Any]:
     from care_ray.results import RunFolder
     from care_ray.scoring import score_corpus
 
-    rated = rated_sessions(config)
+    rated, ratings = config.ratings()
     if not pc.any(rated.column("complete")).as_py():
         raise ValueError(
             f"no session in {config.sessions} has a rating for every selected item "
@@ -319,9 +309,7 @@ def draft_corpus(config: DraftConfig) -> dict[str, Any]:
         )
     manifest = score_corpus(config)
     run = RunFolder(config.out)
-    items = run.read("items")
-    ratings = pair_ratings(config, pc.unique(items.column("session_id")).to_pylist())
-    drafts = build_drafts_table(items, ratings)
+    drafts = build_drafts_table(run.read("items"), ratings)
     run.loc.join(DRAFTS_FILE).write_parquet(drafts)
     incomplete = rated.filter(pc.invert(rated.column("complete")))
     manifest.update(

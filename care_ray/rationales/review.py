@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from care_ray.output import normalize_quote
 from care_ray.rationales.draft import read_drafts
 from care_ray.storage import location
 
@@ -93,15 +94,11 @@ def review_id(session_id: str, item_id: int) -> str:
     return f"{session_id}#{item_id}"
 
 
-def _norm(text: str) -> str:
-    return " ".join(str(text).split()).casefold()
-
-
 def quote_excerpt(turns: Sequence[Mapping[str, Any]], quote: str, labels: Mapping[str, str]) -> str:
     """The turns around the one that holds `quote`, speaker-labelled; a note when none does."""
-    wanted = _norm(quote)
+    wanted = normalize_quote(quote)
     for i, turn in enumerate(turns):
-        if wanted and wanted in _norm(turn["text"]):
+        if wanted and wanted in normalize_quote(turn["text"]):
             lo, hi = max(0, i - _EXCERPT_CONTEXT), min(len(turns), i + _EXCERPT_CONTEXT + 1)
             return "\n".join(
                 f"{labels.get(t['role'], t['role'])}: {' '.join(str(t['text']).split())}"
@@ -263,8 +260,12 @@ def _found_quotes(text: str, candidates: Sequence[str], dialogue: str) -> list[s
     each only if it occurs in the transcript."""
     from care_ray.training.sft_data import quotes_in_rationale
 
-    hay = _norm(dialogue)
-    kept = [q for q in candidates if _norm(q) in _norm(text) and _norm(q) in hay]
+    hay = normalize_quote(dialogue)
+    kept = [
+        q
+        for q in candidates
+        if normalize_quote(q) in normalize_quote(text) and normalize_quote(q) in hay
+    ]
     return list(dict.fromkeys(kept + quotes_in_rationale(text, dialogue)))[:5]
 
 
@@ -362,12 +363,7 @@ def check_review_rows(
 
 def _merge(folder: Any, name: str, schema: pa.Schema, new: pa.Table, key: list[str]) -> pa.Table:
     """The stored table with `new` rows replacing those of the same key."""
-    path = folder.join(name)
-    old = (
-        pq.read_table(path.path, filesystem=path.fs, schema=schema)
-        if path.exists()
-        else schema.empty_table()
-    )
+    old = _stored(folder, name, schema)
     if new.num_rows == 0:
         return old
     new_keys = set(zip(*(new.column(k).to_pylist() for k in key), strict=True))
@@ -444,7 +440,9 @@ def attach_review_summary(folder: Any, summary: dict[str, Any] | None = None) ->
         if not folder.join(REVIEWS_FILE).exists():
             return
         summary = review_summary(
-            read_drafts(folder.uri), read_reviews(folder.uri), _stored(folder, RATINGS_FILE)
+            read_drafts(folder.uri),
+            read_reviews(folder.uri),
+            _stored(folder, RATINGS_FILE, RATING_SCHEMA),
         )
     text = folder.join("manifest.json").read_text()
     manifest = json.loads(text) if text else {}
@@ -454,9 +452,9 @@ def attach_review_summary(folder: Any, summary: dict[str, Any] | None = None) ->
     )
 
 
-def _stored(folder: Any, name: str) -> pa.Table:
+def _stored(folder: Any, name: str, schema: pa.Schema) -> pa.Table:
+    """A table the review keeps in the draft folder (empty when there is none yet)."""
     path = folder.join(name)
-    schema = RATING_SCHEMA if name == RATINGS_FILE else REVIEW_SCHEMA
     if not path.exists():
         return schema.empty_table()
     return pq.read_table(path.path, filesystem=path.fs, schema=schema)
@@ -562,10 +560,7 @@ def rationale_table(drafts: pa.Table, reviews: pa.Table) -> pa.Table:
 
 
 def read_reviews(drafts_dir: str) -> pa.Table:
-    path = location(drafts_dir).join(REVIEWS_FILE)
-    if not path.exists():
-        return REVIEW_SCHEMA.empty_table()
-    return pq.read_table(path.path, filesystem=path.fs, schema=REVIEW_SCHEMA)
+    return _stored(location(drafts_dir), REVIEWS_FILE, REVIEW_SCHEMA)
 
 
 def rationale_lookup(drafts_dir: str | Path) -> dict[tuple[str, int], dict[str, Any]]:
