@@ -20,7 +20,7 @@ def workdir() -> Path:
 
 
 def tiny_model() -> Path:
-    from care_ray.tiny_model import build_tiny_model
+    from care_ray.models.tiny import build_tiny_model
 
     p = workdir() / "tiny-model"
     if not (p / "model.safetensors").exists():
@@ -30,8 +30,8 @@ def tiny_model() -> Path:
 
 def esconv_corpus(copies: int = 1) -> Path:
     """ESConv ingested; with copies > 1, the real sessions repeated under new ids (for scale)."""
-    from care_ray.ingest import ingest_files
-    from care_ray.paths import esconv_dir
+    from care_ray.common.paths import esconv_dir
+    from care_ray.corpus.ingest import ingest_files
 
     base = workdir() / "esconv"
     if not (base / "manifest.json").exists():
@@ -40,7 +40,7 @@ def esconv_corpus(copies: int = 1) -> Path:
         return base
     out = workdir() / f"esconv-x{copies}"
     if not (out / "manifest.json").exists():
-        from care_ray.corpus import iter_sessions
+        from care_ray.corpus.reader import iter_sessions
 
         jsonl = workdir() / f"esconv-x{copies}.jsonl"
         with open(jsonl, "w", encoding="utf-8") as f:

@@ -43,7 +43,7 @@ def build_run(folder: Path, n_sessions: int, sessions_per_file: int) -> list[str
     import numpy as np
     import pyarrow as pa
 
-    from care_ray.results import RESULT_SCHEMA, RunFolder
+    from care_ray.scoring.results import RESULT_SCHEMA, RunFolder
 
     run = RunFolder(folder)
     ids = [f"s{k:07d}" for k in range(n_sessions)]
@@ -96,7 +96,7 @@ def measure(n_sessions: int, sessions_per_file: int, work: Path) -> dict:
     import pyarrow.parquet as pq
     from _common import PeakRSS
 
-    from care_ray.results import (
+    from care_ray.scoring.results import (
         RunFolder,
         consolidate,
         pending_plan,

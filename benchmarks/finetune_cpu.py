@@ -31,9 +31,9 @@ from _common import PeakRSS  # noqa: E402
 
 def prepare(work: Path) -> dict[str, Path]:
     """The corpus, model and SFT examples the tiny config names, built once under `work`."""
-    from care_ray.ingest import ingest_files
-    from care_ray.paths import esconv_dir
-    from care_ray.tiny_model import build_tiny_model
+    from care_ray.common.paths import esconv_dir
+    from care_ray.corpus.ingest import ingest_files
+    from care_ray.models.tiny import build_tiny_model
     from care_ray.training.sft_data import SFTOptions, make_sft_data
 
     paths = {

@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from care_ray.prompts import PromptBuilder, load_tokenizer  # noqa: E402
-from care_ray.rubric import load_rubric  # noqa: E402
+from care_ray.contracts.rubric import load_rubric  # noqa: E402
+from care_ray.scoring.prompts import PromptBuilder, load_tokenizer  # noqa: E402
 from care_ray.training import loop  # noqa: E402
 from care_ray.training.config import FinetuneConfig, LoraSettings  # noqa: E402
 from care_ray.training.sft_data import iter_fold, read_examples  # noqa: E402

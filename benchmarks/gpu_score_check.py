@@ -14,13 +14,13 @@ from pathlib import Path
 def main() -> None:
     import torch
 
-    from care_ray.contract import normalise_session, sessions_to_table
-    from care_ray.engines import EngineConfig, make_engine
-    from care_ray.output import output_schema
-    from care_ray.prompts import PromptBuilder, load_tokenizer
-    from care_ray.rubric import load_rubric
-    from care_ray.scoring import score_item_prompts
-    from care_ray.tiny_model import build_tiny_model
+    from care_ray.contracts.output import output_schema
+    from care_ray.contracts.rubric import load_rubric
+    from care_ray.contracts.session import normalise_session, sessions_to_table
+    from care_ray.models.tiny import build_tiny_model
+    from care_ray.scoring.engines import EngineConfig, make_engine
+    from care_ray.scoring.items import score_item_prompts
+    from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
 
     assert torch.cuda.is_available(), "needs CUDA"
     model = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny")

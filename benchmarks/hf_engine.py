@@ -3,7 +3,7 @@ the prompt tokens it computes ÷ the prompt tokens it was given, on real ESConv 
 
 - old: what the engine did before: batches of 8 prompts in arrival order, left-padded,
   transformers' generate(), every prompt token computed, every sequence run to its budget;
-- new: care_ray.engines.hf.HFEngine: token-budget batches sorted by length, each session's shared
+- new: care_ray.scoring.engines.hf.HFEngine: token-budget batches sorted by length, each session's shared
   prefix computed once, a sequence stops at the end of its JSON object.
 
 Random weights never write JSON, so every sequence runs to --max-new-tokens in both: the JSON stop
@@ -20,11 +20,11 @@ import time
 
 from _common import esconv_corpus, tiny_model
 
-from care_ray.corpus import sessions_dataset
-from care_ray.engines import EngineConfig
-from care_ray.engines.hf import HFEngine
-from care_ray.prompts import PromptBuilder, load_tokenizer
-from care_ray.rubric import load_rubric
+from care_ray.contracts.rubric import load_rubric
+from care_ray.corpus.reader import sessions_dataset
+from care_ray.scoring.engines import EngineConfig
+from care_ray.scoring.engines.hf import HFEngine
+from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
 
 
 def build_8b_shape(tokenizer, device: str):

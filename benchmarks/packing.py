@@ -37,8 +37,8 @@ from care_ray.training import loop  # noqa: E402
 
 
 def encoded_training_examples(paths: dict[str, Path], max_seq_len: int) -> list[loop.Encoded]:
-    from care_ray.prompts import PromptBuilder, load_tokenizer
-    from care_ray.rubric import load_rubric
+    from care_ray.contracts.rubric import load_rubric
+    from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
     from care_ray.training.sft_data import iter_fold, read_examples
 
     tokenizer = load_tokenizer(str(paths["model"]))
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from care_ray.prompts import load_tokenizer
+    from care_ray.scoring.prompts import load_tokenizer
     from care_ray.training.config import load_finetune_config
 
     paths = prepare(args.work)

@@ -130,7 +130,7 @@ class TreeCPU:
 
 
 def score_config(sessions: int, out: Path, sessions_per_block: int | None) -> Any:
-    from care_ray.scoring import ScoreConfig
+    from care_ray.scoring.config import ScoreConfig
 
     extra = {"sessions_per_block": sessions_per_block} if sessions_per_block else {}
     return ScoreConfig(
@@ -199,9 +199,9 @@ def run_peer(cfg: Any, out: Path, batch_size: int, max_concurrent_batches: int) 
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from care_ray.corpus import sessions_dataset
-    from care_ray.rubric import rubric_for_language
-    from care_ray.scoring import plan_cpus
+    from care_ray.cluster.resources import plan_cpus
+    from care_ray.contracts.rubric import rubric_for_language
+    from care_ray.corpus.reader import sessions_dataset
 
     shutil.rmtree(out, ignore_errors=True)
     engine = cfg.engine_config()
@@ -266,7 +266,7 @@ def run_peer(cfg: Any, out: Path, batch_size: int, max_concurrent_batches: int) 
 
 
 def run_care_ray(cfg: Any) -> dict:
-    from care_ray.scoring import score_corpus
+    from care_ray.scoring.pipeline import score_corpus
 
     out = Path(cfg.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -305,9 +305,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["care-ray", "ray.data.llm"], help="run one side (profiling)")
     a = ap.parse_args()
 
-    from care_ray.scoring import init_ray
+    from care_ray.cluster.ray import start_ray
 
-    init_ray("local")  # one cluster for both, started off the clock
+    start_ray("local")  # one cluster for both, started off the clock
 
     def care_ray(sessions: int) -> dict:
         return run_care_ray(

@@ -17,12 +17,12 @@ BOUNDS = dict(
 
 
 def bare(sessions: int, per_call: int) -> tuple[float, float, int]:
-    from care_ray.corpus import sessions_dataset
-    from care_ray.engines.vllm import VLLMEngine
-    from care_ray.output import output_schema, parse_item_output
-    from care_ray.prompts import PromptBuilder, load_tokenizer
-    from care_ray.rubric import load_rubric
-    from care_ray.scoring import ScoreConfig
+    from care_ray.contracts.output import output_schema, parse_item_output
+    from care_ray.contracts.rubric import load_rubric
+    from care_ray.corpus.reader import sessions_dataset
+    from care_ray.scoring.config import ScoreConfig
+    from care_ray.scoring.engines.vllm import VLLMEngine
+    from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
 
     cfg = ScoreConfig(
         sessions=esconv_corpus(), model=str(tiny_model()), out=workdir() / "unused", **BOUNDS
@@ -69,7 +69,8 @@ def bare(sessions: int, per_call: int) -> tuple[float, float, int]:
 
 
 def full(sessions: int, per_call: int) -> tuple[float, float, int]:
-    from care_ray.scoring import ScoreConfig, score_corpus
+    from care_ray.scoring.config import ScoreConfig
+    from care_ray.scoring.pipeline import score_corpus
 
     out = workdir() / "overhead-out"
     shutil.rmtree(out, ignore_errors=True)

@@ -12,17 +12,17 @@ import statistics
 
 from _common import esconv_corpus, tiny_model
 
-from care_ray.corpus import sessions_dataset
-from care_ray.engines import EngineConfig
-from care_ray.output import output_schema
-from care_ray.prompts import PromptBuilder, load_tokenizer
-from care_ray.rubric import load_rubric
+from care_ray.contracts.output import output_schema
+from care_ray.contracts.rubric import load_rubric
+from care_ray.corpus.reader import sessions_dataset
+from care_ray.scoring.engines import EngineConfig
+from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
 
 
 def run(block_size: int | None, prompts, n_sessions: int) -> dict:
     import json
 
-    from care_ray.engines.vllm import VLLMEngine
+    from care_ray.scoring.engines.vllm import VLLMEngine
 
     cfg = EngineConfig(
         model=str(tiny_model()),

@@ -11,9 +11,9 @@ os.environ["RAYON_NUM_THREADS"] = "1"  # the Rust tokenizer's thread pool: one c
 
 from _common import esconv_corpus, tiny_model  # noqa: E402
 
-from care_ray.corpus import sessions_dataset  # noqa: E402
-from care_ray.prompts import PromptBuilder, load_tokenizer  # noqa: E402
-from care_ray.rubric import load_rubric  # noqa: E402
+from care_ray.contracts.rubric import load_rubric  # noqa: E402
+from care_ray.corpus.reader import sessions_dataset  # noqa: E402
+from care_ray.scoring.prompts import PromptBuilder, load_tokenizer  # noqa: E402
 
 
 def main() -> None:

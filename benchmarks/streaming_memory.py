@@ -16,7 +16,8 @@ from _common import PeakRSS, esconv_corpus, tiny_model, workdir
 
 
 def one(n: int, corpus: Path) -> None:
-    from care_ray.scoring import ScoreConfig, score_corpus
+    from care_ray.scoring.config import ScoreConfig
+    from care_ray.scoring.pipeline import score_corpus
 
     out = workdir() / f"stream-{n}"
     shutil.rmtree(out, ignore_errors=True)

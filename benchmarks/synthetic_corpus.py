@@ -3,7 +3,7 @@
 Writes, under DIR:
 - `sessions/source=NAME/part-CHUNK.parquet`: sessions in the corpus contract (schemas/session.schema.json),
   with `manifest.json` beside them as `care-ray ingest` writes it;
-- `scores/items/part-CHUNK.parquet`: 12 scored items per session (care_ray.scoring ITEM_COLUMNS), and
+- `scores/items/part-CHUNK.parquet`: 12 scored items per session (care_ray.scoring.pipeline ITEM_COLUMNS), and
   `scores/sessions/part-00000.parquet` aggregated from them by queries/session_scores.sql, as `care-ray score` does;
 - `truth.json`: the effects planted in the scores, so a benchmark can check that analyze finds them.
 
@@ -37,10 +37,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from care_ray.contract import session_schema
-from care_ray.queries import connect, read_query
-from care_ray.rubric import load_rubric
-from care_ray.scoring import ITEM_COLUMNS, RESULT_SCHEMA
+from care_ray.common.sql import connect, read_query
+from care_ray.contracts.rubric import load_rubric
+from care_ray.contracts.session import session_schema
+from care_ray.scoring.results import ITEM_COLUMNS, RESULT_SCHEMA
 
 SOURCES = ("clinic", "helpline")
 SOURCE_SHARE = (0.65, 0.35)
@@ -579,7 +579,7 @@ def generate(
         )
     scores_dir = staging / "scores"
     (scores_dir / "sessions").mkdir(parents=True)
-    con = connect({"items": scores_dir / "items"}, memory_limit="4GB")
+    con = connect("4GB", views={"items": scores_dir / "items"})
     con.execute("SET enable_progress_bar = false")
     con.sql(read_query("session_scores")).write_parquet(
         str(scores_dir / "sessions" / "part-00000.parquet")

@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def esconv_dir() -> Path:
-    from care_ray.paths import esconv_dir
+    from care_ray.common.paths import esconv_dir
 
     d = esconv_dir()
     if not (d / "train.json").exists():
@@ -26,14 +26,14 @@ def esconv_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from care_ray.tiny_model import build_tiny_model
+    from care_ray.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
 def esconv_corpus(tmp_path_factory, esconv_dir) -> Path:
-    from care_ray.ingest import ingest_files
+    from care_ray.corpus.ingest import ingest_files
 
     out = tmp_path_factory.mktemp("esconv-corpus")
     ingest_files("esconv", [esconv_dir], out)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from care_ray.analytics.analyze import AnalyzeConfig, analyze
 from care_ray.analytics.features import compute_features, driver_features, load_vocabulary
 from care_ray.cli import app
-from care_ray.paths import queries_dir
+from care_ray.common.paths import queries_dir
 
 ITEM_DIMENSION = {
     4: "goal",
@@ -178,7 +178,7 @@ def _items(scores: dict[str, dict[str, float]]) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    from care_ray.ingest import ingest_files
+    from care_ray.corpus.ingest import ingest_files
 
     root = tmp_path_factory.mktemp("analyze")
     sessions, scores = make_corpus()

@@ -35,7 +35,7 @@ def test_every_option_of_every_command_has_a_description():
 def test_score_help_shows_the_defaults_a_run_gets():
     r = runner.invoke(app, ["score", "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0
-    from care_ray.scoring import ScoreConfig
+    from care_ray.scoring.config import ScoreConfig
 
     text = " ".join(
         re.sub(r"[│╭╮╰╯─]", " ", r.output).split()
@@ -71,7 +71,7 @@ def test_score_config_rejects_unknown_keys_with_the_nearest_valid_one(tmp_path):
     cfg = tmp_path / "score.yaml"
     cfg.write_text("max_new_token: 128\nsessions: /x\nmodel: /m\nout: /o\n")
     line = one_line_error(runner.invoke(app, ["score", "--config", str(cfg)]))
-    assert "unknown key 'max_new_token' (did you mean 'max_new_tokens'?)" in line
+    assert f"unknown key 'max_new_token' in {cfg} (did you mean 'max_new_tokens'?)" in line
 
 
 def test_messages_name_the_option_not_the_field(tmp_path):
@@ -130,7 +130,7 @@ def test_a_submitted_job_refuses_relative_paths(esconv_corpus, tiny_model, tmp_p
 
 @pytest.mark.parametrize("value", ["s3://bucket/x", "/abs/x"])
 def test_absolute_paths_and_uris_pass_the_job_check(monkeypatch, value):
-    from care_ray.paths import refuse_relative_in_job
+    from care_ray.cluster.jobs import refuse_relative_in_job
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
     refuse_relative_in_job({"--out": value})

@@ -304,7 +304,7 @@ def test_rayjob_entrypoint_is_a_valid_score_command_with_absolute_paths(monkeypa
     import typer.main
 
     from care_ray.cli import app
-    from care_ray.paths import refuse_relative_in_job
+    from care_ray.cluster.jobs import refuse_relative_in_job
 
     argv = _entrypoint_argv()
     assert argv[:3] == ["python", "-m", "jobs.score"] and (REPO / "jobs" / "score.py").is_file()

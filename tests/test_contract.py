@@ -3,14 +3,14 @@ import json
 import pyarrow as pa
 import pytest
 
-from care_ray.contract import (
+from care_ray.common.paths import schemas_dir
+from care_ray.contracts.session import (
     ContractError,
     Reason,
     load_contract,
     normalise_session,
     sessions_to_table,
 )
-from care_ray.paths import schemas_dir
 
 
 def good(**over):
@@ -99,7 +99,7 @@ def test_ratings_and_times_are_canonicalised():
 
 
 def test_esconv_turn_with_non_text_speaker_or_strategy_is_quarantined_not_a_crash(tmp_path):
-    from care_ray.ingest.esconv import read_esconv
+    from care_ray.corpus.ingest.esconv import read_esconv
 
     def record(speaker, strategy):
         dialog = [

@@ -16,8 +16,8 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from care_ray.cli import app
-from care_ray.evaluation import bootstrap_agreement, rationale_overlap
-from care_ray.ingest import ingest_files
+from care_ray.corpus.ingest import ingest_files
+from care_ray.evaluation.metrics import bootstrap_agreement, rationale_overlap
 
 # WAI-SR item → dimension, written out here so the test does not share the code's mapping.
 ITEMS = {"goal": [4, 6, 8, 11], "task": [1, 2, 10, 12], "bond": [3, 5, 7, 9]}
@@ -569,7 +569,7 @@ def test_user_errors_exit_2_with_one_line(evaluated, tmp_path):
 
 
 def test_esconv_empathy_as_bond_proxy(esconv_corpus, tmp_path):
-    from care_ray.corpus import sessions_dataset
+    from care_ray.corpus.reader import sessions_dataset
 
     table = sessions_dataset(esconv_corpus).to_table(columns=["session_id", "labels"]).to_pylist()
     empathy = {r["session_id"]: dict(r["labels"] or {}).get("empathy") for r in table}

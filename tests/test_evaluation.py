@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 from scipy import stats
 
-from care_ray.evaluation import (
+from care_ray.contracts.rubric import load_rubric
+from care_ray.evaluation.metrics import (
     agreement,
     counselor_gap,
     dimension_means,
@@ -22,7 +23,6 @@ from care_ray.evaluation import (
     rouge_n,
     wide_dimension_scores,
 )
-from care_ray.rubric import load_rubric
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from care_ray.engines import EngineConfig
-from care_ray.engines.hf import HFEngine, JsonObjectEnd, group_by_prefix
+from care_ray.scoring.engines import EngineConfig
+from care_ray.scoring.engines.hf import HFEngine, JsonObjectEnd, group_by_prefix
 
 
 def test_json_object_end_counts_braces_outside_strings_only():
@@ -42,9 +42,9 @@ def test_group_by_prefix_splits_sessions_not_the_shared_header():
 def esconv_prompts(esconv_corpus, tiny_model):
     """Item prompts of 2 real sessions (3 items each, transcripts cut to fit 500 tokens) and one
     prompt that shares nothing with them but the chat template's start."""
-    from care_ray.corpus import sessions_dataset
-    from care_ray.prompts import PromptBuilder, load_tokenizer
-    from care_ray.rubric import load_rubric
+    from care_ray.contracts.rubric import load_rubric
+    from care_ray.corpus.reader import sessions_dataset
+    from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
 
     rubric = load_rubric()
     tok = load_tokenizer(str(tiny_model))
@@ -86,7 +86,7 @@ def test_greedy_outputs_equal_plain_generate(esconv_prompts, tiny_model, monkeyp
     for max_batch_tokens in (None, 1600):
         if max_batch_tokens:
             engine.max_batch_tokens = max_batch_tokens
-            monkeypatch.setattr("care_ray.engines.hf.PREFILL_CHUNK_TOKENS", 1)
+            monkeypatch.setattr("care_ray.scoring.engines.hf.PREFILL_CHUNK_TOKENS", 1)
         gens = engine.generate(prompts, budgets)
         assert len(gens) == len(prompts)
         for g, p, r, n in zip(gens, prompts, ref, budgets, strict=True):
@@ -126,7 +126,7 @@ def _bigram_model(tiny_model, transitions: dict[int, int]):
 
 
 def test_generation_stops_at_the_end_of_the_json_object(tiny_model):
-    from care_ray.prompts import load_tokenizer
+    from care_ray.scoring.prompts import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model))
     ids = {c: tok.convert_tokens_to_ids(tok.tokenize(c))[0] for c in ["{", "}", "X", "Z"]}

@@ -5,8 +5,8 @@ import json
 import pyarrow.dataset as ds
 import pytest
 
-from care_ray.corpus import iter_sessions
-from care_ray.ingest import ingest_files
+from care_ray.corpus.ingest import ingest_files
+from care_ray.corpus.reader import iter_sessions
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@ import json
 
 import pyarrow.dataset as ds
 
-from care_ray.corpus import export_sessions_jsonl, iter_sessions, validate_corpus
-from care_ray.ingest import ingest_files
-from care_ray.ingest.esconv import esconv_session_id
+from care_ray.corpus.ingest import ingest_files
+from care_ray.corpus.ingest.esconv import esconv_session_id
+from care_ray.corpus.reader import export_sessions_jsonl, iter_sessions, validate_corpus
 
 
 def _by_id(corpus):

@@ -14,15 +14,15 @@ import yaml
 from typer.testing import CliRunner
 
 from care_ray.cli import app
-from care_ray.corpus import iter_sessions, validate_corpus
-from care_ray.ingest import (
+from care_ray.corpus.ingest import (
     FormatUnknown,
     TurnsMapping,
     infer_format,
     ingest_files,
     mapping_from_spec,
 )
-from care_ray.ingest.mapping import MappingError
+from care_ray.corpus.ingest.mapping import MappingError
+from care_ray.corpus.reader import iter_sessions, validate_corpus
 
 runner = CliRunner()
 README = Path(__file__).resolve().parents[1] / "README.md"

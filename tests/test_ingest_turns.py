@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 from typer.testing import CliRunner
 
 from care_ray.cli import app
-from care_ray.corpus import iter_sessions
+from care_ray.corpus.reader import iter_sessions
 
 SESSIONS = {
     "zh-001": [

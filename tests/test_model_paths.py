@@ -180,7 +180,7 @@ def test_sft_data_and_finetune_check_the_model_too(esconv_corpus, tmp_path, no_n
 def test_ray_workers_are_offline_too(monkeypatch):
     import ray
 
-    from care_ray.scoring import init_ray
+    from care_ray.cluster.ray import start_ray
 
     # the test session sets these for itself: without them here, only care-ray's runtime env can set them in the worker
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -188,7 +188,7 @@ def test_ray_workers_are_offline_too(monkeypatch):
 
     if ray.is_initialized():
         ray.shutdown()
-    init_ray(None)
+    start_ray(None)
     try:
 
         @ray.remote

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from care_ray.results import RunFolder
+from care_ray.scoring.results import RunFolder
 
 BUCKET = "care-ray-test"
 
@@ -81,7 +81,7 @@ def s3_corpus(s3_env, esconv_corpus):
 def test_the_run_folder_commit_protocol_works_without_rename(s3_env):
     import pyarrow as pa
 
-    from care_ray.results import RESULT_SCHEMA, consolidate, pending_plan
+    from care_ray.scoring.results import RESULT_SCHEMA, consolidate, pending_plan
 
     run = RunFolder(f"s3://{BUCKET}/protocol")
     rows = [{"session_id": "a", "item_id": i, "status": "ok", "score": 3.0} for i in (1, 2)]
@@ -100,7 +100,8 @@ def test_the_run_folder_commit_protocol_works_without_rename(s3_env):
 def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, tiny_model):
     import ray
 
-    from care_ray.scoring import ScoreConfig, score_corpus
+    from care_ray.scoring.config import ScoreConfig
+    from care_ray.scoring.pipeline import score_corpus
 
     out = f"s3://{BUCKET}/scores"
     args = [
@@ -183,8 +184,8 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
 
 
 def test_a_local_output_path_on_a_multi_node_cluster_is_refused():
-    from care_ray.scoring import check_output_reachable
-    from care_ray.storage import location
+    from care_ray.cluster.storage import location
+    from care_ray.scoring.checks import check_output_reachable
 
     with pytest.raises(ValueError, match="other nodes would write to their own disks"):
         check_output_reachable(location("/tmp/x"), alive_nodes=2, shared_filesystem=False)
@@ -203,9 +204,10 @@ def test_sft_data_finetune_and_the_adapter_travel_through_s3(
     analyze read those scores there."""
     import json
 
-    from care_ray.fingerprint import folder_digest
-    from care_ray.scoring import ScoreConfig, score_corpus
-    from care_ray.storage import fetch_folder, location
+    from care_ray.cluster.storage import fetch_folder, location
+    from care_ray.scoring.config import ScoreConfig
+    from care_ray.scoring.fingerprint import folder_digest
+    from care_ray.scoring.pipeline import score_corpus
     from care_ray.training.sft_data import SFTOptions, make_sft_data, read_examples
 
     sft = f"s3://{BUCKET}/sft"

@@ -1,6 +1,6 @@
 import pytest
 
-from care_ray.output import (
+from care_ray.contracts.output import (
     InvalidOutput,
     OutputError,
     format_item_output,
@@ -62,7 +62,7 @@ def test_score_only_schema_for_the_ablation():
 
 
 def test_a_multibyte_character_cut_at_the_length_bound_is_dropped_not_an_error():
-    from care_ray.output import output_schema, parse_item_output
+    from care_ray.contracts.output import output_schema, parse_item_output
 
     schema = output_schema(max_rationale_chars=10)
     # the grammar counted one character; the detokenizer shows three undecodable bytes

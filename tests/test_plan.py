@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from care_ray.cli import app
-from care_ray.plan import (
+from care_ray.scoring.plan import (
     GPUS,
     TokenProfile,
     default_tokens,
@@ -23,7 +23,7 @@ from care_ray.plan import (
     measure_corpus_tokens,
     plan_table,
 )
-from care_ray.prompts import PromptBuilders, load_tokenizer
+from care_ray.scoring.prompts import PromptBuilders, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -147,7 +147,7 @@ def test_the_cited_figures_are_in_the_cited_files():
 @pytest.fixture(scope="module")
 def small_corpus(esconv_corpus, tmp_path_factory) -> Path:
     """24 real ESConv sessions plus a Chinese one (scored with the Chinese rubric), as a corpus folder."""
-    from care_ray.corpus import sessions_dataset
+    from care_ray.corpus.reader import sessions_dataset
 
     table = sessions_dataset(esconv_corpus).to_table().slice(0, 25)
     zh_turns = [
@@ -306,14 +306,14 @@ def test_plan_command_table_and_json(small_corpus, tiny_model):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--sessions", "0"], "--sessions must be at least 1"),
-        (["--sessions", "10", "--gpus", "0"], "--gpus must be at least 1"),
+        (["--sessions", "0"], "--sessions: Input should be greater than or equal to 1"),
+        (["--sessions", "10", "--gpus", "0"], "--gpus: Input should be greater than or equal to 1"),
         (
             ["--sessions", "10", "--gpu", "v100"],
-            "--gpu 'v100' is not one of h200, h100, a100, l40s",
+            "--gpu: 'v100' is not one of h200, h100, a100, l40s",
         ),
-        (["--sessions", "10", "--price", "-2"], "--price must be zero or more"),
-        (["--sessions", "10", "--chars-per-token", "0"], "--chars-per-token must be positive"),
+        (["--sessions", "10", "--price", "-2"], "--price: Input should be greater than or equal to 0"),
+        (["--sessions", "10", "--chars-per-token", "0"], "--chars-per-token: Input should be greater than 0"),
         (["--sessions", "10", "--model", "/m"], "give --corpus DIR too"),
         (
             ["--sessions", "10", "--corpus", "/nonexistent/corpus"],

@@ -3,9 +3,9 @@ import os
 import pyarrow as pa
 import pytest
 
-from care_ray.contract import sessions_to_table
-from care_ray.prompts import PromptBuilder, load_tokenizer
-from care_ray.rubric import load_rubric
+from care_ray.contracts.rubric import load_rubric
+from care_ray.contracts.session import sessions_to_table
+from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
 
 
 def session(n_turns=6, words=5, sid="s1"):

@@ -17,14 +17,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from care_ray.prompts import load_tokenizer
+from care_ray.contracts.rubric import load_rubric
 from care_ray.rationales.draft import (
     DraftConfig,
     DraftPromptBuilders,
     build_drafts_table,
     draft_corpus,
     draft_flags,
-    read_drafts,
 )
 from care_ray.rationales.review import (
     ReviewError,
@@ -32,7 +31,8 @@ from care_ray.rationales.review import (
     import_reviews,
     read_review_file,
 )
-from care_ray.rubric import load_rubric
+from care_ray.rationales.tables import read_drafts
+from care_ray.scoring.prompts import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(
@@ -89,7 +89,7 @@ def test_planted_drafts_are_flagged_when_joined_with_their_ratings():
 
 
 def test_draft_prompts_carry_the_rating_and_share_the_transcript_prefix(tiny_model):
-    from care_ray.prompts import PromptBuilders
+    from care_ray.scoring.prompts import PromptBuilders
 
     builders = DraftPromptBuilders(
         PromptBuilders(load_tokenizer(str(tiny_model)), max_model_len=1024, max_new_tokens=160)
@@ -115,8 +115,8 @@ def test_draft_prompts_carry_the_rating_and_share_the_transcript_prefix(tiny_mod
 @pytest.fixture(scope="module")
 def corpus(esconv_corpus, tmp_path_factory) -> Path:
     """3 ESConv sessions with both labels and feedback, and 2 Chinese sessions with client_wai."""
-    from care_ray.corpus import iter_sessions
-    from care_ray.ingest import ingest_files
+    from care_ray.corpus.ingest import ingest_files
+    from care_ray.corpus.reader import iter_sessions
 
     work = tmp_path_factory.mktemp("rationales-corpus")
     esconv = [
@@ -188,7 +188,7 @@ def drafted(corpus, tiny_model, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_drafts_cover_every_rated_pair_once_with_its_rating(drafted, corpus):
-    from care_ray.corpus import iter_sessions
+    from care_ray.corpus.reader import iter_sessions
 
     out, m = drafted
     assert m["kind"] == "care-ray rationale drafts"
@@ -235,7 +235,7 @@ def test_a_rerun_with_another_label_map_is_refused(drafted, corpus, tiny_model):
 def _reviewed(rows: list[dict], corpus: Path) -> list[dict]:
     """What reviewers A and B do in the JSON-lines file: accept, edit with a real quote, reject,
     and edit a Chinese draft; A also rates four drafts for the cross-check."""
-    from care_ray.corpus import iter_sessions
+    from care_ray.corpus.reader import iter_sessions
 
     sessions = {s["session_id"]: s for s in iter_sessions(corpus)}
     en = [r for r in rows if not r["session_id"].startswith("zh-")]

@@ -12,16 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from care_ray.cli import app
-from care_ray.engines import EngineConfig, Generation, Sample
-from care_ray.output import output_schema
-from care_ray.results import RESULT_SCHEMA, RunFolder
-from care_ray.scoring import (
-    ScoreConfig,
-    finalize,
-    prepare_run_folder,
-    score_item_prompts,
-    select_sessions,
-)
+from care_ray.contracts.output import output_schema
+from care_ray.scoring.checks import prepare_run_folder
+from care_ray.scoring.config import ScoreConfig, select_sessions
+from care_ray.scoring.engines import EngineConfig, Generation, Sample
+from care_ray.scoring.items import score_item_prompts
+from care_ray.scoring.pipeline import finalize
+from care_ray.scoring.results import RESULT_SCHEMA, RunFolder
 
 runner = CliRunner()
 
@@ -45,8 +42,8 @@ def zh_session(sid="zh-1"):
 @pytest.fixture(scope="module")
 def mixed_corpus(esconv_corpus, tmp_path_factory):
     """Two real English ESConv sessions and one Chinese session, in one corpus."""
-    from care_ray.corpus import iter_sessions
-    from care_ray.ingest import ingest_files
+    from care_ray.corpus.ingest import ingest_files
+    from care_ray.corpus.reader import iter_sessions
 
     d = tmp_path_factory.mktemp("mixed")
     english = [s for _, s in zip(range(2), iter_sessions(esconv_corpus), strict=False)]
@@ -374,7 +371,7 @@ def test_ingest_into_an_existing_corpus_refuses_or_appends_by_source(esconv_dir,
     assert json.loads((out / "manifest.json").read_text())["quarantined_by_reason"] == {
         "duplicate_session_id": 1
     }
-    from care_ray.corpus import validate_corpus
+    from care_ray.corpus.reader import validate_corpus
 
     assert validate_corpus(out)["ok"]
 
@@ -414,9 +411,9 @@ def test_a_finished_run_always_has_items_errors_and_sessions_tables(
 def test_training_and_scoring_prompts_are_byte_identical_in_english_and_chinese(
     mixed_corpus, tiny_model, tmp_path
 ):
-    from care_ray.prompts import PromptBuilder, load_tokenizer
-    from care_ray.rubric import load_rubric
-    from care_ray.scoring import BuildItemPrompts
+    from care_ray.contracts.rubric import load_rubric
+    from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
+    from care_ray.scoring.stages import BuildItemPrompts
     from care_ray.training.sft_data import SFTOptions, make_sft_data, read_examples
 
     # the zh session carries client ratings, the English ones proxy labels: both have training targets
@@ -476,7 +473,7 @@ def test_training_and_scoring_prompts_are_byte_identical_in_english_and_chinese(
 def test_retry_errors_rescores_failed_pairs_once_each_with_the_rubric_of_each_language(
     mixed_corpus, tiny_model, tmp_path
 ):
-    from care_ray.scoring import score_corpus
+    from care_ray.scoring.pipeline import score_corpus
 
     out = tmp_path / "out"
     marker = tmp_path / "engine-down"

@@ -10,7 +10,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from care_ray.scoring import ScoreConfig, score_corpus
+from care_ray.scoring.config import ScoreConfig
+from care_ray.scoring.pipeline import score_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -289,9 +290,9 @@ def test_aligned_prefix_blocks_reach_the_engine(esconv_corpus, tiny_model, tmp_p
     settings = json.loads((tmp_path / "fingerprint.json").read_text())["settings"]
     assert settings["prefix_alignment"] == 32
     rows = pq.read_table(tmp_path / "items").to_pylist()
-    from care_ray.corpus import iter_sessions
-    from care_ray.prompts import PromptBuilder, load_tokenizer
-    from care_ray.rubric import load_rubric
+    from care_ray.contracts.rubric import load_rubric
+    from care_ray.corpus.reader import iter_sessions
+    from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
 
     rubric = load_rubric()
     builder = PromptBuilder(

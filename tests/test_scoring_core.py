@@ -7,8 +7,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from care_ray.results import ITEM_COLUMNS, RESULT_SCHEMA, RunFolder, consolidate, pending_plan
-from care_ray.scoring import _write_results_batch, plan_cpus
+from care_ray.cluster.resources import plan_cpus
+from care_ray.scoring.results import (
+    ITEM_COLUMNS,
+    RESULT_SCHEMA,
+    RunFolder,
+    consolidate,
+    pending_plan,
+)
+from care_ray.scoring.stages import _write_results_batch
 
 
 def results(rows):
@@ -118,7 +125,8 @@ def test_a_superseded_run_cannot_write(tmp_path):
 
 
 def test_aligned_prefixes_are_refused_for_a_model_care_ray_fine_tuned(tmp_path):
-    from care_ray.scoring import ScoreConfig, check_alignment_fits_the_model
+    from care_ray.scoring.checks import check_alignment_fits_the_model
+    from care_ray.scoring.config import ScoreConfig
 
     base, adapter = tmp_path / "base", tmp_path / "adapter"
     base.mkdir()

@@ -11,19 +11,18 @@ import pytest
 from typer.testing import CliRunner
 
 from care_ray.cli import app
-from care_ray.corpus import iter_sessions
-from care_ray.output import parse_item_output, quote_found_share
-from care_ray.prompts import PromptBuilder, full_dialogue, load_tokenizer
-from care_ray.rubric import load_rubric
+from care_ray.contracts.output import parse_item_output, quote_found_share
+from care_ray.contracts.rubric import load_rubric
+from care_ray.corpus.folds import FoldError, assign_folds, stratum_labels
+from care_ray.corpus.reader import iter_sessions
+from care_ray.scoring.prompts import PromptBuilder, full_dialogue, load_tokenizer
 from care_ray.training.sft_data import (
     SFTDataError,
     SFTOptions,
-    assign_folds,
     build_examples,
     make_sft_data,
     parse_label_map,
     read_examples,
-    stratum_labels,
 )
 
 
@@ -240,7 +239,7 @@ def test_rare_strata_are_merged_so_every_fold_can_hold_them():
     y = stratum_labels([1.0, 5.0, 5.0, 4.9, 4.0, 4.2, 3.9, 4.1, 4.4, 2.6, 3.0], n_splits=3)
     counts = Counter(y.tolist())
     assert all(c >= 3 for c in counts.values())
-    with pytest.raises(SFTDataError, match="clients cannot fill"):
+    with pytest.raises(FoldError, match="clients cannot fill"):
         assign_folds(["a", "b"], ["x", "x"], [3.0, 4.0], n_splits=2, seed=0)
 
 

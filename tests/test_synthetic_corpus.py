@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from care_ray.corpus import iter_sessions, validate_corpus
-from care_ray.rubric import load_rubric
+from care_ray.contracts.rubric import load_rubric
+from care_ray.corpus.reader import iter_sessions, validate_corpus
 
 N_SESSIONS = 200
 

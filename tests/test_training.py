@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from care_ray.prompts import PromptBuilder, load_tokenizer
-from care_ray.rubric import load_rubric
+from care_ray.contracts.rubric import load_rubric
+from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
 from care_ray.training.config import FinetuneConfig, load_finetune_config
 from care_ray.training.loop import encode_examples, score_digit_ids
 from care_ray.training.sft_data import SFTOptions, iter_fold, make_sft_data, read_examples

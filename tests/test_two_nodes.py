@@ -45,7 +45,7 @@ N_ITEMS = 12
 
 
 def test_engine_resources_parse_from_json_and_stay_out_of_the_fingerprint(tiny_model):
-    from care_ray.scoring import ScoreConfig
+    from care_ray.scoring.config import ScoreConfig
 
     base = dict(sessions="s", model=str(tiny_model), out="o")
     pinned = ScoreConfig(**base, engine_resources='{"engine_node": 1}')
@@ -68,14 +68,14 @@ def test_engine_resources_parse_from_json_and_stay_out_of_the_fingerprint(tiny_m
 def test_engine_resources_refused_in_one_line(value, message):
     from pydantic import ValidationError
 
-    from care_ray.scoring import ScoreConfig
+    from care_ray.scoring.config import ScoreConfig
 
     with pytest.raises(ValidationError, match=message):
         ScoreConfig(sessions="s", model="m", out="o", engine_resources=value)
 
 
 def test_custom_resources_checked_against_the_cluster():
-    from care_ray.scoring import MissingClusterResources, check_custom_resources
+    from care_ray.cluster.resources import MissingClusterResources, check_custom_resources
 
     head = {"CPU": 1.0, "memory": 1e9, "node:__internal_head__": 1.0, "node:10.0.0.1": 1.0}
     worker = {"CPU": 2.0, "engine_node": 4.0, "node:10.0.0.2": 1.0}
@@ -104,7 +104,7 @@ def test_custom_resources_checked_against_the_cluster():
 def test_finetune_resources_per_worker_validated(tiny_model, tmp_path, monkeypatch):
     import ray
 
-    from care_ray.scoring import MissingClusterResources
+    from care_ray.cluster.resources import MissingClusterResources
     from care_ray.training.config import ConfigError, load_finetune_config
     from care_ray.training.trainer import check_worker_resources, make_trainer
 
@@ -346,8 +346,8 @@ def working_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def small_corpus(esconv_corpus, tmp_path_factory) -> Path:
-    from care_ray.corpus import export_sessions_jsonl
-    from care_ray.ingest import ingest_files
+    from care_ray.corpus.ingest import ingest_files
+    from care_ray.corpus.reader import export_sessions_jsonl
 
     work = tmp_path_factory.mktemp("small-corpus")
     export_sessions_jsonl(esconv_corpus, work / "all.jsonl")
@@ -365,7 +365,7 @@ def _score_entrypoint(corpus: Path, model: Path, out: Path, resources: dict) -> 
 
 
 def _pairs(out: Path) -> list[tuple[str, int]]:
-    from care_ray.results import RunFolder
+    from care_ray.scoring.results import RunFolder
 
     run = RunFolder(out)
     return [

@@ -1,4 +1,6 @@
-"""care-ray analyze: findings from scored sessions.
+"""analytics: findings mined from a corpus and its scores (or its own labels) — interaction
+features (Polars), drivers (regressions), group contrasts, challenges in low-scored rationales,
+and the `analyze` job that runs the SQL of queries/ and writes the tables.
 
-Population, counselor profiles, drivers, contrasts, challenges, trajectories.
-"""
+May import: common, contracts, cluster, corpus, scoring, evaluation."""
+

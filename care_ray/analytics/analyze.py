@@ -30,8 +30,10 @@ from care_ray.analytics.features import (
     feature_name,
     load_vocabulary,
 )
-from care_ray.queries import parquet_glob, read_query
-from care_ray.storage import PathOrURI
+from care_ray.cluster.storage import PathOrURI
+from care_ray.common.errors import UserError
+from care_ray.common.options import cli
+from care_ray.common.sql import connect, parquet_glob, read_query
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +65,43 @@ BY_HELP = (
 )
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UserError):
     """A mistake in what was asked of the analysis (printed as one line by the CLI)."""
 
 
 class AnalyzeConfig(BaseModel):
+    """Findings from a corpus and its scores (or its own labels): population, counselor
+    profiles, interaction features and transitions, drivers, group contrasts, challenges,
+    trajectories."""
+
     model_config = ConfigDict(extra="forbid")
 
     sessions: Path = Field(description="corpus folder written by `care-ray ingest`")
     out: Path = Field(description="folder for the Parquet tables and manifest.json")
     scores: PathOrURI | None = Field(
         None,
-        description="a `care-ray score` run folder or URI; without it, outcomes are session labels",
+        description="a `care-ray score` run folder or URI; without it the outcomes are session "
+        "labels (model-free)",
     )
-    outcomes: list[str] = Field(default_factory=list, description=OUTCOME_HELP)
-    by: list[str] = Field(default_factory=list, description=BY_HELP)
+    outcomes: list[str] = Field(
+        default_factory=list,
+        description=f"repeatable or comma-separated; {OUTCOME_HELP}",
+        json_schema_extra=cli(flag="--outcome"),
+    )
+    by: list[str] = Field(
+        default_factory=list,
+        description=f"repeatable: contrast and break down by {BY_HELP}; population is always by "
+        "source too",
+    )
     vocabulary: Path | None = Field(
-        None, description="YAML {strategy: {raw: canonical}, reaction: {raw: canonical}}"
+        None,
+        description="YAML mapping label spellings: {strategy: {raw: canonical}, reaction: {raw: "
+        "canonical}}; without it shares are compared within a source only",
     )
     low_threshold: float = Field(
-        2.0, description="a session outcome or an item score <= this is low (the paper's <= 2)"
+        2.0,
+        description="low = value <= this: the population's low_share per outcome and the "
+        "low-scored items whose rationales make the challenges (the paper's <= 2)",
     )
     min_sessions: int = Field(
         5, ge=2, description="counselors with at least this many sessions are profiled"
@@ -90,7 +109,7 @@ class AnalyzeConfig(BaseModel):
     min_group: int = Field(
         5, ge=2, description="groups smaller than this are left out of contrasts"
     )
-    alpha: float = Field(0.05, gt=0, lt=1, description="1 - interval level")
+    alpha: float = Field(0.05, gt=0, lt=1, description="intervals are 1 - alpha")
     min_label_sessions: int = Field(
         10,
         ge=1,
@@ -276,13 +295,6 @@ def _sessions_root(corpus: Path) -> Path:
     return root
 
 
-def _connect(memory_limit: str) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    con.execute("SET memory_limit = ?", [memory_limit])
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
 def _bind_parquet(
     con: duckdb.DuckDBPyConnection, name: str, folder: Path, hive: bool = True
 ) -> None:
@@ -337,7 +349,7 @@ def session_values(
 def load_scores(scores: str | Path) -> tuple[pl.DataFrame, tuple[str, ...]]:
     """Per-session dimension scores of a scoring run (a local folder or a URI): its sessions/
     table, or recomputed from its committed items/."""
-    from care_ray.results import NoScores, read_session_scores
+    from care_ray.scoring.results import NoScores, read_session_scores
 
     try:
         arrow, _ = read_session_scores(scores)
@@ -418,7 +430,7 @@ def sql_tables(
     notes: list[str],
 ) -> dict[str, pl.DataFrame]:
     """population, counselor_profiles and the trajectory tables from the queries/ SQL."""
-    con = _connect(cfg.memory_limit)
+    con = connect(cfg.memory_limit)
     _set_variables(
         con,
         low_threshold=float(cfg.low_threshold),
@@ -585,7 +597,7 @@ def challenge_tables(cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataF
             "challenge_terms, challenge_clusters: absent — model-free mode has no rationales (pass --scores)"
         )
         return {}
-    from care_ray.results import RunFolder
+    from care_ray.scoring.results import RunFolder
 
     run = RunFolder(cfg.scores)
     items = run.readable("items")  # an unfinished run: its committed files only
@@ -594,7 +606,7 @@ def challenge_tables(cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataF
         return {}
     from care_ray.analytics.challenges import cluster_rationales, distinctive_terms
 
-    con = _connect(cfg.memory_limit)
+    con = connect(cfg.memory_limit)
     con.register("_items_arrow", ds.dataset(items, filesystem=run.loc.fs, format="parquet"))
     con.sql("SELECT * FROM _items_arrow").create_view("items")
     _bind_parquet(con, "sessions", _sessions_root(cfg.sessions))
@@ -635,7 +647,7 @@ def build_frame(
     cfg: AnalyzeConfig, notes: list[str]
 ) -> tuple[pl.DataFrame, list[Outcome], list[GroupBy], str]:
     """One row per analysed session: ids, outcomes and --by columns (no turn features yet)."""
-    con = _connect(cfg.memory_limit)
+    con = connect(cfg.memory_limit)
     _bind_parquet(con, "sessions", _sessions_root(cfg.sessions))
     labels, metadata = corpus_keys(con)
     base = _query(con, "analysis_sessions")

@@ -29,6 +29,8 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from care_ray.common.errors import UserError
+
 FAMILIES = ("strategy", "reaction", "transition")
 PAIR_SEPARATOR = "->"
 BASE_FEATURES = [
@@ -55,7 +57,7 @@ TURN_COLUMNS = ["session_id", "source", "language", "turns"]
 CHARACTER_LANGUAGES = ("zh", "ja")
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UserError):
     """A vocabulary file that cannot be used."""
 
 

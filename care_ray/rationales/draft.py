@@ -23,44 +23,45 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, PrivateAttr
 
-from care_ray.prompts import PromptBuilder, PromptBuilders
-from care_ray.ratings import LabelMaps
-from care_ray.rubric import Rubric
-from care_ray.scoring import BuildItemPrompts, ScoreConfig
+from care_ray.cluster.storage import PathOrURI
+from care_ray.common.options import cli
+from care_ray.contracts.rubric import Rubric
+from care_ray.corpus.ratings import LabelMaps, LabelMapSpec
+from care_ray.rationales.tables import DRAFT_SCHEMA, DRAFTS_FILE, FLAGS
+from care_ray.scoring.config import ScoreConfig
+from care_ray.scoring.prompts import PromptBuilder, PromptBuilders
+from care_ray.scoring.stages import BuildItemPrompts
 
 log = logging.getLogger(__name__)
 
 # Bumped when the draft prompt's layout changes in code; enters the folder's fingerprint.
 DRAFT_PROMPT_VERSION = 1
-DRAFTS_FILE = "drafts.parquet"
-FLAGS = ("score_mismatch", "quote_not_found", "no_quotes")
-DRAFT_SCHEMA = pa.schema(
-    [
-        ("session_id", pa.string()),
-        ("item_id", pa.int32()),
-        ("dimension", pa.string()),
-        ("language", pa.string()),
-        ("rubric_id", pa.string()),
-        ("rating", pa.int8()),  # the rating the teacher was asked to explain
-        ("rating_label", pa.string()),  # client_wai, or the proxy label it came from
-        ("teacher_score", pa.int8()),  # the score the teacher answered
-        ("rationale", pa.string()),
-        ("quotes", pa.list_(pa.string())),
-        ("quote_found", pa.float64()),  # share of quotes found in the transcript
-        ("flags", pa.list_(pa.string())),  # FLAGS that apply; [] = nothing to look at first
-    ]
-)
 # "I'd give it 2/5", "2 out of 5", "2 分" — a rating named in the text
 _NAMED_RATING = re.compile(r"(?<![\d.])([1-5])\s*(?:/\s*5|out of 5|分)")
 
 
 class DraftConfig(ScoreConfig):
-    """`care-ray rationales draft`: ScoreConfig's engine settings, with the teacher as `model`."""
+    """Draft one rationale per rated (session, item) with a teacher model, for review. The teacher
+    is given the client's rating (client_wai, or a proxy label through --label-map) and explains
+    it in the client's voice with quotes; drafts whose quotes are not in the transcript or that
+    argue for another score are flagged, not dropped. Engine settings are `care-ray score`'s."""
 
-    label_map: dict[str, str] | None = Field(
+    model: str = Field(
+        description="the teacher model folder: safetensors, tokenizer, chat template",
+        json_schema_extra=cli(flag="--teacher"),
+    )
+    out: PathOrURI = Field(
+        description="output folder (drafts.parquet, items/, errors/), a local path or a URI; "
+        "rerun to resume"
+    )
+    limit: int | None = Field(
+        None, ge=1, description="draft the first N rated sessions, in corpus order"
+    )
+    label_map: LabelMapSpec | None = Field(
         None,
-        description="proxy ratings for sessions without client_wai: LABEL → dimensions or items "
-        "(default ESConv's: empathy → bond, relevance → goal, task)",
+        description="ratings for sessions without client_wai: LABEL=DIMENSIONS_OR_ITEMS, "
+        "repeatable (default ESConv's: empathy=bond relevance=goal,task)",
+        json_schema_extra=cli(type=list[str]),
     )
 
     MANIFEST_KIND: ClassVar[str] = "care-ray rationale drafts"
@@ -173,7 +174,7 @@ def corpus_ratings(config: DraftConfig) -> tuple[pa.Table, pa.Table]:
     it has a rating for every selected item, in corpus order; the (session_id, item_id, rating,
     rating_label, language) pairs of the complete ones). Sessions without a full set are not
     drafted: reconciling needs every selected pair answered."""
-    from care_ray.corpus import row_to_session
+    from care_ray.corpus.reader import row_to_session
 
     label_maps = LabelMaps(config.label_map)
     builders = PromptBuilders(rubric_file=config.rubric, language_override=config.language)
@@ -206,7 +207,7 @@ def corpus_ratings(config: DraftConfig) -> tuple[pa.Table, pa.Table]:
 
 def _rating_batches(corpus: str) -> Any:
     """The corpus without its turns: what a session's ratings are read from."""
-    from care_ray.corpus import sessions_dataset
+    from care_ray.corpus.reader import sessions_dataset
 
     columns = [c for c in BuildDraftPrompts.columns if c != "turns"]
     return sessions_dataset(corpus).to_batches(columns=columns, batch_size=4096)
@@ -298,8 +299,8 @@ def drafts_summary(drafts: pa.Table) -> dict[str, Any]:
 
 def draft_corpus(config: DraftConfig) -> dict[str, Any]:
     """Draft every rated (session, item) of the corpus; resumable like scoring."""
-    from care_ray.results import RunFolder
-    from care_ray.scoring import score_corpus
+    from care_ray.scoring.pipeline import score_corpus
+    from care_ray.scoring.results import RunFolder
 
     rated, ratings = config.ratings()
     if not pc.any(rated.column("complete")).as_py():
@@ -323,21 +324,7 @@ def draft_corpus(config: DraftConfig) -> dict[str, Any]:
         }
     )
     run.loc.join("manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    from care_ray.rationales.review import attach_review_summary
+    from care_ray.rationales.tables import attach_review_summary
 
     attach_review_summary(run.loc)  # a rerun that drafts more keeps the review's counts
     return manifest
-
-
-def read_drafts(folder: str) -> pa.Table:
-    """A draft folder's drafts.parquet (local path or URI)."""
-    import pyarrow.parquet as pq
-
-    from care_ray.storage import location
-
-    path = location(folder).join(DRAFTS_FILE)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no {DRAFTS_FILE} in {folder}: run `care-ray rationales draft --out {folder}` first"
-        )
-    return pq.read_table(path.path, filesystem=path.fs, schema=DRAFT_SCHEMA)

@@ -16,7 +16,6 @@ Import checks every row before writing anything, then keeps, in the draft folder
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -25,14 +24,25 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from care_ray.output import normalize_quote
-from care_ray.rationales.draft import read_drafts
-from care_ray.storage import location
+from care_ray.cluster.storage import location
+from care_ray.common.errors import UserError
+from care_ray.contracts.output import normalize_quote
+from care_ray.rationales.tables import (
+    CRITERIA,
+    DECISIONS,
+    RATING_SCHEMA,
+    RATINGS_FILE,
+    REVIEW_SCHEMA,
+    REVIEWS_FILE,
+    SUMMARY_FILE,
+    attach_review_summary,
+    read_drafts,
+    read_reviews,
+    review_summary,
+    stored_table,
+)
 
-DECISIONS = ("accept", "edit", "reject")
-CRITERIA = ("faithfulness", "relevance", "informativeness")
 REVIEWER_COLUMNS = ("decision", "edited_text", "reviewer", *CRITERIA, "comment")
 REVIEW_FILE_COLUMNS = (
     "review_id",
@@ -47,27 +57,6 @@ REVIEW_FILE_COLUMNS = (
     "flags",
     "excerpt",
     *REVIEWER_COLUMNS,
-)
-REVIEWS_FILE = "reviews.parquet"
-RATINGS_FILE = "quality_ratings.parquet"
-SUMMARY_FILE = "review.json"
-REVIEW_SCHEMA = pa.schema(
-    [
-        ("review_id", pa.string()),
-        ("session_id", pa.string()),
-        ("item_id", pa.int32()),
-        ("decision", pa.string()),
-        ("text", pa.string()),  # what training uses: the draft (accept), the edit, or null (reject)
-        ("quotes", pa.list_(pa.string())),  # quotes of that text found in the transcript
-        ("reviewer", pa.string()),
-        ("comment", pa.string()),
-        ("source_file", pa.string()),
-    ]
-)
-RATING_SCHEMA = pa.schema(
-    [("review_id", pa.string()), ("reviewer", pa.string())]
-    + [(c, pa.int8()) for c in CRITERIA]
-    + [("source_file", pa.string())]
 )
 RATIONALE_SCHEMA = pa.schema(
     [
@@ -86,7 +75,7 @@ RATIONALE_SCHEMA = pa.schema(
 _EXCERPT_CONTEXT = 1  # turns before and after the one holding a quote
 
 
-class ReviewError(ValueError):
+class ReviewError(UserError):
     """A review file the import cannot take; nothing was written."""
 
 
@@ -109,7 +98,7 @@ def quote_excerpt(turns: Sequence[Mapping[str, Any]], quote: str, labels: Mappin
 
 def _drafted_sessions(corpus: str, session_ids: set[str]) -> dict[str, dict[str, Any]]:
     """session_id → {turns, language} for the drafted sessions (the transcript is read once)."""
-    from care_ray.corpus import sessions_dataset
+    from care_ray.corpus.reader import sessions_dataset
 
     found: dict[str, dict[str, Any]] = {}
     dataset = sessions_dataset(corpus)
@@ -138,7 +127,7 @@ def review_rows(
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """The review file's rows: every draft (or the flagged ones, or a seeded sample of them)."""
-    from care_ray.rubric import rubric_for_language
+    from care_ray.contracts.rubric import rubric_for_language
 
     rows = drafts.to_pylist()
     if only_flagged:
@@ -258,7 +247,7 @@ def _text(value: Any) -> str:
 def _found_quotes(text: str, candidates: Sequence[str], dialogue: str) -> list[str]:
     """Quotes for a reviewed text: the draft's quotes it still contains and quoted spans of it,
     each only if it occurs in the transcript."""
-    from care_ray.training.sft_data import quotes_in_rationale
+    from care_ray.contracts.output import quotes_in_rationale
 
     hay = normalize_quote(dialogue)
     kept = [
@@ -363,7 +352,7 @@ def check_review_rows(
 
 def _merge(folder: Any, name: str, schema: pa.Schema, new: pa.Table, key: list[str]) -> pa.Table:
     """The stored table with `new` rows replacing those of the same key."""
-    old = _stored(folder, name, schema)
+    old = stored_table(folder, name, schema)
     if new.num_rows == 0:
         return old
     new_keys = set(zip(*(new.column(k).to_pylist() for k in key), strict=True))
@@ -434,107 +423,6 @@ def import_reviews(
     return summary
 
 
-def attach_review_summary(folder: Any, summary: dict[str, Any] | None = None) -> None:
-    """The draft folder's manifest.json carries the review's counts too (per reviewer, pending)."""
-    if summary is None:
-        if not folder.join(REVIEWS_FILE).exists():
-            return
-        summary = review_summary(
-            read_drafts(folder.uri),
-            read_reviews(folder.uri),
-            _stored(folder, RATINGS_FILE, RATING_SCHEMA),
-        )
-    text = folder.join("manifest.json").read_text()
-    manifest = json.loads(text) if text else {}
-    manifest["review"] = {k: v for k, v in summary.items() if k != "imported"}
-    folder.join("manifest.json").write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
-    )
-
-
-def _stored(folder: Any, name: str, schema: pa.Schema) -> pa.Table:
-    """A table the review keeps in the draft folder (empty when there is none yet)."""
-    path = folder.join(name)
-    if not path.exists():
-        return schema.empty_table()
-    return pq.read_table(path.path, filesystem=path.fs, schema=schema)
-
-
-def review_summary(drafts: pa.Table, reviews: pa.Table, quality: pa.Table) -> dict[str, Any]:
-    """Counts per reviewer, pending drafts, reviewed text lengths, mean ratings, and agreement."""
-    from care_ray.rationales.stats import length_summary
-
-    per_reviewer: dict[str, dict[str, int]] = {}
-    for reviewer, decision in zip(
-        reviews.column("reviewer").to_pylist(), reviews.column("decision").to_pylist(), strict=True
-    ):
-        counts = per_reviewer.setdefault(reviewer, {d: 0 for d in DECISIONS})
-        counts[decision] += 1
-    dims = {
-        (s, i): d
-        for s, i, d in zip(
-            drafts.column("session_id").to_pylist(),
-            drafts.column("item_id").to_pylist(),
-            drafts.column("dimension").to_pylist(),
-            strict=True,
-        )
-    }
-    kept = reviews.filter(pc.is_valid(reviews.column("text"))).to_pylist()
-    return {
-        "drafts": drafts.num_rows,
-        "decided": reviews.num_rows,
-        "pending": drafts.num_rows - reviews.num_rows,
-        "by_decision": {d: sum(c[d] for c in per_reviewer.values()) for d in DECISIONS},
-        "by_reviewer": per_reviewer,
-        "reviewed_length_chars_by_dimension": length_summary(
-            [(dims[(r["session_id"], r["item_id"])], len(r["text"])) for r in kept]
-        ),
-        "quality_ratings": quality_summary(quality),
-    }
-
-
-def quality_summary(quality: pa.Table) -> dict[str, Any]:
-    """Mean rating per criterion and reviewer, and for each pair of reviewers who rated the same
-    drafts: how many, exact agreement, agreement within one point and quadratic-weighted Cohen's
-    kappa (scikit-learn) per criterion."""
-    from sklearn.metrics import cohen_kappa_score
-
-    rows = quality.to_pylist()
-    reviewers = sorted({r["reviewer"] for r in rows})
-    means = {
-        reviewer: {
-            c: _mean([r[c] for r in rows if r["reviewer"] == reviewer and r[c] is not None])
-            for c in CRITERIA
-        }
-        for reviewer in reviewers
-    }
-    by_key = {(r["review_id"], r["reviewer"]): r for r in rows}
-    agreement = []
-    for a, b in itertools.combinations(reviewers, 2):
-        shared = sorted({r for r, who in by_key if who == a} & {r for r, who in by_key if who == b})
-        pair: dict[str, Any] = {"reviewers": [a, b], "drafts": len(shared)}
-        for c in CRITERIA:
-            x = [by_key[(r, a)][c] for r in shared]
-            y = [by_key[(r, b)][c] for r in shared]
-            both = [(u, v) for u, v in zip(x, y, strict=True) if u is not None and v is not None]
-            if not both:
-                continue
-            u, v = zip(*both, strict=True)
-            kappa = cohen_kappa_score(u, v, weights="quadratic", labels=[1, 2, 3, 4, 5])
-            pair[c] = {
-                "n": len(both),
-                "exact": round(sum(p == q for p, q in both) / len(both), 3),
-                "within_one": round(sum(abs(p - q) <= 1 for p, q in both) / len(both), 3),
-                "weighted_kappa": None if kappa != kappa else round(float(kappa), 3),
-            }
-        agreement.append(pair)
-    return {"ratings": len(rows), "mean_by_reviewer": means, "agreement": agreement}
-
-
-def _mean(values: Sequence[int]) -> float | None:
-    return round(sum(values) / len(values), 2) if values else None
-
-
 def rationale_table(drafts: pa.Table, reviews: pa.Table) -> pa.Table:
     """One row per draft: its reviewed text where decided (rejected: no text), else the draft."""
     decided = {(r["session_id"], r["item_id"]): r for r in reviews.to_pylist()}
@@ -557,10 +445,6 @@ def rationale_table(drafts: pa.Table, reviews: pa.Table) -> pa.Table:
             }
         )
     return pa.Table.from_pylist(rows, schema=RATIONALE_SCHEMA)
-
-
-def read_reviews(drafts_dir: str) -> pa.Table:
-    return _stored(location(drafts_dir), REVIEWS_FILE, REVIEW_SCHEMA)
 
 
 def rationale_lookup(drafts_dir: str | Path) -> dict[tuple[str, int], dict[str, Any]]:

@@ -1,3 +1,6 @@
-"""Rationale-augmented SFT: examples and folds (sft_data), the job's config (config), the torch
-training loop pieces (loop), the Ray Train job (trainer), checkpoint selection by held-out
-Pearson r and export (selection), and the `sft-data` / `finetune` commands (cli)."""
+"""training: rationale-augmented SFT — examples from the scoring prompt (sft_data), the job's
+settings (config), the torch pieces (loop), the step loop that Ray Train or a test drives (worker),
+the Ray Train job per held-out fold (trainer), and checkpoint selection and export (selection).
+
+May import: common, contracts, cluster, models, corpus, scoring, rationales, evaluation."""
+

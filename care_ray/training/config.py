@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from care_ray.common.errors import UserError
 
 # q/k/v/o + the MLP: LoRA on all linear layers of a Llama block is the usual choice for SFT
 # of an instruction model (QLoRA paper; attention-only LoRA underfits format + content targets).
@@ -69,6 +69,11 @@ class FaultInjection(_Strict):
 
 
 class FinetuneConfig(_Strict):
+    """Rationale-augmented SFT on Ray Train (LoRA or full), one run per held-out fold; the best
+    checkpoint by held-out Pearson r is written as a PEFT adapter folder (LoRA) or a model folder
+    (full) with metrics.json. Settings come from --config (see configs/finetune-*.yaml), flags and
+    --set KEY=VALUE (dotted for groups: --set lora.r=32)."""
+
     name: str = Field(
         description="run name: Ray Train's experiment folder under storage_path, one per fold (NAME-foldK)"
     )
@@ -178,32 +183,11 @@ class FinetuneConfig(_Strict):
         return self.effective_batch_size // (self.micro_batch_size * self.scaling.num_workers)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """The config file is missing, not YAML, or breaks the schema: one line for the user."""
 
 
 CHECKPOINTS_UNDER_OUT = "ray-results"  # `--out DIR`: Ray Train's storage_path is DIR/ray-results
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`--set` entries (`KEY=VALUE`, KEY dotted into nested settings such as `lora.r`) → {KEY: value}.
-    VALUE is read as YAML, as it would be in the file: `folds=[0]` is a list, `lora.r=32` a number,
-    `max_train_examples=null` unsets a limit; the schema then checks it like any file value."""
-    overrides: dict[str, Any] = {}
-    for entry in pairs:
-        key, sep, text = entry.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(
-                f"--set takes KEY=VALUE with a dotted KEY such as lora.r=32, got {entry!r}"
-            )
-        try:
-            overrides[key] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(
-                f"--set {key}: {text!r} is not a YAML value: {str(e).splitlines()[0]}"
-            ) from None
-    return overrides
 
 
 def out_overrides(out: Path | str) -> dict[str, str]:
@@ -216,55 +200,16 @@ def out_overrides(out: Path | str) -> dict[str, str]:
     return {"output_dir": str(out), "storage_path": str(Path(out) / CHECKPOINTS_UNDER_OUT)}
 
 
-def apply_overrides(
-    raw: dict[str, Any], overrides: Mapping[str, Any], origin: str = "override"
-) -> dict[str, Any]:
-    """`raw` with each (possibly dotted) key of `overrides` set; a mapping value merges into the
-    mapping it replaces, anything else replaces it. Raises ConfigError where a dotted key runs
-    through a setting that is not a mapping (`epochs.x=1`)."""
-    merged = copy.deepcopy(raw)
-    for key, value in overrides.items():
-        *parents, leaf = str(key).split(".")
-        node = merged
-        for depth, part in enumerate(parents):
-            child = node.setdefault(part, {})
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    f"{origin} {key}: {'.'.join(parents[: depth + 1])} is {child!r}, not a group of settings"
-                )
-            node = child
-        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
-            node[leaf] = apply_overrides(node[leaf], value, origin)
-        else:
-            node[leaf] = copy.deepcopy(value)
-    return merged
-
-
 def load_finetune_config(
-    path: Path | str, overrides: Mapping[str, Any] | None = None, origin: str = "override"
+    path: Path | str | None, overrides: Mapping[str, Any] | None = None
 ) -> FinetuneConfig:
     """YAML (+ overrides: {dotted key: value}, e.g. from `--set`) → FinetuneConfig, validated as a
     whole, so an override is checked exactly as the same value in the file would be. Relative paths
     stay relative to the working directory (the repo root under `ray job submit --working-dir .`)."""
-    from pydantic import ValidationError
-
-    from care_ray.yaml_files import read_yaml_mapping
-
-    raw = read_yaml_mapping(path, "config", "a mapping of settings", ConfigError)
-    raw = apply_overrides(raw, overrides or {}, origin)
-    overridden = {tuple(str(k).split(".")) for k in (overrides or {})}
-
-    def where(loc: tuple) -> str:
-        path = ".".join(map(str, loc)) or "config"
-        from_override = any(tuple(map(str, loc[: len(k)])) == k for k in overridden)
-        return f"{path} ({origin})" if from_override else path
+    from care_ray.common.options import load_options
 
     try:
-        return FinetuneConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(
-            f"{Path(path)}: "
-            + "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in e.errors())
-        ) from None
+        cfg: FinetuneConfig = load_options(FinetuneConfig, path, overrides=overrides)
+    except UserError as e:
+        raise ConfigError(str(e)) from None
+    return cfg

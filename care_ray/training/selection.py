@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from care_ray.evaluation import dimension_agreement, dimension_means, flat_metrics
-from care_ray.rubric import DIMENSIONS
+from care_ray.contracts.rubric import DIMENSIONS
+from care_ray.evaluation.metrics import dimension_agreement, dimension_means, flat_metrics
 
 log = logging.getLogger(__name__)
 

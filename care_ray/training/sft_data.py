@@ -1,8 +1,8 @@
 """Sessions → chat-format SFT examples, one per (session, item), with client-disjoint folds.
 
-Each example is the scoring prompt (system + user messages from care_ray.prompts, so training and
+Each example is the scoring prompt (system + user messages from care_ray.scoring.prompts, so training and
 scoring cannot drift apart) and the assistant target the engine must produce
-(care_ray.output.format_item_output: compact JSON, score first).
+(care_ray.contracts.output.format_item_output: compact JSON, score first).
 
 Where targets come from, per session:
 - `client_wai` (the CounselingWAI layout): the client's own item ratings; rationales from the
@@ -21,31 +21,35 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
 
-from care_ray.output import format_item_output, output_schema
-from care_ray.prompts import PromptBuilder, PromptBuilders, full_dialogue
-from care_ray.ratings import (  # noqa: F401 - LabelMap, parse_label_map: part of this module's API
+from care_ray.cluster.storage import PathOrURI
+from care_ray.common.options import cli
+from care_ray.contracts.output import format_item_output, output_schema, quotes_in_rationale
+from care_ray.contracts.rubric import Rubric
+from care_ray.corpus.folds import assign_folds, write_folds
+from care_ray.corpus.ratings import (  # noqa: F401 - LabelMap, parse_label_map: part of this module's API
     ESCONV_LABEL_MAP,
+    RATIONALE_KEY,
     LabelMap,
     LabelMaps,
+    LabelMapSpec,
     RatingError,
     parse_label_map,
 )
 from care_ray.rationales.stats import length_summary
-from care_ray.rubric import Rubric
+from care_ray.scoring.prompts import PromptBuilder, PromptBuilders, full_dialogue
 
 log = logging.getLogger(__name__)
 
 TARGET_MODES = ("score+rationale", "score")
 FEEDBACK_KEY = "seeker_question1"  # ESConv: the seeker's free-text feedback on the supporter
-RATIONALE_KEY = "rationale_{item}"  # CounselingWAI layout: one expert-revised rationale per item
 EXAMPLES_FILE = "examples.parquet"
 MANIFEST_FILE = "manifest.json"
 SCORE_PREFIX = (
@@ -89,7 +93,6 @@ _LABEL_WORDS = {
     },
     "zh": {"empathy": "咨询师的共情", "relevance": "谈话与我的问题的相关程度"},
 }
-_QUOTED = re.compile(r"[\"“「『]([^\"”」』]{4,400})[\"”」』]")
 
 
 # one error type for a mistake in the user's input, from the ratings rule or from here
@@ -98,24 +101,96 @@ MISSING_RATIONALE = ("skip", "template", "error")
 DRAFT_USE = ("none", "unflagged", "all")
 
 
-@dataclass
-class SFTOptions:
-    target: str = "score+rationale"
-    folds: int = 5
-    seed: int = 123
-    label_map: Mapping[str, str] | None = None  # None: ESConv's map when sessions lack client_wai
-    items: str | None = None  # rubric.select spec: all / a dimension / ids
-    rationale_key: str = RATIONALE_KEY
-    feedback_key: str = FEEDBACK_KEY
-    min_feedback_words: int = 4  # "no", "nope", "good job" say nothing about the session
-    max_sessions: int | None = None  # a deterministic sample, for smoke runs
-    # `care-ray rationales` table (reviewed rationales and drafts), keyed by (session, item)
-    rationales: Mapping[tuple[str, int], Mapping[str, Any]] | None = None
-    drafts: str = "none"  # unreviewed drafts as targets: none | unflagged | all
-    # a target no source gives a rationale: skip it (counted), template it, or stop
-    missing_rationale: str = "skip"
-    stats: Counter = field(default_factory=Counter)
-    rationale_lengths: dict[str, Any] = field(default_factory=dict)  # set by build_examples
+class SFTOptions(BaseModel):
+    """How targets are built from sessions (the example-building half of `care-ray sft-data`)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    target: str = Field(
+        "score+rationale",
+        description="score+rationale (CARE) | score (the ablation)",
+    )
+    folds: int = Field(
+        5, ge=2, description="client-disjoint folds, stratified on the session's mean score"
+    )
+    seed: int = Field(123, description="seed of the folds and of the session sample")
+    label_map: LabelMapSpec | None = Field(
+        None,
+        description="proxy targets for sessions without client_wai: LABEL=DIMENSIONS_OR_ITEMS, "
+        "repeatable (default ESConv: empathy=bond relevance=goal,task)",
+        json_schema_extra=cli(type=list[str]),
+    )
+    items: str | None = Field(
+        None, description="rubric items: all | a dimension | ids such as 1,3,4"
+    )
+    rationale_key: str = Field(
+        RATIONALE_KEY, description="metadata key of reference rationales; {item} = item id"
+    )
+    feedback_key: str = Field(
+        FEEDBACK_KEY, description="metadata key of the client's free-text feedback (proxy rationales)"
+    )
+    min_feedback_words: int = Field(
+        4,
+        ge=0,
+        description='feedback shorter than this says nothing about the session ("no", "good job")',
+    )
+    max_sessions: int | None = Field(
+        None, ge=1, description="a deterministic sample of this many sessions (smoke runs)"
+    )
+    drafts: str = Field(
+        "none",
+        description="unreviewed drafts of --rationales as targets too: none | unflagged | all",
+    )
+    missing_rationale: str = Field(
+        "skip",
+        description="a target no source gives a rationale: skip (counted in the manifest) | "
+        "template (a fixed sentence naming the rating) | error",
+    )
+    # what a build found, filled as it runs (not settings: never on the command line)
+    rationale_table: Mapping[tuple[str, int], Mapping[str, Any]] | None = Field(
+        None, exclude=True, json_schema_extra=cli(hidden=True)
+    )
+    stats: Counter = Field(default_factory=Counter, exclude=True, json_schema_extra=cli(hidden=True))
+    rationale_lengths: dict[str, Any] = Field(
+        default_factory=dict, exclude=True, json_schema_extra=cli(hidden=True)
+    )
+
+
+class SFTDataConfig(SFTOptions):
+    """Build chat-format SFT examples, one per (session, item), with client-disjoint folds."""
+
+    sessions: PathOrURI = Field(
+        description="a corpus folder written by `care-ray ingest`, a local path or a URI"
+    )
+    out: PathOrURI = Field(
+        description="folder for examples.parquet + folds.parquet + manifest.json, a local path "
+        "or an s3://, gs:// URI"
+    )
+    rubric: Path | None = Field(None, description="rubric file; default: the session's language")
+    model: str | None = Field(
+        None,
+        description="model folder whose tokenizer applies scoring's token budget (with "
+        "--max-model-len)",
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=256,
+        description="cut long transcripts exactly as `care-ray score` does at this context length",
+    )
+    max_new_tokens: int = Field(
+        512, ge=16, description="the answer's token reserve in that budget (same as scoring's)"
+    )
+    align_prefix_blocks: int | None = Field(
+        None,
+        ge=2,
+        description="train on prompts whose shared part is padded to this KV block size, as "
+        "`score --align-prefix-blocks --block-size N` sends them (needs --model and "
+        "--max-model-len)",
+    )
+    rationales: PathOrURI | None = Field(
+        None,
+        description="a `care-ray rationales draft` folder: its reviewed rationales become targets",
+    )
 
 
 def client_quote(turns: Sequence[Mapping[str, Any]], max_chars: int = 200) -> str:
@@ -128,17 +203,6 @@ def client_quote(turns: Sequence[Mapping[str, Any]], max_chars: int = 200) -> st
         return text
     cut = text[:max_chars]
     return cut[: cut.rfind(" ")] if " " in cut else cut
-
-
-def quotes_in_rationale(rationale: str, dialogue: str, max_quotes: int = 5) -> list[str]:
-    """Quoted spans of a reference rationale that really occur in the dialogue (normalised)."""
-    hay = " ".join(dialogue.split()).casefold()
-    found = []
-    for m in _QUOTED.finditer(rationale):
-        q = m.group(1).strip()
-        if q and " ".join(q.split()).casefold() in hay and q not in found:
-            found.append(q)
-    return found[:max_quotes]
 
 
 def templated_rationale(rubric: Rubric, score: int, label: str, value: float, quote: str) -> str:
@@ -197,7 +261,7 @@ def session_targets(
     quote = client_quote(turns)
     feedback = _client_feedback(meta, opts)
     dialogue = full_dialogue(turns)
-    table = opts.rationales or {}
+    table = opts.rationale_table or {}
     for item_id, rating in label_maps.ratings(session, rubric, items).items():
         item = rubric.item(item_id)
         reference = (meta.get(opts.rationale_key.format(item=item.id)) or "").strip()
@@ -274,48 +338,6 @@ def sample_sessions(
         return hashlib.sha1(f"{seed}:{s['session_id']}".encode()).hexdigest()
 
     return sorted(sessions, key=key)[:n]
-
-
-def stratum_labels(mean_scores: Sequence[float], n_splits: int) -> np.ndarray:
-    """Rounded session means as strata, with strata smaller than n_splits merged into their
-    nearest neighbour (StratifiedGroupKFold cannot spread a class of 2 over 5 folds)."""
-    y = np.clip(np.rint(np.asarray(mean_scores, dtype=float)), 1, 5).astype(int)
-    while True:
-        counts = Counter(y.tolist())
-        small = [c for c in sorted(counts, key=lambda c: counts[c]) if counts[c] < n_splits]
-        if not small or len(counts) == 1:
-            return y
-        c = small[0]
-        others = [o for o in counts if o != c]
-        nearest = min(others, key=lambda o: (abs(o - c), -counts[o]))
-        y[y == c] = nearest
-
-
-def assign_folds(
-    session_ids: Sequence[str],
-    client_ids: Sequence[str],
-    mean_scores: Sequence[float],
-    n_splits: int,
-    seed: int,
-) -> dict[str, int]:
-    """session_id → fold: client-disjoint (no client in two folds), stratified on the session's
-    mean target score (scikit-learn's StratifiedGroupKFold)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    n_clients = len(set(client_ids))
-    if n_splits < 2:
-        raise SFTDataError("--folds must be at least 2")
-    if n_clients < n_splits:
-        raise SFTDataError(f"{n_clients} clients cannot fill {n_splits} client-disjoint folds")
-    y = stratum_labels(mean_scores, n_splits)
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    folds: dict[str, int] = {}
-    for k, (_, test_idx) in enumerate(
-        splitter.split(np.zeros(len(y)), y, groups=np.asarray(client_ids))
-    ):
-        for i in test_idx:
-            folds[session_ids[i]] = k
-    return folds
 
 
 def build_examples(
@@ -451,13 +473,17 @@ def summarise_examples(table: pa.Table) -> dict[str, Any]:
 
 
 def write_examples(table: pa.Table, out: Path | str, manifest: Mapping[str, Any]) -> str:
-    """out/examples.parquet + out/manifest.json, on a local disk (each file replaced atomically)
+    """out/examples.parquet + folds.parquet + manifest.json, on a local disk (each file replaced atomically)
     or an object store (one PUT each); returns the examples file's URI."""
-    from care_ray.storage import location
+    from care_ray.cluster.storage import location
 
     folder = location(out)
     examples = folder.join(EXAMPLES_FILE)
     examples.write_parquet(table)
+    # the split as its own sidecar table: evaluate and baseline compare every scorer on it
+    write_folds(
+        dict(zip(table["session_id"].to_pylist(), table["fold"].to_pylist(), strict=True)), folder
+    )
     folder.join(MANIFEST_FILE).write_text(
         json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n"
     )
@@ -466,7 +492,7 @@ def write_examples(table: pa.Table, out: Path | str, manifest: Mapping[str, Any]
 
 def read_examples(path: Path | str) -> pa.Table:
     """An sft-data folder (or its examples.parquet), a local path or a URI → the example table."""
-    from care_ray.storage import location
+    from care_ray.cluster.storage import location
 
     found = location(path)
     if found.is_dir():
@@ -478,7 +504,7 @@ def read_examples(path: Path | str) -> pa.Table:
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
     """An sft-data folder's manifest.json ({} when there is none)."""
-    from care_ray.storage import location
+    from care_ray.cluster.storage import location
 
     text = location(path).join(MANIFEST_FILE).read_text()
     return json.loads(text) if text else {}
@@ -498,12 +524,12 @@ def make_sft_data(
     """The `care-ray sft-data` command: read a corpus, build examples and folds, write them.
     `rationales_dir`: a `care-ray rationales draft` folder whose reviewed rationales (and drafts,
     per `opts.drafts`) become targets."""
-    from care_ray.corpus import iter_sessions
+    from care_ray.corpus.reader import iter_sessions
 
     if rationales_dir is not None:
         from care_ray.rationales.review import rationale_lookup
 
-        opts.rationales = rationale_lookup(rationales_dir)
+        opts.rationale_table = rationale_lookup(rationales_dir)
     elif opts.drafts != "none":
         raise SFTDataError("--drafts needs --rationales DIR (a `care-ray rationales draft` folder)")
 
@@ -515,7 +541,7 @@ def make_sft_data(
     if max_model_len is not None:
         if tokenizer_path is None:
             raise SFTDataError("--max-model-len needs --model (its tokenizer counts the tokens)")
-        from care_ray.prompts import load_tokenizer
+        from care_ray.scoring.prompts import load_tokenizer
 
         builder = PromptBuilders(
             load_tokenizer(str(tokenizer_path)),

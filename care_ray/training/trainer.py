@@ -112,8 +112,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from care_ray.prompts import PromptBuilder, load_tokenizer
-    from care_ray.rubric import load_rubric
+    from care_ray.contracts.rubric import load_rubric
+    from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
     from care_ray.training import loop
     from care_ray.training.selection import finite_or_none, heldout_metrics
 
@@ -337,32 +337,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- driver side
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to `address` / RAY_ADDRESS, or start a private local Ray. `address="local"` because
-    a bare ray.init() would join whatever cluster `ray start` left on the machine (and die with
-    its `ray stop`). Locally, token authentication is off unless the user chose otherwise (it needs
-    a token file and buys nothing on a one-user machine)."""
-    import ray
-
-    from care_ray.model_check import go_offline, offline_runtime_env
-
-    if ray.is_initialized():
-        return
-    go_offline()
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=offline_runtime_env())
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", runtime_env=offline_runtime_env())
-
-
 def check_worker_resources(cfg: FinetuneConfig) -> None:
     """Custom worker resources no alive node offers are one line before training starts, not a
     worker group that waits for its placement group forever."""
     import ray
 
-    from care_ray.scoring import check_custom_resources
+    from care_ray.cluster.resources import check_custom_resources
 
     check_custom_resources(
         cfg.scaling.resources_per_worker,
@@ -387,7 +367,7 @@ def held_out_folds(cfg: FinetuneConfig) -> list[int]:
 
 def with_absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     """Local paths resolved against the driver's working directory: Ray workers need not share it."""
-    from care_ray.storage import is_uri
+    from care_ray.cluster.storage import is_uri
 
     update: dict[str, Any] = {
         key: str(Path(getattr(cfg, key)).resolve())
@@ -496,8 +476,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Train every configured held-out fold, export each fold's best checkpoint, write summary.json.
     A rerun with the same name and storage_path resumes each unfinished run where it stopped
     (Ray Train restores its checkpoint manager from storage)."""
-    from care_ray.evaluation import fold_summary
-    from care_ray.storage import is_uri, publish_folder
+    from care_ray.cluster.ray import start_ray
+    from care_ray.cluster.storage import is_uri, publish_folder
+    from care_ray.evaluation.metrics import fold_summary
     from care_ray.training.selection import finite_or_none, write_metrics
     from care_ray.training.sft_data import read_manifest
 
@@ -508,7 +489,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         # exports are written on this disk, then copied up once every fold is done
         cfg = cfg.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="care-ray-export-")})
     folds = held_out_folds(cfg)
-    ensure_ray(cfg.ray_address)
+    start_ray(cfg.ray_address, log_to_driver=True)
     check_worker_resources(cfg)
     records = []
     started = time.time()

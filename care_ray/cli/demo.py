@@ -1,0 +1,219 @@
+"""The demo pipeline: real ESConv sessions, the tiny model, local Ray — every stage for real,
+small enough for a laptop. Each step is a plain function; the pipeline is a plain list."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from care_ray.common.paths import esconv_dir
+
+log = logging.getLogger(__name__)
+
+
+def _tiny_model(ctx: dict) -> dict:
+    from care_ray.models.tiny import build_tiny_model
+
+    model = ctx["out"] / "tiny-model"
+    if not (model / "model.safetensors").exists():
+        build_tiny_model(model)
+    from care_ray.models.checks import check_model_folder
+
+    check_model_folder(model)
+    return {"model": str(model)}
+
+
+def _ingest(ctx: dict) -> dict:
+    from care_ray.corpus.ingest import ingest_files
+
+    m = ingest_files(
+        "esconv", [ctx["esconv"]], ctx["out"] / "corpus", mode="overwrite"
+    )  # a rerun of the demo rebuilds it
+    return {
+        "ingest": {
+            k: m[k]
+            for k in (
+                "input_records",
+                "sessions_written",
+                "records_quarantined",
+                "quarantined_by_reason",
+            )
+        }
+    }
+
+
+def _score(ctx: dict) -> dict:
+    from care_ray.scoring.config import ScoreConfig
+    from care_ray.scoring.pipeline import score_corpus
+
+    cfg = ScoreConfig(
+        sessions=ctx["out"] / "corpus",
+        model=ctx["model"],
+        out=ctx["out"] / "scores",
+        limit=ctx["sessions"],
+        max_model_len=2048,
+        max_new_tokens=192,
+        max_rationale_chars=240,
+        max_quotes=2,
+        max_quote_chars=80,
+        progress=False,
+    )
+    m = score_corpus(cfg)
+    keep = (
+        "sessions_in",
+        "sessions_complete",
+        "items_in",
+        "items_scored",
+        "items_errors",
+        "prompt_tokens",
+        "cached_prompt_tokens",
+        "seconds",
+    )
+    return {"score": {k: m[k] for k in keep}}
+
+
+# ESConv has no WAI ratings: the seeker's own empathy rating stands in for Bond, relevance for Goal and Task
+DEMO_TRUTH = ["labels.empathy=bond", "labels.relevance=goal,task"]
+DEMO_OUTCOMES = [
+    "empathy",
+    "relevance",
+    "emotion_drop=labels.initial_emotion_intensity-labels.final_emotion_intensity",
+]
+DEMO_BY = ["failed=metadata.split:failed"]
+
+
+def _evaluate(ctx: dict) -> dict:
+    from care_ray.evaluation.evaluate import EvaluateConfig, evaluate_run
+
+    m = evaluate_run(
+        EvaluateConfig(
+            scores=ctx["out"] / "scores",
+            sessions=ctx["out"] / "corpus",
+            out=ctx["out"] / "evaluation",
+            truth=DEMO_TRUTH,
+        )
+    )
+    return {
+        "evaluate": {
+            "n_sessions": m["n_sessions"],
+            "pearson": {d: v["pearson"] for d, v in m["dimensions"].items()},
+        }
+    }
+
+
+def _analyze_corpus(ctx: dict) -> dict:
+    from care_ray.analytics.analyze import AnalyzeConfig, analyze
+
+    m = analyze(
+        AnalyzeConfig(
+            sessions=ctx["out"] / "corpus",
+            out=ctx["out"] / "analysis-esconv",
+            outcomes=DEMO_OUTCOMES,
+            by=DEMO_BY,
+        )
+    )
+    return {"analyze_esconv": {"n_sessions": m["n_sessions"], "tables": m["tables"]}}
+
+
+def _analyze_scores(ctx: dict) -> dict:
+    from care_ray.analytics.analyze import AnalyzeConfig, analyze
+
+    m = analyze(
+        AnalyzeConfig(
+            sessions=ctx["out"] / "corpus",
+            scores=ctx["out"] / "scores",
+            out=ctx["out"] / "analysis-scores",
+            by=DEMO_BY,
+        )
+    )
+    return {"analyze_scores": {"n_sessions": m["n_sessions"], "tables": m["tables"]}}
+
+
+def _report(ctx: dict) -> dict:
+    from care_ray.report.page import write_report
+
+    page = write_report(
+        ctx["out"] / "report",
+        evaluation=ctx["out"] / "evaluation",
+        analyses=[ctx["out"] / "analysis-esconv", ctx["out"] / "analysis-scores"],
+        title="care-ray demo: ESConv, tiny random model",
+    )
+    return {"report": str(page)}
+
+
+DEMO_STEPS: list[tuple[str, Callable[[dict], dict]]] = [
+    ("build the tiny model", _tiny_model),
+    ("ingest ESConv", _ingest),
+    ("score a sample on Ray Data + vLLM", _score),
+    ("evaluate against the seekers' ratings", _evaluate),
+    ("analyze all of ESConv (model-free)", _analyze_corpus),
+    ("analyze the scored sample", _analyze_scores),
+    ("write the report", _report),
+]
+
+
+def run_demo(
+    out: Path,
+    sessions: int = 16,
+    esconv: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run DEMO_STEPS in order; `progress` hears one line as each step starts and ends."""
+    ctx: dict[str, Any] = {
+        "out": Path(out),
+        "sessions": sessions,
+        "esconv": Path(esconv) if esconv else esconv_dir(),
+    }
+    ctx["out"].mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    say = progress or log.info
+    for k, (name, step) in enumerate(DEMO_STEPS, start=1):
+        say(f"[{k}/{len(DEMO_STEPS)}] {name} ...")
+        started = time.monotonic()
+        result = step(ctx)
+        ctx.update(result)
+        summary.update(result)
+        say(f"[{k}/{len(DEMO_STEPS)}] {name}: done in {time.monotonic() - started:.1f} s")
+    (ctx["out"] / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+class DemoOptions(BaseModel):
+    """The whole pipeline on local Ray: tiny model → ingest ESConv → score a sample → evaluate →
+    analyze → report.html (its path is the last line printed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path = Field(
+        Path("demo-out"),
+        description="folder for the model, corpus, scores, evaluation, analyses and report",
+    )
+    sessions: int = Field(16, ge=1, description="ESConv sessions to score")
+    esconv: Path | None = Field(
+        None, description="ESConv folder (default: ../shared/data/esconv or $CARE_RAY_ESCONV)"
+    )
+
+
+def demo_command(o: DemoOptions) -> None:
+    import typer
+
+    summary = run_demo(
+        o.out,
+        sessions=o.sessions,
+        esconv=o.esconv,
+        progress=lambda line: typer.echo(line, err=True),
+    )
+    typer.echo(json.dumps(summary, indent=2, default=str), err=True)
+    typer.echo(summary["report"])
+
+
+def register(app: Any) -> None:
+    from care_ray.cli.options import command
+
+    command(app, "demo", DemoOptions, demo_command)

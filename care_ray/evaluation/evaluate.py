@@ -1,0 +1,587 @@
+"""`care-ray evaluate`: agreement of a scoring run with the client's own ratings (or a proxy label).
+
+Reads a scoring run (`sessions/`, else `items/` through queries/session_scores.sql) and a corpus,
+pairs each session's predicted dimension score with the observed one, and writes into `out`:
+metrics.json, pairs.parquet, agreement.parquet, calibration.parquet and calibration.svg (the
+layout is the findings contract). The statistics are the pure functions of care_ray.evaluation.metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from care_ray.cluster.storage import PathOrURI
+from care_ray.common.errors import UserError
+from care_ray.contracts.rubric import Rubric, load_rubric
+from care_ray.corpus.ratings import RATIONALE_KEY
+from care_ray.evaluation import metrics as ev
+
+log = logging.getLogger(__name__)
+
+CLIENT_WAI = "client_wai"
+LABEL_PREFIX = "labels."
+
+
+class EvaluateError(UserError):
+    """A mistake in the evaluation's input (a folder, a truth spec, a fold source)."""
+
+
+class EvaluateConfig(BaseModel):
+    """Agreement of a scoring run's dimension scores with the client's own ratings (or a proxy
+    label): Pearson r, Spearman rho and MSE with bootstrap intervals, the counselor baseline and the
+    model ÷ counselor ratio, per-fold mean ± SD, calibration, quote and rationale checks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scores: PathOrURI = Field(
+        description="a scoring run folder (`care-ray score --out`): sessions/, else items/; a "
+        "local path or a URI"
+    )
+    sessions: PathOrURI = Field(description="the corpus folder that was scored, a path or a URI")
+    out: Path = Field(
+        description="folder for metrics.json, pairs/agreement/calibration.parquet, calibration.svg"
+    )
+    truth: list[str] = Field(
+        default_factory=lambda: [CLIENT_WAI],
+        min_length=1,
+        description="what to compare with, repeatable: client_wai (default: the client's own "
+        "WAI-SR, dimension = mean of its rated items) or labels.NAME=DIMENSION[,DIMENSION] (a "
+        "numeric session label stands for those dimensions, e.g. --truth labels.empathy=bond "
+        "--truth labels.relevance=goal,task); labels.NAME alone compares NAME with every "
+        "dimension. The counselor baseline (counselor_wai, where present) is compared with the "
+        "same truth",
+    )
+    folds: PathOrURI | None = Field(
+        None,
+        description="a folder with folds.parquet (sft-data, baseline) or the file itself: "
+        "per-fold metrics and mean ± SD",
+    )
+    fold_key: str | None = Field(
+        None, description="a session metadata key that holds the fold (instead of --folds)"
+    )
+    resamples: int = Field(
+        1000, ge=0, description="bootstrap resamples for the intervals (0 = none)"
+    )
+    seed: int = Field(123, description="bootstrap and sampling seed")
+    level: float = Field(0.95, gt=0, lt=1, description="confidence level of the intervals")
+    bootstrap_max_n: int | None = Field(
+        2000,
+        ge=10,
+        description="above this many sessions in a cell, bootstrap a seeded subsample and "
+        "rescale the interval by sqrt(subsample/n)",
+    )
+    fold_intervals: bool = Field(
+        False, description="bootstrap intervals for each fold's rows too (default: overall rows only)"
+    )
+    bin_width: float = Field(
+        0.5, gt=0, description="width of the predicted-score bins of the calibration table"
+    )
+    rubric: Path | None = Field(
+        None, description="rubric file (item → dimension); default: the English WAI-SR"
+    )
+    rationale_key: str = Field(
+        RATIONALE_KEY, description="session metadata key of reference rationales; {item} = item id"
+    )
+    rationale_max_pairs: int = Field(
+        2000,
+        ge=1,
+        description="ROUGE on at most this many (session, item) rationale pairs (a seeded sample)",
+    )
+
+    @model_validator(mode="after")
+    def _one_fold_source(self) -> EvaluateConfig:
+        if self.folds is not None and self.fold_key is not None:
+            raise ValueError("give --folds or --fold-key, not both")
+        if "{item}" not in self.rationale_key:
+            raise ValueError("rationale_key needs {item}")
+        return self
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What the predictions are compared with: the client's WAI, or a label per dimension."""
+
+    kind: str  # client_wai | labels
+    label_of_dimension: dict[str, str]  # labels only: dimension → label name
+
+    def describe(self, dimensions: list[str]) -> dict[str, str]:
+        if self.kind == CLIENT_WAI:
+            return {d: CLIENT_WAI for d in dimensions}
+        return {d: LABEL_PREFIX + name for d, name in self.label_of_dimension.items()}
+
+
+def parse_truth(specs: list[str], dimensions: list[str]) -> Truth:
+    """`client_wai`, or one or more `labels.NAME[=DIM[,DIM…]]` (no DIM: NAME stands for every dimension)."""
+    specs = [s.strip() for s in specs if s.strip()]
+    if specs == [CLIENT_WAI]:
+        return Truth(CLIENT_WAI, {})
+    if CLIENT_WAI in specs:
+        raise EvaluateError("--truth client_wai cannot be combined with other --truth specs")
+    label_of: dict[str, str] = {}
+    for spec in specs:
+        if not spec.startswith(LABEL_PREFIX) or len(spec) == len(LABEL_PREFIX):
+            raise EvaluateError(
+                f"--truth takes client_wai or labels.NAME[=DIMENSION], got {spec!r}"
+            )
+        name, _, dims = spec[len(LABEL_PREFIX) :].partition("=")
+        name = name.strip()
+        chosen = [d.strip().lower() for d in dims.split(",") if d.strip()] or dimensions
+        if not name:
+            raise EvaluateError(f"--truth {spec!r}: the label name is empty")
+        unknown = [d for d in chosen if d not in dimensions]
+        if unknown:
+            raise EvaluateError(
+                f"--truth {spec!r}: {', '.join(unknown)} is not a dimension ({', '.join(dimensions)})"
+            )
+        for d in chosen:
+            if d in label_of and label_of[d] != name:
+                raise EvaluateError(
+                    f"--truth: dimension {d!r} is mapped to both labels.{label_of[d]} and labels.{name}"
+                )
+            label_of[d] = name
+    return Truth("labels", {d: label_of[d] for d in dimensions if d in label_of})
+
+
+# ---- reading ----
+
+
+def _parquet_dataset(folder: Path, partitioning: str | None = None) -> ds.Dataset | None:
+    """The Parquet files under `folder`, or None when there are none."""
+    if not folder.is_dir():
+        return None
+    dataset = ds.dataset(folder, format="parquet", partitioning=partitioning)
+    return dataset if dataset.files else None
+
+
+def read_predicted(scores: str | Path, dimensions: list[str]) -> tuple[pl.DataFrame, str]:
+    """Long (session_id, dimension, predicted) from the run's sessions/ table, or from its
+    committed items/ by queries/session_scores.sql (the same definition: a dimension needs all of
+    its items scored). A local folder or a URI."""
+    from care_ray.scoring.results import NoScores, read_session_scores
+
+    try:
+        arrow, origin = read_session_scores(scores)
+    except NoScores as e:
+        raise EvaluateError(str(e)) from None
+    folder = f"{scores}/{origin.split()[0].rstrip('/')}"
+    names = arrow.schema.names
+    if "session_id" not in names:
+        raise EvaluateError(f"{folder} has no session_id column")
+    table = pl.DataFrame(arrow.select(["session_id", *[d for d in dimensions if d in names]]))
+    if table.height == 0:
+        raise EvaluateError(f"no scored sessions in {folder}")
+    duplicated = table["session_id"].is_duplicated().sum()
+    if duplicated:
+        raise EvaluateError(f"{folder}: {duplicated} rows repeat a session_id")
+    present = [d for d in dimensions if d in table.columns]
+    if not present:
+        raise EvaluateError(f"{folder} has no dimension columns ({', '.join(dimensions)})")
+    return ev.long_dimension_frame(
+        table["session_id"], {d: table[d] for d in present}, "predicted"
+    ), origin
+
+
+def read_corpus(sessions: str | Path, session_ids: pl.Series, columns: list[str]) -> pa.Table:
+    """The corpus rows of `session_ids`, only `columns` (those the corpus has)."""
+    from care_ray.corpus.reader import sessions_dataset
+
+    try:
+        dataset = sessions_dataset(sessions)
+    except FileNotFoundError as e:
+        raise EvaluateError(str(e)) from None
+    if not dataset.files:
+        raise EvaluateError(f"no sessions in {sessions}")
+    wanted = [
+        "session_id",
+        *[c for c in columns if c in dataset.schema.names and c != "session_id"],
+    ]
+    ids = pa.array(session_ids.unique().to_list(), pa.string())
+    return dataset.to_table(columns=wanted, filter=pc.field("session_id").isin(ids))
+
+
+def observed_frame(corpus: pa.Table, truth: Truth, rubric: Rubric) -> pl.DataFrame:
+    if truth.kind == CLIENT_WAI:
+        if CLIENT_WAI not in corpus.column_names:
+            return pl.DataFrame(
+                schema={"session_id": pl.String, "dimension": pl.String, "observed": pl.Float64}
+            )
+        return ev.wai_dimension_frame(corpus["session_id"], corpus[CLIENT_WAI], rubric, "observed")
+    labels = (
+        corpus["labels"]
+        if "labels" in corpus.column_names
+        else pa.chunked_array([pa.nulls(corpus.num_rows, pa.map_(pa.string(), pa.float64()))])
+    )
+    present = {k for chunk in labels.chunks for k in chunk.keys.unique().to_pylist()}
+    missing = sorted(set(truth.label_of_dimension.values()) - present)
+    if missing:
+        have = ", ".join(sorted(k for k in present if k)) or "none"
+        raise EvaluateError(
+            f"--truth names label(s) {', '.join(missing)} that no scored session has (labels present: {have})"
+        )
+    return ev.label_dimension_frame(
+        corpus["session_id"], labels, truth.label_of_dimension, "observed"
+    )
+
+
+def counselor_frame(corpus: pa.Table, rubric: Rubric) -> pl.DataFrame | None:
+    if (
+        "counselor_wai" not in corpus.column_names
+        or corpus["counselor_wai"].null_count == corpus.num_rows
+    ):
+        return None
+    return ev.wai_dimension_frame(
+        corpus["session_id"], corpus["counselor_wai"], rubric, "counselor"
+    )
+
+
+def read_folds(config: EvaluateConfig, corpus: pa.Table) -> tuple[pl.DataFrame | None, str | None]:
+    """(session_id, fold) from an sft-data examples file or a metadata key, and where it came from."""
+    if config.folds is not None:
+        from care_ray.corpus.folds import FoldError, read_folds
+
+        try:
+            table, where = read_folds(config.folds)
+        except FoldError as err:
+            raise EvaluateError(str(err)) from None
+        return pl.DataFrame(table).with_columns(pl.col("fold").cast(pl.String)), where
+    if config.fold_key is not None:
+        values = (
+            pc.map_lookup(corpus["metadata"], pa.scalar(config.fold_key, pa.string()), "first")
+            if "metadata" in corpus.column_names
+            else pa.nulls(corpus.num_rows, pa.string())
+        )
+        if values.null_count == len(values):
+            raise EvaluateError(
+                f"--fold-key {config.fold_key!r}: no scored session has that metadata key"
+            )
+        return pl.DataFrame(
+            {
+                "session_id": pl.Series(corpus["session_id"], dtype=pl.String),
+                "fold": pl.Series(values, dtype=pl.String),
+            }
+        ), f"metadata:{config.fold_key}"
+    return None, None
+
+
+def read_items(
+    scores: str | Path, session_ids: pl.Series, columns: list[str]
+) -> pl.DataFrame | None:
+    from care_ray.scoring.results import read_item_rows
+
+    rows = read_item_rows(scores, columns, session_ids.unique().to_list())
+    return None if rows is None else pl.DataFrame(rows)
+
+
+# ---- the summaries in metrics.json ----
+
+
+def _dimension_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": row["n"]}
+    for s in ev.AGREEMENT_STATS:
+        out[s], out[f"{s}_ci"] = row[s], [row[f"{s}_lo"], row[f"{s}_hi"]]
+    return out
+
+
+def _overall_rows(agreement: pl.DataFrame, rater: str) -> dict[str, dict[str, Any]]:
+    return {
+        r["dimension"]: r
+        for r in agreement.filter((pl.col("rater") == rater) & pl.col("fold").is_null()).to_dicts()
+    }
+
+
+def _ratio(model_r: float | None, counselor_r: float | None) -> float:
+    gain = ev.relative_gain(
+        ev.NAN if model_r is None else model_r, ev.NAN if counselor_r is None else counselor_r
+    )
+    return gain + 1.0
+
+
+def counselor_baseline(
+    pairs: pl.DataFrame, agreement: pl.DataFrame, dimensions: list[str]
+) -> dict[str, Any] | None:
+    rows = _overall_rows(agreement, "counselor")
+    if not rows:
+        return None
+    gaps = dict(
+        pairs.drop_nulls("counselor")
+        .group_by("dimension")
+        .agg((pl.col("counselor") - pl.col("observed")).mean())
+        .iter_rows()
+    )
+    return {
+        d: {**_dimension_metrics(rows[d]), "mean_gap": gaps.get(d)} for d in dimensions if d in rows
+    }
+
+
+def _fold_mean_r(summary: dict[str, Any], dimension: str) -> float | None:
+    return summary.get(dimension, {}).get("pearson", {}).get("mean")
+
+
+def fold_metrics(agreement: pl.DataFrame, dimensions: list[str], source: str) -> dict[str, Any]:
+    folds = agreement.filter(pl.col("fold").is_not_null())
+    model = ev.fold_agreement_summary(agreement, "model", dimensions)
+    has_counselor = folds.filter(pl.col("rater") == "counselor").height > 0
+    counselor = (
+        ev.fold_agreement_summary(agreement, "counselor", dimensions) if has_counselor else None
+    )
+    per_fold: dict[str, dict[str, Any]] = {}
+    for r in folds.filter(pl.col("rater") == "model").to_dicts():
+        per_fold.setdefault(r["fold"], {})[r["dimension"]] = {
+            s: r[s] for s in (*ev.AGREEMENT_STATS, "n")
+        }
+    return {
+        "source": source,
+        "n_folds": len(per_fold),
+        "model": model,
+        "counselor": counselor,
+        # The paper's way: mean-over-folds model r ÷ mean-over-folds counselor r.
+        "model_vs_counselor": {
+            d: _ratio(_fold_mean_r(model, d), _fold_mean_r(counselor, d)) for d in dimensions
+        }
+        if counselor
+        else None,
+        "per_fold": per_fold,
+    }
+
+
+def rationale_metrics(
+    corpus: pa.Table, config: EvaluateConfig, rubric: Rubric
+) -> dict[str, Any] | None:
+    """ROUGE of the run's rationales against reference rationales in session metadata; None when
+    no scored session has one. Pure-Python LCS is slow, so at most rationale_max_pairs pairs."""
+    if "metadata" not in corpus.column_names:
+        return None
+    refs = ev.reference_rationale_frame(
+        corpus["session_id"], corpus["metadata"], [i.id for i in rubric.items], config.rationale_key
+    )
+    if refs.height == 0:
+        return None
+    items = read_items(config.scores, refs["session_id"], ["session_id", "item_id", "rationale"])
+    cands = (
+        items.with_columns(pl.col("item_id").cast(pl.Int64))
+        if items is not None
+        else pl.DataFrame(
+            schema={"session_id": pl.String, "item_id": pl.Int64, "rationale": pl.String}
+        )
+    )
+    joined = refs.join(cands, on=["session_id", "item_id"], how="left")
+    available = joined.height
+    if available > config.rationale_max_pairs:
+        joined = joined.sample(config.rationale_max_pairs, seed=config.seed)
+    joined = joined.sort("session_id", "item_id")
+    out = ev.rationale_overlap(
+        joined["reference"].to_list(), joined["rationale"].fill_null("").to_list()
+    )
+    out["sampled_from"] = available if available > config.rationale_max_pairs else None
+    return out
+
+
+# ---- outputs ----
+
+
+def calibration_figure(calibration: pl.DataFrame, dimensions: list[str], low: float, high: float):
+    """One panel per dimension: observed mean (± SD) against predicted mean per bin, point area ∝ n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        1,
+        len(dimensions),
+        figsize=(3.6 * len(dimensions), 3.6),
+        sharex=True,
+        sharey=True,
+        squeeze=False,
+    )
+    n_max = max(calibration["n"].max() or 1, 1)
+    for ax, dim in zip(axes[0], dimensions, strict=True):
+        bins = calibration.filter(pl.col("dimension") == dim)
+        ax.plot(
+            [low, high], [low, high], color="0.6", linestyle="--", linewidth=1, label="identity"
+        )
+        if bins.height:
+            ax.errorbar(
+                bins["predicted_mean"],
+                bins["observed_mean"],
+                yerr=bins["observed_sd"].fill_null(0),
+                fmt="none",
+                ecolor="0.75",
+                linewidth=1,
+            )
+            ax.scatter(
+                bins["predicted_mean"],
+                bins["observed_mean"],
+                s=20 + 280 * bins["n"].to_numpy() / n_max,
+                alpha=0.8,
+                zorder=3,
+            )
+        ax.set_title(f"{dim} (n = {int(bins['n'].sum())})")
+        ax.set_xlabel("predicted")
+        ax.set_xlim(low - 0.25, high + 0.25)
+        ax.set_ylim(low - 0.25, high + 0.25)
+        ax.set_aspect("equal")
+    axes[0][0].set_ylabel("observed (mean ± SD per bin)")
+    fig.tight_layout()
+    return fig
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf → None and numpy scalars → Python, so json.dumps(allow_nan=False) holds."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_outputs(
+    out: Path, metrics: dict[str, Any], tables: dict[str, pl.DataFrame], figure
+) -> None:
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        table.write_parquet(out / f"{name}.parquet")
+    figure.savefig(out / "calibration.svg", format="svg", metadata={"Date": None})
+    plt.close(figure)
+    (out / "metrics.json").write_text(
+        json.dumps(_json_safe(metrics), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+        encoding="utf-8",
+    )
+
+
+def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate one scoring run against one corpus; writes config.out and returns metrics.json's content."""
+    started = time.monotonic()
+    rubric = load_rubric(config.rubric) if config.rubric else load_rubric()
+    dimensions = list(rubric.dimensions)
+    truth = parse_truth(config.truth, dimensions)
+    predicted, origin = read_predicted(config.scores, dimensions)
+    scored = predicted["session_id"].unique()
+    corpus = read_corpus(
+        config.sessions, scored, [CLIENT_WAI, "counselor_wai", "labels", "metadata"]
+    )
+    if corpus.num_rows == 0:
+        raise EvaluateError(
+            f"none of the {scored.len()} scored sessions in {config.scores} is in the corpus {config.sessions}"
+        )
+    observed = observed_frame(corpus, truth, rubric)
+    folds, fold_source = read_folds(config, corpus)
+    pairs = ev.pairs_table(predicted, observed, counselor_frame(corpus, rubric), folds)
+    if pairs.height == 0:
+        hint = " (try --truth labels.NAME=DIMENSION)" if truth.kind == CLIENT_WAI else ""
+        raise EvaluateError(
+            f"none of the {corpus.num_rows} scored sessions in the corpus has both a model "
+            f"score and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} "
+            f"value{hint}"
+        )
+    truth_dims = [d for d in dimensions if d in truth.describe(dimensions)]
+    log.info(
+        "evaluating %d sessions (%d pairs) against %s",
+        pairs["session_id"].n_unique(),
+        pairs.height,
+        truth.kind,
+    )
+
+    agreement = ev.agreement_table(
+        pairs,
+        truth_dims,
+        config.resamples,
+        config.seed,
+        config.level,
+        config.bootstrap_max_n,
+        config.fold_intervals,
+    )
+    model_rows = _overall_rows(agreement, "model")
+    baseline = counselor_baseline(pairs, agreement, truth_dims)
+    low, high = float(min(rubric.scale)), float(max(rubric.scale))
+    calibration = ev.calibration_table(pairs, low, high, config.bin_width)
+    items = read_items(
+        config.scores, pairs["session_id"], ["session_id", "dimension", "quote_found"]
+    )
+    quote_share, quote_by_dim = (
+        ev.quote_found_share(items, truth_dims) if items is not None else (None, None)
+    )
+    subsampled = agreement.filter((pl.col("ci_n") > 0) & (pl.col("ci_n") < pl.col("n"))).height
+    ratios = {
+        d: _ratio(
+            model_rows[d]["pearson"], baseline[d]["pearson"] if baseline and d in baseline else None
+        )
+        for d in truth_dims
+    }
+
+    metrics: dict[str, Any] = {
+        "kind": "care-ray evaluation",
+        "truth": {
+            "spec": config.truth,
+            "kind": truth.kind,
+            "dimensions": truth.describe(dimensions),
+        },
+        "scores": str(config.scores),
+        "sessions": str(config.sessions),
+        "predicted_from": origin,
+        "n_sessions": pairs["session_id"].n_unique(),
+        "n_scored_sessions": scored.len(),
+        "dimensions": {d: _dimension_metrics(model_rows[d]) for d in truth_dims},
+        "counselor_baseline": baseline,
+        "model_vs_counselor": ratios,
+        "model_vs_counselor_gain": {d: r - 1.0 for d, r in ratios.items()},
+        "folds": fold_metrics(agreement, truth_dims, fold_source)
+        if fold_source and pairs["fold"].is_not_null().any()
+        else None,
+        "quote_found_share": quote_share,
+        "quote_found_by_dimension": quote_by_dim,
+        "rationale_overlap": rationale_metrics(corpus, config, rubric),
+        "calibration": {"low": low, "high": high, "bin_width": config.bin_width},
+        "bootstrap": {
+            "resamples": config.resamples,
+            "seed": config.seed,
+            "level": config.level,
+            "method": "percentile, paired over sessions",
+            "max_n": config.bootstrap_max_n,
+            "fold_intervals": config.fold_intervals,
+            "note": (
+                f"{subsampled} cell(s) had more than {config.bootstrap_max_n} pairs: their "
+                "intervals come from a seeded subsample of "
+                f"{config.bootstrap_max_n}, rescaled by sqrt(subsample/n) around the full-sample estimate"
+            )
+            if subsampled
+            else None,
+        },
+        "tables": {
+            "pairs": pairs.height,
+            "agreement": agreement.height,
+            "calibration": calibration.height,
+        },
+    }
+    if fold_source and metrics["folds"] is None:
+        metrics["folds_note"] = f"no evaluated session has a fold in {fold_source}"
+    figure = calibration_figure(calibration, truth_dims, low, high)
+    metrics["seconds"] = round(time.monotonic() - started, 3)
+    write_outputs(
+        config.out,
+        metrics,
+        {"pairs": pairs, "agreement": agreement, "calibration": calibration},
+        figure,
+    )
+    return _json_safe(metrics)
