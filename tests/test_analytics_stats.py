@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import statsmodels.api as sm
 from scipy import stats
+from scipy.stats.contingency import association
 
 from care_ray.analytics.challenges import (
     cluster_rationales,
@@ -18,6 +19,13 @@ from care_ray.analytics.challenges import (
 )
 from care_ray.analytics.contrasts import group_contrasts
 from care_ray.analytics.drivers import fit_drivers
+from care_ray.analytics.features import transition_statistics
+from care_ray.analytics.intervals import (
+    mean_interval,
+    wilson_interval,
+    with_mean_interval,
+    with_wilson_interval,
+)
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
@@ -190,6 +198,9 @@ def test_two_group_contrasts_match_scipy_welch_and_hedges_g(grouped):
         assert set(rows["effect_measure"]) == {"hedges_g (f − m)"} and set(rows["test"]) == {
             "welch_t"
         }
+        for row, x in zip(rows.iter_rows(named=True), (f, m), strict=True):
+            ci = stats.ttest_1samp(x, 0).confidence_interval(0.95)
+            assert (row["mean_lo"], row["mean_hi"]) == pytest.approx((ci.low, ci.high))
         p_values.append(welch.pvalue)
     bond_p, task_p = p_values
     expected_bond = min(1.0, min(bond_p * 2, max(bond_p, task_p)))  # BH over two tests
@@ -348,3 +359,69 @@ def test_cluster_sizes_scale_back_when_a_group_is_sampled():
     clusters = cluster_rationales(docs, language_col=None, quote_col=None, max_docs=40, k=2)
     assert clusters["size"].sum() == pytest.approx(docs.height, abs=1)
     assert clusters["example_quote"].null_count() == clusters.height
+
+
+def test_mean_interval_is_the_t_interval_and_null_where_it_cannot_be_formed():
+    rng = np.random.default_rng(5)
+    samples = [rng.normal(3, 1, k) for k in (2, 5, 40)]
+    mean = pl.Series([x.mean() for x in samples] + [3.0, 3.0, 3.0, None])
+    sd = pl.Series([x.std(ddof=1) for x in samples] + [0.0, 1.0, None, 1.0])
+    n = pl.Series([len(x) for x in samples] + [7, 1, 9, 9])
+    lo, hi = mean_interval(mean, sd, n, alpha=0.1)
+    for i, x in enumerate(samples):
+        ci = stats.ttest_1samp(x, 0).confidence_interval(0.9)
+        assert (lo[i], hi[i]) == pytest.approx((ci.low, ci.high))
+    assert (lo[3], hi[3]) == (3.0, 3.0)  # no spread: the mean is the interval
+    assert lo[4:].to_list() == hi[4:].to_list() == [None, None, None]  # n = 1, no sd, no mean
+
+
+def test_wilson_interval_matches_the_formula_by_hand():
+    z = stats.norm.ppf(0.975)
+
+    def wilson(k: int, n: int) -> tuple[float, float]:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return centre - half, centre + half
+
+    lo, hi = wilson_interval(pl.Series([7, 0, 20, 3, None]), pl.Series([20, 12, 20, 0, 5]), 0.05)
+    for i, (k, n) in enumerate([(7, 20), (0, 12), (20, 20)]):
+        assert (lo[i], hi[i]) == pytest.approx(wilson(k, n))
+    assert lo[1] == pytest.approx(0.0) and hi[2] == pytest.approx(1.0)
+    assert lo[3:].to_list() == hi[3:].to_list() == [None, None]  # no trials, no count
+
+
+def test_interval_columns_land_next_to_their_estimate():
+    frame = pl.DataFrame({"g": ["a", "b"], "mean": [1.0, 2.0], "sd": [1.0, 2.0], "n": [10, 20]})
+    with_ci = with_mean_interval(frame, 0.05)
+    assert with_ci.columns == ["g", "mean", "mean_lo", "mean_hi", "sd", "n"]
+    shares = frame.with_columns(share=pl.Series([0.5, 0.25]))
+    with_ci = with_wilson_interval(
+        shares, 0.05, share="share", successes=pl.Series([5, 5]), trials=pl.Series([10, 20])
+    )
+    assert with_ci.columns[-3:] == ["share", "share_lo", "share_hi"]
+    assert with_ci["share_lo"][1] < 0.25 < with_ci["share_hi"][1]
+
+
+def test_a_source_with_one_reaction_gets_cell_intervals_but_no_test():
+    transitions = pl.DataFrame(
+        {
+            "source": ["a", "a", "a", "a", "b", "b"],
+            "strategy": ["q", "q", "r", "r", "q", "r"],
+            "reaction": ["+", "-", "+", "-", "+", "+"],
+            "n": [30, 10, 5, 25, 4, 6],
+            "share": [0.75, 0.25, 5 / 30, 25 / 30, 1.0, 1.0],
+        }
+    )
+    cells, tests, notes = transition_statistics(transitions, alpha=0.05)
+    assert tests["source"].to_list() == ["a"] and any("b: no test" in n for n in notes)
+    table = np.array([[30, 10], [5, 25]])
+    chi2, p, dof, expected = stats.chi2_contingency(table)  # df = 1: with Yates' correction
+    v = association(table, method="cramer")
+    assert tests.row(0) == pytest.approx(("a", 70, chi2, dof, p, v))
+    a = cells.filter(pl.col("source") == "a")
+    residuals = (table - expected) / np.sqrt(expected)
+    assert a["residual"].to_list() == pytest.approx(residuals.ravel().tolist())
+    b = cells.filter(pl.col("source") == "b")
+    assert b["residual"].to_list() == pytest.approx([0.0, 0.0])  # one reaction: as expected
+    assert b["share_hi"].to_list() == pytest.approx([1.0, 1.0]) and b["share_lo"][0] < 1

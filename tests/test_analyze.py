@@ -12,6 +12,9 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
+from scipy import stats
+from scipy.stats.contingency import association
+from statsmodels.stats.proportion import proportion_confint
 from typer.testing import CliRunner
 
 from care_ray.analytics.analyze import AnalyzeConfig, analyze
@@ -308,8 +311,11 @@ def test_manifest_lists_every_table_written(synthetic):
         "trajectories",
         "trajectory_summary",
         "trajectory_clients",
+        "transition_tests",
+        "weakest_outcome",
     }
     assert expected <= on_disk, manifest["notes"]
+    assert manifest["alpha"] == 0.05  # the level of every interval in the tables
     json.loads((out / "manifest.json").read_text())
 
 
@@ -342,6 +348,90 @@ def test_transition_shares_match_a_recount(synthetic):
         total = sum(n for (src, strat, _), n in counts.items() if (src, strat) == key[:2])
         assert row["n"] == counts[key]
         assert row["share"] == pytest.approx(counts[key] / total)
+
+
+def _t_interval(values, alpha: float = 0.05) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    return stats.ttest_1samp(values, 0).confidence_interval(1 - alpha)
+
+
+def test_transition_intervals_residuals_and_tests_match_scipy(synthetic):
+    out = synthetic["out"]
+    transitions, tests = _read(out, "transitions"), _read(out, "transition_tests")
+    counts: dict[str, dict[tuple[str, str], int]] = {}
+    for session in synthetic["sessions"]:
+        for pair in expected_pairs(session):
+            cell = counts.setdefault(session["source"], {})
+            cell[pair] = cell.get(pair, 0) + 1
+    assert set(tests.get_column("source")) == set(counts)
+    for source, cells in counts.items():
+        strategies = sorted({s for s, _ in cells})
+        reactions = sorted({r for _, r in cells})
+        table = np.array([[cells.get((s, r), 0) for r in reactions] for s in strategies])
+        chi2, p, dof, expected = stats.chi2_contingency(table)
+        row = tests.filter(pl.col("source") == source).row(0, named=True)
+        assert row["n"] == table.sum() and row["dof"] == dof
+        assert (row["chi2"], row["p_value"]) == pytest.approx((chi2, p))
+        assert row["cramers_v"] == pytest.approx(association(table, method="cramer"))
+        written = transitions.filter(pl.col("source") == source)
+        for r in written.iter_rows(named=True):
+            i, j = strategies.index(r["strategy"]), reactions.index(r["reaction"])
+            residual = (table[i, j] - expected[i, j]) / math.sqrt(expected[i, j])
+            assert r["residual"] == pytest.approx(residual)
+            lo, hi = proportion_confint(table[i, j], table[i].sum(), alpha=0.05, method="wilson")
+            assert (r["share_lo"], r["share_hi"]) == pytest.approx((lo, hi))
+            assert r["share_lo"] <= r["share"] <= r["share_hi"]
+
+
+def test_population_means_carry_their_t_interval(synthetic):
+    population = _read(synthetic["out"], "population")
+    scores = synthetic["scores"]
+    sites: dict[str, list[str]] = {}
+    for s in synthetic["sessions"]:
+        sites.setdefault(s["metadata"]["site"], []).append(s["session_id"])
+    assert population.columns.index("mean_lo") == population.columns.index("mean") + 1
+    for site, ids in sites.items():
+        for dim in DIMENSIONS:
+            row = population.filter(
+                (pl.col("group_by") == "metadata.site")
+                & (pl.col("grp") == site)
+                & (pl.col("outcome") == dim)
+            ).row(0, named=True)
+            lo, hi = _t_interval([scores[sid][dim] for sid in ids])
+            assert (row["mean_lo"], row["mean_hi"]) == pytest.approx((lo, hi))
+
+
+def test_trajectory_clients_carry_intervals_over_clients(synthetic):
+    clients = _read(synthetic["out"], "trajectory_clients")
+    scores = synthetic["scores"]
+    by_client: dict[str, list[dict]] = {}
+    for s in synthetic["sessions"]:
+        by_client.setdefault(s["client_id"], []).append(s)
+    for dim in DIMENSIONS:
+        slopes, rising = [], 0
+        for ss in by_client.values():
+            ss = sorted(ss, key=lambda s: s["session_index"])
+            values = [scores[s["session_id"]][dim] for s in ss]
+            slopes.append(np.polyfit([s["session_index"] for s in ss], values, 1)[0])
+            rising += values[-1] > values[0]
+        row = clients.filter(pl.col("outcome") == dim).row(0, named=True)
+        lo, hi = _t_interval(slopes)
+        assert (row["mean_slope_lo"], row["mean_slope_hi"]) == pytest.approx((lo, hi))
+        lo, hi = proportion_confint(rising, len(by_client), alpha=0.05, method="wilson")
+        assert (row["share_rising_lo"], row["share_rising_hi"]) == pytest.approx((lo, hi))
+
+
+def test_weakest_outcome_is_tested_against_the_runner_up_on_paired_sessions(synthetic):
+    row = _read(synthetic["out"], "weakest_outcome").row(0, named=True)
+    scores = synthetic["scores"]
+    means = {d: np.mean([s[d] for s in scores.values()]) for d in DIMENSIONS}
+    weakest, runner_up = sorted(DIMENSIONS, key=means.__getitem__)[:2]
+    difference = np.array([s[weakest] - s[runner_up] for s in scores.values()])
+    result = stats.wilcoxon(difference)
+    assert (row["outcome"], row["runner_up"], row["n"]) == (weakest, runner_up, len(scores))
+    assert row["test"] == "wilcoxon_signed_rank"
+    assert row["mean_difference"] == pytest.approx(difference.mean())
+    assert (row["statistic"], row["p_value"]) == pytest.approx((result.statistic, result.pvalue))
 
 
 def test_vocabulary_map_merges_spellings(synthetic, tmp_path):
@@ -507,6 +597,9 @@ def test_model_free_mode_with_a_derived_outcome(synthetic, tmp_path):
     )
     assert "challenge_terms" not in manifest["tables"]
     assert any("challenge" in note for note in manifest["notes"])
+    # labels need not share a scale: no outcome is tested as the weakest
+    assert "weakest_outcome" not in manifest["tables"]
+    assert any(note.startswith("weakest_outcome: absent") for note in manifest["notes"])
 
 
 def test_scores_from_items_alone(synthetic, tmp_path):
@@ -558,10 +651,9 @@ def test_each_query_runs_alone_in_duckdb(synthetic):
     con.execute("SET VARIABLE min_sessions = 2")
     population = con.sql(sql("population")).pl()
     written = _read(out, "population").filter(pl.col("group_by").is_in(["all", "source"]))
-    assert (
-        population.sort("group_by", "grp", "outcome")
-        .select(written.columns)
-        .equals(written.sort("group_by", "grp", "outcome"))
+    # the written table adds the intervals (computed in Python) to the query's columns
+    assert population.sort("group_by", "grp", "outcome").equals(
+        written.sort("group_by", "grp", "outcome").select(population.columns)
     )
     profiles = con.sql(sql("counselor_profiles")).pl()
     written = _read(out, "counselor_profiles")
@@ -574,7 +666,8 @@ def test_each_query_runs_alone_in_duckdb(synthetic):
         f"CREATE TABLE trajectory_points AS {sql('trajectory_points').rstrip().rstrip(';')}"
     )
     con.execute(f"CREATE TABLE trajectories AS {sql('trajectories').rstrip().rstrip(';')}")
-    assert con.sql(sql("trajectory_clients")).pl().equals(_read(out, "trajectory_clients"))
+    clients = con.sql(sql("trajectory_clients")).pl()
+    assert clients.equals(_read(out, "trajectory_clients").select(clients.columns))
     assert con.sql(sql("trajectory_summary")).pl().height == _read(out, "trajectory_summary").height
     low = con.sql(sql("low_items")).pl()
     n_low = _items(synthetic["scores"]).filter(pl.col("score") <= 2).height

@@ -263,7 +263,7 @@ def test_the_real_checkout_uploads_code_not_data():
     for needed in [
         "pyproject.toml",
         "jobs/score.py",
-        "care_ray/cli.py",
+        "care_ray/cli/__init__.py",
         "schemas/session.schema.json",
         "runtime_env.yaml",
     ]:

@@ -543,7 +543,7 @@ def test_user_errors_exit_2_with_one_line(evaluated, tmp_path):
         ("--truth", "empathy"): "client_wai or labels.NAME",
         ("--truth", "client_wai", "--truth", "labels.empathy"): "cannot be combined",
         ("--folds", str(tmp_path), "--fold-key", "cohort"): "not both",
-        ("--folds", str(tmp_path / "nofolds")): "no examples file",
+        ("--folds", str(tmp_path / "nofolds")): "no folds.parquet",
         ("--fold-key", "nosuchkey"): "nosuchkey",
     }
     for extra, message in cases.items():

@@ -28,7 +28,7 @@ def test_the_repository_passes(check):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-# One fault per check; contract.py is named like a module of the strict core.
+# One fault per check; contracts/session.py is a module of the strict core.
 PLANTED = {
     "lint": ("care_ray/planted.py", "import os\n", ["F401", "`os` imported but unused"]),
     "format": (
@@ -37,7 +37,7 @@ PLANTED = {
         ["care_ray/planted.py", "1 file would be reformatted"],
     ),
     "types": (
-        "care_ray/contract.py",
+        "care_ray/contracts/session.py",
         "def untyped(x):\n    return x\n\n\ndef count(n: int) -> str:\n    return n\n",
         ["[no-untyped-def]", "[return-value]", "Incompatible return value type"],
     ),
@@ -50,6 +50,7 @@ def test_a_planted_fault_fails_the_check(check, tmp_path):
     (tmp_path / "care_ray").mkdir()
     (tmp_path / "care_ray" / "__init__.py").write_text("")
     name, source, expected = PLANTED[check]
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_text(source)
     done = _run(check, tmp_path)
     output = done.stdout + done.stderr

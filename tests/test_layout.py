@@ -138,7 +138,9 @@ def test_no_import_circle_in_the_package():
 
 def test_every_room_is_listed_and_imports_only_the_rooms_below_it():
     rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert rooms == set(care_ray.ROOMS), "a room (subpackage) missing from care_ray.ROOMS or vice versa"
+    assert rooms == set(care_ray.ROOMS), (
+        "a room (subpackage) missing from care_ray.ROOMS or vice versa"
+    )
     assert upward_imports(import_graph(PACKAGE), care_ray.ROOMS) == []
 
 

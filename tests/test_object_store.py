@@ -195,6 +195,7 @@ def test_a_local_output_path_on_a_multi_node_cluster_is_refused():
     check_output_reachable(location("/tmp/x"), alive_nodes=1, shared_filesystem=False)
 
 
+@pytest.mark.slow
 def test_sft_data_finetune_and_the_adapter_travel_through_s3(
     s3_env, s3_corpus, esconv_corpus, tiny_model, tmp_path
 ):

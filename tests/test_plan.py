@@ -312,8 +312,14 @@ def test_plan_command_table_and_json(small_corpus, tiny_model):
             ["--sessions", "10", "--gpu", "v100"],
             "--gpu: 'v100' is not one of h200, h100, a100, l40s",
         ),
-        (["--sessions", "10", "--price", "-2"], "--price: Input should be greater than or equal to 0"),
-        (["--sessions", "10", "--chars-per-token", "0"], "--chars-per-token: Input should be greater than 0"),
+        (
+            ["--sessions", "10", "--price", "-2"],
+            "--price: Input should be greater than or equal to 0",
+        ),
+        (
+            ["--sessions", "10", "--chars-per-token", "0"],
+            "--chars-per-token: Input should be greater than 0",
+        ),
         (["--sessions", "10", "--model", "/m"], "give --corpus DIR too"),
         (
             ["--sessions", "10", "--corpus", "/nonexistent/corpus"],

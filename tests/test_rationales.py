@@ -187,6 +187,7 @@ def drafted(corpus, tiny_model, tmp_path_factory) -> tuple[Path, dict]:
     return out, manifest
 
 
+@pytest.mark.slow
 def test_drafts_cover_every_rated_pair_once_with_its_rating(drafted, corpus):
     from care_ray.corpus.reader import iter_sessions
 
@@ -221,6 +222,7 @@ def test_drafts_cover_every_rated_pair_once_with_its_rating(drafted, corpus):
     assert not (out / "sessions").exists() or not list((out / "sessions").glob("*.parquet"))
 
 
+@pytest.mark.slow
 def test_a_rerun_with_another_label_map_is_refused(drafted, corpus, tiny_model):
     out, _ = drafted
     with pytest.raises(ValueError, match="label_map"):
@@ -259,6 +261,7 @@ def _reviewed(rows: list[dict], corpus: Path) -> list[dict]:
     return en[:4] + zh[:1]
 
 
+@pytest.mark.slow
 def test_export_edit_import_then_sft_data_and_finetune_use_the_reviewed_text(
     drafted, corpus, tiny_model, tmp_path
 ):
@@ -354,19 +357,29 @@ def test_export_edit_import_then_sft_data_and_finetune_use_the_reviewed_text(
     assert sources["reviewed"] == 3 and "template" not in sources
     assert {e["rationale_source"] for e in examples} <= {"reviewed", "feedback"}
 
-    # and a fine-tune trains on them
-    run = subprocess.run(
-        [
-            sys.executable, "-m", "care_ray", "finetune",
-            "--config", str(REPO / "configs" / "finetune-tiny-cpu.yaml"),
-            "--set", f"model={tiny_model}", "--set", f"data={sft}", "--set", "epochs=1",
-            "--set", "folds=[0]", "--set", "scaling.num_workers=1", "--out", str(tmp_path / "ft"),
-        ],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
-    assert summary["folds"] and (tmp_path / "ft" / "fold0").exists()
+    # and a fine-tune trains on them (the loop in-process: Ray Train's part is test_training's)
+    from care_ray.training.config import load_finetune_config
+    from care_ray.training.worker import FoldTraining, WorkerEnv
+
+    cfg = load_finetune_config(
+        REPO / "configs" / "finetune-tiny-cpu.yaml",
+        {
+            "model": str(tiny_model),
+            "data": str(sft),
+            "output_dir": str(tmp_path / "ft"),
+            "storage_path": str(tmp_path / "ft"),
+            "epochs": 1,
+            "scaling": {"num_workers": 1},
+            "effective_batch_size": 4,
+        },
+    )
+    reports: list[dict] = []
+    training = FoldTraining(cfg, 0, WorkerEnv(report=lambda m, folder, name: reports.append(m)))
+    reviewed_ids = {(r["session_id"], r["item_id"]) for r in edited}
+    trained_on = {(e.session_id, e.item_id) for e in training.train + training.held_out}
+    assert reviewed_ids <= trained_on  # the reviewed targets are in the fold's data
+    result = training.run()
+    assert result["steps"] == training.steps_per_epoch > 0 and len(reports) == 1
 
 
 def test_drafting_needs_ratings_and_a_draft_question(esconv_corpus, tiny_model, tmp_path):

@@ -1,11 +1,14 @@
-"""`care-ray report` without a browser: sections follow the tables present, values are escaped, the
-sentences carry numbers that match an independent computation, and bad folders are one-line errors.
+"""`care-ray report` without a browser: sections follow the tables present, values are escaped by
+the templates, the sentences carry numbers that match an independent computation, and bad folders
+are one-line errors.
 
 The builders below write evaluate-like and analyze-like folders per the findings contract from
-synthetic data; tests/test_report_browser.py uses them too."""
+synthetic data, the intervals and tests included (the analysis computes them, the report only
+renders them); tests/test_report_browser.py uses them too."""
 
 from __future__ import annotations
 
+import ast
 import html
 import json
 import math
@@ -18,10 +21,20 @@ import polars as pl
 import pytest
 from matplotlib import rc_context
 from scipy import stats
+from scipy.stats.contingency import association
+from statsmodels.stats.proportion import proportion_confint
 from typer.testing import CliRunner
 
+import care_ray.report
 from care_ray import report
 from care_ray.cli import app
+from care_ray.report.blocks import Bullets, Cluster, Details, Paragraph, Table
+from care_ray.report.page import environment, render_blocks
+from care_ray.report.sections.agreement import truth_name
+from care_ray.report.sections.challenges import challenges_section
+from care_ray.report.sections.counselors import counselor_section
+from care_ray.report.sections.drivers import drivers_section
+from care_ray.report.sections.population import population_section
 
 PLANTED = "<script>alert(1)</script>"
 DIMENSIONS = ("goal", "task", "bond")
@@ -185,6 +198,12 @@ def _features(rng: np.random.Generator, n: int, with_counselors: bool) -> pd.Dat
     return frame
 
 
+def _t_interval(x: pd.Series) -> tuple[float, float]:
+    """The 95% t interval of the mean of x (what analyze writes as *_lo, *_hi)."""
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    return float(lo), float(hi)
+
+
 def _population(
     features: pd.DataFrame, outcomes: list[str], by: list[str], low: float = 2.0
 ) -> pd.DataFrame:
@@ -195,6 +214,7 @@ def _population(
             means = {o: g[o].mean() for o in outcomes}
             for o in outcomes:
                 x = g[o]
+                lo, hi = _t_interval(x)
                 rows.append(
                     {
                         "group_by": group_by,
@@ -202,6 +222,8 @@ def _population(
                         "outcome": o,
                         "n": len(x),
                         "mean": x.mean(),
+                        "mean_lo": lo,
+                        "mean_hi": hi,
                         "sd": x.std(),
                         "q25": x.quantile(0.25),
                         "median": x.median(),
@@ -213,24 +235,67 @@ def _population(
     return pd.DataFrame(rows)
 
 
-def _transitions(rng: np.random.Generator, sources: list[str]) -> pd.DataFrame:
-    rows = []
+def _transitions(rng: np.random.Generator, sources: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The transitions table (cells with their Wilson interval and Pearson residual) and the
+    chi-square test of each source's strategy × reaction table."""
+    rows, tests = [], []
     for source in sources:
-        for i, s in enumerate(STRATEGIES):
-            counts = rng.multinomial(
-                60 + 20 * i, [0.6, 0.3, 0.1] if s == "Reflection of feelings" else [0.3, 0.4, 0.3]
-            )
-            rows += [
-                {
-                    "source": source,
-                    "strategy": s,
-                    "reaction": r,
-                    "n": int(c),
-                    "share": c / counts.sum(),
-                }
-                for r, c in zip(REACTIONS, counts, strict=True)
+        table = np.array(
+            [
+                rng.multinomial(
+                    60 + 20 * i,
+                    [0.6, 0.3, 0.1] if s == "Reflection of feelings" else [0.3, 0.4, 0.3],
+                )
+                for i, s in enumerate(STRATEGIES)
             ]
-    return pd.DataFrame(rows)
+        )
+        chi2, p, dof, expected = stats.chi2_contingency(table)
+        tests.append(
+            {
+                "source": source,
+                "n": int(table.sum()),
+                "chi2": chi2,
+                "dof": dof,
+                "p_value": p,
+                "cramers_v": association(table, method="cramer"),
+            }
+        )
+        for i, s in enumerate(STRATEGIES):
+            for j, r in enumerate(REACTIONS):
+                lo, hi = proportion_confint(table[i, j], table[i].sum(), method="wilson")
+                rows.append(
+                    {
+                        "source": source,
+                        "strategy": s,
+                        "reaction": r,
+                        "n": int(table[i, j]),
+                        "share": table[i, j] / table[i].sum(),
+                        "share_lo": lo,
+                        "share_hi": hi,
+                        "residual": (table[i, j] - expected[i, j]) / math.sqrt(expected[i, j]),
+                    }
+                )
+    return pd.DataFrame(rows), pd.DataFrame(tests)
+
+
+def _weakest_outcome(features: pd.DataFrame, outcomes: list[str]) -> pd.DataFrame:
+    """The paired test of the lowest-mean outcome against the next-lowest."""
+    weakest, runner_up = features[outcomes].mean().sort_values().index[:2]
+    difference = features[weakest] - features[runner_up]
+    test = stats.wilcoxon(difference)
+    return pd.DataFrame(
+        [
+            {
+                "outcome": weakest,
+                "runner_up": runner_up,
+                "n": len(difference),
+                "mean_difference": difference.mean(),
+                "test": "wilcoxon_signed_rank",
+                "statistic": test.statistic,
+                "p_value": test.pvalue,
+            }
+        ]
+    )
 
 
 def _contrasts(features: pd.DataFrame, outcomes: list[str]) -> pd.DataFrame:
@@ -243,6 +308,7 @@ def _contrasts(features: pd.DataFrame, outcomes: list[str]) -> pd.DataFrame:
         t = stats.ttest_ind(a, b, equal_var=False)
         d = (a.mean() - b.mean()) / math.sqrt((a.var() + b.var()) / 2)
         for grp, x in (("failed", a), ("main", b)):
+            lo, hi = _t_interval(x)
             rows.append(
                 {
                     "by": "source",
@@ -250,6 +316,8 @@ def _contrasts(features: pd.DataFrame, outcomes: list[str]) -> pd.DataFrame:
                     "grp": grp,
                     "n": len(x),
                     "mean": x.mean(),
+                    "mean_lo": lo,
+                    "mean_hi": hi,
                     "sd": x.std(),
                     "effect_size": d,
                     "effect_measure": "cohen_d",
@@ -262,6 +330,7 @@ def _contrasts(features: pd.DataFrame, outcomes: list[str]) -> pd.DataFrame:
         groups = dict(list(features.groupby("problem_type")[o]))
         h = stats.kruskal(*groups.values())
         for grp, x in groups.items():
+            lo, hi = _t_interval(x)
             rows.append(
                 {
                     "by": "problem_type",
@@ -269,6 +338,8 @@ def _contrasts(features: pd.DataFrame, outcomes: list[str]) -> pd.DataFrame:
                     "grp": grp,
                     "n": len(x),
                     "mean": x.mean(),
+                    "mean_lo": lo,
+                    "mean_hi": hi,
                     "sd": x.std(),
                     "effect_size": 0.02,
                     "effect_measure": "epsilon_squared",
@@ -376,6 +447,14 @@ def _trajectories(
         )
         .reset_index()
     )
+    slopes = per_client.groupby("outcome", sort=False)["slope"]
+    clients[["mean_slope_lo", "mean_slope_hi"]] = [
+        _t_interval(slopes.get_group(o)) for o in clients["outcome"]
+    ]
+    rising = per_client.groupby("outcome", sort=False)["rises"].sum()
+    clients["share_rising_lo"], clients["share_rising_hi"] = proportion_confint(
+        rising[clients["outcome"]].to_numpy(), clients["n_clients"].to_numpy(), method="wilson"
+    )
     return per_client, pd.DataFrame(summary), clients
 
 
@@ -386,14 +465,17 @@ def write_analysis(out: Path, full: bool = True, n: int = 150, seed: int = 1) ->
     out.mkdir(parents=True)
     features = _features(rng, n, with_counselors=full)
     outcomes = list(DIMENSIONS) if full else ["empathy", "relevance"]
+    transitions, transition_tests = _transitions(rng, ["main"] if full else ["esconv"])
     tables = {
         "features": features,
         "population": _population(features, outcomes, ["problem_type"]),
-        "transitions": _transitions(rng, ["main"] if full else ["esconv"]),
+        "transitions": transitions,
+        "transition_tests": transition_tests,
         "drivers": _drivers(rng, outcomes, n),
         "contrasts": _contrasts(features, outcomes),
     }
-    if full:
+    if full:  # model scores share one scale: the weakest outcome is tested
+        tables["weakest_outcome"] = _weakest_outcome(features, outcomes)
         tables["counselor_profiles"] = _counselor_profiles(features, outcomes)
         tables["challenge_terms"] = pd.DataFrame(
             [
@@ -465,6 +547,7 @@ def write_analysis(out: Path, full: bool = True, n: int = 150, seed: int = 1) ->
         "notes": notes,
         "seconds": 0.5,
         "low_threshold": 2.0,
+        "alpha": 0.05,
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
@@ -564,15 +647,12 @@ def test_dropping_a_table_drops_its_section(folders):
         },
     )
     with rc_context({"svg.hashsalt": "t"}):
-        assert (
-            report.drivers_section(an, "d") is not None
-            and report.drivers_section(without, "d") is None
-        )
-        challenges = report.challenges_section(without, "c")
-    assert (
-        challenges is not None and "Recurring challenges" not in challenges.body
+        assert drivers_section(an, "d") is not None and drivers_section(without, "d") is None
+        challenges = challenges_section(without, "c")
+    assert challenges is not None and "Recurring challenges" not in render_blocks(
+        challenges.blocks
     )  # challenge_terms alone still make the section
-    assert report.counselor_section(report.Findings(an.kind, an.path, an.meta, {}), "p") is None
+    assert counselor_section(report.Findings(an.kind, an.path, an.meta, {}), "p") is None
 
 
 def test_agreement_sentence_reports_the_tables_numbers(folders, pages):
@@ -615,8 +695,26 @@ def test_transition_dependence_matches_an_independent_chi_square(folders, pages)
     table = t.pivot_table(
         index="strategy", columns="reaction", values="n", aggfunc="sum"
     ).to_numpy()
-    chi2, _, dof, _ = stats.chi2_contingency(table)
-    assert f"χ² = {chi2:.1f}, df = {dof}" in _text(pages["full"])
+    chi2, p, dof, expected = stats.chi2_contingency(table)
+    text = _text(pages["full"])
+    # the Cramér's V of the table written out: sqrt(chi² without correction / (n (min dim − 1)))
+    uncorrected = ((table - expected) ** 2 / expected).sum()
+    v = math.sqrt(uncorrected / (table.sum() * (min(table.shape) - 1)))
+    assert f"χ² = {chi2:.1f}, df = {dof}, " in text and f"Cramér's V = {v:.2f}" in text
+    assert ("The reaction depends on the strategy" in text) == (p < 0.05)
+    # the cell most above independence, with its share's Wilson interval over the strategy's turns
+    counts = t.pivot_table(index="strategy", columns="reaction", values="n", aggfunc="sum")
+    residuals = (counts - expected) / np.sqrt(expected)
+    strategy, reaction = residuals.stack().idxmax()
+    assert residuals.loc[strategy, reaction] > 2
+    k, n = counts.loc[strategy, reaction], counts.loc[strategy].sum()
+    z = stats.norm.ppf(0.975)
+    centre = (k / n + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert (
+        f"{reaction} after {strategy} ({k / n:.0%}, 95% CI {centre - half:.0%}–"
+        f"{centre + half:.0%}, of {n:,} turns)" in text
+    )
 
 
 def test_counselor_intervals_are_counted_against_the_overall_mean(folders, pages):
@@ -636,7 +734,105 @@ def test_trajectory_slope_interval_matches_scipy(folders, pages):
     per_client = pd.read_parquet(folders["analysis"] / "trajectories.parquet")
     slopes = per_client.loc[per_client["outcome"] == "bond", "slope"]
     lo, hi = stats.ttest_1samp(slopes, 0).confidence_interval(0.95)
-    assert f"{slopes.mean():.3f} [{lo:.3f}, {hi:.3f}]" in _text(pages["full"])
+    text = _text(pages["full"])
+    assert f"{slopes.mean():.3f} [{lo:.3f}, {hi:.3f}]" in text
+    rises = per_client.loc[per_client["outcome"] == "bond", "rises"]
+    lo, hi = proportion_confint(rises.sum(), len(rises), method="wilson")
+    assert f"{rises.mean():.0%} [{lo:.0%}, {hi:.0%}] of clients rise" in text
+
+
+def _without_intervals(an: report.Findings) -> report.Findings:
+    """The analysis as an older `care-ray analyze` wrote it: no interval columns, no test tables."""
+    added = {
+        "mean_lo",
+        "mean_hi",
+        "share_lo",
+        "share_hi",
+        "residual",
+        "mean_slope_lo",
+        "mean_slope_hi",
+        "share_rising_lo",
+        "share_rising_hi",
+    }
+    tables = {
+        name: frame.drop([c for c in frame.columns if c in added])
+        for name, frame in an.tables.items()
+        if name not in ("transition_tests", "weakest_outcome")
+    }
+    meta = {k: v for k, v in an.meta.items() if k != "alpha"}
+    return report.Findings(an.kind, an.path, meta, tables)
+
+
+def test_an_analysis_without_interval_columns_shows_the_estimates_alone(folders):
+    page = report.build_report(None, [_without_intervals(_load(folders["analysis"]))])
+    text = _text(page)
+    features = pd.read_parquet(folders["analysis"] / "features.parquet")
+    means = features[list(DIMENSIONS)].mean().sort_values()
+    weakest, runner_up = means.index[:2]
+    assert (
+        f"{weakest} has the lowest mean of the 3 outcomes: {means[weakest]:.2f}, against "
+        f"{runner_up} {means[runner_up]:.2f}" in text
+    )
+    assert "CI of the mean" not in text and "Wilcoxon" not in text and "χ²" not in text
+    assert "More often than independence predicts" not in text
+    slopes = pd.read_parquet(folders["analysis"] / "trajectories.parquet").query(
+        "outcome == 'bond'"
+    )["slope"]
+    assert f"the mean change per session is {slopes.mean():.3f}, and" in text
+    assert set(SECTION_TITLES) - {"Agreement"} <= set(_headings(page))
+
+
+def test_the_templates_escape_every_value():
+    blocks = [
+        Paragraph(PLANTED),
+        Bullets([PLANTED]),
+        Table([PLANTED], [[PLANTED]], caption=PLANTED),
+        Details(PLANTED, [Paragraph(PLANTED)]),
+        Cluster(PLANTED, "1", "5%", PLANTED, PLANTED, PLANTED),
+    ]
+    escaped = html.escape(PLANTED)
+    for block in blocks:
+        out = str(render_blocks([block]))
+        assert "<script>" not in out and escaped in out, block
+    macros = environment().get_template("blocks.html.j2").module
+    out = str(macros.paragraph(Paragraph(PLANTED)))
+    assert out == f'<p class="finding">{escaped}</p>'
+
+
+def test_a_planted_script_in_the_title_and_a_quote_is_text_on_the_page(folders):
+    page = report.build_report(None, [_load(folders["analysis"])], title=PLANTED)
+    assert "<script" not in page.lower()
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # title, heading, quote
+    quote = re.search(r'<blockquote class="quote">(.*?)</blockquote>', page, flags=re.S)
+    assert quote is not None and html.unescape(quote.group(1)) == f"maybe try to relax {PLANTED}"
+
+
+def test_the_report_renders_and_computes_nothing_itself():
+    """The report package imports no statistics library and makes no HTML outside its templates:
+    no html.escape, and Markup only for matplotlib's SVG (figures.py)."""
+    root = Path(care_ray.report.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            (node.module or "").split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+        }
+        assert not imported & {"scipy", "statsmodels", "html"}, path
+        calls = {
+            node.func.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        if path.name != "figures.py":
+            assert "Markup" not in calls, path
+    templates = {p.name for p in (root / "templates").iterdir()}
+    assert {"blocks.html.j2", "page.html.j2", "report.css"} <= templates
 
 
 def test_labels_are_not_ranked_and_contrasts_name_extreme_groups(folders, pages):
@@ -667,7 +863,9 @@ def test_small_groups_stay_out_of_the_extremes(folders):
         an.kind, an.path, an.meta, {"population": pl.concat([pop, tiny], how="vertical_relaxed")}
     )
     with rc_context({"svg.hashsalt": "t"}):
-        text = _text(report.population_section(small, "p").body)
+        section = population_section(small, "p")
+    assert section is not None
+    text = _text(render_blocks(section.blocks))
     assert "lowest in tiny" not in text and "fewer than 10 sessions" in text
     assert "tiny" in text  # still listed in the table
 
@@ -690,6 +888,10 @@ def _null_row(columns: tuple[str, ...]) -> pl.DataFrame:
             "session_index",
             "n_sessions",
             "n_clients",
+            "chi2",
+            "dof",
+            "cramers_v",
+            "residual",
         } or any(
             k in name
             for k in (
@@ -749,9 +951,9 @@ def test_tables_with_nothing_computable_still_render():
 
 
 def test_truth_may_be_a_name_or_a_spec():
-    assert report.truth_name({"truth": "client_wai"}) == "client_wai"
+    assert truth_name({"truth": "client_wai"}) == "client_wai"
     assert (
-        report.truth_name(
+        truth_name(
             {
                 "truth": {
                     "kind": "labels",
@@ -761,17 +963,7 @@ def test_truth_may_be_a_name_or_a_spec():
         )
         == "labels.empathy, labels.relevance"
     )
-    assert report.truth_name({}) == "the reference ratings"
-
-
-def test_share_ci_is_the_wilson_interval():
-    k, n, z = 7, 20, stats.norm.ppf(0.975)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    assert report.share_ci(p, n) == pytest.approx((centre - half, centre + half))
-    assert report.mean_ci(3.0, None, 10) == (None, None)
-    assert report.mean_ci(3.0, 1.0, 1) == (None, None)
+    assert truth_name({}) == "the reference ratings"
 
 
 def test_cli_writes_report_and_prints_its_path(folders, tmp_path):

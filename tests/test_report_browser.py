@@ -1,6 +1,7 @@
 """report.html in a real headless browser (Debian's chromium via playwright): it loads without console
-errors or network requests, every plot renders at a non-zero size, each section heading is visible,
-and a planted <script> in a quote is shown as text, not run. Saves a screenshot.
+errors or network requests, every plot renders at a non-zero size and is labelled by its caption,
+each section heading is visible, and a planted <script> in a quote is shown as text, not run.
+Saves a screenshot.
 
 CI installs chromium (.ci/setup); without it this test fails rather than skips."""
 
@@ -87,9 +88,12 @@ def test_report_renders_in_chromium(report_html, tmp_path):
             plots = page.locator("figure svg.plot")
             assert plots.count() >= 12
             for i in range(plots.count()):
-                box = plots.nth(i).bounding_box()
+                plot = plots.nth(i)
+                caption = page.locator(f"figcaption#{plot.get_attribute('aria-labelledby')}")
+                assert caption.count() == 1 and caption.inner_text().strip(), f"plot {i} unlabelled"
+                box = plot.bounding_box()
                 assert box is not None and box["width"] > 50 and box["height"] > 50, (
-                    f"plot {i} ({plots.nth(i).get_attribute('aria-label')}) renders at {box}"
+                    f"plot {i} ({caption.inner_text()}) renders at {box}"
                 )
             images = page.locator("img")
             for i in range(images.count()):

@@ -9,22 +9,12 @@ import time
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from conftest import SMALL_ANSWERS as SMALL
 
 from care_ray.scoring.config import ScoreConfig
 from care_ray.scoring.pipeline import score_corpus
 
 pytestmark = pytest.mark.slow
-
-# Bounds keep a random model's rambling short; guided decoding enforces them.
-SMALL = dict(
-    max_model_len=1024,
-    max_new_tokens=160,
-    max_rationale_chars=160,
-    max_quotes=2,
-    max_quote_chars=60,
-    sessions_per_block=4,
-    progress=False,
-)
 
 
 def cfg(corpus, model, out, **kw):
@@ -39,10 +29,8 @@ def pairs(folder):
 
 
 @pytest.fixture(scope="module")
-def scored(esconv_corpus, tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("scored")
-    manifest = score_corpus(cfg(esconv_corpus, tiny_model, out, limit=6))
-    return out, manifest
+def scored(scored_esconv):
+    return scored_esconv
 
 
 def test_every_session_gets_twelve_validated_items(scored):
@@ -154,7 +142,9 @@ def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tm
         "--out",
         str(out),
         "--limit",
-        "16",
+        "8",
+        "--items",
+        "bond",
         "--max-model-len",
         "1024",
         "--max-new-tokens",
@@ -167,7 +157,7 @@ def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tm
         "60",
         "--no-progress",
     ]
-    env = {**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "2"}
+    env = {**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "1"}
     p = subprocess.Popen(
         [sys.executable, "-m", "care_ray", "score", "--ray-address", "local", *args],
         start_new_session=True,
@@ -187,15 +177,17 @@ def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tm
     before = set(pairs(out / "items")) | (
         set(pairs(out / "errors")) if (out / "errors").exists() else set()
     )
-    assert 0 < len(before) < 16 * 12
-    m = score_corpus(cfg(esconv_corpus, tiny_model, out, limit=16))
+    assert 0 < len(before) < 8 * 4
+    m = score_corpus(
+        cfg(esconv_corpus, tiny_model, out, limit=8, items="bond", sessions_per_block=1)
+    )
     # Ray workers of the killed run can outlive it by seconds and finish a batch: at least what
     # was on disk at the kill counts as done, and nothing they write after the rerun starts lands
     assert m["pairs_done_before"] >= len(before)
     after = pairs(out / "items") + (pairs(out / "errors") if (out / "errors").exists() else [])
-    assert len(after) == len(set(after)) == 16 * 12  # exactly one row per pair
+    assert len(after) == len(set(after)) == 8 * 4  # exactly one row per pair
     assert before <= set(after)
-    assert m["items_scored"] + m["items_errors"] == m["items_in"] == 192
+    assert m["items_scored"] + m["items_errors"] == m["items_in"] == 32
 
 
 def test_transformers_fallback_engine_runs_the_same_pipeline(esconv_corpus, tiny_model, tmp_path):
@@ -248,8 +240,11 @@ def random_adapter(tiny_model, tmp_path_factory):
     return out
 
 
-def test_score_with_adapter_really_applies_it(esconv_corpus, tiny_model, random_adapter, tmp_path):
-    base = score_corpus(cfg(esconv_corpus, tiny_model, tmp_path / "base", limit=2, items="bond"))
+def test_score_with_adapter_really_applies_it(
+    esconv_corpus, tiny_model, random_adapter, scored_esconv, tmp_path
+):
+    # the base model's answers: the shared scored sample (same prompts, same greedy settings)
+    base_out, _ = scored_esconv
     tuned = score_corpus(
         cfg(
             esconv_corpus,
@@ -260,9 +255,9 @@ def test_score_with_adapter_really_applies_it(esconv_corpus, tiny_model, random_
             adapter=str(random_adapter),
         )
     )
-    assert base["items_in"] == tuned["items_in"] == 8
+    assert tuned["items_in"] == 8
     key = lambda r: (r["session_id"], r["item_id"])  # noqa: E731
-    b = {key(r): r for r in pq.read_table(tmp_path / "base" / "items").to_pylist()}
+    b = {key(r): r for r in pq.read_table(base_out / "items").to_pylist()}
     t = {key(r): r for r in pq.read_table(tmp_path / "tuned" / "items").to_pylist()}
     assert {r["adapter"] for r in t.values()} == {str(random_adapter)} and {
         r["adapter"] for r in b.values()

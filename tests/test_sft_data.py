@@ -199,7 +199,7 @@ def test_rationale_table_reviewed_first_drafts_only_when_asked():
     }
 
     def sources(drafts: str) -> dict[int, tuple[str, str]]:
-        opts = SFTOptions(folds=5, seed=7, rationales=table, drafts=drafts)
+        opts = SFTOptions(folds=5, seed=7, rationale_table=table, drafts=drafts)
         rows = build_examples(sessions, opts).to_pylist()
         return {
             r["item_id"]: (r["rationale_source"], parse_item_output(r["target"])["rationale"])

@@ -112,7 +112,6 @@ def test_finetune_resources_per_worker_validated(tiny_model, tmp_path, monkeypat
         return load_finetune_config(
             REPO / "configs" / "finetune-tiny-cpu.yaml",
             {"model": str(tiny_model), **settings},
-            origin="--set",
         )
 
     cfg = load(**{"scaling.resources_per_worker": {"train_node": 1}})

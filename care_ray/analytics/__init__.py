@@ -3,4 +3,3 @@ features (Polars), drivers (regressions), group contrasts, challenges in low-sco
 and the `analyze` job that runs the SQL of queries/ and writes the tables.
 
 May import: common, contracts, cluster, corpus, scoring, evaluation."""
-

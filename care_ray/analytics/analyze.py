@@ -45,6 +45,8 @@ TABLES = (
     "counselor_profiles",
     "features",
     "transitions",
+    "transition_tests",
+    "weakest_outcome",
     "drivers",
     "contrasts",
     "challenge_terms",
@@ -429,7 +431,10 @@ def sql_tables(
     cfg: AnalyzeConfig,
     notes: list[str],
 ) -> dict[str, pl.DataFrame]:
-    """population, counselor_profiles and the trajectory tables from the queries/ SQL."""
+    """population, counselor_profiles and the trajectory tables from the queries/ SQL, with the
+    intervals of their means and shares at 1 − alpha added here (the SQL stays plain aggregates)."""
+    from care_ray.analytics.intervals import with_mean_interval
+
     con = connect(cfg.memory_limit)
     _set_variables(
         con,
@@ -439,9 +444,9 @@ def sql_tables(
     )
     con.register("session_outcomes", _outcomes_long(frame, outcomes))
     con.register("session_groups", _groups_long(frame, groups))
-    tables = {"population": _query(con, "population")}
+    tables = {"population": with_mean_interval(_query(con, "population"), cfg.alpha)}
     tables.update(_counselor_profiles(con, frame, cfg, notes))
-    tables.update(_trajectories(con, notes))
+    tables.update(_trajectories(con, notes, cfg.alpha))
     con.close()
     return tables
 
@@ -473,7 +478,9 @@ def _counselor_profiles(
     return {"counselor_profiles": profiles}
 
 
-def _trajectories(con: duckdb.DuckDBPyConnection, notes: list[str]) -> dict[str, pl.DataFrame]:
+def _trajectories(
+    con: duckdb.DuckDBPyConnection, notes: list[str], alpha: float
+) -> dict[str, pl.DataFrame]:
     points = _query(con, "trajectory_points")
     if points.is_empty():
         notes.append(
@@ -487,8 +494,104 @@ def _trajectories(con: duckdb.DuckDBPyConnection, notes: list[str]) -> dict[str,
     return {
         "trajectories": trajectories,
         "trajectory_summary": _query(con, "trajectory_summary"),
-        "trajectory_clients": _query(con, "trajectory_clients"),
+        "trajectory_clients": _client_intervals(
+            _query(con, "trajectory_clients"), trajectories, alpha
+        ),
     }
+
+
+def _client_intervals(
+    clients: pl.DataFrame, trajectories: pl.DataFrame, alpha: float
+) -> pl.DataFrame:
+    """trajectory_clients with the t interval of the mean per-client slope (mean_slope_lo/hi) and
+    the Wilson interval of the share of clients rising (share_rising_lo/hi), at 1 − alpha: the
+    clients are the units, so the intervals are over their slopes and their rises."""
+    from care_ray.analytics.intervals import with_mean_interval, with_wilson_interval
+
+    per_outcome = trajectories.group_by("outcome").agg(
+        _slope_sd=pl.col("slope").filter(pl.col("slope").is_finite()).std(ddof=1),
+        _slopes=pl.col("slope").filter(pl.col("slope").is_finite()).count(),
+        _rising=pl.col("rises").sum(),
+        _clients=pl.col("rises").count(),
+    )
+    table = clients.join(per_outcome, on="outcome", how="left", maintain_order="left")
+    table = with_mean_interval(table, alpha, mean="mean_slope", sd="_slope_sd", n="_slopes")
+    table = with_wilson_interval(
+        table,
+        alpha,
+        share="share_rising",
+        successes=table["_rising"],
+        trials=table["_clients"],
+    )
+    return table.drop("_slope_sd", "_slopes", "_rising", "_clients")
+
+
+def transition_tables(
+    transitions: pl.DataFrame, alpha: float, notes: list[str]
+) -> dict[str, pl.DataFrame]:
+    """transitions with each cell's interval and residual, and transition_tests (features.py)."""
+    from care_ray.analytics.features import transition_statistics
+
+    cells, tests, test_notes = transition_statistics(transitions, alpha)
+    notes.extend(test_notes)
+    return {"transitions": cells} | ({"transition_tests": tests} if not tests.is_empty() else {})
+
+
+# Fewer paired sessions than this and the weakest-outcome test is not run: its p would mean little.
+MIN_PAIRED = 10
+
+
+def weakest_outcome_table(
+    frame: pl.DataFrame, outcomes: list[Outcome], mode: str, notes: list[str]
+) -> dict[str, pl.DataFrame]:
+    """weakest_outcome: is the outcome with the lowest mean lower than the next-lowest on the same
+    sessions? The paired Wilcoxon signed-rank test over the sessions that have both (it assumes no
+    normality of the differences; zero differences are dropped, scipy's default), with the mean of
+    (outcome − runner_up). Ranking means only makes sense on one scale, so the table is written
+    only when every outcome is a model score (goal, task, bond: the same 1-5 items)."""
+    names = [o.name for o in outcomes]
+    on_one_scale = mode == "scores" and all(
+        len(o.terms) == 1 and o.terms[0].sign > 0 and o.terms[0].column in SCORE_OUTCOMES
+        for o in outcomes
+    )
+    if not on_one_scale or len(names) < 2:
+        notes.append(
+            "weakest_outcome: absent — needs two or more outcomes that are model scores on one "
+            "scale (goal, task, bond)"
+        )
+        return {}
+    from scipy.stats import wilcoxon
+
+    means = frame.select(pl.col(n).filter(pl.col(n).is_finite()).mean() for n in names).row(0)
+    ranked = sorted((m, n) for m, n in zip(means, names, strict=True) if m is not None)
+    if len(ranked) < 2:
+        return {}
+    (_, weakest), (_, runner_up) = ranked[:2]
+    both = (
+        frame.select(weakest, runner_up)
+        .drop_nulls()
+        .filter(pl.col(weakest).is_finite() & pl.col(runner_up).is_finite())
+    )
+    difference = (both[weakest] - both[runner_up]).to_numpy()
+    if both.height < MIN_PAIRED or not difference.any():
+        why = (
+            f"only {both.height} session(s) have"
+            if both.height < MIN_PAIRED
+            else "no session differs on"
+        )
+        notes.append(f"weakest_outcome: absent — {why} both {weakest} and {runner_up}")
+        return {}
+    result = wilcoxon(difference)
+    row = {
+        "outcome": weakest,
+        "runner_up": runner_up,
+        "n": both.height,
+        "mean_difference": float(difference.mean()),
+        "test": "wilcoxon_signed_rank",
+        "statistic": float(result.statistic),
+        "p_value": float(result.pvalue),
+    }
+    return {"weakest_outcome": pl.DataFrame([row])}
 
 
 def drivers_table(
@@ -547,7 +650,7 @@ def contrasts_table(
         # sorted by group once: each variable's test then slices contiguous groups instead of sorting 1M rows again
         grouped = frame.with_columns(pl.col(name).cast(pl.String)).sort(name, nulls_last=True)
         table, contrast_notes = group_contrasts(
-            grouped, by=name, variables=variables, min_group=cfg.min_group
+            grouped, by=name, variables=variables, min_group=cfg.min_group, alpha=cfg.alpha
         )
         notes.extend(contrast_notes)
         if not table.is_empty():
@@ -733,13 +836,14 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
             "transitions: absent — no counselor turn with a strategy is followed by a client turn with a reaction"
         )
     else:
-        tables["transitions"] = turn_features.transitions
+        tables.update(transition_tables(turn_features.transitions, cfg.alpha, notes))
     if len(turn_features.sources) > 1 and not cfg.vocabulary:
         notes.append(
             "strategy/reaction shares are per source (a label is null in sessions of a source "
             "that never uses it); pass --vocabulary to map spellings"
         )
     tables.update(sql_tables(frame, names, groups, cfg, notes))
+    tables.update(weakest_outcome_table(frame, outcomes, mode, notes))
     tables.update(drivers_table(frame, turn_features, names, cfg, notes))
     tables.update(
         contrasts_table(frame, groups, contrast_variables(turn_features, names), cfg, notes)
@@ -763,6 +867,7 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
             "sessions": str(cfg.sessions),
             "scores": str(cfg.scores) if cfg.scores else None,
             "low_threshold": cfg.low_threshold,
+            "alpha": cfg.alpha,
             "notes": compact_notes(notes),
         },
         started,

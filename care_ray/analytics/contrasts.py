@@ -5,7 +5,8 @@ difference (statsmodels `effectsize_smd`), of the first group minus the second i
 `effect_measure` names the direction, e.g. "hedges_g (female − male)". More groups: the
 Kruskal–Wallis H test with epsilon² = H / (n − 1) (Tomczak & Tomczak 2014) as its effect size.
 The test's statistic, p and effect are repeated on every group row of the variable. p values are
-adjusted by Benjamini–Hochberg over the variables of the one `by` column.
+adjusted by Benjamini–Hochberg over the variables of the one `by` column. Each group's mean carries
+its t interval at 1 − alpha (mean_lo, mean_hi), so that a reader sees how well each mean is known.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from care_ray.analytics.drivers import bh_adjust
+from care_ray.analytics.intervals import with_mean_interval
 
 CONTRAST_SCHEMA = {
     "by": pl.String,
@@ -23,6 +25,8 @@ CONTRAST_SCHEMA = {
     "grp": pl.String,
     "n": pl.Int64,
     "mean": pl.Float64,
+    "mean_lo": pl.Float64,
+    "mean_hi": pl.Float64,
     "sd": pl.Float64,
     "effect_size": pl.Float64,
     "effect_measure": pl.String,
@@ -34,9 +38,14 @@ CONTRAST_SCHEMA = {
 
 
 def group_contrasts(
-    data: pl.DataFrame, by: str, variables: Sequence[str], min_group: int = 5
+    data: pl.DataFrame,
+    by: str,
+    variables: Sequence[str],
+    min_group: int = 5,
+    alpha: float = 0.05,
 ) -> tuple[pl.DataFrame, list[str]]:
-    """Per-group n, mean and sd of each variable, with the test of a difference between the groups.
+    """Per-group n, mean (with its t interval at 1 − alpha) and sd of each variable, with the test
+    of a difference between the groups.
 
     Rows with no `by` value or no value of the variable are left out; groups with fewer than
     `min_group` (at least 2) values are dropped; a variable left with fewer than 2 groups is skipped.
@@ -56,7 +65,7 @@ def group_contrasts(
     ]
     if not tables:
         return pl.DataFrame(schema=CONTRAST_SCHEMA), notes
-    table = pl.concat(tables)
+    table = with_mean_interval(pl.concat(tables), alpha)
     per_variable = table.unique("variable", keep="first", maintain_order=True)
     adjusted = per_variable.select(
         "variable",

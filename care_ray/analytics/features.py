@@ -214,6 +214,72 @@ def transition_table(pairs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+TRANSITION_TEST_SCHEMA = {
+    "source": pl.String,
+    "n": pl.Int64,
+    "chi2": pl.Float64,
+    "dof": pl.Int64,
+    "p_value": pl.Float64,
+    "cramers_v": pl.Float64,
+}
+
+
+def transition_statistics(
+    transitions: pl.DataFrame, alpha: float
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """Inference on the strategy × reaction table of each source, as columns of the tables.
+
+    Returns (the transitions with share_lo, share_hi: the Wilson interval at 1 − alpha of the
+    cell's share of the strategy's turns, and residual: the cell's Pearson residual (obs − exp) /
+    √exp against independence of reaction and strategy within its source, > 2 = clearly more
+    often than independence predicts), (transition_tests: per source, the chi-square test of
+    independence — scipy's, with Yates' correction when df = 1 — and Cramér's V), notes. A source
+    with fewer than two strategies or two reactions cannot be tested; a note says so."""
+    from scipy.stats import chi2_contingency
+    from scipy.stats.contingency import association
+
+    from care_ray.analytics.intervals import with_wilson_interval
+
+    row_n = pl.col("n").sum().over("source", "strategy")
+    col_n, total = pl.col("n").sum().over("source", "reaction"), pl.col("n").sum().over("source")
+    expected = row_n * col_n / total
+    cells = transitions.with_columns(
+        pl.when(expected > 0)
+        .then((pl.col("n") - expected) / expected.sqrt())
+        .cast(pl.Float64)
+        .alias("residual")
+    )
+    cells = with_wilson_interval(
+        cells,
+        alpha,
+        share="share",
+        successes=cells["n"],
+        trials=cells.select(row_n).to_series(),
+    )
+    tests, notes = [], []
+    for source, part in cells.group_by("source", maintain_order=True):
+        wide = part.pivot(on="reaction", index="strategy", values="n", aggregate_function="sum")
+        counts = wide.drop("strategy").fill_null(0).to_numpy().astype(float)
+        counts = counts[counts.sum(axis=1) > 0][:, counts.sum(axis=0) > 0]
+        if min(counts.shape) < 2:
+            notes.append(
+                f"transition_tests: {source[0]}: no test — fewer than two strategies or reactions"
+            )
+            continue
+        result = chi2_contingency(counts)
+        tests.append(
+            {
+                "source": source[0],
+                "n": int(counts.sum()),
+                "chi2": float(result.statistic),
+                "dof": int(result.dof),
+                "p_value": float(result.pvalue),
+                "cramers_v": float(association(counts.astype(int), method="cramer")),
+            }
+        )
+    return cells, pl.DataFrame(tests, schema=TRANSITION_TEST_SCHEMA), notes
+
+
 @dataclass
 class TurnFeatures:
     sessions: pl.DataFrame  # session_id, source, BASE_FEATURES, then family:label share columns

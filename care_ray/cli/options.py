@@ -90,7 +90,7 @@ def command(
     app: typer.Typer,
     name: str,
     model_cls: type[BaseModel],
-    run: Callable[[Any], None],
+    run: Callable[..., None],
     *,
     help: str | None = None,
     derived: Sequence[Derived] = (),

@@ -19,9 +19,14 @@ def draft_command(cfg: DraftConfig) -> None:
     from care_ray.rationales.draft import draft_corpus
 
     try:
-        refuse_relative_in_job({"--sessions": cfg.sessions, "--teacher": cfg.model, "--out": cfg.out})
+        refuse_relative_in_job(
+            {"--sessions": cfg.sessions, "--teacher": cfg.model, "--out": cfg.out}
+        )
         manifest = draft_corpus(cfg)
-    except (ValueError, OSError) as e:  # scoring's checks name the model --model; here it is --teacher
+    except (
+        ValueError,
+        OSError,
+    ) as e:  # scoring's checks name the model --model; here it is --teacher
         raise UserError(str(e).replace("--model", "--teacher")) from None
     shown = ("kind", "sessions_in", "items_in", "items_scored", "items_errors", "drafts")
     summary = {k: manifest[k] for k in shown if k in manifest}

@@ -46,7 +46,10 @@ def finetune_command(cfg: FinetuneConfig, config_file: Path | None = None) -> No
         return f"{config_file}: {key}" if config_file else f"--{key.replace('_', '-')}"
 
     refuse_relative_in_job(
-        {option(k): getattr(cfg, k) for k in ("model", "data", "output_dir", "storage_path", "rubric")}
+        {
+            option(k): getattr(cfg, k)
+            for k in ("model", "data", "output_dir", "storage_path", "rubric")
+        }
     )
     held_out_folds(cfg)  # the data exists and has the configured folds
     check_model_folder(cfg.model, option=option("model"))

@@ -17,6 +17,8 @@ OFFLINE_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
+
+
 def go_offline() -> None:
     """Switch this process's hub clients off for good (the user cannot opt back in: weights are
     passed as folders, and a transcript job has no business on the network)."""
@@ -33,5 +35,3 @@ def offline_runtime_env() -> dict[str, Any]:
         job = json.loads(os.environ[RAY_JOB_CONFIG_JSON_ENV_VAR])
         job_env = ((job.get("runtime_env") or {}).get("env_vars")) or {}
     return {"env_vars": {k: v for k, v in OFFLINE_ENV.items() if k not in job_env}}
-
-

@@ -41,7 +41,6 @@ def plan_cpus(
     return requested
 
 
-
 class MissingClusterResources(UserError):
     """Custom resources asked of every replica that the cluster's nodes do not have."""
 
@@ -80,5 +79,3 @@ def check_custom_resources(
             f"replica{'s' if fit != 1 else ''}, {replicas_option} asks for {replicas}; lower "
             f"{replicas_option} or the amounts"
         )
-
-

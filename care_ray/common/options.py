@@ -248,5 +248,3 @@ def cli_type_of(annotation: Any, meta: Mapping[str, Any]) -> Any:
         if all(get_origin(k) is Literal or k in (str, bool) for k in kinds):
             return str  # e.g. Literal["auto"] | bool: pydantic reads "true" and "auto" alike
     return None
-
-

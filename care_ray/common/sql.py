@@ -30,7 +30,9 @@ def connect(
     so a driver's footprint does not grow with the data; `keep_insertion_order=False` lets
     DuckDB stream results in any order (every query here that needs an order says ORDER BY).
     Each name in `views` becomes a view over that folder's Parquet files (hive partitions read)."""
-    config: dict[str, str | bool] = {"preserve_insertion_order": keep_insertion_order}
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "preserve_insertion_order": keep_insertion_order
+    }
     if memory_limit:
         config["memory_limit"] = memory_limit
     if temp_directory is not None:

@@ -84,7 +84,8 @@ class EvaluateConfig(BaseModel):
         "rescale the interval by sqrt(subsample/n)",
     )
     fold_intervals: bool = Field(
-        False, description="bootstrap intervals for each fold's rows too (default: overall rows only)"
+        False,
+        description="bootstrap intervals for each fold's rows too (default: overall rows only)",
     )
     bin_width: float = Field(
         0.5, gt=0, description="width of the predicted-score bins of the calibration table"

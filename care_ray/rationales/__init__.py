@@ -3,4 +3,3 @@ rating on scoring's engine path (draft), experts review the drafts in a file (re
 tables both share live in one place (tables), for sft-data to train on the reviewed text.
 
 May import: common, contracts, cluster, models, corpus, scoring."""
-

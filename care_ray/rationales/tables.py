@@ -1,9 +1,9 @@
 """The tables a draft folder keeps, read and summarised in one place for drafting and review.
 
-    drafts.parquet            one row per drafted (session, item): rating, draft, quotes, flags
-    reviews.parquet           the latest decision per draft, with its text, quotes and reviewer
-    quality_ratings.parquet   the latest 1-5 ratings per (draft, reviewer)
-    manifest.json             the draft run's counts, and the review's ("review")"""
+drafts.parquet            one row per drafted (session, item): rating, draft, quotes, flags
+reviews.parquet           the latest decision per draft, with its text, quotes and reviewer
+quality_ratings.parquet   the latest 1-5 ratings per (draft, reviewer)
+manifest.json             the draft run's counts, and the review's ("review")"""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ RATING_SCHEMA = pa.schema(
     + [(c, pa.int8()) for c in CRITERIA]
     + [("source_file", pa.string())]
 )
+
 
 def read_drafts(folder: str) -> pa.Table:
     """A draft folder's drafts.parquet (local path or URI)."""

@@ -77,7 +77,7 @@ class ScoreConfig(BaseModel):
     )
     engine_resources: Annotated[dict[str, float], BeforeValidator(_json_mapping)] = Field(
         default_factory=dict,
-        description='Ray custom resources per replica as JSON, e.g. \'{"engine_node": 1}\': '
+        description="Ray custom resources per replica as JSON, e.g. '{\"engine_node\": 1}': "
         "engines run only on nodes started with them (`ray start --resources`); placement "
         "only, not part of the run's fingerprint",
         json_schema_extra=cli(type=str),
@@ -260,6 +260,8 @@ class ScoreConfig(BaseModel):
 
     def prompt_stage(self) -> type[BuildItemPrompts]:
         """The Ray Data stage that turns a block of sessions into (session, item) prompts."""
+        from care_ray.scoring.stages import BuildItemPrompts
+
         return BuildItemPrompts
 
     def selected_sessions(self) -> pa.ChunkedArray:

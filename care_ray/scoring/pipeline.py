@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from care_ray.cluster.ray import start_ray
 from care_ray.cluster.resources import check_custom_resources, plan_cpus
@@ -33,6 +34,10 @@ from care_ray.scoring.results import RunFolder
 from care_ray.scoring.stages import ScoreItemsActor, _write_results_batch
 
 log = logging.getLogger(__name__)
+
+# Up to this many pending sessions the driver reads them itself (a few MB of transcripts) and
+# hands them to Ray Data; above it, Ray Data's read tasks stream the corpus.
+SMALL_PLAN_SESSIONS = 2_000
 
 
 def _progress(total: int, enabled: bool):
@@ -51,6 +56,7 @@ def _progress(total: int, enabled: bool):
 def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     """Run the whole scoring job on the current Ray cluster (local by default)."""
     from care_ray.cluster.offline import go_offline
+    from care_ray.common.guard import refuse_in_fast_tests
     from care_ray.models.checks import check_adapter_folder, check_model_folder
 
     go_offline()
@@ -73,6 +79,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     item_ids = [i.id for i in items]
     run = RunFolder(config.out)
     check_run_folder(config.out, config)  # before Ray starts: a refused rerun answers at once
+    refuse_in_fast_tests("a scoring run (engine actors)")  # the checks above are quick
     start_ray(config.ray_address)
     alive_nodes = [n for n in ray.nodes() if n.get("Alive")]
     check_output_reachable(run.loc, len(alive_nodes), config.shared_filesystem)
@@ -117,13 +124,21 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
             and pairs_done_before == 0
         )
         plan_ref = None if everything else ray.put(plan)
+        columns = list(config.prompt_stage().columns)
         corpus = sessions_dataset(config.sessions)
-        ds_ = (
-            ray.data.read_parquet(
-                corpus.files, filesystem=corpus.filesystem, partitioning=None, num_cpus=light_cpus
+        if plan_ref is not None and pending_sessions <= SMALL_PLAN_SESSIONS:
+            # a --limit or a resume with little left: read just those sessions here rather than
+            # streaming the whole corpus through the prompt stage to drop nearly all of it
+            wanted = pc.field("session_id").isin(plan.column("session_id"))
+            sessions_ds: ray.data.Dataset = ray.data.from_arrow(
+                corpus.to_table(columns=columns, filter=wanted)
             )
-            .select_columns(list(config.prompt_stage().columns))
-            .repartition(target_num_rows_per_block=config.sessions_per_block)
+        else:
+            sessions_ds = ray.data.read_parquet(
+                corpus.files, filesystem=corpus.filesystem, partitioning=None, num_cpus=light_cpus
+            ).select_columns(columns)
+        ds_ = (
+            sessions_ds.repartition(target_num_rows_per_block=config.sessions_per_block)
             .map_batches(
                 config.prompt_stage(),
                 fn_constructor_kwargs=dict(config=config, item_ids=item_ids, plan_ref=plan_ref),
@@ -158,6 +173,8 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                 assert isinstance(batch, pa.Table)  # Ray types batches of every format as one union
                 for ids in batch.column("session_ids").to_pylist():
                     bar.update(min(len(json.loads(ids)), bar.total - bar.n))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Ray Data stages:\n%s", ds_.stats())
     return finalize(
         config.out,
         session_ids,

@@ -612,5 +612,7 @@ class PlanConfig(BaseModel):
     @model_validator(mode="after")
     def _model_needs_corpus(self) -> PlanConfig:
         if self.model is not None and self.corpus is None:
-            raise ValueError("--model counts the tokens of --corpus sessions; give --corpus DIR too")
+            raise ValueError(
+                "--model counts the tokens of --corpus sessions; give --corpus DIR too"
+            )
         return self

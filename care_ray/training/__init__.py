@@ -3,4 +3,3 @@ settings (config), the torch pieces (loop), the step loop that Ray Train or a te
 the Ray Train job per held-out fold (trainer), and checkpoint selection and export (selection).
 
 May import: common, contracts, cluster, models, corpus, scoring, rationales, evaluation."""
-

@@ -127,7 +127,8 @@ class SFTOptions(BaseModel):
         RATIONALE_KEY, description="metadata key of reference rationales; {item} = item id"
     )
     feedback_key: str = Field(
-        FEEDBACK_KEY, description="metadata key of the client's free-text feedback (proxy rationales)"
+        FEEDBACK_KEY,
+        description="metadata key of the client's free-text feedback (proxy rationales)",
     )
     min_feedback_words: int = Field(
         4,
@@ -150,7 +151,9 @@ class SFTOptions(BaseModel):
     rationale_table: Mapping[tuple[str, int], Mapping[str, Any]] | None = Field(
         None, exclude=True, json_schema_extra=cli(hidden=True)
     )
-    stats: Counter = Field(default_factory=Counter, exclude=True, json_schema_extra=cli(hidden=True))
+    stats: Counter = Field(
+        default_factory=Counter, exclude=True, json_schema_extra=cli(hidden=True)
+    )
     rationale_lengths: dict[str, Any] = Field(
         default_factory=dict, exclude=True, json_schema_extra=cli(hidden=True)
     )

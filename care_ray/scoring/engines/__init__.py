@@ -11,6 +11,9 @@ __all__ = ["Engine", "EngineConfig", "Generation", "Sample", "make_engine"]
 
 
 def make_engine(config: EngineConfig) -> Engine:
+    from care_ray.common.guard import refuse_in_fast_tests
+
+    refuse_in_fast_tests(f"an engine ({config.kind})")
     if config.adapter:
         from care_ray.cluster.storage import fetch_folder
 

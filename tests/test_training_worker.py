@@ -1,0 +1,126 @@
+"""The training loop in-process: care_ray.training.worker.FoldTraining driven with one worker and a
+recording reporter, no Ray. What Ray Train adds (several workers, a killed worker's group
+restarted, checkpoints ranked by the controller) stays in tests/test_training.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from care_ray.training.config import FinetuneConfig, load_finetune_config
+from care_ray.training.sft_data import SFTOptions, make_sft_data
+from care_ray.training.worker import FoldTraining, WorkerEnv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Recorder:
+    """Keeps every report: the metrics, and a copy of each checkpoint folder (the worker's own
+    folder is temporary, as Ray Train's upload source is)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.reports: list[tuple[dict, Path | None]] = []
+
+    def __call__(self, metrics: dict, folder: Path | None, name: str) -> None:
+        kept = None
+        if folder is not None:
+            kept = self.root / name
+            shutil.copytree(folder, kept)
+        self.reports.append((metrics, kept))
+
+
+@pytest.fixture(scope="module")
+def sft_data(esconv_corpus, tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("worker-sft")
+    make_sft_data(
+        esconv_corpus,
+        out,
+        SFTOptions(folds=2, max_sessions=40, seed=5, missing_rationale="template"),
+        tokenizer_path=str(tiny_model),
+        max_model_len=640,
+        max_new_tokens=128,
+    )
+    return out
+
+
+def _config(tiny_model, data: Path, work: Path, **overrides) -> FinetuneConfig:
+    settings = {
+        "name": "in-process",
+        "model": str(tiny_model),
+        "data": str(data),
+        "output_dir": str(work / "out"),
+        "storage_path": str(work / "unused"),
+        "max_train_examples": 32,
+        "max_eval_examples": 48,
+        "scaling": {"num_workers": 1},
+        "effective_batch_size": 4,
+        **overrides,
+    }
+    return load_finetune_config(REPO / "configs" / "finetune-tiny-cpu.yaml", settings)
+
+
+def _adapter(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def straight_run(sft_data, tiny_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("worker-run")
+    cfg = _config(tiny_model, sft_data, work)
+    recorder = Recorder(work / "reports")
+    result = FoldTraining(cfg, 0, WorkerEnv(report=recorder)).run()
+    return {"cfg": cfg, "result": result, "reports": recorder.reports, "work": work}
+
+
+def test_one_in_process_worker_trains_and_reports_each_epoch(straight_run):
+    cfg, result, reports = straight_run["cfg"], straight_run["result"], straight_run["reports"]
+    steps_per_epoch = result["steps_per_epoch"]
+    assert steps_per_epoch == 32 // 4  # 32 examples, 4 per optimizer step on one worker
+    assert [s for s, _ in result["loss_history"]] == list(range(1, 2 * steps_per_epoch + 1))
+    losses = [loss for _, loss in result["loss_history"]]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3  # the loss falls
+    assert [m["step"] for m, _ in reports] == [steps_per_epoch, 2 * steps_per_epoch]
+    for metrics, folder in reports:
+        assert metrics["fold"] == 0 and metrics["train_examples"] == 32
+        assert metrics["heldout_items"] > 0 and metrics["heldout_sessions"] > 0
+        assert "heldout_selection_score" in metrics and metrics["learning_rate"] >= 0
+        assert folder is not None
+        assert {"adapter_config.json", "adapter_model.safetensors", "heldout.json"} <= {
+            p.name for p in folder.iterdir()
+        }
+    assert result["attempts"] == [{"start_step": 0, "world_size": 1}]
+    assert cfg.epochs == 2
+
+
+def test_a_resumed_run_ends_where_the_straight_run_ends(straight_run, sft_data, tiny_model):
+    """Resuming from the first epoch's checkpoint restores weights, optimizer, schedule, RNG and
+    the position in the data: the adapter after epoch 2 is the straight run's, to float noise."""
+    cfg, reports, work = straight_run["cfg"], straight_run["reports"], straight_run["work"]
+    first_epoch = reports[0][1]
+    recorder = Recorder(work / "resumed-reports")
+    resumed = FoldTraining(cfg, 0, WorkerEnv(report=recorder, resume_from=str(first_epoch)))
+    assert resumed.state["global_step"] == reports[0][0]["step"] and resumed.state["epoch"] == 1
+    result = resumed.run()
+    assert result["attempts"][-1]["start_step"] == reports[0][0]["step"]
+    straight, again = _adapter(reports[-1][1]), _adapter(recorder.reports[-1][1])
+    assert straight.keys() == again.keys()
+    for name in straight:
+        assert torch.allclose(straight[name], again[name], atol=1e-5), name
+    # and the first epoch's weights are not the last's: the check above compares trained weights
+    assert any(
+        not torch.allclose(_adapter(first_epoch)[n], straight[n], atol=1e-4) for n in straight
+    )
+
+
+def test_eval_every_steps_reports_inside_an_epoch(sft_data, tiny_model, tmp_path):
+    cfg = _config(tiny_model, sft_data, tmp_path, epochs=1, eval_every_steps=3)
+    recorder = Recorder(tmp_path / "reports")
+    result = FoldTraining(cfg, 1, WorkerEnv(report=recorder)).run()
+    steps = [m["step"] for m, _ in recorder.reports]
+    assert steps == [3, 6, result["steps_per_epoch"]]
+    assert recorder.reports[0][0]["epoch"] == pytest.approx(3 / result["steps_per_epoch"])
