@@ -12,49 +12,21 @@ holds the package to it and to having no import circles). The core of each stage
 functions over Arrow/Polars tables; Ray appears at the edges (cluster, scoring's stages and
 pipeline, training's trainer)."""
 
+# room: the rooms it may import (a room's own modules import each other freely)
+_MAY_IMPORT = {
+    "common": "",
+    "contracts": "common",
+    "cluster": "common",
+    "models": "common cluster",
+    "corpus": "common contracts cluster",
+    "scoring": "common contracts cluster models corpus",
+    "evaluation": "common contracts cluster corpus scoring",
+    "rationales": "common contracts cluster models corpus scoring",
+    "training": "common contracts cluster models corpus scoring rationales evaluation",
+    "analytics": "common contracts cluster corpus scoring evaluation",
+    "report": "common contracts cluster models corpus scoring evaluation rationales training analytics",
+    "cli": "common contracts cluster models corpus scoring evaluation rationales training analytics report",
+}
 ROOMS: dict[str, tuple[str, ...]] = {
-    "common": (),
-    "contracts": ("common",),
-    "cluster": ("common",),
-    "models": ("common", "cluster"),
-    "corpus": ("common", "contracts", "cluster"),
-    "scoring": ("common", "contracts", "cluster", "models", "corpus"),
-    "evaluation": ("common", "contracts", "cluster", "corpus", "scoring"),
-    "rationales": ("common", "contracts", "cluster", "models", "corpus", "scoring"),
-    "training": (
-        "common",
-        "contracts",
-        "cluster",
-        "models",
-        "corpus",
-        "scoring",
-        "rationales",
-        "evaluation",
-    ),
-    "analytics": ("common", "contracts", "cluster", "corpus", "scoring", "evaluation"),
-    "report": (
-        "common",
-        "contracts",
-        "cluster",
-        "models",
-        "corpus",
-        "scoring",
-        "evaluation",
-        "rationales",
-        "training",
-        "analytics",
-    ),
-    "cli": (
-        "common",
-        "contracts",
-        "cluster",
-        "models",
-        "corpus",
-        "scoring",
-        "evaluation",
-        "rationales",
-        "training",
-        "analytics",
-        "report",
-    ),
+    room: tuple(deps.split()) for room, deps in _MAY_IMPORT.items()
 }

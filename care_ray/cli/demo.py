@@ -107,32 +107,24 @@ def _evaluate(ctx: dict) -> dict:
     }
 
 
-def _analyze_corpus(ctx: dict) -> dict:
+def _analysis(ctx: dict, folder: str, **settings: object) -> dict:
     from care_ray.analytics.analyze import AnalyzeConfig, analyze
 
     m = analyze(
-        AnalyzeConfig(
-            sessions=ctx["out"] / "corpus",
-            out=ctx["out"] / "analysis-esconv",
-            outcomes=DEMO_OUTCOMES,
-            by=DEMO_BY,
+        AnalyzeConfig.model_validate(
+            {"sessions": ctx["out"] / "corpus", "out": ctx["out"] / folder, **settings}
         )
     )
-    return {"analyze_esconv": {"n_sessions": m["n_sessions"], "tables": m["tables"]}}
+    return {"n_sessions": m["n_sessions"], "tables": m["tables"]}
+
+
+def _analyze_corpus(ctx: dict) -> dict:
+    return {"analyze_esconv": _analysis(ctx, "analysis-esconv", outcomes=DEMO_OUTCOMES, by=DEMO_BY)}
 
 
 def _analyze_scores(ctx: dict) -> dict:
-    from care_ray.analytics.analyze import AnalyzeConfig, analyze
-
-    m = analyze(
-        AnalyzeConfig(
-            sessions=ctx["out"] / "corpus",
-            scores=ctx["out"] / "scores",
-            out=ctx["out"] / "analysis-scores",
-            by=DEMO_BY,
-        )
-    )
-    return {"analyze_scores": {"n_sessions": m["n_sessions"], "tables": m["tables"]}}
+    scores = ctx["out"] / "scores"
+    return {"analyze_scores": _analysis(ctx, "analysis-scores", scores=scores, by=DEMO_BY)}
 
 
 def _report(ctx: dict) -> dict:

@@ -41,6 +41,18 @@ def plan_cpus(
     return requested
 
 
+def check_custom_amounts(resources: dict[str, float], option: str, per: str) -> None:
+    """Custom resources asked per replica: positive amounts of names other than CPU and GPU,
+    which have options of their own (`per`: how those are spelled, e.g. "--{}s-per-engine")."""
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU"):
+            raise ValueError(
+                f"{option}: give {name} with {per.format(name.lower())}, not as a custom resource"
+            )
+        if amount <= 0:
+            raise ValueError(f"{option}: {name} must be > 0, got {amount:g}")
+
+
 class MissingClusterResources(UserError):
     """Custom resources asked of every replica that the cluster's nodes do not have."""
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import polars as pl
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from care_ray.report.blocks import Plot
-from care_ray.report.format import finite
+from care_ray.report.format import finite, short
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -100,6 +101,25 @@ def legend_below(fig: Figure, ax: Axes) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize=8)
 
 
+def row_labels(ax: Axes, labels: Sequence[str], title: str | None = None, **title_kw: Any) -> None:
+    """One row per label, the first at the top, and the panel's title."""
+    ax.set_yticks(range(len(labels)), list(labels))
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    if title is not None:
+        ax.set_title(title, **title_kw)
+
+
+def left_labels(labels: Sequence[str], k: int, width: int, ncols: int = 3) -> list[str]:
+    """Row labels shortened to `width`, shown only on the left panel of each row of panels."""
+    return [short(v, width) for v in labels] if k % ncols == 0 else [""] * len(labels)
+
+
+def _column(rows: Sequence[Mapping[str, object]] | pl.DataFrame, name: str) -> list[object]:
+    if isinstance(rows, pl.DataFrame):
+        return rows[name].to_list() if name in rows.columns else [None] * rows.height
+    return [r.get(name) for r in rows]
+
+
 def _floats(values: Sequence[object]) -> np.ndarray:
     return np.array([np.nan if (f := finite(v)) is None else f for v in values], dtype=float)
 
@@ -107,16 +127,18 @@ def _floats(values: Sequence[object]) -> np.ndarray:
 def whiskers(
     ax: Axes,
     y: Sequence[float],
-    est: Sequence[object],
-    lo: Sequence[object],
-    hi: Sequence[object],
+    rows: Sequence[Mapping[str, object]] | pl.DataFrame,
+    est: str,
+    lo: str,
+    hi: str,
     color: str,
     label: str | None = None,
     marker: str = "o",
     filled: bool = True,
 ) -> None:
-    """Dots at `est` with horizontal whiskers lo..hi (missing bounds: dot only)."""
-    est_f, lo_f, hi_f = _floats(est), _floats(lo), _floats(hi)
+    """Dots at the rows' `est` column with horizontal whiskers from `lo` to `hi` (a missing bound
+    or column: the dot alone)."""
+    est_f, lo_f, hi_f = (_floats(_column(rows, c)) for c in (est, lo, hi))
     err = np.vstack(
         [np.where(np.isnan(lo_f), 0, est_f - lo_f), np.where(np.isnan(hi_f), 0, hi_f - est_f)]
     )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from care_ray.cluster.resources import check_custom_amounts
 from care_ray.cluster.storage import PathOrURI
 from care_ray.common.options import cli
 from care_ray.contracts.output import output_schema
@@ -187,14 +188,7 @@ class ScoreConfig(BaseModel):
             raise ValueError(
                 f"--samples {self.samples} needs --temperature > 0 (at temperature 0 every sample is the same answer)"
             )
-        for name, amount in self.engine_resources.items():
-            if name in ("CPU", "GPU"):
-                raise ValueError(
-                    f"--engine-resources: give {name} with --{name.lower()}s-per-engine, "
-                    "not as a custom resource"
-                )
-            if amount <= 0:
-                raise ValueError(f"--engine-resources: {name} must be > 0, got {amount:g}")
+        check_custom_amounts(self.engine_resources, "--engine-resources", "--{}s-per-engine")
         if self.retry_errors is not None:
             self.retry_errors = (
                 ",".join(sorted({r.strip() for r in self.retry_errors.split(",") if r.strip()}))

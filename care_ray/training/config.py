@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from care_ray.cluster.resources import check_custom_amounts
 from care_ray.common.errors import UserError
 
 # q/k/v/o + the MLP: LoRA on all linear layers of a Llama block is the usual choice for SFT
@@ -48,14 +49,7 @@ class ScalingSettings(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ScalingSettings:
-        for name, amount in self.resources_per_worker.items():
-            if name in ("CPU", "GPU"):
-                raise ValueError(
-                    f"resources_per_worker: give {name} with {name.lower()}s_per_worker, not "
-                    "as a custom resource"
-                )
-            if amount <= 0:
-                raise ValueError(f"resources_per_worker: {name} must be > 0, got {amount:g}")
+        check_custom_amounts(self.resources_per_worker, "resources_per_worker", "{}s_per_worker")
         return self
 
 

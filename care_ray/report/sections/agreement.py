@@ -29,6 +29,7 @@ from care_ray.report.figures import (
     legend_below,
     panels,
     plot,
+    row_labels,
     whiskers,
 )
 from care_ray.report.format import est_ci, finite, integer, level, num, pct
@@ -76,15 +77,14 @@ def _agreement_figure(overall: pl.DataFrame, fig_id: str, ci_level: str) -> Plot
             whiskers(
                 ax,
                 ys,
-                [r[metric] for r in rs],
-                [r[f"{metric}_lo"] for r in rs],
-                [r[f"{metric}_hi"] for r in rs],
+                rs,
+                metric,
+                f"{metric}_lo",
+                f"{metric}_hi",
                 colors.get(rater, MUTED_COLOR),
-                label=rater,
+                rater,
             )
-        ax.set_yticks(range(len(dims)), dims if ax is axes[0] else [""] * len(dims))
-        ax.set_ylim(len(dims) - 0.5, -0.5)
-        ax.set_title(name)
+        row_labels(ax, dims if ax is axes[0] else [""] * len(dims), name)
     legend_below(fig, axes[0])
     caption = (
         f"Agreement with the client's rating per dimension, {ci_level} confidence intervals "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from care_ray.report.blocks import Block, Bullets, Cluster, Heading, Paragraph, Plot, Section
-from care_ray.report.figures import MUTED_COLOR, SIGNIFICANT_COLOR, figure, panels, plot
+from care_ray.report.figures import MUTED_COLOR, SIGNIFICANT_COLOR, figure, panels, plot, row_labels
 from care_ray.report.format import as_text, finite, integer, num, pct, plural, short
 from care_ray.report.load import Findings
 
@@ -35,9 +35,7 @@ def _terms_figure(terms: pl.DataFrame, dims: list[str], fig_id: str) -> Plot:
             color=[SIGNIFICANT_COLOR if v > Z_5_PERCENT else MUTED_COLOR for v in z],
         )
         ax.axvline(Z_5_PERCENT, color="black", linestyle=":", linewidth=0.8)
-        ax.set_yticks(range(t.height), [short(v, 24) for v in t["term"].to_list()])
-        ax.set_ylim(t.height - 0.5, -0.5)
-        ax.set_title(dim)
+        row_labels(ax, [short(v, 24) for v in t["term"].to_list()], dim)
         ax.set_xlabel("z of log-odds")
     return plot(
         fig,

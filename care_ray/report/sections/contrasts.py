@@ -11,7 +11,15 @@ import math
 import polars as pl
 
 from care_ray.report.blocks import Block, Bullets, Details, Paragraph, Plot, Section, Table
-from care_ray.report.figures import MODEL_COLOR, figure, panels, plot, whiskers
+from care_ray.report.figures import (
+    MODEL_COLOR,
+    figure,
+    left_labels,
+    panels,
+    plot,
+    row_labels,
+    whiskers,
+)
 from care_ray.report.format import finite, integer, level, num, p_cell, p_text, plural, short
 from care_ray.report.load import Findings
 
@@ -57,20 +65,8 @@ def _figure(by: str, items: list[tuple[str, pl.DataFrame]], fig_id: str, caption
         by_grp = {r["grp"]: r for r in g.iter_rows(named=True)}
         ys = [i for i, v in enumerate(groups) if v in by_grp]
         rs = [by_grp[v] for v in groups if v in by_grp]
-        whiskers(
-            ax,
-            ys,
-            [r["mean"] for r in rs],
-            [r.get("mean_lo") for r in rs],
-            [r.get("mean_hi") for r in rs],
-            MODEL_COLOR,
-        )
-        ax.set_yticks(
-            range(len(groups)),
-            [short(v, 22) for v in groups] if k % 3 == 0 else [""] * len(groups),
-        )
-        ax.set_ylim(len(groups) - 0.5, -0.5)
-        ax.set_title(f"{short(var, 30)}\n{p_text(_p(g))}", fontsize=9)
+        whiskers(ax, ys, rs, "mean", "mean_lo", "mean_hi", MODEL_COLOR)
+        row_labels(ax, left_labels(groups, k, 22), f"{short(var, 30)}\n{p_text(_p(g))}", fontsize=9)
     return plot(fig, fig_id, caption)
 
 

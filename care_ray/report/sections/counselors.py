@@ -18,6 +18,7 @@ from care_ray.report.figures import (
     legend_below,
     panels,
     plot,
+    row_labels,
     whiskers,
 )
 from care_ray.report.format import est_ci, finite, integer, num, short
@@ -46,11 +47,12 @@ def _figure(
         whiskers(
             ax,
             ys,
-            shown["pooled_mean"].to_list(),
-            shown["pooled_lo"].to_list(),
-            shown["pooled_hi"].to_list(),
+            shown,
+            "pooled_mean",
+            "pooled_lo",
+            "pooled_hi",
             MODEL_COLOR,
-            label="pooled mean, interval",
+            "pooled mean, interval",
         )
         ax.scatter(
             shown["raw_mean"].to_list(),
@@ -71,9 +73,7 @@ def _figure(
             f"#{r['rank']} {short(r['counselor_id'], 16)} (n={r['n_sessions']})"
             for r in shown.iter_rows(named=True)
         ]
-        ax.set_yticks(ys, labels)
-        ax.set_ylim(len(ys) - 0.5, -0.5)
-        ax.set_title(outcome)
+        row_labels(ax, labels, outcome)
     legend_below(fig, axes[0])
     caption = (
         f"Counselors ranked by pooled mean (top and bottom {TOP_COUNSELORS} per "

@@ -54,15 +54,7 @@ def _figure(drivers: pl.DataFrame, outcomes: list[str], fig_id: str, alpha: floa
             idx = [i for i, s in enumerate(d["_sig"].to_list()) if s == significant]
             if idx:
                 sub = d[idx]
-                whiskers(
-                    ax,
-                    idx,
-                    sub["coef_std"].to_list(),
-                    sub["ci_low"].to_list(),
-                    sub["ci_high"].to_list(),
-                    color,
-                    label=label,
-                )
+                whiskers(ax, idx, sub, "coef_std", "ci_low", "ci_high", color, label=label)
         ax.axvline(0, color="black", linewidth=0.7)
         ax.set_yticks(range(d.height), [short(f, 40) for f in d["feature"].to_list()])
         ax.set_ylim(-0.5, d.height - 0.5)

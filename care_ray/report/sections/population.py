@@ -16,7 +16,16 @@ import polars as pl
 from matplotlib.axes import Axes
 
 from care_ray.report.blocks import Block, Bullets, Heading, Paragraph, Plot, Section, Table
-from care_ray.report.figures import MODEL_COLOR, figure, legend_below, panels, plot, whiskers
+from care_ray.report.figures import (
+    MODEL_COLOR,
+    figure,
+    left_labels,
+    legend_below,
+    panels,
+    plot,
+    row_labels,
+    whiskers,
+)
 from care_ray.report.format import (
     est_ci,
     finite,
@@ -26,7 +35,6 @@ from care_ray.report.format import (
     p_text,
     pct,
     plural,
-    short,
 )
 from care_ray.report.load import Findings
 
@@ -79,15 +87,7 @@ def _summary_marks(ax: Axes, ys: Sequence[float], rs: Sequence[dict], mean_label
         label="median",
         zorder=3,
     )
-    whiskers(
-        ax,
-        ys,
-        [r["mean"] for r in rs],
-        [r.get("mean_lo") for r in rs],
-        [r.get("mean_hi") for r in rs],
-        MODEL_COLOR,
-        label=mean_label,
-    )
+    whiskers(ax, ys, rs, "mean", "mean_lo", "mean_hi", MODEL_COLOR, label=mean_label)
 
 
 def _overall_figure(rows: list[dict], outcomes: list[str], fig_id: str, mean_label: str) -> Plot:
@@ -96,8 +96,7 @@ def _overall_figure(rows: list[dict], outcomes: list[str], fig_id: str, mean_lab
     by_outcome = {r["outcome"]: r for r in rows}
     present = [o for o in outcomes if o in by_outcome]
     _summary_marks(ax, list(range(len(present))), [by_outcome[o] for o in present], mean_label)
-    ax.set_yticks(range(len(present)), present)
-    ax.set_ylim(len(present) - 0.5, -0.5)
+    row_labels(ax, present)
     ax.set_xlabel("score")
     legend_below(fig, ax)
     return plot(
@@ -126,12 +125,7 @@ def _groups_figure(
         by_grp = {r["grp"]: r for r in rows if r["outcome"] == outcome}
         ys = [i for i, g in enumerate(groups) if g in by_grp]
         _summary_marks(ax, ys, [by_grp[g] for g in groups if g in by_grp], mean_label)
-        ax.set_yticks(
-            range(len(groups)),
-            [short(g, 26) for g in groups] if k % 3 == 0 else [""] * len(groups),
-        )
-        ax.set_ylim(len(groups) - 0.5, -0.5)
-        ax.set_title(outcome)
+        row_labels(ax, left_labels(groups, k, 26), outcome)
     legend_below(fig, axes[0])
     return plot(fig, fig_id, caption)
 
