@@ -112,7 +112,9 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
         "--out",
         out,
         "--limit",
-        "12",
+        "6",
+        "--items",
+        "bond",
         "--max-model-len",
         "1024",
         "--max-new-tokens",
@@ -130,7 +132,7 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "2"},
+        env={**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "1"},
     )
     run = RunFolder(out)
     deadline = time.time() + 300
@@ -146,7 +148,7 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
         run.read("items", ["session_id", "item_id"]).num_rows
         + run.read("errors", ["session_id", "item_id"]).num_rows
     )
-    assert 0 < before < 12 * 12
+    assert 0 < before < 6 * 4
 
     ray.shutdown()  # the rerun's local Ray starts with this process's AWS_* settings
     m = score_corpus(
@@ -154,24 +156,25 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
             sessions=s3_corpus,
             model=str(tiny_model),
             out=out,
-            limit=12,
+            limit=6,
+            items="bond",
             max_model_len=1024,
             max_new_tokens=160,
             max_rationale_chars=160,
             max_quotes=2,
             max_quote_chars=60,
-            sessions_per_block=2,
+            sessions_per_block=1,
             progress=False,
         )
     )
     assert m["pairs_done_before"] >= before
-    assert m["items_scored"] + m["items_errors"] == m["items_in"] == 144
+    assert m["items_scored"] + m["items_errors"] == m["items_in"] == 24
     keys = [
         (r["session_id"], r["item_id"])
         for sub in ("items", "errors")
         for r in run.read(sub, ["session_id", "item_id"]).to_pylist()
     ]
-    assert len(keys) == len(set(keys)) == 144  # exactly one row per pair
+    assert len(keys) == len(set(keys)) == 24  # exactly one row per pair
     assert (
         run.loc.join("sessions", "part-00000.parquet").exists()
         and run.loc.join("fingerprint.json").exists()
