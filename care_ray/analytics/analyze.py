@@ -856,7 +856,8 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     }
     if turn_features.transitions.is_empty():
         notes.append(
-            "transitions: absent — no counselor turn with a strategy is followed by a client turn with a reaction"
+            "transitions, transition_tests: absent — no counselor turn with a strategy is followed by "
+            "a client turn with a reaction"
         )
     else:
         tables.update(transition_tables(turn_features.transitions, cfg.alpha, notes))
