@@ -235,3 +235,36 @@ def test_model_free_links_relate_ratings_to_the_other_labels_once(linked, tmp_pa
     y = np.array([s["labels"]["before"] - s["labels"]["after"] for s in rated])
     assert row["n"] == len(rated) and row["r"] == pytest.approx(stats.pearsonr(x, y).statistic)
     assert manifest["outcome_labels"] == ["after", "before", "outcome", "rating", "change"]
+
+
+def test_the_report_states_each_pair_with_its_n_and_intervals(linked, tmp_path):
+    from typer.testing import CliRunner
+
+    from care_ray.cli import app
+
+    out = linked["manifest"]
+    analysis = tmp_path / "an"
+    analyze(
+        AnalyzeConfig(
+            sessions=linked["corpus"],
+            scores=out["scores"],
+            out=analysis,
+            outcome_labels=["outcome"],
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["report", "--analysis", str(analysis), "--out", str(tmp_path / "report")]
+    )
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Alliance and outcomes" in page and "r ≈ .28" in page
+    links = pl.read_parquet(analysis / "outcome_links.parquet")
+    for row in links.iter_rows(named=True):
+        assert (
+            f"{row['predictor']} and {row['outcome']} (n = {row['n']} sessions): "
+            f"r = {row['r']:.2f} [{row['r_lo']:.2f}, {row['r_hi']:.2f}] (95% CI)"
+        ) in page
+        assert (
+            f"partial r = {row['partial_r']:.2f} [{row['partial_lo']:.2f}, {row['partial_hi']:.2f}]"
+        ) in page
+    assert "not effects" in page

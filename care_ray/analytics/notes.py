@@ -43,7 +43,7 @@ _ABSENT = re.compile(r"^(?P<tables>[a-z_]+(?:, [a-z_]+)*): absent — (?P<reason
 
 def left_out(tables: Collection[str], notes: list[str], names: Sequence[str]) -> dict[str, str]:
     """Each table not written → why (from the notes that say a table is absent)."""
-    reasons = {}
+    reasons: dict[str, str] = {}
     for note in notes:
         if (match := _ABSENT.match(note)) is not None:
             for name in match["tables"].split(", "):
