@@ -313,8 +313,10 @@ def test_manifest_lists_every_table_written(synthetic):
         "trajectory_clients",
         "transition_tests",
         "weakest_outcome",
+        "outcome_links",
     }
     assert expected <= on_disk, manifest["notes"]
+    assert manifest["left_out"] == {}  # every table written: nothing left out
     assert manifest["alpha"] == 0.05  # the level of every interval in the tables
     json.loads((out / "manifest.json").read_text())
 
@@ -766,3 +768,71 @@ def test_cli_rejects_a_bad_vocabulary(synthetic, tmp_path):
             str(vocabulary),
         )
         assert code == 2 and message in output, output
+
+
+def test_without_any_outcome_the_features_transitions_and_contrasts_are_written(tmp_path):
+    """A corpus with strategy/reaction codes and a text quality flag but no numeric label and no
+    scores: analyze writes what needs no outcome, the manifest says what was left out and why, and
+    the report renders it."""
+    from care_ray.corpus.ingest import ingest_files
+
+    sessions, _ = make_corpus(seed=11)
+    for i, s in enumerate(sessions):
+        del s["labels"]
+        s["metadata"] = {"quality": "poor" if i % 3 == 0 else "good"}
+    jsonl = tmp_path / "sessions.jsonl"
+    jsonl.write_text(
+        "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in sessions), encoding="utf-8"
+    )
+    ingest_files("sessions-jsonl", [jsonl], tmp_path / "corpus")
+    out = tmp_path / "features-only"
+    code, output = _cli(
+        "--sessions", str(tmp_path / "corpus"), "--by", "metadata.quality", "--out", str(out)
+    )
+    assert code == 0, output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["mode"] == "features" and manifest["outcomes"] == []
+    assert set(manifest["tables"]) == {"features", "transitions", "transition_tests", "contrasts"}
+    assert {p.stem for p in out.glob("*.parquet")} == set(manifest["tables"])
+    left_out = manifest["left_out"]
+    assert set(left_out) == {
+        "population",
+        "counselor_profiles",
+        "weakest_outcome",
+        "drivers",
+        "challenge_terms",
+        "challenge_clusters",
+        "trajectories",
+        "trajectory_summary",
+        "trajectory_clients",
+        "outcome_links",
+    }
+    assert all(reason.startswith("no outcome") for reason in left_out.values())
+    assert any("no outcome" in note for note in manifest["notes"])
+    features = _read(out, "features")
+    assert features.height == len(sessions)
+    by_id = {row["session_id"]: row for row in features.iter_rows(named=True)}
+    for session in sessions:
+        for name, value in expected_features(session).items():
+            assert by_id[session["session_id"]][name] == pytest.approx(value)
+    contrasts = _read(out, "contrasts").filter(pl.col("by") == "metadata.quality")
+    assert set(contrasts["grp"]) == {"good", "poor"}
+    assert "n_turns" in set(contrasts["variable"])
+    poor = [expected_features(s)["n_turns"] for s in sessions if s["metadata"]["quality"] == "poor"]
+    row = contrasts.filter((pl.col("variable") == "n_turns") & (pl.col("grp") == "poor"))
+    assert row["n"].item() == len(poor) and row["mean"].item() == pytest.approx(np.mean(poor))
+    good = [expected_features(s)["n_turns"] for s in sessions if s["metadata"]["quality"] == "good"]
+    welch = stats.ttest_ind(good, poor, equal_var=False)
+    assert row["p_value"].item() == pytest.approx(welch.pvalue)
+    assert _read(out, "transitions")["n"].sum() == sum(len(expected_pairs(s)) for s in sessions)
+
+    result = CliRunner().invoke(
+        app, ["report", "--analysis", str(out), "--out", str(tmp_path / "report")]
+    )
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "with no outcome (neither scores nor numeric labels)" in page
+    assert "not listed" not in page
+    assert "Group contrasts" in page and "metadata.quality" in page
+    for absent in ("Drivers", "Alliance and outcomes", "Population"):
+        assert f">{absent}<" not in page

@@ -122,6 +122,7 @@ def findings(esconv_dir, esconv_corpus, tmp_path_factory):
         "contrasts": read("contrasts"),
         "drivers": read("drivers"),
         "features": read("features"),
+        "outcome_links": read("outcome_links"),
     }
 
 
@@ -276,6 +277,49 @@ def test_drivers_of_the_seekers_ratings(findings):
     assert min(adjusted[key] for key in strategies) >= 0.30
 
 
+def _link(raw: pd.DataFrame, rating: str, outcome: str) -> dict[str, float]:
+    """r and the partial r given log(n_turns) of a rating and an outcome, from the raw table with
+    scipy and two least-squares fits; their Fisher z intervals (k = 0 and 1 covariates)."""
+    data = raw.dropna(subset=[rating, outcome])
+    x, y = data[rating].to_numpy(), data[outcome].to_numpy()
+    design = np.column_stack([np.ones(len(data)), np.log(data["n_turns"].to_numpy(dtype=float))])
+    residual = lambda v: v - design @ np.linalg.lstsq(design, v, rcond=None)[0]  # noqa: E731
+    r = stats.pearsonr(x, y).statistic
+    partial = stats.pearsonr(residual(x), residual(y)).statistic
+    n, z = len(data), stats.norm.ppf(0.975)
+    fisher = lambda v, k: (  # noqa: E731
+        np.tanh(np.arctanh(v) - z / np.sqrt(n - 3 - k)),
+        np.tanh(np.arctanh(v) + z / np.sqrt(n - 3 - k)),
+    )
+    return {
+        "n": n,
+        "r": r,
+        "r_ci": fisher(r, 0),
+        "partial_r": partial,
+        "partial_ci": fisher(partial, 1),
+        "p_value": stats.pearsonr(x, y).pvalue,
+    }
+
+
+@pytest.mark.parametrize("rating", ["empathy", "relevance"])
+def test_ratings_and_the_emotion_drop(findings, rating):
+    """The seekers' ratings against the drop in emotion intensity (outcome_links, source labels)."""
+    expected = _link(findings["raw"], rating, "emotion_drop")
+    row = (
+        findings["outcome_links"]
+        .filter((pl.col("predictor") == rating) & (pl.col("outcome") == "emotion_drop"))
+        .row(0, named=True)
+    )
+    assert (row["source"], row["covariate"]) == ("labels", "log(n_turns)")
+    assert row["n"] == expected["n"]
+    assert row["r"] == pytest.approx(expected["r"])
+    assert (row["r_lo"], row["r_hi"]) == pytest.approx(expected["r_ci"])
+    assert row["partial_r"] == pytest.approx(expected["partial_r"])
+    assert (row["partial_lo"], row["partial_hi"]) == pytest.approx(expected["partial_ci"])
+    assert row["p_value"] == pytest.approx(expected["p_value"], rel=1e-6)
+    assert row["p_adjusted"] < 0.001
+
+
 def _readme_section() -> str:
     text = README.read_text(encoding="utf-8")
     start = text.index("## Findings on ESConv (model-free)")
@@ -302,6 +346,13 @@ def test_readme_states_the_recomputed_figures(findings):
         fit, _ = _ols(raw, outcome, features)
         lo, hi = fit.conf_int().loc["counselor_words_per_turn"]
         figures += [f"{fit.params['counselor_words_per_turn']:+.2f} [{lo:.2f}, {hi:.2f}]"]
+    for rating in ("empathy", "relevance"):
+        link = _link(raw, rating, "emotion_drop")
+        figures += [
+            f"r = {link['r']:.2f} [{link['r_ci'][0]:.2f}, {link['r_ci'][1]:.2f}]",
+            f"partial r = {link['partial_r']:.2f} "
+            f"[{link['partial_ci'][0]:.2f}, {link['partial_ci'][1]:.2f}]",
+        ]
     missing = [f for f in figures if f not in section]
     assert not missing, f"README figures not found: {missing}"
     assert re.search(r"care-ray analyze --sessions \S+ --outcome empathy,relevance", section)

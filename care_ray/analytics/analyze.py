@@ -30,6 +30,7 @@ from care_ray.analytics.features import (
     feature_name,
     load_vocabulary,
 )
+from care_ray.analytics.notes import compact_notes, left_out
 from care_ray.cluster.storage import PathOrURI
 from care_ray.common.errors import UserError
 from care_ray.common.options import cli
@@ -54,6 +55,11 @@ TABLES = (
     "trajectories",
     "trajectory_summary",
     "trajectory_clients",
+    "outcome_links",
+)
+# Without any outcome (no --scores, no numeric label) only these are written (mode "features").
+NEED_OUTCOMES = tuple(
+    t for t in TABLES if t not in ("features", "transitions", "transition_tests", "contrasts")
 )
 OUTCOME_HELP = (
     "with --scores: goal, task, bond (default all three); any numeric label as labels.KEY (or KEY); "
@@ -89,6 +95,13 @@ class AnalyzeConfig(BaseModel):
         default_factory=list,
         description=f"repeatable or comma-separated; {OUTCOME_HELP}",
         json_schema_extra=cli(flag="--outcome"),
+    )
+    outcome_labels: list[str] = Field(
+        default_factory=list,
+        description="repeatable or comma-separated: the outcome labels (labels.KEY, KEY or "
+        "NAME=TERM-TERM) that outcome_links relates the scores (model-free: the --outcome "
+        "labels) to; default every numeric label and every label-only derived --outcome",
+        json_schema_extra=cli(flag="--outcome-label"),
     )
     by: list[str] = Field(
         default_factory=list,
@@ -200,10 +213,8 @@ def parse_outcomes(
             parts = list(score_columns)
         elif labels:
             parts = [f"labels.{key}" for key in labels]
-        else:
-            raise AnalysisError(
-                "no outcomes: the corpus has no numeric labels; pass --scores DIR (a `care-ray score` run)"
-            )
+        else:  # nothing to score sessions by: the analysis is of the features alone
+            return []
     outcomes = []
     for part in parts:
         if "=" in part:
@@ -484,8 +495,8 @@ def _trajectories(
     points = _query(con, "trajectory_points")
     if points.is_empty():
         notes.append(
-            "trajectories: absent — no client has two or more sessions with an outcome and a "
-            "session_index or started_at"
+            "trajectories, trajectory_summary, trajectory_clients: absent — no client has two "
+            "or more sessions with an outcome and a session_index or started_at"
         )
         return {}
     con.register("trajectory_points", points)
@@ -661,38 +672,6 @@ def contrasts_table(
     return {"contrasts": pl.concat(parts, how="diagonal_relaxed")}
 
 
-_PER_VARIABLE_NOTE = re.compile(
-    r"^contrasts: (?P<skipped>skipped )?(?P<by>[^/]+)/(?P<variable>.+?): (?P<message>.+)$"
-)
-
-
-def compact_notes(notes: list[str], shown: int = 4) -> list[str]:
-    """One note per (by column, message) instead of one per variable."""
-    merged: dict[tuple[str, str, str], list[str]] = {}
-    out: list[str | tuple[str, str, str]] = []
-    for note in notes:
-        match = _PER_VARIABLE_NOTE.match(note)
-        if match is None:
-            out.append(note)
-            continue
-        key = (match["skipped"] or "", match["by"], match["message"])
-        if key not in merged:
-            merged[key] = []
-            out.append(key)
-        merged[key].append(match["variable"])
-
-    def text(entry: str | tuple[str, str, str]) -> str:
-        if isinstance(entry, str):
-            return entry
-        variables = merged[entry]
-        listed = ", ".join(variables[:shown]) + (
-            f", … ({len(variables)} in all)" if len(variables) > shown else ""
-        )
-        return f"contrasts: {entry[0]}{entry[1]}: {entry[2]} — {listed}"
-
-    return [text(entry) for entry in out]
-
-
 def challenge_tables(cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataFrame]:
     """Distinctive terms and clusters of low-item rationales (scores mode with items/)."""
     if cfg.scores is None:
@@ -746,10 +725,44 @@ def challenge_tables(cfg: AnalyzeConfig, notes: list[str]) -> dict[str, pl.DataF
 # --- the orchestrator -------------------------------------------------------------------------------
 
 
+def _link_outcomes(
+    cfg: AnalyzeConfig,
+    outcomes: list[Outcome],
+    labels: list[str],
+    mode: str,
+    score_columns: tuple[str, ...],
+) -> list[Outcome]:
+    """The outcome labels of outcome_links: --outcome-label, or every numeric label and every
+    derived --outcome made of labels alone. A name an outcome has must be that outcome."""
+    if mode == "features":
+        return []
+    specs = cfg.outcome_labels or [
+        *(f"labels.{key}" for key in labels),
+        *(
+            f"{o.name}=" + "".join(f"{'+' if t.sign > 0 else '-'}{t.column}" for t in o.terms)
+            for o in outcomes
+            if len(o.terms) > 1 and all(t.column.startswith("labels.") for t in o.terms)
+        ),
+    ]
+    links = parse_outcomes(specs, (), labels) if specs else []
+    known = {o.name: o for o in outcomes}
+    clash = [
+        o.name
+        for o in links
+        if known.get(o.name, o) != o or (o.name not in known and o.name in score_columns)
+    ]
+    if clash:
+        raise AnalysisError(
+            f"--outcome-label name(s) {', '.join(clash)} are outcomes defined otherwise; name them with NAME=…"
+        )
+    return links
+
+
 def build_frame(
     cfg: AnalyzeConfig, notes: list[str]
-) -> tuple[pl.DataFrame, list[Outcome], list[GroupBy], str]:
-    """One row per analysed session: ids, outcomes and --by columns (no turn features yet)."""
+) -> tuple[pl.DataFrame, list[Outcome], list[GroupBy], str, list[Outcome]]:
+    """One row per analysed session: ids, outcomes, the outcome labels of outcome_links and --by
+    columns (no turn features yet). Mode: scores, labels, or features (no outcome at all)."""
     con = connect(cfg.memory_limit)
     _bind_parquet(con, "sessions", _sessions_root(cfg.sessions))
     labels, metadata = corpus_keys(con)
@@ -758,6 +771,8 @@ def build_frame(
         raise AnalysisError(f"the corpus at {cfg.sessions} has no sessions")
     scores, score_columns = load_scores(cfg.scores) if cfg.scores else (None, ())
     outcomes = parse_outcomes(cfg.outcomes, score_columns, labels)
+    mode = "scores" if cfg.scores else ("labels" if outcomes else "features")
+    links = _link_outcomes(cfg, outcomes, labels, mode, score_columns)
     groups = parse_by(cfg.by, metadata, labels)
     taken = (
         {o.name for o in outcomes}
@@ -772,7 +787,7 @@ def build_frame(
         )
     wanted_labels = {
         t.column[len("labels.") :]
-        for o in outcomes
+        for o in outcomes + links
         for t in o.terms
         if t.column.startswith("labels.")
     }
@@ -800,7 +815,15 @@ def build_frame(
     frame = frame.with_columns(
         *(o.expr() for o in outcomes), *(_group_column(g) for g in groups if g.name not in BASE_BY)
     )
+    frame = frame.with_columns(o.expr() for o in links if o not in outcomes)
     names = [o.name for o in outcomes]
+    if mode == "features":
+        notes.append(
+            f"{', '.join(NEED_OUTCOMES)}: absent — no outcome: the corpus has no numeric labels "
+            "and no --scores was given, so only the features, transitions and contrasts of the "
+            "features are written"
+        )
+        return frame, outcomes, groups, mode, links
     analysed = frame.filter(pl.any_horizontal(pl.col(n).is_not_null() for n in names))
     if analysed.is_empty():
         raise AnalysisError(f"no session has a value for any outcome ({', '.join(names)})")
@@ -808,7 +831,7 @@ def build_frame(
         notes.append(
             f"{frame.height - analysed.height} of {frame.height} session(s) have no outcome and were left out"
         )
-    return analysed, outcomes, groups, "scores" if cfg.scores else "labels"
+    return analysed, outcomes, groups, mode, links
 
 
 def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
@@ -816,7 +839,7 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     started = time.perf_counter()
     notes: list[str] = []
     vocabulary = load_vocabulary(cfg.vocabulary)
-    frame, outcomes, groups, mode = build_frame(cfg, notes)
+    frame, outcomes, groups, mode, links = build_frame(cfg, notes)
     names = [o.name for o in outcomes]
     turn_features = compute_features(
         cfg.sessions,
@@ -833,7 +856,8 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     }
     if turn_features.transitions.is_empty():
         notes.append(
-            "transitions: absent — no counselor turn with a strategy is followed by a client turn with a reaction"
+            "transitions, transition_tests: absent — no counselor turn with a strategy is followed by "
+            "a client turn with a reaction"
         )
     else:
         tables.update(transition_tables(turn_features.transitions, cfg.alpha, notes))
@@ -842,13 +866,16 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
             "strategy/reaction shares are per source (a label is null in sessions of a source "
             "that never uses it); pass --vocabulary to map spellings"
         )
-    tables.update(sql_tables(frame, names, groups, cfg, notes))
-    tables.update(weakest_outcome_table(frame, outcomes, mode, notes))
-    tables.update(drivers_table(frame, turn_features, names, cfg, notes))
+    if mode != "features":
+        tables.update(sql_tables(frame, names, groups, cfg, notes))
+        tables.update(weakest_outcome_table(frame, outcomes, mode, notes))
+        tables.update(drivers_table(frame, turn_features, names, cfg, notes))
+        tables.update(outcome_links_table(frame, outcomes, links, mode, cfg.alpha, notes))
     tables.update(
         contrasts_table(frame, groups, contrast_variables(turn_features, names), cfg, notes)
     )
-    tables.update(challenge_tables(cfg, notes))
+    if mode != "features":
+        tables.update(challenge_tables(cfg, notes))
     return write_outputs(
         cfg,
         tables,
@@ -867,11 +894,38 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
             "sessions": str(cfg.sessions),
             "scores": str(cfg.scores) if cfg.scores else None,
             "low_threshold": cfg.low_threshold,
+            "outcome_labels": [o.name for o in links],
             "alpha": cfg.alpha,
+            "left_out": left_out(tables, notes, TABLES),
             "notes": compact_notes(notes),
         },
         started,
     )
+
+
+def outcome_links_table(
+    frame: pl.DataFrame,
+    outcomes: list[Outcome],
+    links: list[Outcome],
+    mode: str,
+    alpha: float,
+    notes: list[str],
+) -> dict[str, pl.DataFrame]:
+    """outcome_links (outcomes.py): the scores' dimensions (model-free: the --outcome labels)
+    against the outcome labels."""
+    from care_ray.analytics.outcomes import Measure, outcome_links
+
+    measure = lambda o: Measure(o.name, frozenset(t.column for t in o.terms))  # noqa: E731
+    if mode == "scores":
+        scored = [c for c in SCORE_OUTCOMES if c in frame.columns]
+        predictors = [Measure(c, frozenset({c})) for c in scored]
+    else:
+        predictors = [measure(o) for o in outcomes]
+    table = outcome_links(frame, predictors, [measure(o) for o in links], mode, alpha, notes)
+    if table.is_empty():
+        notes.append("outcome_links: absent — no outcome label to relate the predictors to")
+        return {}
+    return {"outcome_links": table}
 
 
 def write_outputs(

@@ -133,6 +133,22 @@ ANALYSIS_TABLES: dict[str, tuple[str, ...]] = {
     "trajectory_summary": ("outcome", "session_index", "n", "mean"),
     # optional: mean_slope_lo, mean_slope_hi, share_rising_lo, share_rising_hi
     "trajectory_clients": ("outcome", "n_clients", "share_rising", "mean_slope"),
+    # optional: partial_p_value
+    "outcome_links": (
+        "source",
+        "predictor",
+        "outcome",
+        "n",
+        "r",
+        "r_lo",
+        "r_hi",
+        "partial_r",
+        "partial_lo",
+        "partial_hi",
+        "covariate",
+        "p_value",
+        "p_adjusted",
+    ),
 }
 
 

@@ -79,6 +79,8 @@ def _provenance(meta: dict) -> list[tuple[str, str]]:
         value = meta.get(key)
         if key == "truth" and value:
             out.append((label, truth_name(meta)))
+        elif key == "mode" and value == "features":
+            out.append((label, "none (features only)"))
         elif isinstance(value, list) and value:
             out.append((label, ", ".join(str(v) for v in value)))
         elif isinstance(value, str | int | float) and not isinstance(value, bool) and str(value):
@@ -134,13 +136,14 @@ def _analysis_group(an: Findings, index: int, heading: str) -> Group:
         str(an.meta.get("mode")), "an unknown source"
     )
     outcomes = ", ".join(map(str, an.meta.get("outcomes") or [])) or "not listed"
-    intro: list[Block] = [
-        Paragraph(
-            f"{integer(an.meta.get('n_sessions'))} sessions; outcomes {outcomes} "
-            f"(from {scored_from})."
-        ),
-        *_notes(an),
-    ]
+    n = integer(an.meta.get("n_sessions"))
+    opening = (
+        f"{n} sessions with no outcome (neither scores nor numeric labels): their interaction "
+        "features, transitions and group contrasts of the features."
+        if an.meta.get("mode") == "features"
+        else f"{n} sessions; outcomes {outcomes} (from {scored_from})."
+    )
+    intro: list[Block] = [Paragraph(opening), *_notes(an)]
     if not sections:
         intro.append(Paragraph("This analysis holds none of the tables the report knows."))
     return Group(f"a{index}", heading, intro, sections)

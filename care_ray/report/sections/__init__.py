@@ -14,6 +14,7 @@ from care_ray.report.sections.challenges import challenges_section
 from care_ray.report.sections.contrasts import contrasts_section
 from care_ray.report.sections.counselors import counselor_section
 from care_ray.report.sections.drivers import drivers_section
+from care_ray.report.sections.outcomes import outcomes_section
 from care_ray.report.sections.population import population_section
 from care_ray.report.sections.trajectories import trajectories_section
 from care_ray.report.sections.transitions import transitions_section
@@ -24,6 +25,7 @@ AnalysisSection = Callable[[Findings, str], Section | None]
 ANALYSIS_SECTIONS: tuple[tuple[str, AnalysisSection], ...] = (
     ("population", population_section),
     ("counselors", counselor_section),
+    ("outcomes", outcomes_section),
     ("drivers", drivers_section),
     ("contrasts", contrasts_section),
     ("transitions", transitions_section),
