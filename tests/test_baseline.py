@@ -166,6 +166,9 @@ def test_given_folds_are_the_folds_used(english, tmp_path):
     assert {sid: r["fold"] for sid, r in _scores(out).items()} == given
     written = pq.read_table(out / "folds.parquet").to_pylist()
     assert {r["session_id"]: r["fold"] for r in written} == given
+    # a rerun into the same folder on that folder's own folds.parquet reads it before replacing it
+    _baseline("--sessions", str(corpus), "--out", str(out), *TRUTH, "--folds", str(out))
+    assert {sid: r["fold"] for sid, r in _scores(out).items()} == given
 
 
 def test_evaluate_reads_the_scores_and_agrees_with_scipy(english, tmp_path):

@@ -472,7 +472,11 @@ def settings_of(config: BaselineConfig, truth: Truth, dimensions: list[str]) -> 
 
 
 def prepare_out(out: Path) -> None:
-    """An out folder holds one run: its sessions/ parts are replaced, never mixed with old ones."""
+    """An out folder holds one run: its sessions/ parts (and a cross-fit's folds.parquet) are
+    replaced, never mixed with an earlier run's."""
+    from care_ray.corpus.folds import FOLDS_FILE
+
+    (out / FOLDS_FILE).unlink(missing_ok=True)
     sessions = out / "sessions"
     if sessions.is_dir():
         for old in sessions.glob("part-*.parquet"):
@@ -555,6 +559,8 @@ def run_baseline(config: BaselineConfig) -> dict[str, Any]:
     }
     settings = settings_of(config, truth, dimensions)
     fingerprint = digest_of(settings)
+    # the folds are read and checked before out is touched: --folds may name out itself
+    fold, fold_source = labelled_folds(config, found) if config.score is None else (None, None)
     config.out.mkdir(parents=True, exist_ok=True)
     prepare_out(config.out)
     manifest: dict[str, Any] = {
@@ -574,8 +580,7 @@ def run_baseline(config: BaselineConfig) -> dict[str, Any]:
             "skipped_no_truth": found.sessions_read - n_labelled,
         },
     }
-    if config.score is None:
-        fold, fold_source = labelled_folds(config, found)
+    if fold is not None:
         predictions, fits = cross_fit(config, found, fold, targets, rubric)
         table = sessions_table(found.session_ids, predictions, targets, fold)
         pq.write_table(table, config.out / "sessions" / "part-00000.parquet")
