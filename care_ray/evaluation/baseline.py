@@ -94,7 +94,7 @@ class BaselineConfig(BaseModel):
         min_length=1,
         description="ridge penalty grid searched by the inner cross-validation, repeatable "
         "(default: 12 values log-spaced over 0.01..1000)",
-        json_schema_extra=cli(flag="--alpha", type=list[str]),
+        json_schema_extra=cli(flag="--alpha", type=list[str], no_default_text=True),
     )
     inner_folds: int = Field(
         3, ge=2, description="client-disjoint inner folds that choose the penalty"
