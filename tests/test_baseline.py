@@ -314,3 +314,28 @@ def test_chinese_is_read_by_characters(tmp_path):
     bond = [scores[s["session_id"]]["bond"] for s in sessions]
     assert stats.pearsonr(bond, [s["labels"]["empathy"] for s in sessions]).statistic > 0.8
     assert all(scores[s["session_id"]]["goal"] is None for s in sessions)
+
+
+def test_client_wai_fits_one_model_per_dimension_on_the_item_means(tmp_path):
+    """Bond items follow the planted word, Goal and Task items do not: one model per dimension."""
+    rng = np.random.default_rng(3)
+    sessions = english_sessions(seed=3)
+    bond_items = (3, 5, 7, 9)  # WAI-SR, written out here so the test does not share the code's map
+    for s in sessions:
+        grateful = "grateful" in s["turns"][0]["text"]
+        s["client_wai"] = [
+            (5 if grateful else 1) if i in bond_items else int(rng.integers(1, 6))
+            for i in range(1, 13)
+        ]
+        s["labels"] = None
+    corpus = _corpus(tmp_path, sessions)
+    out = tmp_path / "baseline"
+    _baseline("--sessions", str(corpus), "--out", str(out))
+    scores = _scores(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["targets"]) == {"client_wai.goal", "client_wai.task", "client_wai.bond"}
+    bond = [scores[s["session_id"]]["bond"] for s in sessions]
+    observed = [5.0 if "grateful" in s["turns"][0]["text"] else 1.0 for s in sessions]
+    assert stats.pearsonr(bond, observed).statistic > 0.8
+    goal = [scores[s["session_id"]]["goal"] for s in sessions]
+    assert goal != [scores[s["session_id"]]["task"] for s in sessions]

@@ -223,16 +223,19 @@ def target_values(
     if truth.kind == CLIENT_WAI:
         if CLIENT_WAI not in table.column_names:
             return {t.name: np.full(n, np.nan) for t in targets}
-        dims = ev.item_dimensions(rubric)
-        items = pl.DataFrame(
-            {"wai": pl.Series("wai", table[CLIENT_WAI], dtype=pl.List(pl.Float64))}
-        )
-        wide = items.select(
-            pl.col("wai").list.get(i - 1, null_on_oob=True).alias(str(i))
-            for i in range(1, max(dims) + 1)
-        )
-        means = ev.wide_dimension_scores(wide.to_numpy(), dims)
-        return {t.name: np.asarray(means[t.dimensions[0]], dtype=float) for t in targets}
+        long = ev.wai_dimension_frame(table["session_id"], table[CLIENT_WAI], rubric, "value")
+        rows = pl.DataFrame({"session_id": pl.Series(table["session_id"], dtype=pl.String)})
+        return {
+            t.name: rows.join(
+                long.filter(pl.col("dimension") == t.dimensions[0]),
+                on="session_id",
+                how="left",
+                maintain_order="left",
+            )["value"]
+            .fill_null(np.nan)
+            .to_numpy()
+            for t in targets
+        }
     labels = table["labels"] if "labels" in table.column_names else None
     out = {}
     for t in targets:
