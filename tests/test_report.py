@@ -62,12 +62,18 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
                     "observed": observed,
                     "counselor": np.clip(observed + rng.normal(0.3, 0.9, n), 1, 5),
                     "fold": np.arange(n) % folds,
+                    "predicted_baseline": np.clip(observed + rng.normal(0, 1.5, n), 1, 5),
                 }
             )
         )
     pairs = pd.concat(pairs, ignore_index=True)
     rows = []
-    for rater, column in (("model", "predicted"), ("counselor", "counselor")):
+    raters = (
+        ("model", "predicted"),
+        ("baseline", "predicted_baseline"),
+        ("counselor", "counselor"),
+    )
+    for rater, column in raters:
         for dim, g in pairs.groupby("dimension", sort=False):
             for fold, part in [(None, g)] + (
                 [(int(k), p) for k, p in g.groupby("fold")] if rater == "model" else []
@@ -115,6 +121,31 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
             )
     _write(pd.DataFrame(calibration), out / "calibration.parquet")
     _write(pairs, out / "pairs.parquet")
+    comparisons = []
+    for dim, g in pairs.groupby("dimension", sort=False):
+        ra = stats.pearsonr(g["predicted"], g["observed"])[0]
+        rb = stats.pearsonr(g["predicted_baseline"], g["observed"])[0]
+        mse_a = float(np.mean((g["predicted"] - g["observed"]) ** 2))
+        mse_b = float(np.mean((g["predicted_baseline"] - g["observed"]) ** 2))
+        comparisons.append(
+            {
+                "rater_a": "model",
+                "rater_b": "baseline",
+                "dimension": dim,
+                "n": len(g),
+                "pearson_a": ra,
+                "pearson_b": rb,
+                "difference": ra - rb,
+                "difference_lo": ra - rb - 0.1,
+                "difference_hi": ra - rb + 0.1,
+                "mse_a": mse_a,
+                "mse_b": mse_b,
+                "mse_difference": mse_a - mse_b,
+                "mse_difference_lo": mse_a - mse_b - 0.2,
+                "mse_difference_hi": mse_a - mse_b + 0.2,
+            }
+        )
+    _write(pd.DataFrame(comparisons), out / "comparisons.parquet")
     overall = agreement[agreement["fold"].isna()]
     model = overall[overall["rater"] == "model"].set_index("dimension")
     counselor = overall[overall["rater"] == "counselor"].set_index("dimension")
@@ -122,6 +153,7 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
         "kind": "care-ray evaluation",
         "truth": "client_wai",
         "n_sessions": n,
+        "raters": [{"name": "model"}, {"name": "baseline"}],
         "dimensions": {
             d: {
                 "pearson": model.loc[d, "pearson"],
@@ -670,6 +702,38 @@ def test_agreement_sentence_reports_the_tables_numbers(folders, pages):
         assert f"{dim} {r:.2f} [{row['pearson_lo']:.2f}, {row['pearson_hi']:.2f}] (n = 120)" in text
     assert "bootstrap intervals over 1,000 resamples" in text
     assert "87% of the quotes" in text
+
+
+def test_every_scorer_is_shown_with_a_sentence_per_comparison(folders, pages):
+    text = _text(pages["evaluation"])
+    comparisons = pd.read_parquet(folders["evaluation"] / "comparisons.parquet")
+    assert "Scorers side by side" in text
+    for r in comparisons.itertuples():
+        lo, hi = r.difference - 0.1, r.difference + 0.1
+        if lo > 0:
+            want = (
+                f"model beats baseline on {r.dimension} by {r.difference:.2f} [{lo:.2f}, {hi:.2f}]"
+            )
+        else:
+            want = f"model and baseline do not differ detectably on {r.dimension}"
+        assert want in text, want
+    for rater in ("model", "baseline", "counselor"):
+        assert f"{rater} goal" in re.sub(r"\s+", " ", text), rater  # a table row per rater
+
+
+def test_a_point_without_an_interval_says_why():
+    from care_ray.report.sections.agreement import stat_cell
+
+    meta = {"bootstrap": {"resamples": 1000}}
+    row = {"n": 2, "pearson": 0.41, "pearson_lo": None, "pearson_hi": None}
+    assert stat_cell(row, "pearson", meta) == "0.41 (no interval: n = 2)"
+    row = {"n": 14, "pearson": 0.41, "pearson_lo": None, "pearson_hi": None, "ci_degenerate": 700}
+    assert stat_cell(row, "pearson", meta) == (
+        "0.41 (no interval: 700 resamples had a constant side)"
+    )
+    assert stat_cell({"n": 14, "mse": 0.5, "mse_lo": 0.3, "mse_hi": 0.7}, "mse", meta) == (
+        "0.50 [0.30, 0.70]"
+    )
 
 
 def test_population_names_the_weakest_outcome_with_its_ci(folders, pages):
