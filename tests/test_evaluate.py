@@ -768,3 +768,81 @@ def test_small_n_correlation_interval_survives_constant_resamples():
     assert math.isfinite(got["spearman_lo"]) and math.isfinite(got["mse_lo"])
     tiny = bootstrap_agreement(p[:2], t[:2], resamples=100)
     assert math.isnan(tiny["pearson_lo"]) and tiny["n"] == 2
+
+
+# ---- scale checks: do the item ratings behave like the WAI scale? ----
+
+
+def test_scale_checks_for_predicted_items_and_client_ratings(tmp_path):
+    """Clients' ratings with three planted factors; predicted items that are one number per
+    session plus a little noise: the predicted source is called a blob, the clients' is not."""
+    rng = np.random.default_rng(2)
+    n = 60
+    factors = rng.multivariate_normal(np.zeros(3), [[1, 0.4, 0.3], [0.4, 1, 0.3], [0.3, 0.3, 1]], n)
+    sessions, rows = [], []
+    for s in range(n):
+        client = [None] * 12
+        for k, d in enumerate(DIMS):
+            for i in ITEMS[d]:
+                client[i - 1] = int(np.clip(np.rint(3 + factors[s, k] + rng.normal(0, 0.5)), 1, 5))
+        session = _session(s, rng)
+        session.update({"session_id": f"s{s:02d}", "client_wai": client, "counselor_wai": None})
+        sessions.append(session)
+        level = 3 + factors[s].mean()
+        for d in DIMS:
+            for i in ITEMS[d]:
+                rows.append(
+                    {
+                        "session_id": f"s{s:02d}",
+                        "item_id": i,
+                        "dimension": d,
+                        "score": float(level + rng.normal(0, 0.02)),
+                    }
+                )
+    jsonl = tmp_path / "sessions.jsonl"
+    jsonl.write_text("".join(json.dumps(s) + "\n" for s in sessions), encoding="utf-8")
+    assert ingest_files("sessions-jsonl", [jsonl], tmp_path / "corpus")["sessions_written"] == n
+    (tmp_path / "scores" / "items").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "scores" / "items" / "part-0.parquet")
+    means = {d: {} for d in DIMS}
+    for r in rows:
+        means[r["dimension"]].setdefault(r["session_id"], []).append(r["score"])
+    _write_scores(
+        tmp_path / "scores", {d: {k: float(np.mean(v)) for k, v in means[d].items()} for d in DIMS}
+    )
+    res = _evaluate(
+        tmp_path / "corpus",
+        tmp_path / "scores",
+        tmp_path / "out",
+        "--resamples",
+        "0",
+        "--scale-resamples",
+        "20",
+    )
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    summary = _strict_json(out / "metrics.json")["scale"]
+    assert summary["predicted"]["verdict"]["blob"] is True
+    assert summary["client"]["verdict"]["blob"] is False
+    assert summary["client"]["n_complete"] == n
+    table = pq.read_table(out / "scale.parquet").to_pandas()
+    assert set(table["source"]) == {"predicted", "client"} and len(table) == 6
+    client = table[(table["source"] == "client") & (table["dimension"] == "bond")].iloc[0]
+    block = np.array([[s["client_wai"][i - 1] for i in ITEMS["bond"]] for s in sessions])
+    k = block.shape[1]
+    alpha = k / (k - 1) * (1 - block.var(axis=0, ddof=1).sum() / block.sum(axis=1).var(ddof=1))
+    assert client["alpha"] == pytest.approx(alpha)
+    models = pq.read_table(out / "factor_models.parquet").to_pandas()
+    assert set(models["model"]) == {"one", "two", "three"}
+    fits = models[models["source"] == "client"].set_index("model")
+    assert fits.loc["three", "cfi"] > fits.loc["one", "cfi"]
+    assert (out / "item_rest.parquet").exists() and (
+        out / "dimension_correlations.parquet"
+    ).exists()
+
+
+def test_scale_checks_skip_without_items_or_enough_sessions(evaluated):
+    summary = _strict_json(evaluated["out"] / "metrics.json")["scale"]
+    assert "no item scores" in summary["predicted"]["skipped"]
+    assert "at least 30" in summary["client"]["skipped"]
+    assert not (evaluated["out"] / "scale.parquet").exists()

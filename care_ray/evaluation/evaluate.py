@@ -101,6 +101,17 @@ class EvaluateConfig(BaseModel):
     rubric: Path | None = Field(
         None, description="rubric file (item → dimension); default: the English WAI-SR"
     )
+    scale_resamples: int = Field(
+        200,
+        ge=0,
+        description="bootstrap resamples for McDonald's ω intervals in the scale checks (0 = none)",
+    )
+    scale_min_sessions: int = Field(
+        30,
+        ge=3,
+        description="scale checks (α, ω, factor models) need at least this many sessions with all "
+        "items rated in a source (predicted items, the clients' own client_wai)",
+    )
     rationale_key: str = Field(
         RATIONALE_KEY, description="session metadata key of reference rationales; {item} = item id"
     )
@@ -341,6 +352,14 @@ def read_folds(config: EvaluateConfig, corpus: pa.Table) -> tuple[pl.DataFrame |
             }
         ), f"metadata:{config.fold_key}"
     return None, None
+
+
+def read_item_rows(
+    scores: str | Path, columns: list[str], session_ids: list[str]
+) -> pa.Table | None:
+    from care_ray.scoring.results import read_item_rows as read
+
+    return read(scores, columns, session_ids)
 
 
 def read_items(
@@ -760,8 +779,127 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
     return _json_safe(metrics)
 
 
+SCALE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "scale": {
+        "source": pl.String,
+        "dimension": pl.String,
+        **{f"{s}{x}": pl.Float64 for s in ("alpha", "omega") for x in ("", "_lo", "_hi")},
+        "n": pl.Int64,
+    },
+    "item_rest": {
+        "source": pl.String,
+        "dimension": pl.String,
+        "item_id": pl.Int64,
+        "r": pl.Float64,
+        "n": pl.Int64,
+    },
+    "dimension_correlations": {
+        "source": pl.String,
+        "dimension_a": pl.String,
+        "dimension_b": pl.String,
+        "r": pl.Float64,
+        "n": pl.Int64,
+    },
+    "factor_models": {
+        "source": pl.String,
+        "model": pl.String,
+        **{k: pl.Float64 for k in ("cfi", "rmsea", "srmr", "chi2", "df", "aic", "bic")},
+        "n": pl.Int64,
+    },
+}
+
+
+def scale_matrices(
+    first: Scorer, corpus: pa.Table, rubric: Rubric
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Sessions × items matrices per source: "predicted" (the first scorer's items/ scores) and
+    "client" (the corpus's client_wai), and a note for each source that has none."""
+    from care_ray.evaluation.scale import long_item_matrix
+
+    n_items = max(i.id for i in rubric.items)
+    matrices: dict[str, np.ndarray] = {}
+    notes: dict[str, str] = {}
+    rows = read_item_rows(
+        first.path, ["session_id", "item_id", "score"], corpus["session_id"].to_pylist()
+    )
+    if rows is None or rows.num_rows == 0:
+        notes["predicted"] = (
+            f"{first.name} has no item scores (items/ with session_id, item_id, score): "
+            "a baseline predicts dimensions only"
+        )
+    else:
+        matrices["predicted"] = long_item_matrix(
+            rows["session_id"].to_pylist(),
+            rows["item_id"].to_pylist(),
+            rows["score"].to_pylist(),
+            n_items,
+        )[1]
+    if CLIENT_WAI in corpus.column_names and corpus[CLIENT_WAI].null_count < corpus.num_rows:
+        lists = pl.Series("wai", corpus[CLIENT_WAI], dtype=pl.List(pl.Float64))
+        matrices["client"] = (
+            pl.DataFrame(lists)
+            .select(
+                pl.col("wai").list.get(i - 1, null_on_oob=True).alias(str(i))
+                for i in range(1, n_items + 1)
+            )
+            .to_numpy()
+            .astype(float)
+        )
+    else:
+        notes["client"] = "the corpus has no client_wai ratings for the scored sessions"
+    return matrices, notes
+
+
 def scale_checks(
     config: EvaluateConfig, scorers: list[Scorer], corpus: pa.Table, rubric: Rubric
 ) -> tuple[dict[str, Any] | None, dict[str, pl.DataFrame]]:
-    """Placeholder until the scale checks are wired in."""
-    return None, {}
+    """Does each source of item ratings behave like the WAI scale (care_ray.evaluation.scale)?
+    Returns metrics.json's `scale` summary and the tables scale, item_rest,
+    dimension_correlations, factor_models (only when some source was checked)."""
+    from care_ray.evaluation import scale
+
+    item_dims = ev.item_dimensions(rubric)
+    matrices, notes = scale_matrices(scorers[0], corpus, rubric)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SCALE_SCHEMAS}
+    summary: dict[str, Any] = {}
+    for source, matrix in matrices.items():
+        checks = scale.scale_checks(
+            matrix,
+            item_dims,
+            config.scale_resamples,
+            config.seed,
+            config.level,
+            config.scale_min_sessions,
+        )
+        if "skipped" in checks:
+            summary[source] = {"skipped": checks["skipped"], "n_complete": checks["n_complete"]}
+            continue
+        rows["scale"] += [{"source": source, **r} for r in checks["reliability"]]
+        rows["item_rest"] += [{"source": source, **r} for r in checks["item_rest"]]
+        rows["dimension_correlations"] += [
+            {"source": source, **r} for r in checks["dimension_correlations"]
+        ]
+        rows["factor_models"] += [{"source": source, **r} for r in checks["factor_models"]]
+        summary[source] = {
+            "n_complete": checks["n_complete"],
+            "verdict": checks["verdict"],
+            "alpha": {r["dimension"]: r["alpha"] for r in checks["reliability"]},
+            "omega": {r["dimension"]: r["omega"] for r in checks["reliability"]},
+            "factor_models": {
+                r["model"]: {k: v for k, v in r.items() if k != "model"}
+                for r in checks["factor_models"]
+            },
+        }
+    for source, note in notes.items():
+        summary[source] = {"skipped": note}
+    if not summary:
+        return None, {}
+    summary["predicted_rater"] = scorers[0].name
+    tables = {
+        name: pl.DataFrame(
+            [{c: r.get(c) for c in schema} for r in rows[name]], schema=schema, orient="row"
+        ).with_columns(pl.col(pl.Float64).fill_nan(None))
+        for name, schema in SCALE_SCHEMAS.items()
+        if rows[name]
+    }
+    return summary, tables

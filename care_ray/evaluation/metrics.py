@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -428,7 +428,10 @@ def percentile_interval(
 
 
 def _bootstrap_distribution(
-    data: tuple[np.ndarray, ...], statistic, resamples: int, rng: np.random.Generator
+    data: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    resamples: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """scipy.stats.bootstrap's paired resamples of `statistic` (vectorised), rows = statistics.
     Only its distribution is used: the interval comes from percentile_interval."""
@@ -509,9 +512,9 @@ def difference_statistics(
 
 
 def compare_raters(
-    a: Sequence[float],
-    b: Sequence[float],
-    observed: Sequence[float],
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    observed: npt.ArrayLike,
     resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
