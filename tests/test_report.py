@@ -146,6 +146,49 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
             }
         )
     _write(pd.DataFrame(comparisons), out / "comparisons.parquet")
+    scale_rows, models, rest, correlations = [], [], [], []
+    for source, alpha, cfi_one in (("predicted", 0.99, 0.995), ("client", 0.85, 0.62)):
+        for dim in DIMENSIONS:
+            scale_rows.append(
+                {
+                    "source": source,
+                    "dimension": dim,
+                    "alpha": alpha,
+                    "alpha_lo": alpha - 0.02,
+                    "alpha_hi": min(alpha + 0.01, 1.0),
+                    "omega": alpha,
+                    "omega_lo": alpha - 0.03,
+                    "omega_hi": min(alpha + 0.01, 1.0),
+                    "n": n,
+                }
+            )
+            rest += [
+                {"source": source, "dimension": dim, "item_id": i, "r": alpha - 0.1, "n": n}
+                for i in range(1, 5)
+            ]
+        for model, cfi in (("one", cfi_one), ("two", (cfi_one + 0.998) / 2), ("three", 0.998)):
+            models.append(
+                {
+                    "source": source,
+                    "model": model,
+                    "cfi": cfi,
+                    "rmsea": 0.3 * (1 - cfi),
+                    "srmr": 0.2 * (1 - cfi),
+                    "chi2": 60 + 900 * (1 - cfi),
+                    "df": {"one": 54, "two": 53, "three": 51}[model],
+                    "aic": 50.0,
+                    "bic": 150.0,
+                    "n": n,
+                }
+            )
+        correlations += [
+            {"source": source, "dimension_a": a, "dimension_b": b, "r": alpha - 0.05, "n": n}
+            for a, b in (("goal", "task"), ("goal", "bond"), ("task", "bond"))
+        ]
+    _write(pd.DataFrame(scale_rows), out / "scale.parquet")
+    _write(pd.DataFrame(models), out / "factor_models.parquet")
+    _write(pd.DataFrame(rest), out / "item_rest.parquet")
+    _write(pd.DataFrame(correlations), out / "dimension_correlations.parquet")
     overall = agreement[agreement["fold"].isna()]
     model = overall[overall["rater"] == "model"].set_index("dimension")
     counselor = overall[overall["rater"] == "counselor"].set_index("dimension")
@@ -154,6 +197,13 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
         "truth": "client_wai",
         "n_sessions": n,
         "raters": [{"name": "model"}, {"name": "baseline"}],
+        "scale": {
+            "predicted": {
+                "n_complete": n,
+                "verdict": {"blob": True, "all_alpha_high": True, "text": "nearly interchangeable"},
+            },
+            "client": {"n_complete": n, "verdict": {"blob": False, "all_alpha_high": False}},
+        },
         "dimensions": {
             d: {
                 "pearson": model.loc[d, "pearson"],
@@ -587,6 +637,7 @@ def write_analysis(out: Path, full: bool = True, n: int = 150, seed: int = 1) ->
 
 SECTION_TITLES = (
     "Agreement",
+    "Scale checks",
     "Population",
     "Counselor profiles",
     "Drivers",
@@ -721,6 +772,20 @@ def test_every_scorer_is_shown_with_a_sentence_per_comparison(folders, pages):
         assert f"{rater} goal" in re.sub(r"\s+", " ", text), rater  # a table row per rater
 
 
+def test_scale_checks_make_a_blob_visible(pages):
+    text = re.sub(r"\s+", " ", _text(pages["evaluation"]))
+    assert "Scale checks" in _headings(pages["evaluation"])
+    assert (
+        "Predicted items are nearly interchangeable: α 0.99–0.99 on every dimension, three "
+        "factors fit no better than one (CFI 0.998 vs 0.995)." in text
+    )
+    assert (
+        "The clients' own ratings separate into dimensions: three factors fit better than one "
+        "(CFI 0.998 vs 0.620)" in text
+    )
+    assert "0.85 [0.83, 0.86]" in text  # α with its interval, client rows
+
+
 def test_a_point_without_an_interval_says_why():
     from care_ray.report.sections.agreement import stat_cell
 
@@ -843,7 +908,7 @@ def test_an_analysis_without_interval_columns_shows_the_estimates_alone(folders)
         "outcome == 'bond'"
     )["slope"]
     assert f"the mean change per session is {slopes.mean():.3f}, and" in text
-    assert set(SECTION_TITLES) - {"Agreement"} <= set(_headings(page))
+    assert set(SECTION_TITLES) - {"Agreement", "Scale checks"} <= set(_headings(page))
 
 
 def test_the_templates_escape_every_value():

@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import numpy.typing as npt
+import polars as pl
 
 from care_ray.contracts.rubric import DIMENSIONS
 from care_ray.evaluation.metrics import percentile_interval
@@ -43,10 +44,11 @@ def item_column(item_id: int) -> str:
     return f"i{item_id}"
 
 
-def items_frame(matrix: np.ndarray, item_ids: Sequence[int]) -> pd.DataFrame:
-    """The matrix as a DataFrame with one column per item (i1…i12): the names semopy's model
-    descriptions use."""
-    return pd.DataFrame(np.asarray(matrix, dtype=float), columns=[item_column(i) for i in item_ids])
+def items_frame(matrix: np.ndarray, item_ids: Sequence[int]) -> Any:
+    """The matrix as a pandas DataFrame (what pingouin and semopy take) with one column per item
+    (i1…i12): the names semopy's model descriptions use."""
+    values = np.asarray(matrix, dtype=float)
+    return pl.DataFrame({item_column(i): values[:, j] for j, i in enumerate(item_ids)}).to_pandas()
 
 
 def long_item_matrix(
@@ -57,12 +59,21 @@ def long_item_matrix(
 ) -> tuple[list[str], np.ndarray]:
     """Long (session_id, item_id, score) rows → (sessions, sessions × n_items matrix); item j is
     column j−1, NaN where a session has no score for it."""
-    frame = pd.DataFrame(
-        {"session_id": session_ids, "item_id": item_ids, "score": pd.to_numeric(scores)}
-    )
-    wide = frame.pivot_table(index="session_id", columns="item_id", values="score", aggfunc="mean")
-    wide = wide.reindex(columns=range(1, n_items + 1))
-    return [str(s) for s in wide.index], wide.to_numpy(dtype=float)
+    frame = pl.DataFrame(
+        {
+            "session_id": pl.Series(list(session_ids), dtype=pl.String),
+            "item_id": pl.Series(list(item_ids), dtype=pl.Int64),
+            "score": pl.Series(list(scores), dtype=pl.Float64),
+        }
+    ).with_columns(pl.col("score").fill_nan(None))
+    sessions = sorted(frame["session_id"].unique().to_list())
+    row = {sid: k for k, sid in enumerate(sessions)}
+    matrix = np.full((len(sessions), n_items), np.nan)
+    means = frame.drop_nulls("score").group_by("session_id", "item_id").agg(pl.col("score").mean())
+    for sid, item, score in means.iter_rows():
+        if 1 <= item <= n_items:
+            matrix[row[sid], item - 1] = score
+    return sessions, matrix
 
 
 def _dimension_items(item_dims: Mapping[int, str]) -> dict[str, list[int]]:
@@ -88,12 +99,14 @@ def cronbach_alpha(block: np.ndarray, level: float = 0.95) -> tuple[float, float
         return NAN, NAN, NAN
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        alpha, ci = pg.cronbach_alpha(data=pd.DataFrame(block), ci=level)
+        alpha, ci = pg.cronbach_alpha(
+            data=items_frame(block, range(1, block.shape[1] + 1)), ci=level
+        )
     lo, hi = (float(v) for v in ci)
     return float(alpha), lo, hi
 
 
-def omega_from_loadings(loadings: Sequence[float]) -> float:
+def omega_from_loadings(loadings: npt.ArrayLike) -> float:
     """McDonald's ω (total) of a one-factor model with standardized loadings λ:
     (Σλ)² / ((Σλ)² + Σ(1 − λ²))."""
     lam = np.asarray(loadings, dtype=float)
@@ -281,9 +294,10 @@ def model_description(model: str, item_dims: Mapping[int, str]) -> str:
     )
 
 
-def fit_factor_model(frame: pd.DataFrame, description: str) -> dict[str, Any]:
-    """Fit one CFA with semopy (maximum likelihood): CFI, RMSEA, chi2, df, AIC, BIC from
-    calc_stats, SRMR from the implied vs observed covariance, and the factors' correlations."""
+def fit_factor_model(frame: Any, description: str) -> dict[str, Any]:
+    """Fit one CFA with semopy (maximum likelihood) to a pandas frame of items (items_frame):
+    CFI, RMSEA, chi2, df, AIC, BIC from calc_stats, SRMR from the implied vs observed
+    covariance, and the factors' correlations."""
     import semopy
 
     model = semopy.Model(description)
