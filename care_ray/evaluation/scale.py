@@ -342,7 +342,16 @@ def factor_models(matrix: np.ndarray, item_dims: Mapping[int, str]) -> list[dict
             if np.any(np.ptp(complete, axis=0) == 0):
                 raise ValueError("an item is constant")
             row.update(fit_factor_model(frame, model_description(model, item_dims)))
-        except (ValueError, np.linalg.LinAlgError, KeyError) as e:
+        # semopy's failures on degenerate data come as any of these
+        except (
+            ValueError,
+            ArithmeticError,
+            np.linalg.LinAlgError,
+            KeyError,
+            IndexError,
+            RuntimeError,
+            TypeError,
+        ) as e:
             row.update(
                 {k: NAN for k in ("cfi", "rmsea", "srmr", "chi2", "df", "aic", "bic")},
                 factor_correlations={},
