@@ -657,6 +657,7 @@ def test_two_scorers_side_by_side_on_common_sessions(corpus, tmp_path):
     for d in DIMS:  # the baseline did not score two sessions: both are left out for everyone
         bad[d].pop("s01")
         bad[d].pop("s02")
+        good[d].pop("s05")  # and the model did not score one the baseline did
     _write_scores(tmp_path / "good", good)
     _write_scores(tmp_path / "base", bad)
     (tmp_path / "base" / "manifest.json").write_text(
@@ -694,9 +695,9 @@ def test_two_scorers_side_by_side_on_common_sessions(corpus, tmp_path):
         assert row["n"] == want_good["n"] and row["pearson"] == pytest.approx(want_good["pearson"])
         row = overall[(overall["rater"] == "baseline") & (overall["dimension"] == d)].iloc[0]
         assert row["n"] == want_bad["n"] and row["pearson"] == pytest.approx(want_bad["pearson"])
-        # s01/s02 have a truth in every dimension, so the model lost exactly those two
+        # s01/s02/s05 have a truth in every dimension: the model lost two, the baseline one
         assert metrics["common_sessions"]["dropped"]["model"][d] == 2
-        assert metrics["common_sessions"]["dropped"]["baseline"][d] == 0
+        assert metrics["common_sessions"]["dropped"]["baseline"][d] == 1
     comparisons = pq.read_table(out / "comparisons.parquet").to_pandas()
     assert list(comparisons.columns[:9]) == [
         "rater_a",

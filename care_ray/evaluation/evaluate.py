@@ -629,8 +629,10 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         frames[scorer.name] = frame
     predicted, origin = frames[first.name], origins[first.name]
     scored = predicted["session_id"].unique()
+    # every scorer's sessions, so that what a later scorer alone scored counts as dropped
+    every = pl.concat([f["session_id"] for f in frames.values()]).unique()
     corpus = read_corpus(
-        config.sessions, scored, [CLIENT_WAI, "counselor_wai", "labels", "metadata"]
+        config.sessions, every, [CLIENT_WAI, "counselor_wai", "labels", "metadata"]
     )
     if corpus.num_rows == 0:
         raise EvaluateError(
@@ -638,6 +640,8 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         )
     observed = observed_frame(corpus, truth, rubric)
     folds, fold_source = read_folds(config, corpus)
+    # the first scorer's sessions: its items and rationales are checked on these alone
+    own = corpus.filter(pc.field("session_id").isin(pa.array(scored.to_list(), pa.string())))
     others = {s.column: frames[s.name].rename({"predicted": s.column}) for s in scorers[1:]}
     pairs = ev.pairs_table(predicted, observed, counselor_frame(corpus, rubric), folds, others)
     if pairs.height == 0:
@@ -691,7 +695,7 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         )
         for d in truth_dims
     }
-    scale_metrics, scale_tables = scale_checks(config, scorers, corpus, rubric)
+    scale_metrics, scale_tables = scale_checks(config, scorers, own, rubric)
 
     metrics: dict[str, Any] = {
         "kind": "care-ray evaluation",
@@ -741,7 +745,7 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         else None,
         "quote_found_share": quote_share,
         "quote_found_by_dimension": quote_by_dim,
-        "rationale_overlap": rationale_metrics(corpus, config, rubric),
+        "rationale_overlap": rationale_metrics(own, config, rubric),
         "calibration": {"low": low, "high": high, "bin_width": config.bin_width},
         "scale": scale_metrics,
         "bootstrap": {

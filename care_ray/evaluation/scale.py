@@ -70,9 +70,9 @@ def long_item_matrix(
     row = {sid: k for k, sid in enumerate(sessions)}
     matrix = np.full((len(sessions), n_items), np.nan)
     means = frame.drop_nulls("score").group_by("session_id", "item_id").agg(pl.col("score").mean())
-    for sid, item, score in means.iter_rows():
-        if 1 <= item <= n_items:
-            matrix[row[sid], item - 1] = score
+    means = means.filter(pl.col("item_id").is_between(1, n_items))
+    rows = np.array([row[sid] for sid in means["session_id"].to_list()], dtype=int)
+    matrix[rows, means["item_id"].to_numpy() - 1] = means["score"].to_numpy()
     return sessions, matrix
 
 
