@@ -646,10 +646,10 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
     pairs = ev.pairs_table(predicted, observed, counselor_frame(corpus, rubric), folds, others)
     if pairs.height == 0:
         hint = " (try --truth labels.NAME=DIMENSION)" if truth.kind == CLIENT_WAI else ""
-        every = " from every scorer" if len(scorers) > 1 else ""
+        by_all = " from every scorer" if len(scorers) > 1 else ""
         raise EvaluateError(
             f"none of the {corpus.num_rows} scored sessions in the corpus has both a model "
-            f"score{every} and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} "
+            f"score{by_all} and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} "
             f"value{hint}"
         )
     truth_dims = [d for d in dimensions if d in truth.describe(dimensions)]
