@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from care_ray.cli import app
 from care_ray.corpus.ingest import ingest_files
-from care_ray.evaluation.metrics import bootstrap_agreement, rationale_overlap
+from care_ray.evaluation.evaluate import EvaluateError, parse_scorers
+from care_ray.evaluation.metrics import bootstrap_agreement, compare_raters, rationale_overlap
 
 # WAI-SR item → dimension, written out here so the test does not share the code's mapping.
 ITEMS = {"goal": [4, 6, 8, 11], "task": [1, 2, 10, 12], "bond": [3, 5, 7, 9]}
@@ -617,3 +618,232 @@ def test_esconv_empathy_as_bond_proxy(esconv_corpus, tmp_path):
         and len(no_wai.output.strip().splitlines()) == 1
         and "--truth labels." in no_wai.output
     )
+
+
+# ---- side by side: several scorers against the same truth ----
+
+
+def _planted(sessions: list[dict], noise: float, seed: int) -> dict[str, dict[str, float]]:
+    """Predictions = the truth plus N(0, noise), on the 1–5 scale."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for d, by_session in _truth(sessions).items():
+        out[d] = {
+            sid: float(np.clip((3.0 if math.isnan(t) else t) + rng.normal(0, noise), 1, 5))
+            for sid, t in by_session.items()
+        }
+    return out
+
+
+def test_scorer_names_default_to_model_then_the_folder():
+    named = parse_scorers(["runs/llm", "base=runs/tfidf", "/x/y/ridge/"])
+    assert [(s.name, s.column) for s in named] == [
+        ("model", "predicted"),
+        ("base", "predicted_base"),
+        ("ridge", "predicted_ridge"),
+    ]
+    assert parse_scorers(["s3://bucket/run"])[0].path == "s3://bucket/run"
+    assert parse_scorers(["llm=s3://b/run"])[0].name == "llm"
+    with pytest.raises(EvaluateError, match="given twice"):
+        parse_scorers(["a/run", "x=a", "x=b"])
+    with pytest.raises(EvaluateError, match="counselor"):
+        parse_scorers(["a", "counselor=b"])
+
+
+def test_two_scorers_side_by_side_on_common_sessions(corpus, tmp_path):
+    corpus_dir, sessions = corpus
+    good = _planted(sessions, 0.15, seed=1)
+    bad = _planted(sessions, 3.0, seed=2)
+    for d in DIMS:  # the baseline did not score two sessions: both are left out for everyone
+        bad[d].pop("s01")
+        bad[d].pop("s02")
+        good[d].pop("s05")  # and the model did not score one the baseline did
+    _write_scores(tmp_path / "good", good)
+    _write_scores(tmp_path / "base", bad)
+    (tmp_path / "base" / "manifest.json").write_text(
+        json.dumps({"kind": "care-ray baseline scores"}), encoding="utf-8"
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--scores",
+            str(tmp_path / "good"),
+            "--scores",
+            f"baseline={tmp_path / 'base'}",
+            "--sessions",
+            str(corpus_dir),
+            "--out",
+            str(tmp_path / "out"),
+            "--resamples",
+            "400",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    metrics = _strict_json(out / "metrics.json")
+    assert [r["name"] for r in metrics["raters"]] == ["model", "baseline"]
+    assert metrics["raters"][1]["kind"] == "care-ray baseline scores"
+    truth = _truth(sessions)
+    agreement = pq.read_table(out / "agreement.parquet").to_pandas()
+    overall = agreement[agreement["fold"].isna()]
+    assert set(overall["rater"]) == {"model", "baseline", "counselor"}
+    for d in DIMS:
+        keys = [k for k in bad[d] if k in good[d]]
+        want_good, want_bad = _expected(good[d], truth[d], keys), _expected(bad[d], truth[d], keys)
+        row = overall[(overall["rater"] == "model") & (overall["dimension"] == d)].iloc[0]
+        assert row["n"] == want_good["n"] and row["pearson"] == pytest.approx(want_good["pearson"])
+        row = overall[(overall["rater"] == "baseline") & (overall["dimension"] == d)].iloc[0]
+        assert row["n"] == want_bad["n"] and row["pearson"] == pytest.approx(want_bad["pearson"])
+        # s01/s02/s05 have a truth in every dimension: the model lost two, the baseline one
+        assert metrics["common_sessions"]["dropped"]["model"][d] == 2
+        assert metrics["common_sessions"]["dropped"]["baseline"][d] == 1
+    comparisons = pq.read_table(out / "comparisons.parquet").to_pandas()
+    assert list(comparisons.columns[:9]) == [
+        "rater_a",
+        "rater_b",
+        "dimension",
+        "n",
+        "pearson_a",
+        "pearson_b",
+        "difference",
+        "difference_lo",
+        "difference_hi",
+    ]
+    for r in comparisons.itertuples():
+        assert (r.rater_a, r.rater_b) == ("model", "baseline")
+        assert r.difference == pytest.approx(r.pearson_a - r.pearson_b)
+        assert 0 < r.difference_lo <= r.difference <= r.difference_hi  # a large planted gap
+        assert r.mse_difference_hi < 0  # the good scorer's errors are smaller
+    summary = metrics["comparisons"]
+    assert {c["better_pearson"] for c in summary} == {"model"}
+
+
+def test_identical_scorers_do_not_differ(corpus, tmp_path):
+    corpus_dir, sessions = corpus
+    same = _planted(sessions, 0.8, seed=5)
+    _write_scores(tmp_path / "a", same)
+    _write_scores(tmp_path / "b", same)
+    res = _evaluate(corpus_dir, tmp_path / "a", tmp_path / "out", "--scores", str(tmp_path / "b"))
+    assert res.exit_code == 0, res.output
+    comparisons = pq.read_table(tmp_path / "out" / "comparisons.parquet").to_pandas()
+    assert set(comparisons["rater_b"]) == {"b"}
+    for r in comparisons.itertuples():
+        assert r.difference_lo <= 0 <= r.difference_hi
+        assert r.mse_difference_lo <= 0 <= r.mse_difference_hi
+    assert {
+        c["better_pearson"] for c in _strict_json(tmp_path / "out" / "metrics.json")["comparisons"]
+    } == {None}
+
+
+def test_paired_difference_interval_matches_a_numpy_bootstrap():
+    rng = np.random.default_rng(4)
+    n = 400
+    t = rng.uniform(1, 5, n)
+    a, b = t + rng.normal(0, 0.7, n), t + rng.normal(0, 1.2, n)
+    got = compare_raters(a, b, t, resamples=2000, seed=3)
+    diffs, mses = [], []
+    boot = np.random.default_rng(99)
+    for _ in range(2000):
+        i = boot.integers(0, n, n)  # the same sessions for both raters: paired
+        diffs.append(np.corrcoef(a[i], t[i])[0, 1] - np.corrcoef(b[i], t[i])[0, 1])
+        mses.append(np.mean((a[i] - t[i]) ** 2) - np.mean((b[i] - t[i]) ** 2))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    assert got["difference"] == pytest.approx(np.corrcoef(a, t)[0, 1] - np.corrcoef(b, t)[0, 1])
+    assert got["difference_lo"] == pytest.approx(lo, abs=0.015)
+    assert got["difference_hi"] == pytest.approx(hi, abs=0.015)
+    mlo, mhi = np.percentile(mses, [2.5, 97.5])
+    assert got["mse_difference_lo"] == pytest.approx(mlo, abs=0.04)
+    assert got["mse_difference_hi"] == pytest.approx(mhi, abs=0.04)
+
+
+def test_small_n_correlation_interval_survives_constant_resamples():
+    """At n = 14 with coarse scores some resamples are constant (r undefined); scipy's percentile
+    interval is then NaN for r while MSE keeps one. The interval is taken over the finite resamples
+    and the degenerate ones are counted."""
+    t = np.array([3, 4, 4, 5, 3, 4, 2, 5, 4, 3, 4, 5, 4, 3], dtype=float)
+    p = np.array([4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5, 4, 4], dtype=float)
+    got = bootstrap_agreement(p, t, resamples=1000, seed=0)
+    assert got["ci_degenerate"] > 0
+    assert got["pearson_lo"] <= got["pearson"] <= got["pearson_hi"]
+    assert math.isfinite(got["spearman_lo"]) and math.isfinite(got["mse_lo"])
+    tiny = bootstrap_agreement(p[:2], t[:2], resamples=100)
+    assert math.isnan(tiny["pearson_lo"]) and tiny["n"] == 2
+
+
+# ---- scale checks: do the item ratings behave like the WAI scale? ----
+
+
+def test_scale_checks_for_predicted_items_and_client_ratings(tmp_path):
+    """Clients' ratings with three planted factors; predicted items that are one number per
+    session plus a little noise: the predicted source is called a blob, the clients' is not."""
+    rng = np.random.default_rng(2)
+    n = 60
+    factors = rng.multivariate_normal(np.zeros(3), [[1, 0.4, 0.3], [0.4, 1, 0.3], [0.3, 0.3, 1]], n)
+    sessions, rows = [], []
+    for s in range(n):
+        client = [None] * 12
+        for k, d in enumerate(DIMS):
+            for i in ITEMS[d]:
+                client[i - 1] = int(np.clip(np.rint(3 + factors[s, k] + rng.normal(0, 0.5)), 1, 5))
+        session = _session(s, rng)
+        session.update({"session_id": f"s{s:02d}", "client_wai": client, "counselor_wai": None})
+        sessions.append(session)
+        level = 3 + factors[s].mean()
+        for d in DIMS:
+            for i in ITEMS[d]:
+                rows.append(
+                    {
+                        "session_id": f"s{s:02d}",
+                        "item_id": i,
+                        "dimension": d,
+                        "score": float(level + rng.normal(0, 0.02)),
+                    }
+                )
+    jsonl = tmp_path / "sessions.jsonl"
+    jsonl.write_text("".join(json.dumps(s) + "\n" for s in sessions), encoding="utf-8")
+    assert ingest_files("sessions-jsonl", [jsonl], tmp_path / "corpus")["sessions_written"] == n
+    (tmp_path / "scores" / "items").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "scores" / "items" / "part-0.parquet")
+    means = {d: {} for d in DIMS}
+    for r in rows:
+        means[r["dimension"]].setdefault(r["session_id"], []).append(r["score"])
+    _write_scores(
+        tmp_path / "scores", {d: {k: float(np.mean(v)) for k, v in means[d].items()} for d in DIMS}
+    )
+    res = _evaluate(
+        tmp_path / "corpus",
+        tmp_path / "scores",
+        tmp_path / "out",
+        "--resamples",
+        "0",
+        "--scale-resamples",
+        "20",
+    )
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out"
+    summary = _strict_json(out / "metrics.json")["scale"]
+    assert summary["predicted"]["verdict"]["blob"] is True
+    assert summary["client"]["verdict"]["blob"] is False
+    assert summary["client"]["n_complete"] == n
+    table = pq.read_table(out / "scale.parquet").to_pandas()
+    assert set(table["source"]) == {"predicted", "client"} and len(table) == 6
+    client = table[(table["source"] == "client") & (table["dimension"] == "bond")].iloc[0]
+    block = np.array([[s["client_wai"][i - 1] for i in ITEMS["bond"]] for s in sessions])
+    k = block.shape[1]
+    alpha = k / (k - 1) * (1 - block.var(axis=0, ddof=1).sum() / block.sum(axis=1).var(ddof=1))
+    assert client["alpha"] == pytest.approx(alpha)
+    models = pq.read_table(out / "factor_models.parquet").to_pandas()
+    assert set(models["model"]) == {"one", "two", "three"}
+    fits = models[models["source"] == "client"].set_index("model")
+    assert fits.loc["three", "cfi"] > fits.loc["one", "cfi"]
+    assert (out / "item_rest.parquet").exists() and (
+        out / "dimension_correlations.parquet"
+    ).exists()
+
+
+def test_scale_checks_skip_without_items_or_enough_sessions(evaluated):
+    summary = _strict_json(evaluated["out"] / "metrics.json")["scale"]
+    assert "no item scores" in summary["predicted"]["skipped"]
+    assert "at least 30" in summary["client"]["skipped"]
+    assert not (evaluated["out"] / "scale.parquet").exists()

@@ -62,12 +62,18 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
                     "observed": observed,
                     "counselor": np.clip(observed + rng.normal(0.3, 0.9, n), 1, 5),
                     "fold": np.arange(n) % folds,
+                    "predicted_baseline": np.clip(observed + rng.normal(0, 1.5, n), 1, 5),
                 }
             )
         )
     pairs = pd.concat(pairs, ignore_index=True)
     rows = []
-    for rater, column in (("model", "predicted"), ("counselor", "counselor")):
+    raters = (
+        ("model", "predicted"),
+        ("baseline", "predicted_baseline"),
+        ("counselor", "counselor"),
+    )
+    for rater, column in raters:
         for dim, g in pairs.groupby("dimension", sort=False):
             for fold, part in [(None, g)] + (
                 [(int(k), p) for k, p in g.groupby("fold")] if rater == "model" else []
@@ -115,6 +121,74 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
             )
     _write(pd.DataFrame(calibration), out / "calibration.parquet")
     _write(pairs, out / "pairs.parquet")
+    comparisons = []
+    for dim, g in pairs.groupby("dimension", sort=False):
+        ra = stats.pearsonr(g["predicted"], g["observed"])[0]
+        rb = stats.pearsonr(g["predicted_baseline"], g["observed"])[0]
+        mse_a = float(np.mean((g["predicted"] - g["observed"]) ** 2))
+        mse_b = float(np.mean((g["predicted_baseline"] - g["observed"]) ** 2))
+        comparisons.append(
+            {
+                "rater_a": "model",
+                "rater_b": "baseline",
+                "dimension": dim,
+                "n": len(g),
+                "pearson_a": ra,
+                "pearson_b": rb,
+                "difference": ra - rb,
+                "difference_lo": ra - rb - 0.1,
+                "difference_hi": ra - rb + 0.1,
+                "mse_a": mse_a,
+                "mse_b": mse_b,
+                "mse_difference": mse_a - mse_b,
+                "mse_difference_lo": mse_a - mse_b - 0.2,
+                "mse_difference_hi": mse_a - mse_b + 0.2,
+            }
+        )
+    _write(pd.DataFrame(comparisons), out / "comparisons.parquet")
+    scale_rows, models, rest, correlations = [], [], [], []
+    for source, alpha, cfi_one in (("predicted", 0.99, 0.995), ("client", 0.85, 0.62)):
+        for dim in DIMENSIONS:
+            scale_rows.append(
+                {
+                    "source": source,
+                    "dimension": dim,
+                    "alpha": alpha,
+                    "alpha_lo": alpha - 0.02,
+                    "alpha_hi": min(alpha + 0.01, 1.0),
+                    "omega": alpha,
+                    "omega_lo": alpha - 0.03,
+                    "omega_hi": min(alpha + 0.01, 1.0),
+                    "n": n,
+                }
+            )
+            rest += [
+                {"source": source, "dimension": dim, "item_id": i, "r": alpha - 0.1, "n": n}
+                for i in range(1, 5)
+            ]
+        for model, cfi in (("one", cfi_one), ("two", (cfi_one + 0.998) / 2), ("three", 0.998)):
+            models.append(
+                {
+                    "source": source,
+                    "model": model,
+                    "cfi": cfi,
+                    "rmsea": 0.3 * (1 - cfi),
+                    "srmr": 0.2 * (1 - cfi),
+                    "chi2": 60 + 900 * (1 - cfi),
+                    "df": {"one": 54, "two": 53, "three": 51}[model],
+                    "aic": 50.0,
+                    "bic": 150.0,
+                    "n": n,
+                }
+            )
+        correlations += [
+            {"source": source, "dimension_a": a, "dimension_b": b, "r": alpha - 0.05, "n": n}
+            for a, b in (("goal", "task"), ("goal", "bond"), ("task", "bond"))
+        ]
+    _write(pd.DataFrame(scale_rows), out / "scale.parquet")
+    _write(pd.DataFrame(models), out / "factor_models.parquet")
+    _write(pd.DataFrame(rest), out / "item_rest.parquet")
+    _write(pd.DataFrame(correlations), out / "dimension_correlations.parquet")
     overall = agreement[agreement["fold"].isna()]
     model = overall[overall["rater"] == "model"].set_index("dimension")
     counselor = overall[overall["rater"] == "counselor"].set_index("dimension")
@@ -122,6 +196,14 @@ def write_evaluation(out: Path, n: int = 120, seed: int = 0, folds: int = 5) -> 
         "kind": "care-ray evaluation",
         "truth": "client_wai",
         "n_sessions": n,
+        "raters": [{"name": "model"}, {"name": "baseline"}],
+        "scale": {
+            "predicted": {
+                "n_complete": n,
+                "verdict": {"blob": True, "all_alpha_high": True, "text": "nearly interchangeable"},
+            },
+            "client": {"n_complete": n, "verdict": {"blob": False, "all_alpha_high": False}},
+        },
         "dimensions": {
             d: {
                 "pearson": model.loc[d, "pearson"],
@@ -555,6 +637,7 @@ def write_analysis(out: Path, full: bool = True, n: int = 150, seed: int = 1) ->
 
 SECTION_TITLES = (
     "Agreement",
+    "Scale checks",
     "Population",
     "Counselor profiles",
     "Drivers",
@@ -672,6 +755,52 @@ def test_agreement_sentence_reports_the_tables_numbers(folders, pages):
     assert "87% of the quotes" in text
 
 
+def test_every_scorer_is_shown_with_a_sentence_per_comparison(folders, pages):
+    text = _text(pages["evaluation"])
+    comparisons = pd.read_parquet(folders["evaluation"] / "comparisons.parquet")
+    assert "Scorers side by side" in text
+    for r in comparisons.itertuples():
+        lo, hi = r.difference - 0.1, r.difference + 0.1
+        if lo > 0:
+            want = (
+                f"model beats baseline on {r.dimension} by {r.difference:.2f} [{lo:.2f}, {hi:.2f}]"
+            )
+        else:
+            want = f"model and baseline do not differ detectably on {r.dimension}"
+        assert want in text, want
+    for rater in ("model", "baseline", "counselor"):
+        assert f"{rater} goal" in re.sub(r"\s+", " ", text), rater  # a table row per rater
+
+
+def test_scale_checks_make_a_blob_visible(pages):
+    text = re.sub(r"\s+", " ", _text(pages["evaluation"]))
+    assert "Scale checks" in _headings(pages["evaluation"])
+    assert (
+        "Predicted items are nearly interchangeable: α 0.99–0.99 on every dimension, three "
+        "factors fit no better than one (CFI 0.998 vs 0.995)." in text
+    )
+    assert (
+        "The clients' own ratings separate into dimensions: three factors fit better than one "
+        "(CFI 0.998 vs 0.620)" in text
+    )
+    assert "0.85 [0.83, 0.86]" in text  # α with its interval, client rows
+
+
+def test_a_point_without_an_interval_says_why():
+    from care_ray.report.sections.agreement import stat_cell
+
+    meta = {"bootstrap": {"resamples": 1000}}
+    row = {"n": 2, "pearson": 0.41, "pearson_lo": None, "pearson_hi": None}
+    assert stat_cell(row, "pearson", meta) == "0.41 (no interval: n = 2)"
+    row = {"n": 14, "pearson": 0.41, "pearson_lo": None, "pearson_hi": None, "ci_degenerate": 700}
+    assert stat_cell(row, "pearson", meta) == (
+        "0.41 (no interval: 700 resamples had a constant side)"
+    )
+    assert stat_cell({"n": 14, "mse": 0.5, "mse_lo": 0.3, "mse_hi": 0.7}, "mse", meta) == (
+        "0.50 [0.30, 0.70]"
+    )
+
+
 def test_population_names_the_weakest_outcome_with_its_ci(folders, pages):
     text = _text(pages["full"])
     features = pd.read_parquet(folders["analysis"] / "features.parquet")
@@ -779,7 +908,7 @@ def test_an_analysis_without_interval_columns_shows_the_estimates_alone(folders)
         "outcome == 'bond'"
     )["slope"]
     assert f"the mean change per session is {slopes.mean():.3f}, and" in text
-    assert set(SECTION_TITLES) - {"Agreement"} <= set(_headings(page))
+    assert set(SECTION_TITLES) - {"Agreement", "Scale checks"} <= set(_headings(page))
 
 
 def test_the_templates_escape_every_value():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from care_ray.cluster.storage import PathOrURI
+from care_ray.cluster.storage import PathOrURI, is_uri
 from care_ray.common.errors import UserError
 from care_ray.contracts.rubric import Rubric, load_rubric
 from care_ray.corpus.ratings import RATIONALE_KEY
@@ -32,6 +34,9 @@ from care_ray.evaluation import metrics as ev
 log = logging.getLogger(__name__)
 
 CLIENT_WAI = "client_wai"
+FIRST_RATER = "model"
+BASELINE_KIND = "care-ray baseline scores"
+_RATER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 LABEL_PREFIX = "labels."
 
 
@@ -46,9 +51,12 @@ class EvaluateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scores: PathOrURI = Field(
-        description="a scoring run folder (`care-ray score --out`): sessions/, else items/; a "
-        "local path or a URI"
+    scores: list[str] = Field(
+        min_length=1,
+        description="a scoring run folder (`care-ray score --out`, or `care-ray baseline`): "
+        "sessions/, else items/; a local path or a URI. Repeatable, as NAME=PATH or PATH (name = "
+        "the folder's name; the first one unnamed is 'model'): every scorer is compared with the "
+        "same truth on the sessions all of them scored, the first one with each other one",
     )
     sessions: PathOrURI = Field(description="the corpus folder that was scored, a path or a URI")
     out: Path = Field(
@@ -93,6 +101,17 @@ class EvaluateConfig(BaseModel):
     rubric: Path | None = Field(
         None, description="rubric file (item → dimension); default: the English WAI-SR"
     )
+    scale_resamples: int = Field(
+        200,
+        ge=0,
+        description="bootstrap resamples for McDonald's ω intervals in the scale checks (0 = none)",
+    )
+    scale_min_sessions: int = Field(
+        30,
+        ge=3,
+        description="scale checks (α, ω, factor models) need at least this many sessions with all "
+        "items rated in a source (predicted items, the clients' own client_wai)",
+    )
     rationale_key: str = Field(
         RATIONALE_KEY, description="session metadata key of reference rationales; {item} = item id"
     )
@@ -101,6 +120,16 @@ class EvaluateConfig(BaseModel):
         ge=1,
         description="ROUGE on at most this many (session, item) rationale pairs (a seeded sample)",
     )
+
+    @field_validator("scores", mode="before")
+    @classmethod
+    def _one_scores_is_a_list(cls, value: Any) -> Any:
+        """One folder (a str or a path, as callers before side-by-side passed it) is a list of one."""
+        if isinstance(value, str | os.PathLike):
+            return [str(value)]
+        if isinstance(value, list | tuple):
+            return [str(v) if isinstance(v, os.PathLike) else v for v in value]
+        return value
 
     @model_validator(mode="after")
     def _one_fold_source(self) -> EvaluateConfig:
@@ -154,6 +183,54 @@ def parse_truth(specs: list[str], dimensions: list[str]) -> Truth:
                 )
             label_of[d] = name
     return Truth("labels", {d: label_of[d] for d in dimensions if d in label_of})
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One --scores folder: its rater name, where it is, and its column in pairs.parquet."""
+
+    name: str
+    path: str
+    column: str
+
+
+def parse_scorers(specs: list[str]) -> list[Scorer]:
+    """`NAME=PATH` or `PATH` → scorers with unique names: an unnamed first one is "model" (so a
+    single-run evaluation reads as before), other unnamed ones take their folder's name. The first
+    scorer's predictions are pairs.parquet's `predicted`, each other one's `predicted_NAME`."""
+    out: list[Scorer] = []
+    for i, spec in enumerate(specs):
+        name, sep, path = spec.partition("=")
+        if not sep or not _RATER_NAME.match(name.strip()) or is_uri(name):
+            name, path = "", spec
+        name, path = name.strip(), path.strip()
+        if not path:
+            raise EvaluateError(f"--scores {spec!r}: no folder")
+        if not name:
+            name = FIRST_RATER if i == 0 else (path.rstrip("/").rsplit("/", 1)[-1] or path)
+        out.append(Scorer(name, path, "predicted" if i == 0 else f"predicted_{name}"))
+    names = [s.name for s in out]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise EvaluateError(
+            f"--scores: rater name(s) {', '.join(repeated)} given twice (name them NAME=PATH)"
+        )
+    if "counselor" in names:
+        raise EvaluateError("--scores: 'counselor' is the counselor baseline's name; pick another")
+    return out
+
+
+def scores_kind(path: str) -> str:
+    """The "kind" in a scores folder's manifest.json ("care-ray baseline scores" for a baseline),
+    "scores" when there is none to read."""
+    manifest = Path(path) / "manifest.json"
+    if is_uri(path) or not manifest.is_file():
+        return "scores"
+    try:
+        kind = json.loads(manifest.read_text(encoding="utf-8")).get("kind")
+    except (json.JSONDecodeError, AttributeError, OSError):
+        return "scores"
+    return str(kind) if kind else "scores"
 
 
 # ---- reading ----
@@ -277,6 +354,14 @@ def read_folds(config: EvaluateConfig, corpus: pa.Table) -> tuple[pl.DataFrame |
     return None, None
 
 
+def read_item_rows(
+    scores: str | Path, columns: list[str], session_ids: list[str]
+) -> pa.Table | None:
+    from care_ray.scoring.results import read_item_rows as read
+
+    return read(scores, columns, session_ids)
+
+
 def read_items(
     scores: str | Path, session_ids: pl.Series, columns: list[str]
 ) -> pl.DataFrame | None:
@@ -331,15 +416,17 @@ def _fold_mean_r(summary: dict[str, Any], dimension: str) -> float | None:
     return summary.get(dimension, {}).get("pearson", {}).get("mean")
 
 
-def fold_metrics(agreement: pl.DataFrame, dimensions: list[str], source: str) -> dict[str, Any]:
+def fold_metrics(
+    agreement: pl.DataFrame, dimensions: list[str], source: str, rater: str = FIRST_RATER
+) -> dict[str, Any]:
     folds = agreement.filter(pl.col("fold").is_not_null())
-    model = ev.fold_agreement_summary(agreement, "model", dimensions)
+    model = ev.fold_agreement_summary(agreement, rater, dimensions)
     has_counselor = folds.filter(pl.col("rater") == "counselor").height > 0
     counselor = (
         ev.fold_agreement_summary(agreement, "counselor", dimensions) if has_counselor else None
     )
     per_fold: dict[str, dict[str, Any]] = {}
-    for r in folds.filter(pl.col("rater") == "model").to_dicts():
+    for r in folds.filter(pl.col("rater") == rater).to_dicts():
         per_fold.setdefault(r["fold"], {})[r["dimension"]] = {
             s: r[s] for s in (*ev.AGREEMENT_STATS, "n")
         }
@@ -370,7 +457,11 @@ def rationale_metrics(
     )
     if refs.height == 0:
         return None
-    items = read_items(config.scores, refs["session_id"], ["session_id", "item_id", "rationale"])
+    items = read_items(
+        parse_scorers(config.scores)[0].path,
+        refs["session_id"],
+        ["session_id", "item_id", "rationale"],
+    )
     cands = (
         items.with_columns(pl.col("item_id").cast(pl.Int64))
         if items is not None
@@ -471,39 +562,105 @@ def write_outputs(
     )
 
 
+def _dropped(
+    frames: dict[str, pl.DataFrame], observed: pl.DataFrame, pairs: pl.DataFrame, dims: list[str]
+) -> dict[str, dict[str, int]]:
+    """Per scorer and dimension: the sessions it scored (with a truth) that another scorer did not,
+    left out so that every scorer is compared on the same sessions."""
+    kept = dict(pairs.group_by("dimension").len().iter_rows())
+    out = {}
+    for name, frame in frames.items():
+        have = dict(
+            frame.join(observed, on=["session_id", "dimension"], how="inner")
+            .group_by("dimension")
+            .len()
+            .iter_rows()
+        )
+        out[name] = {d: int(have.get(d, 0) - kept.get(d, 0)) for d in dims}
+    return out
+
+
+def _difference_text(row: dict[str, Any]) -> str:
+    lo, hi = row["difference_lo"], row["difference_hi"]
+    if row["difference"] is None or lo is None or hi is None:
+        return "no interval"
+    return f"{row['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def comparison_summary(comparisons: pl.DataFrame) -> list[dict[str, Any]]:
+    """metrics.json's `comparisons`: per pair and dimension r_a − r_b and MSE_a − MSE_b with their
+    intervals, and which rater agrees better where the r interval excludes 0 (else null)."""
+    out = []
+    for r in comparisons.to_dicts():
+        lo, hi = r["difference_lo"], r["difference_hi"]
+        better = None
+        if lo is not None and hi is not None and (lo > 0 or hi < 0):
+            better = r["rater_a"] if lo > 0 else r["rater_b"]
+        out.append(
+            {
+                "rater_a": r["rater_a"],
+                "rater_b": r["rater_b"],
+                "dimension": r["dimension"],
+                "n": r["n"],
+                "pearson_difference": r["difference"],
+                "pearson_difference_ci": [lo, hi],
+                "mse_difference": r["mse_difference"],
+                "mse_difference_ci": [r["mse_difference_lo"], r["mse_difference_hi"]],
+                "better_pearson": better,
+                "text": _difference_text(r),
+            }
+        )
+    return out
+
+
 def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
-    """Evaluate one scoring run against one corpus; writes config.out and returns metrics.json's content."""
+    """Evaluate one or more scoring runs against one corpus; writes config.out and returns
+    metrics.json's content."""
     started = time.monotonic()
     rubric = load_rubric(config.rubric) if config.rubric else load_rubric()
     dimensions = list(rubric.dimensions)
     truth = parse_truth(config.truth, dimensions)
-    predicted, origin = read_predicted(config.scores, dimensions)
+    scorers = parse_scorers(config.scores)
+    first = scorers[0]
+    frames: dict[str, pl.DataFrame] = {}
+    origins: dict[str, str] = {}
+    for scorer in scorers:
+        frame, origins[scorer.name] = read_predicted(scorer.path, dimensions)
+        frames[scorer.name] = frame
+    predicted, origin = frames[first.name], origins[first.name]
     scored = predicted["session_id"].unique()
+    # every scorer's sessions, so that what a later scorer alone scored counts as dropped
+    every = pl.concat([f["session_id"] for f in frames.values()]).unique()
     corpus = read_corpus(
-        config.sessions, scored, [CLIENT_WAI, "counselor_wai", "labels", "metadata"]
+        config.sessions, every, [CLIENT_WAI, "counselor_wai", "labels", "metadata"]
     )
     if corpus.num_rows == 0:
         raise EvaluateError(
-            f"none of the {scored.len()} scored sessions in {config.scores} is in the corpus {config.sessions}"
+            f"none of the {scored.len()} scored sessions in {first.path} is in the corpus {config.sessions}"
         )
     observed = observed_frame(corpus, truth, rubric)
     folds, fold_source = read_folds(config, corpus)
-    pairs = ev.pairs_table(predicted, observed, counselor_frame(corpus, rubric), folds)
+    # the first scorer's sessions: its items and rationales are checked on these alone
+    own = corpus.filter(pc.field("session_id").isin(pa.array(scored.to_list(), pa.string())))
+    others = {s.column: frames[s.name].rename({"predicted": s.column}) for s in scorers[1:]}
+    pairs = ev.pairs_table(predicted, observed, counselor_frame(corpus, rubric), folds, others)
     if pairs.height == 0:
         hint = " (try --truth labels.NAME=DIMENSION)" if truth.kind == CLIENT_WAI else ""
+        by_all = " from every scorer" if len(scorers) > 1 else ""
         raise EvaluateError(
             f"none of the {corpus.num_rows} scored sessions in the corpus has both a model "
-            f"score and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} "
+            f"score{by_all} and a {'/'.join(sorted(set(truth.describe(dimensions).values())))} "
             f"value{hint}"
         )
     truth_dims = [d for d in dimensions if d in truth.describe(dimensions)]
     log.info(
-        "evaluating %d sessions (%d pairs) against %s",
+        "evaluating %d sessions (%d pairs, %d scorer(s)) against %s",
         pairs["session_id"].n_unique(),
         pairs.height,
+        len(scorers),
         truth.kind,
     )
-
+    raters = [(s.name, s.column) for s in scorers]
     agreement = ev.agreement_table(
         pairs,
         truth_dims,
@@ -512,14 +669,22 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         config.level,
         config.bootstrap_max_n,
         config.fold_intervals,
+        raters,
     )
-    model_rows = _overall_rows(agreement, "model")
+    comparisons = ev.comparison_table(
+        pairs,
+        raters,
+        truth_dims,
+        config.resamples,
+        config.seed,
+        config.level,
+        config.bootstrap_max_n,
+    )
+    model_rows = _overall_rows(agreement, first.name)
     baseline = counselor_baseline(pairs, agreement, truth_dims)
     low, high = float(min(rubric.scale)), float(max(rubric.scale))
     calibration = ev.calibration_table(pairs, low, high, config.bin_width)
-    items = read_items(
-        config.scores, pairs["session_id"], ["session_id", "dimension", "quote_found"]
-    )
+    items = read_items(first.path, pairs["session_id"], ["session_id", "dimension", "quote_found"])
     quote_share, quote_by_dim = (
         ev.quote_found_share(items, truth_dims) if items is not None else (None, None)
     )
@@ -530,6 +695,7 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         )
         for d in truth_dims
     }
+    scale_metrics, scale_tables = scale_checks(config, scorers, own, rubric)
 
     metrics: dict[str, Any] = {
         "kind": "care-ray evaluation",
@@ -538,27 +704,56 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
             "kind": truth.kind,
             "dimensions": truth.describe(dimensions),
         },
-        "scores": str(config.scores),
+        "scores": first.path,
         "sessions": str(config.sessions),
         "predicted_from": origin,
+        "raters": [
+            {
+                "name": s.name,
+                "path": s.path,
+                "column": s.column,
+                "kind": scores_kind(s.path),
+                "predicted_from": origins[s.name],
+                "n_scored_sessions": frames[s.name]["session_id"].n_unique(),
+            }
+            for s in scorers
+        ],
         "n_sessions": pairs["session_id"].n_unique(),
         "n_scored_sessions": scored.len(),
+        "common_sessions": {
+            "note": "every scorer is compared on the (session, dimension) pairs all of them "
+            "scored; dropped = pairs a scorer had (with a truth) that another scorer lacked",
+            "dropped": _dropped(frames, observed, pairs, truth_dims),
+        }
+        if len(scorers) > 1
+        else None,
         "dimensions": {d: _dimension_metrics(model_rows[d]) for d in truth_dims},
+        "by_rater": {
+            s.name: {
+                d: _dimension_metrics(r)
+                for d, r in _overall_rows(agreement, s.name).items()
+                if d in truth_dims
+            }
+            for s in scorers
+        },
+        "comparisons": comparison_summary(comparisons) if len(scorers) > 1 else None,
         "counselor_baseline": baseline,
         "model_vs_counselor": ratios,
         "model_vs_counselor_gain": {d: r - 1.0 for d, r in ratios.items()},
-        "folds": fold_metrics(agreement, truth_dims, fold_source)
+        "folds": fold_metrics(agreement, truth_dims, fold_source, first.name)
         if fold_source and pairs["fold"].is_not_null().any()
         else None,
         "quote_found_share": quote_share,
         "quote_found_by_dimension": quote_by_dim,
-        "rationale_overlap": rationale_metrics(corpus, config, rubric),
+        "rationale_overlap": rationale_metrics(own, config, rubric),
         "calibration": {"low": low, "high": high, "bin_width": config.bin_width},
+        "scale": scale_metrics,
         "bootstrap": {
             "resamples": config.resamples,
             "seed": config.seed,
             "level": config.level,
-            "method": "percentile, paired over sessions",
+            "method": "percentile, paired over sessions; resamples with an undefined r "
+            "(a constant side) are left out of that interval and counted in ci_degenerate",
             "max_n": config.bootstrap_max_n,
             "fold_intervals": config.fold_intervals,
             "note": (
@@ -573,16 +768,142 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
             "pairs": pairs.height,
             "agreement": agreement.height,
             "calibration": calibration.height,
+            **({"comparisons": comparisons.height} if len(scorers) > 1 else {}),
+            **{name: t.height for name, t in scale_tables.items()},
         },
     }
     if fold_source and metrics["folds"] is None:
         metrics["folds_note"] = f"no evaluated session has a fold in {fold_source}"
     figure = calibration_figure(calibration, truth_dims, low, high)
     metrics["seconds"] = round(time.monotonic() - started, 3)
-    write_outputs(
-        config.out,
-        metrics,
-        {"pairs": pairs, "agreement": agreement, "calibration": calibration},
-        figure,
-    )
+    tables = {"pairs": pairs, "agreement": agreement, "calibration": calibration}
+    if len(scorers) > 1:
+        tables["comparisons"] = comparisons
+    write_outputs(config.out, metrics, {**tables, **scale_tables}, figure)
     return _json_safe(metrics)
+
+
+SCALE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "scale": {
+        "source": pl.String,
+        "dimension": pl.String,
+        **{f"{s}{x}": pl.Float64 for s in ("alpha", "omega") for x in ("", "_lo", "_hi")},
+        "n": pl.Int64,
+    },
+    "item_rest": {
+        "source": pl.String,
+        "dimension": pl.String,
+        "item_id": pl.Int64,
+        "r": pl.Float64,
+        "n": pl.Int64,
+    },
+    "dimension_correlations": {
+        "source": pl.String,
+        "dimension_a": pl.String,
+        "dimension_b": pl.String,
+        "r": pl.Float64,
+        "n": pl.Int64,
+    },
+    "factor_models": {
+        "source": pl.String,
+        "model": pl.String,
+        **{k: pl.Float64 for k in ("cfi", "rmsea", "srmr", "chi2", "df", "aic", "bic")},
+        "n": pl.Int64,
+    },
+}
+
+
+def scale_matrices(
+    first: Scorer, corpus: pa.Table, rubric: Rubric
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Sessions × items matrices per source: "predicted" (the first scorer's items/ scores) and
+    "client" (the corpus's client_wai), and a note for each source that has none."""
+    from care_ray.evaluation.scale import long_item_matrix
+
+    n_items = max(i.id for i in rubric.items)
+    matrices: dict[str, np.ndarray] = {}
+    notes: dict[str, str] = {}
+    rows = read_item_rows(
+        first.path, ["session_id", "item_id", "score"], corpus["session_id"].to_pylist()
+    )
+    if rows is None or rows.num_rows == 0:
+        notes["predicted"] = (
+            f"{first.name} has no item scores (items/ with session_id, item_id, score): "
+            "a baseline predicts dimensions only"
+        )
+    else:
+        matrices["predicted"] = long_item_matrix(
+            rows["session_id"].to_pylist(),
+            rows["item_id"].to_pylist(),
+            rows["score"].to_pylist(),
+            n_items,
+        )[1]
+    if CLIENT_WAI in corpus.column_names and corpus[CLIENT_WAI].null_count < corpus.num_rows:
+        lists = pl.Series("wai", corpus[CLIENT_WAI], dtype=pl.List(pl.Float64))
+        matrices["client"] = (
+            pl.DataFrame(lists)
+            .select(
+                pl.col("wai").list.get(i - 1, null_on_oob=True).alias(str(i))
+                for i in range(1, n_items + 1)
+            )
+            .to_numpy()
+            .astype(float)
+        )
+    else:
+        notes["client"] = "the corpus has no client_wai ratings for the scored sessions"
+    return matrices, notes
+
+
+def scale_checks(
+    config: EvaluateConfig, scorers: list[Scorer], corpus: pa.Table, rubric: Rubric
+) -> tuple[dict[str, Any] | None, dict[str, pl.DataFrame]]:
+    """Does each source of item ratings behave like the WAI scale (care_ray.evaluation.scale)?
+    Returns metrics.json's `scale` summary and the tables scale, item_rest,
+    dimension_correlations, factor_models (only when some source was checked)."""
+    from care_ray.evaluation import scale
+
+    item_dims = ev.item_dimensions(rubric)
+    matrices, notes = scale_matrices(scorers[0], corpus, rubric)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SCALE_SCHEMAS}
+    summary: dict[str, Any] = {}
+    for source, matrix in matrices.items():
+        checks = scale.scale_checks(
+            matrix,
+            item_dims,
+            config.scale_resamples,
+            config.seed,
+            config.level,
+            config.scale_min_sessions,
+        )
+        if "skipped" in checks:
+            summary[source] = {"skipped": checks["skipped"], "n_complete": checks["n_complete"]}
+            continue
+        rows["scale"] += [{"source": source, **r} for r in checks["reliability"]]
+        rows["item_rest"] += [{"source": source, **r} for r in checks["item_rest"]]
+        rows["dimension_correlations"] += [
+            {"source": source, **r} for r in checks["dimension_correlations"]
+        ]
+        rows["factor_models"] += [{"source": source, **r} for r in checks["factor_models"]]
+        summary[source] = {
+            "n_complete": checks["n_complete"],
+            "verdict": checks["verdict"],
+            "alpha": {r["dimension"]: r["alpha"] for r in checks["reliability"]},
+            "omega": {r["dimension"]: r["omega"] for r in checks["reliability"]},
+            "factor_models": {
+                r["model"]: {k: v for k, v in r.items() if k != "model"}
+                for r in checks["factor_models"]
+            },
+        }
+    for source, note in notes.items():
+        summary[source] = {"skipped": note}
+    if not summary:
+        return None, {}
+    summary["predicted_rater"] = scorers[0].name
+    tables = {
+        name: pl.DataFrame(
+            [{c: r.get(c) for c in schema} for r in rows[name]], schema=schema, orient="row"
+        ).with_columns(pl.col(pl.Float64).fill_nan(None))
+        for name, schema in SCALE_SCHEMAS.items()
+        if rows[name]
+    }
+    return summary, tables

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -254,7 +254,29 @@ AGREEMENT_SCHEMA = {
     "n": pl.Int64,
     **{f"{s}{suffix}": pl.Float64 for s in AGREEMENT_STATS for suffix in ("", "_lo", "_hi")},
     "ci_n": pl.Int64,
+    # resamples whose Pearson r was undefined (a constant side): left out of the interval
+    "ci_degenerate": pl.Int64,
 }
+COMPARISON_SCHEMA = {
+    "rater_a": pl.String,
+    "rater_b": pl.String,
+    "dimension": pl.String,
+    "n": pl.Int64,
+    "pearson_a": pl.Float64,
+    "pearson_b": pl.Float64,
+    "difference": pl.Float64,
+    "difference_lo": pl.Float64,
+    "difference_hi": pl.Float64,
+    "mse_a": pl.Float64,
+    "mse_b": pl.Float64,
+    "mse_difference": pl.Float64,
+    "mse_difference_lo": pl.Float64,
+    "mse_difference_hi": pl.Float64,
+    "ci_degenerate": pl.Int64,
+}
+# An interval from fewer finite resamples than this share would describe a different statistic
+# (r given that the resample was not constant) more than r itself: it is left NaN instead.
+MIN_FINITE_SHARE = 0.5
 CALIBRATION_SCHEMA = {
     "dimension": pl.String,
     "bin": pl.String,
@@ -327,10 +349,21 @@ def pairs_table(
     observed: pl.DataFrame,
     counselor: pl.DataFrame | None = None,
     folds: pl.DataFrame | None = None,
+    others: Mapping[str, pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """Long (session_id, dimension, predicted) ⋈ (session_id, dimension, observed) → one row per
-    (session, dimension) that has both, plus the counselor's rating and the fold where known."""
-    pairs = predicted.select("session_id", "dimension", "predicted").join(
+    (session, dimension) that has both, plus the counselor's rating and the fold where known.
+    `others` ({column: long (session_id, dimension, column)}) are further scorers: a (session,
+    dimension) stays only where every one of them scored it too, so that all scorers are compared
+    on the same sessions; their columns follow the standard ones."""
+    pairs = predicted.select("session_id", "dimension", "predicted")
+    for column, frame in (others or {}).items():
+        pairs = pairs.join(
+            frame.select("session_id", "dimension", column),
+            on=["session_id", "dimension"],
+            how="inner",
+        )
+    pairs = pairs.join(
         observed.select("session_id", "dimension", "observed"),
         on=["session_id", "dimension"],
         how="inner",
@@ -348,9 +381,10 @@ def pairs_table(
     missing = [
         pl.lit(None, dtype=t).alias(c) for c, t in PAIRS_SCHEMA.items() if c not in pairs.columns
     ]
+    extra = [pl.col(c).cast(pl.Float64) for c in (others or {})]
     return (
         pairs.with_columns(missing)
-        .select(pl.col(c).cast(t) for c, t in PAIRS_SCHEMA.items())
+        .select(*(pl.col(c).cast(t) for c, t in PAIRS_SCHEMA.items()), *extra)
         .sort("dimension", "session_id")
     )
 
@@ -371,6 +405,55 @@ def agreement_statistics(predicted: np.ndarray, observed: np.ndarray, axis: int 
     return np.stack([r, rho, mse])
 
 
+def percentile_interval(
+    distribution: np.ndarray, level: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentile interval of each row of a bootstrap distribution over its finite resamples only,
+    and how many resamples were not finite. scipy's percentile interval is NaN as soon as one
+    resample is (a resample whose predictions are all equal has no Pearson r), which at small n
+    and coarse 1–5 scores blanked the r interval while MSE kept its own; dropping those few
+    resamples keeps the interval, and the count says how many were dropped. A row with fewer than
+    MIN_FINITE_SHARE finite resamples gets NaN."""
+    dist = np.atleast_2d(np.asarray(distribution, dtype=float))
+    finite_mask = np.isfinite(dist)
+    degenerate = (~finite_mask).sum(axis=-1)
+    alpha = (1 - level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(
+            np.where(finite_mask, dist, np.nan), [100 * alpha, 100 * (1 - alpha)], axis=-1
+        )
+    enough = finite_mask.mean(axis=-1) >= MIN_FINITE_SHARE
+    return np.where(enough, lo, np.nan), np.where(enough, hi, np.nan), degenerate
+
+
+def _bootstrap_distribution(
+    data: tuple[np.ndarray, ...],
+    statistic: Callable[..., np.ndarray],
+    resamples: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """scipy.stats.bootstrap's paired resamples of `statistic` (vectorised), rows = statistics.
+    Only its distribution is used: the interval comes from percentile_interval."""
+    from scipy import stats
+
+    m = len(data[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.bootstrap(
+            data,
+            statistic,
+            n_resamples=resamples,
+            paired=True,
+            vectorized=True,
+            method="percentile",
+            rng=rng,
+            batch=max(1, min(resamples, _BOOTSTRAP_BATCH_CELLS // max(1, m))),
+        )
+    return np.atleast_2d(np.asarray(res.bootstrap_distribution, dtype=float))
+
+
 def bootstrap_agreement(
     predicted: Sequence[float],
     observed: Sequence[float],
@@ -384,15 +467,15 @@ def bootstrap_agreement(
     Above `max_n` pairs the bootstrap resamples a seeded subsample of max_n pairs, and the interval's
     distances from the subsample's estimate are scaled by sqrt(max_n / n) around the full-sample
     estimate (m-out-of-n bootstrap; valid for these √n-consistent statistics). `ci_n` says how many
-    pairs were resampled. Intervals are NaN with fewer than 3 pairs, with resamples=0, where the
-    point estimate is undefined, or where some resample was degenerate (constant)."""
-    from scipy import stats
-
+    pairs were resampled. Resamples where a correlation is undefined (a constant side) are left out
+    of its interval and counted in `ci_degenerate` (see percentile_interval). Intervals are NaN with
+    fewer than 3 pairs, with resamples=0, where the point estimate is undefined, or where most
+    resamples were degenerate."""
     p, t = np.asarray(predicted, dtype=float), np.asarray(observed, dtype=float)
     keep = ~(np.isnan(p) | np.isnan(t))
     p, t = p[keep], t[keep]
     point = agreement(p, t)
-    out: dict[str, float] = {"n": point["n"], "ci_n": 0}
+    out: dict[str, float] = {"n": point["n"], "ci_n": 0, "ci_degenerate": 0}
     for s in AGREEMENT_STATS:
         out.update({s: point[s], f"{s}_lo": NAN, f"{s}_hi": NAN})
     n = len(p)
@@ -403,23 +486,8 @@ def bootstrap_agreement(
     if m < n:
         chosen = rng.choice(n, size=m, replace=False)
         p, t = p[chosen], t[chosen]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        res = stats.bootstrap(
-            (p, t),
-            agreement_statistics,
-            n_resamples=resamples,
-            paired=True,
-            vectorized=True,
-            method="percentile",
-            confidence_level=level,
-            rng=rng,
-            batch=max(1, min(resamples, _BOOTSTRAP_BATCH_CELLS // m)),
-        )
-    lo, hi = (
-        np.asarray(res.confidence_interval.low, dtype=float),
-        np.asarray(res.confidence_interval.high, dtype=float),
-    )
+    dist = _bootstrap_distribution((p, t), agreement_statistics, resamples, rng)
+    lo, hi, degenerate = percentile_interval(dist, level)
     if m < n:
         centre, scale = agreement_statistics(p, t), math.sqrt(m / n)
         full = np.array([point[s] for s in AGREEMENT_STATS])
@@ -429,7 +497,108 @@ def bootstrap_agreement(
         if not math.isnan(point[s]):
             out[f"{s}_lo"], out[f"{s}_hi"] = (float(np.clip(v, *bounds[s])) for v in (lo[i], hi[i]))
     out["ci_n"] = m
+    out["ci_degenerate"] = int(degenerate[0])
     return out
+
+
+def difference_statistics(
+    a: np.ndarray, b: np.ndarray, observed: np.ndarray, axis: int = -1
+) -> np.ndarray:
+    """Pearson r of `a` minus Pearson r of `b` (each with `observed`) and MSE of `a` minus MSE of
+    `b`, along `axis`: the vectorised statistic of a paired comparison of two raters."""
+    ra, _, mse_a = agreement_statistics(a, observed, axis)
+    rb, _, mse_b = agreement_statistics(b, observed, axis)
+    return np.stack([ra - rb, mse_a - mse_b])
+
+
+def compare_raters(
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    observed: npt.ArrayLike,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    max_n: int | None = None,
+) -> dict[str, float]:
+    """Two raters on the same sessions against the same truth: r_a − r_b and MSE_a − MSE_b with a
+    paired percentile bootstrap over sessions (a session's three values are resampled together, so
+    the interval accounts for both raters erring on the same hard sessions). Above `max_n` the
+    interval is rescaled from a subsample as in bootstrap_agreement."""
+    x, y, t = (np.asarray(v, dtype=float) for v in (a, b, observed))
+    keep = ~(np.isnan(x) | np.isnan(y) | np.isnan(t))
+    x, y, t = x[keep], y[keep], t[keep]
+    ga, gb = agreement(x, t), agreement(y, t)
+    out: dict[str, float] = {
+        "n": ga["n"],
+        "pearson_a": ga["pearson"],
+        "pearson_b": gb["pearson"],
+        "difference": ga["pearson"] - gb["pearson"],
+        "difference_lo": NAN,
+        "difference_hi": NAN,
+        "mse_a": ga["mse"],
+        "mse_b": gb["mse"],
+        "mse_difference": ga["mse"] - gb["mse"],
+        "mse_difference_lo": NAN,
+        "mse_difference_hi": NAN,
+        "ci_degenerate": 0,
+    }
+    n = len(t)
+    if resamples <= 0 or n < 3:
+        return out
+    rng = np.random.default_rng(seed)
+    m = n if max_n is None or n <= max_n else max_n
+    if m < n:
+        chosen = rng.choice(n, size=m, replace=False)
+        x, y, t = x[chosen], y[chosen], t[chosen]
+    dist = _bootstrap_distribution((x, y, t), difference_statistics, resamples, rng)
+    lo, hi, degenerate = percentile_interval(dist, level)
+    if m < n:
+        centre, scale = difference_statistics(x, y, t), math.sqrt(m / n)
+        full = np.array([out["difference"], out["mse_difference"]])
+        lo, hi = full + (lo - centre) * scale, full + (hi - centre) * scale
+    if not math.isnan(out["difference"]):
+        out["difference_lo"], out["difference_hi"] = float(lo[0]), float(hi[0])
+    out["mse_difference_lo"], out["mse_difference_hi"] = float(lo[1]), float(hi[1])
+    out["ci_degenerate"] = int(degenerate[0])
+    return out
+
+
+def comparison_table(
+    pairs: pl.DataFrame,
+    raters: Sequence[tuple[str, str]],
+    dimensions: Sequence[str],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    max_n: int | None = None,
+) -> pl.DataFrame:
+    """Every pair of scorers (rater, pairs column), the first against each other one and then
+    the rest in order, per dimension, on the sessions both scored."""
+    rows = []
+    for i, (name_a, col_a) in enumerate(raters):
+        for name_b, col_b in raters[i + 1 :]:
+            for dim in dimensions:
+                cell = pairs.filter(
+                    (pl.col("dimension") == dim)
+                    & pl.col(col_a).is_not_null()
+                    & pl.col(col_b).is_not_null()
+                )
+                stats = compare_raters(
+                    cell[col_a].to_numpy(),
+                    cell[col_b].to_numpy(),
+                    cell["observed"].to_numpy(),
+                    resamples,
+                    seed,
+                    level,
+                    max_n,
+                )
+                rows.append({"rater_a": name_a, "rater_b": name_b, "dimension": dim, **stats})
+    table = (
+        pl.DataFrame(rows, schema=COMPARISON_SCHEMA, orient="row")
+        if rows
+        else pl.DataFrame(schema=COMPARISON_SCHEMA)
+    )
+    return table.with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
 def _fold_order(fold: str) -> tuple[int, int | str]:
@@ -444,13 +613,15 @@ def agreement_table(
     level: float = 0.95,
     max_n: int | None = None,
     fold_intervals: bool = False,
+    raters: Sequence[tuple[str, str]] = (("model", "predicted"),),
 ) -> pl.DataFrame:
-    """The pairs table → one row per (rater, dimension, fold): rater "model" (predicted) and, where
-    any counselor rating exists, "counselor"; fold null = all sessions, then one row per fold that
-    has pairs in that dimension. Undefined statistics are null. Per-fold rows get bootstrap
-    intervals only with `fold_intervals` (the spread over folds is the fold summary's SD, and
-    intervals for every fold multiply the bootstrap's cost)."""
-    raters = [("model", "predicted")] + (
+    """The pairs table → one row per (rater, dimension, fold): each of `raters` (name, pairs
+    column; default "model" = predicted) and, where any counselor rating exists, "counselor";
+    fold null = all sessions, then one row per fold that has pairs in that dimension. Undefined
+    statistics are null. Per-fold rows get bootstrap intervals only with `fold_intervals` (the
+    spread over folds is the fold summary's SD, and intervals for every fold multiply the
+    bootstrap's cost)."""
+    raters = list(raters) + (
         [("counselor", "counselor")] if pairs["counselor"].is_not_null().any() else []
     )
     folds = sorted(pairs["fold"].drop_nulls().unique().to_list(), key=_fold_order)

@@ -51,6 +51,36 @@ EVALUATION_TABLES: dict[str, tuple[str, ...]] = {
         "observed_sd",
     ),
     "pairs": ("session_id", "dimension", "predicted", "observed"),
+    # optional (written with several --scores): the paired differences between scorers
+    "comparisons": (
+        "rater_a",
+        "rater_b",
+        "dimension",
+        "n",
+        "pearson_a",
+        "pearson_b",
+        "difference",
+        "difference_lo",
+        "difference_hi",
+        "mse_difference",
+        "mse_difference_lo",
+        "mse_difference_hi",
+    ),
+    # optional (the scale checks): reliability and factor structure of the item ratings
+    "scale": (
+        "source",
+        "dimension",
+        "alpha",
+        "alpha_lo",
+        "alpha_hi",
+        "omega",
+        "omega_lo",
+        "omega_hi",
+        "n",
+    ),
+    "item_rest": ("source", "dimension", "item_id", "r", "n"),
+    "dimension_correlations": ("source", "dimension_a", "dimension_b", "r", "n"),
+    "factor_models": ("source", "model", "cfi", "rmsea", "srmr", "chi2", "df", "aic", "bic", "n"),
 }
 ANALYSIS_TABLES: dict[str, tuple[str, ...]] = {
     # optional: mean_lo, mean_hi

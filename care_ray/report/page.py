@@ -33,7 +33,7 @@ from care_ray.report.load import (
     ReportError,
     load_findings,
 )
-from care_ray.report.sections import agreement_section, analysis_sections
+from care_ray.report.sections import agreement_section, analysis_sections, scale_section
 from care_ray.report.sections.agreement import truth_name
 
 DEFAULT_TITLE = "care-ray report"
@@ -117,6 +117,7 @@ def _notes(an: Findings) -> list[Block]:
 
 def _evaluation_group(evaluation: Findings) -> Group:
     section = agreement_section(evaluation)
+    scale = scale_section(evaluation)
     intro: list[Block] = [
         Paragraph(
             f"{integer(evaluation.meta.get('n_sessions'))} sessions; model scores against "
@@ -125,9 +126,8 @@ def _evaluation_group(evaluation: Findings) -> Group:
     ]
     if section is None:
         intro.append(Paragraph("The evaluation folder holds no agreement tables."))
-    return Group(
-        "evaluation", f"Evaluation: {evaluation.label}", intro, [section] if section else []
-    )
+    sections = [s for s in (section, scale) if s is not None]
+    return Group("evaluation", f"Evaluation: {evaluation.label}", intro, sections)
 
 
 def _analysis_group(an: Findings, index: int, heading: str) -> Group:

@@ -16,6 +16,7 @@ from care_ray.report.sections.counselors import counselor_section
 from care_ray.report.sections.drivers import drivers_section
 from care_ray.report.sections.outcomes import outcomes_section
 from care_ray.report.sections.population import population_section
+from care_ray.report.sections.scale import scale_section
 from care_ray.report.sections.trajectories import trajectories_section
 from care_ray.report.sections.transitions import transitions_section
 
@@ -33,7 +34,7 @@ ANALYSIS_SECTIONS: tuple[tuple[str, AnalysisSection], ...] = (
     ("trajectories", trajectories_section),
 )
 
-__all__ = ["ANALYSIS_SECTIONS", "agreement_section", "analysis_sections"]
+__all__ = ["ANALYSIS_SECTIONS", "agreement_section", "analysis_sections", "scale_section"]
 
 
 def analysis_sections(an: Findings, index: int) -> list[Section]:

@@ -37,6 +37,8 @@ from care_ray.report.load import DEFAULT_ALPHA, Findings
 
 # Sessions drawn per calibration panel; more only blur the picture and bloat the page.
 MAX_POINTS = 2000
+# Scorers beyond the first and the counselor (baselines): colours apart from those two.
+OTHER_COLORS = ("#2e8b57", "#8e44ad", "#7f6a00", "#c0392b")
 
 
 def truth_name(meta: dict) -> str:
@@ -59,15 +61,59 @@ def _overall(agreement: pl.DataFrame) -> pl.DataFrame:
     return agreement.filter(pl.col("fold").is_null())
 
 
-def _agreement_figure(overall: pl.DataFrame, fig_id: str, ci_level: str) -> Plot:
+def rater_order(meta: dict, agreement: pl.DataFrame) -> list[str]:
+    """The raters in the order evaluate was given them (metrics.json "raters"), the counselor
+    last; a folder from before several scorers has "model" and "counselor"."""
+    named = [r.get("name") for r in meta.get("raters") or [] if isinstance(r, dict)]
+    order = [str(n) for n in named if n] or ["model"]
+    present = list(dict.fromkeys(agreement["rater"].to_list()))
+    order = [r for r in order if r in present]
+    return (
+        order
+        + [r for r in present if r not in order and r != "counselor"]
+        + (["counselor"] if "counselor" in present else [])
+    )
+
+
+def first_rater(meta: dict) -> str:
+    named = [r.get("name") for r in meta.get("raters") or [] if isinstance(r, dict)]
+    return str(named[0]) if named and named[0] else "model"
+
+
+def _no_interval_reason(row: dict, meta: dict) -> str:
+    """Why a cell with a point estimate has no interval, in the reader's terms."""
+    n = finite(row.get("n"))
+    if n is not None and n < 3:
+        return f"n = {integer(n)}"
+    if not (meta.get("bootstrap") or {}).get("resamples"):
+        return "no bootstrap"
+    if row.get("fold") is not None and not (meta.get("bootstrap") or {}).get("fold_intervals"):
+        return "per-fold rows are not bootstrapped"
+    degenerate = finite(row.get("ci_degenerate"))
+    if degenerate:
+        return f"{integer(degenerate)} resamples had a constant side"
+    return "the bootstrap was undefined"
+
+
+def stat_cell(row: dict, stat: str, meta: dict) -> str:
+    """An estimate with its interval; a point without one says why (small n, constant resamples)
+    rather than standing bare next to cells that have intervals."""
+    est, lo, hi = row.get(stat), row.get(f"{stat}_lo"), row.get(f"{stat}_hi")
+    if finite(est) is not None and (finite(lo) is None or finite(hi) is None):
+        return f"{num(est)} (no interval: {_no_interval_reason(row, meta)})"
+    return est_ci(est, lo, hi)
+
+
+def _agreement_figure(overall: pl.DataFrame, fig_id: str, ci_level: str, raters: list[str]) -> Plot:
     dims = list(dict.fromkeys(overall["dimension"].to_list()))
-    raters = [r for r in ("model", "counselor") if r in set(overall["rater"].to_list())]
-    raters += [r for r in dict.fromkeys(overall["rater"].to_list()) if r not in raters]
     metrics = [("pearson", "Pearson r"), ("spearman", "Spearman ρ"), ("mse", "MSE")]
     fig = figure(8.5, 0.32 * len(dims) * max(1, len(raters)) + 1.3)
     axes = panels(fig, len(metrics), 3)
-    colors = {"model": MODEL_COLOR, "counselor": COUNSELOR_COLOR}
-    offsets = np.linspace(-0.15, 0.15, len(raters)) if len(raters) > 1 else [0.0]
+    colors = {raters[0]: MODEL_COLOR, "counselor": COUNSELOR_COLOR}
+    others = [r for r in raters if r not in colors]
+    colors.update({r: OTHER_COLORS[i % len(OTHER_COLORS)] for i, r in enumerate(others)})
+    spread = min(0.35, 0.1 * len(raters))
+    offsets = np.linspace(-spread, spread, len(raters)) if len(raters) > 1 else [0.0]
     for ax, (metric, name) in zip(axes, metrics, strict=True):
         for rater, off in zip(raters, offsets, strict=True):
             rows = overall.filter(pl.col("rater") == rater)
@@ -87,8 +133,8 @@ def _agreement_figure(overall: pl.DataFrame, fig_id: str, ci_level: str) -> Plot
         row_labels(ax, dims if ax is axes[0] else [""] * len(dims), name)
     legend_below(fig, axes[0])
     caption = (
-        f"Agreement with the client's rating per dimension, {ci_level} confidence intervals "
-        "(model vs. the counselor's own rating where available)."
+        f"Agreement with the reference rating per dimension, {ci_level} confidence intervals "
+        f"({', '.join(raters)}; the counselor is the counselor's own rating where available)."
     )
     return plot(fig, fig_id, caption)
 
@@ -165,15 +211,14 @@ def _agreement_sentences(meta: dict, overall: pl.DataFrame) -> list[str]:
         if boot.get("resamples")
         else f"{ci_level} intervals"
     )
-    model = overall.filter(pl.col("rater") == "model")
+    model = overall.filter(pl.col("rater") == first_rater(meta))
     out = [
-        f"Model scores were compared with {truth_name(meta)} on "
+        f"{first_rater(meta).capitalize()} scores were compared with {truth_name(meta)} on "
         f"{integer(meta.get('n_sessions'))} sessions ({how})."
     ]
     if model.height:
         parts = [
-            f"{r['dimension']} {est_ci(r['pearson'], r['pearson_lo'], r['pearson_hi'])} "
-            f"(n = {integer(r['n'])})"
+            f"{r['dimension']} {stat_cell(r, 'pearson', meta)} (n = {integer(r['n'])})"
             for r in model.iter_rows(named=True)
         ]
         out.append("Pearson r per dimension: " + "; ".join(parts) + ".")
@@ -201,19 +246,22 @@ def _agreement_sentences(meta: dict, overall: pl.DataFrame) -> list[str]:
     return out
 
 
-def _agreement_table(overall: pl.DataFrame, meta: dict, ci_level: str) -> Table:
+def _agreement_table(overall: pl.DataFrame, meta: dict, ci_level: str, raters: list[str]) -> Table:
     ratios = meta.get("model_vs_counselor") or {}
+    first = first_rater(meta)
     rows = []
-    for r in overall.sort("rater", descending=True, maintain_order=True).iter_rows(named=True):
-        ratio = num(ratios.get(r["dimension"])) if r["rater"] == "model" else ""
+    rank = {r: i for i, r in enumerate(raters)}
+    ordered = sorted(overall.iter_rows(named=True), key=lambda r: rank.get(r["rater"], len(rank)))
+    for r in ordered:
+        ratio = num(ratios.get(r["dimension"])) if r["rater"] == first else ""
         rows.append(
             [
                 r["rater"],
                 r["dimension"],
                 integer(r["n"]),
-                est_ci(r["pearson"], r["pearson_lo"], r["pearson_hi"]),
-                est_ci(r["spearman"], r["spearman_lo"], r["spearman_hi"]),
-                est_ci(r["mse"], r["mse_lo"], r["mse_hi"]),
+                stat_cell(r, "pearson", meta),
+                stat_cell(r, "spearman", meta),
+                stat_cell(r, "mse", meta),
                 ratio,
             ]
         )
@@ -225,11 +273,78 @@ def _agreement_table(overall: pl.DataFrame, meta: dict, ci_level: str) -> Table:
             f"Pearson r [{ci_level} CI]",
             f"Spearman ρ [{ci_level} CI]",
             f"MSE [{ci_level} CI]",
-            "r model / r counselor",
+            f"r {first} / r counselor",
         ],
         rows,
         numeric_from=2,
     )
+
+
+def comparison_sentence(r: dict, ci_level: str) -> str:
+    """One pair of scorers on one dimension: who agrees better with the truth, by how much in
+    Pearson r, or that the paired interval of the difference includes 0."""
+    a, b, dim = r["rater_a"], r["rater_b"], r["dimension"]
+    d, lo, hi = (
+        finite(r.get("difference")),
+        finite(r.get("difference_lo")),
+        finite(r.get("difference_hi")),
+    )
+    if d is None:
+        return f"{a} vs {b} on {dim}: the difference in r is undefined (a constant side)."
+    if lo is None or hi is None:
+        return (
+            f"{a} vs {b} on {dim}: r differs by {num(d)} (no interval: n = {integer(r.get('n'))})."
+        )
+    if lo > 0:
+        return f"{a} beats {b} on {dim} by {num(d)} [{num(lo)}, {num(hi)}] in r."
+    if hi < 0:
+        return f"{b} beats {a} on {dim} by {num(-d)} [{num(-hi)}, {num(-lo)}] in r."
+    return (
+        f"{a} and {b} do not differ detectably on {dim} (r difference {num(d)} "
+        f"[{num(lo)}, {num(hi)}], {ci_level} paired bootstrap)."
+    )
+
+
+def _comparisons(comparisons: pl.DataFrame | None, ci_level: str) -> list[Block]:
+    if comparisons is None or comparisons.height == 0:
+        return []
+    rows = list(comparisons.iter_rows(named=True))
+    table = Table(
+        [
+            "rater a",
+            "rater b",
+            "dimension",
+            "n",
+            "r a",
+            "r b",
+            f"r a − r b [{ci_level} CI]",
+            f"MSE a − MSE b [{ci_level} CI]",
+        ],
+        [
+            [
+                r["rater_a"],
+                r["rater_b"],
+                r["dimension"],
+                integer(r["n"]),
+                num(r["pearson_a"]),
+                num(r["pearson_b"]),
+                est_ci(r["difference"], r["difference_lo"], r["difference_hi"]),
+                est_ci(r["mse_difference"], r["mse_difference_lo"], r["mse_difference_hi"]),
+            ]
+            for r in rows
+        ],
+        numeric_from=3,
+    )
+    return [
+        Heading("Scorers side by side"),
+        Paragraph(
+            "Each pair of scorers on the sessions both scored, against the same truth; the "
+            "intervals come from a paired bootstrap over sessions (a session's two predictions "
+            "and its truth are resampled together)."
+        ),
+        Bullets(comparison_sentence(r, ci_level) for r in rows),
+        table,
+    ]
 
 
 def _counselor_baseline(meta: dict) -> list[Block]:
@@ -264,8 +379,8 @@ def _counselor_baseline(meta: dict) -> list[Block]:
     ]
 
 
-def _folds(agreement: pl.DataFrame) -> list[Block]:
-    folds = agreement.filter(pl.col("fold").is_not_null() & (pl.col("rater") == "model"))
+def _folds(agreement: pl.DataFrame, rater: str = "model") -> list[Block]:
+    folds = agreement.filter(pl.col("fold").is_not_null() & (pl.col("rater") == rater))
     if folds.height == 0:
         return []
     summary = folds.group_by("dimension", maintain_order=True).agg(
@@ -323,9 +438,19 @@ def _from_metrics(meta: dict, ci_level: str) -> list[Block]:
         [
             d,
             integer(m.get("n")),
-            est_ci(m.get("pearson"), *(m.get("pearson_ci") or [None, None])),
-            est_ci(m.get("spearman"), *(m.get("spearman_ci") or [None, None])),
-            est_ci(m.get("mse"), *(m.get("mse_ci") or [None, None])),
+            *(
+                stat_cell(
+                    {
+                        "n": m.get("n"),
+                        s: m.get(s),
+                        f"{s}_lo": (m.get(f"{s}_ci") or [None, None])[0],
+                        f"{s}_hi": (m.get(f"{s}_ci") or [None, None])[1],
+                    },
+                    s,
+                    meta,
+                )
+                for s in ("pearson", "spearman", "mse")
+            ),
         ]
         for d, m in meta["dimensions"].items()
     ]
@@ -356,15 +481,17 @@ def agreement_section(ev: Findings) -> Section | None:
     blocks: list[Block] = []
     if agreement is not None and agreement.height:
         overall = _overall(agreement)
+        raters = rater_order(ev.meta, overall)
         text = _agreement_sentences(ev.meta, overall)
         blocks += [
             Paragraph(text[0]),
             Bullets(text[1:]),
-            _agreement_table(overall, ev.meta, ci_level),
+            _agreement_table(overall, ev.meta, ci_level, raters),
         ]
         if overall.height:
-            blocks.append(_agreement_figure(overall, "fig-agreement", ci_level))
-        blocks += _counselor_baseline(ev.meta) + _folds(agreement)
+            blocks.append(_agreement_figure(overall, "fig-agreement", ci_level, raters))
+        blocks += _comparisons(ev.tables.get("comparisons"), ci_level)
+        blocks += _counselor_baseline(ev.meta) + _folds(agreement, first_rater(ev.meta))
     elif isinstance(ev.meta.get("dimensions"), dict):
         blocks += _from_metrics(ev.meta, ci_level)
     blocks.append(_rationale_text(ev.meta))
