@@ -90,13 +90,23 @@ def esconv_corpus(tmp_path_factory, esconv_dir) -> Path:
 # Bounds that keep a random model's rambling short; guided decoding enforces them.
 SMALL_ANSWERS = dict(
     max_model_len=1024,
-    max_new_tokens=160,
-    max_rationale_chars=160,
-    max_quotes=2,
-    max_quote_chars=60,
+    max_new_tokens=96,
+    max_rationale_chars=80,
+    max_quotes=1,
+    max_quote_chars=40,
     sessions_per_block=4,
     progress=False,
 )
+
+
+def small_answer_flags() -> list[str]:
+    """SMALL_ANSWERS's bounds as `care-ray score` flags (a rerun in-process must match them)."""
+    keys = ("max_model_len", "max_new_tokens", "max_rationale_chars", "max_quotes")
+    return [
+        x
+        for k in (*keys, "max_quote_chars")
+        for x in ("--" + k.replace("_", "-"), str(SMALL_ANSWERS[k]))
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def demo_run(tmp_path_factory, esconv_dir):
             "--out",
             str(out),
             "--sessions",
-            "12",
+            "6",
             "--esconv",
             str(esconv_dir),
         ],
@@ -46,7 +46,7 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
     assert len(steps) == 7
     summary = json.loads((out / "demo-summary.json").read_text())
     assert summary["ingest"]["sessions_written"] == 1496
-    assert summary["score"]["items_scored"] + summary["score"]["items_errors"] == 12 * 12
+    assert summary["score"]["items_scored"] + summary["score"]["items_errors"] == 6 * 12
     assert summary["evaluate"]["n_sessions"] >= 1
     import duckdb
 

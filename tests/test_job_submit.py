@@ -92,7 +92,7 @@ def test_readme_submit_commands_work_verbatim_against_a_local_head(tmp_path):
         tmp_path / "home" / ".ray" / "auth_token"
     ).exists()  # the head ran with token authentication
     scores = json.loads((repo / "out" / "scores-job" / "manifest.json").read_text())
-    assert scores["items_in"] == 48 and scores["items_scored"] + scores["items_errors"] == 48
+    assert scores["items_in"] == 16 and scores["items_scored"] + scores["items_errors"] == 16
     summary = json.loads((repo / "out" / "finetune-job" / "summary.json").read_text())
     assert (
         summary["folds"] == [0]

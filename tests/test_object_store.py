@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from conftest import SMALL_ANSWERS, small_answer_flags
 
 from care_ray.scoring.results import RunFolder
 
@@ -115,16 +116,7 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
         "6",
         "--items",
         "bond",
-        "--max-model-len",
-        "1024",
-        "--max-new-tokens",
-        "160",
-        "--max-rationale-chars",
-        "160",
-        "--max-quotes",
-        "2",
-        "--max-quote-chars",
-        "60",
+        *small_answer_flags(),
         "--no-progress",
     ]
     p = subprocess.Popen(
@@ -158,13 +150,7 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
             out=out,
             limit=6,
             items="bond",
-            max_model_len=1024,
-            max_new_tokens=160,
-            max_rationale_chars=160,
-            max_quotes=2,
-            max_quote_chars=60,
-            sessions_per_block=1,
-            progress=False,
+            **{**SMALL_ANSWERS, "sessions_per_block": 1},
         )
     )
     assert m["pairs_done_before"] >= before

@@ -37,10 +37,10 @@ from care_ray.scoring.prompts import load_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(
     max_model_len=1024,
-    max_new_tokens=160,
-    max_rationale_chars=160,
-    max_quotes=2,
-    max_quote_chars=60,
+    max_new_tokens=96,
+    max_rationale_chars=80,
+    max_quotes=1,
+    max_quote_chars=40,
     progress=False,
 )
 ZH_TURNS = [
@@ -92,7 +92,11 @@ def test_draft_prompts_carry_the_rating_and_share_the_transcript_prefix(tiny_mod
     from care_ray.scoring.prompts import PromptBuilders
 
     builders = DraftPromptBuilders(
-        PromptBuilders(load_tokenizer(str(tiny_model)), max_model_len=1024, max_new_tokens=160)
+        PromptBuilders(
+            load_tokenizer(str(tiny_model)),
+            max_model_len=1024,
+            max_new_tokens=SMALL["max_new_tokens"],
+        )
     )
     turns = [{"role": r, "text": t} for r, t in ZH_TURNS]
     zh = load_rubric(language="zh")

@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_ANSWERS as SMALL
+from conftest import small_answer_flags
 
 from care_ray.scoring.config import ScoreConfig
 from care_ray.scoring.pipeline import score_corpus
@@ -145,16 +146,7 @@ def test_kill_the_driver_midway_then_rerun_resumes(esconv_corpus, tiny_model, tm
         "8",
         "--items",
         "bond",
-        "--max-model-len",
-        "1024",
-        "--max-new-tokens",
-        "160",
-        "--max-rationale-chars",
-        "160",
-        "--max-quotes",
-        "2",
-        "--max-quote-chars",
-        "60",
+        *small_answer_flags(),
         "--no-progress",
     ]
     env = {**os.environ, "CARE_RAY_SESSIONS_PER_BLOCK": "1"}
@@ -291,7 +283,11 @@ def test_aligned_prefix_blocks_reach_the_engine(esconv_corpus, tiny_model, tmp_p
 
     rubric = load_rubric()
     builder = PromptBuilder(
-        rubric, load_tokenizer(str(tiny_model)), max_model_len=1024, max_new_tokens=160, align_to=32
+        rubric,
+        load_tokenizer(str(tiny_model)),
+        max_model_len=SMALL["max_model_len"],
+        max_new_tokens=SMALL["max_new_tokens"],
+        align_to=32,
     )
     turns = {s["session_id"]: s["turns"] for s in iter_sessions(esconv_corpus)}
     for sid in {r["session_id"] for r in rows}:
