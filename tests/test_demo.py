@@ -43,11 +43,16 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
     report = Path(p.stdout.strip().splitlines()[-1])
     assert report == out / "report" / "report.html" and report.is_file()
     steps = [line for line in p.stderr.splitlines() if line.startswith("[") and ": done in" in line]
-    assert len(steps) == 7
+    assert len(steps) == 8
     summary = json.loads((out / "demo-summary.json").read_text())
     assert summary["ingest"]["sessions_written"] == 1496
     assert summary["score"]["items_scored"] + summary["score"]["items_errors"] == 6 * 12
     assert summary["evaluate"]["n_sessions"] >= 1
+    # the baseline: cross-fitted over every rated conversation, evaluated on all of them
+    assert summary["evaluate_baseline"]["n_sessions"] > 1000
+    assert all(r is not None and r > 0.1 for r in summary["evaluate_baseline"]["pearson"].values())
+    side = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert {"model", "baseline"} <= set(side["by_rater"])
     import duckdb
 
     rated = duckdb.sql(
@@ -90,6 +95,10 @@ def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
                 assert box is not None and box["width"] > 50 and box["height"] > 50
             for title in ("Agreement", "Population", "Group contrasts"):
                 assert page.locator("h2, h3", has_text=title).first.is_visible(), title
+            # the baseline's held-out agreement, labelled for what it is, and the side by side
+            assert page.locator("h2", has_text="evaluation-baseline").first.is_visible()
+            assert page.locator("text=baseline").count() >= 2
+            assert page.locator("text=Scorers side by side").count() >= 1
             page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
         finally:
             context.close()

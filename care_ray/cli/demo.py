@@ -88,22 +88,50 @@ DEMO_OUTCOMES = [
 DEMO_BY = ["failed=metadata.split:failed"]
 
 
-def _evaluate(ctx: dict) -> dict:
+def _baseline(ctx: dict) -> dict:
+    """The lexical baseline on the seekers' ratings, cross-fitted over every rated conversation:
+    the first real signal in the demo (the tiny model is random)."""
+    from care_ray.evaluation.baseline import BaselineConfig, run_baseline
+
+    m = run_baseline(
+        BaselineConfig(
+            sessions=str(ctx["out"] / "corpus"),
+            out=ctx["out"] / "baseline",
+            truth=DEMO_TRUTH,
+            alphas=[0.1, 1.0, 10.0],  # a short penalty grid keeps the demo quick
+        )
+    )
+    return {"baseline": {"counts": m["counts"], "seconds": m["seconds"]}}
+
+
+def _evaluation(ctx: dict, folder: str, scores: list[str]) -> dict:
     from care_ray.evaluation.evaluate import EvaluateConfig, evaluate_run
 
     m = evaluate_run(
         EvaluateConfig(
-            scores=ctx["out"] / "scores",
+            scores=scores,
             sessions=ctx["out"] / "corpus",
-            out=ctx["out"] / "evaluation",
+            out=ctx["out"] / folder,
             truth=DEMO_TRUTH,
         )
     )
     return {
-        "evaluate": {
-            "n_sessions": m["n_sessions"],
-            "pearson": {d: v["pearson"] for d, v in m["dimensions"].items()},
-        }
+        "n_sessions": m["n_sessions"],
+        "pearson": {d: v["pearson"] for d, v in m["dimensions"].items()},
+    }
+
+
+def _evaluate(ctx: dict) -> dict:
+    """The tiny model beside the baseline on the scored sample, and the baseline alone on every
+    rated conversation (its held-out agreement)."""
+    out = ctx["out"]
+    return {
+        "evaluate": _evaluation(
+            ctx, "evaluation", [f"model={out / 'scores'}", f"baseline={out / 'baseline'}"]
+        ),
+        "evaluate_baseline": _evaluation(
+            ctx, "evaluation-baseline", [f"baseline={out / 'baseline'}"]
+        ),
     }
 
 
@@ -132,9 +160,9 @@ def _report(ctx: dict) -> dict:
 
     page = write_report(
         ctx["out"] / "report",
-        evaluation=ctx["out"] / "evaluation",
+        evaluation=[ctx["out"] / "evaluation-baseline", ctx["out"] / "evaluation"],
         analyses=[ctx["out"] / "analysis-esconv", ctx["out"] / "analysis-scores"],
-        title="care-ray demo: ESConv, tiny random model",
+        title="care-ray demo: ESConv — a lexical baseline and the tiny random model",
     )
     return {"report": str(page)}
 
@@ -143,7 +171,8 @@ DEMO_STEPS: list[tuple[str, Callable[[dict], dict]]] = [
     ("build the tiny model", _tiny_model),
     ("ingest ESConv", _ingest),
     ("score a sample on Ray Data + vLLM", _score),
-    ("evaluate against the seekers' ratings", _evaluate),
+    ("fit the lexical baseline on the seekers' ratings", _baseline),
+    ("evaluate both against the seekers' ratings", _evaluate),
     ("analyze all of ESConv (model-free)", _analyze_corpus),
     ("analyze the scored sample", _analyze_scores),
     ("write the report", _report),

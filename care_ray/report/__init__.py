@@ -69,7 +69,11 @@ class ReportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out: Path = Field(description="folder for report.html")
-    evaluation: Path | None = Field(None, description="a folder written by `care-ray evaluate`")
+    evaluation: list[Path] = Field(
+        default_factory=list,
+        description="a folder written by `care-ray evaluate`; repeatable (e.g. a model against a "
+        "baseline on a sample, and the baseline on every rated session)",
+    )
     analysis: list[Path] = Field(
         default_factory=list, description="a folder written by `care-ray analyze`; repeatable"
     )

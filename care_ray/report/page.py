@@ -115,19 +115,27 @@ def _notes(an: Findings) -> list[Block]:
     return [Details(summary, [Bullets(notes)], open=True, css_class="notes")]
 
 
-def _evaluation_group(evaluation: Findings) -> Group:
-    section = agreement_section(evaluation)
-    scale = scale_section(evaluation)
+def _evaluation_group(evaluation: Findings, gid: str, heading: str) -> Group:
+    section = agreement_section(evaluation, f"{gid}-agreement")
+    scale = scale_section(evaluation, f"{gid}-scale")
     intro: list[Block] = [
         Paragraph(
-            f"{integer(evaluation.meta.get('n_sessions'))} sessions; model scores against "
+            f"{integer(evaluation.meta.get('n_sessions'))} sessions; scores against "
             f"{truth_name(evaluation.meta)}."
         )
     ]
     if section is None:
         intro.append(Paragraph("The evaluation folder holds no agreement tables."))
     sections = [s for s in (section, scale) if s is not None]
-    return Group("evaluation", f"Evaluation: {evaluation.label}", intro, sections)
+    return Group(gid, heading, intro, sections)
+
+
+def _numbered(kind: str, folders: Sequence[Findings]) -> list[str]:
+    """'Evaluation: NAME', or 'Evaluation 2: NAME' where a page has several."""
+    return [
+        f"{kind}: {f.label}" if len(folders) == 1 else f"{kind} {i}: {f.label}"
+        for i, f in enumerate(folders, start=1)
+    ]
 
 
 def _analysis_group(an: Findings, index: int, heading: str) -> Group:
@@ -150,25 +158,36 @@ def _analysis_group(an: Findings, index: int, heading: str) -> Group:
 
 
 def build_report(
-    evaluation: Findings | None,
+    evaluation: Findings | Sequence[Findings] | None,
     analyses: Sequence[Findings],
     title: str = DEFAULT_TITLE,
     generated_at: datetime | None = None,
 ) -> str:
-    """The whole page as one HTML string (no scripts, no external resources)."""
+    """The whole page as one HTML string (no scripts, no external resources). `evaluation`: one
+    evaluate folder or several (e.g. a model against a baseline on a sample, and the baseline on
+    every rated session)."""
     generated_at = generated_at or datetime.now(UTC)
+    evaluations = (
+        []
+        if evaluation is None
+        else [evaluation]
+        if isinstance(evaluation, Findings)
+        else list(evaluation)
+    )
+    ev_headings = _numbered("Evaluation", evaluations)
+    an_headings = _numbered("Analysis", analyses)
     with rc_context(RC):
-        groups = [_evaluation_group(evaluation)] if evaluation is not None else []
-        for i, an in enumerate(analyses, start=1):
-            heading = f"Analysis: {an.label}" if len(analyses) == 1 else f"Analysis {i}: {an.label}"
+        groups = [
+            _evaluation_group(ev, "evaluation" if k == 1 else f"e{k}", heading)
+            for k, (ev, heading) in enumerate(zip(evaluations, ev_headings, strict=True), start=1)
+        ]
+        for i, (an, heading) in enumerate(zip(analyses, an_headings, strict=True), start=1):
             groups.append(_analysis_group(an, i, heading))
-    sources = ([_source(evaluation, f"Evaluation: {evaluation.label}")] if evaluation else []) + [
-        _source(an, f"Analysis: {an.label}") for an in analyses
+    sources = [
+        _source(f, heading)
+        for f, heading in zip([*evaluations, *analyses], [*ev_headings, *an_headings], strict=True)
     ]
-    n_sessions = [
-        int(finite(f.meta.get("n_sessions")) or 0)
-        for f in ([evaluation] if evaluation else []) + list(analyses)
-    ]
+    n_sessions = [int(finite(f.meta.get("n_sessions")) or 0) for f in [*evaluations, *analyses]]
     summary = (
         f"Built {generated_at.strftime('%Y-%m-%d %H:%M UTC')} from "
         f"{plural(len(n_sessions), 'output folder')} covering up to "
@@ -183,16 +202,23 @@ def build_report(
 
 def write_report(
     out: Path,
-    evaluation: Path | None = None,
+    evaluation: Path | Sequence[Path] | None = None,
     analyses: Sequence[Path] = (),
     title: str | None = None,
 ) -> Path:
     """Load the folders, build the page, write OUT/report.html; returns its path."""
-    if evaluation is None and not analyses:
+    evaluations = (
+        []
+        if evaluation is None
+        else [evaluation]
+        if isinstance(evaluation, str | Path)
+        else list(evaluation)
+    )
+    if not evaluations and not analyses:
         raise ReportError("nothing to report: give --evaluation DIR and/or --analysis DIR")
-    ev = load_findings(evaluation, EVALUATION_KIND) if evaluation is not None else None
+    evs = [load_findings(Path(p), EVALUATION_KIND) for p in evaluations]
     ans = [load_findings(p, ANALYSIS_KIND) for p in analyses]
-    page = build_report(ev, ans, title=title or DEFAULT_TITLE)
+    page = build_report(evs, ans, title=title or DEFAULT_TITLE)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} exists and is not a folder")

@@ -472,9 +472,10 @@ def _from_metrics(meta: dict, ci_level: str) -> list[Block]:
     ]
 
 
-def agreement_section(ev: Findings) -> Section | None:
+def agreement_section(ev: Findings, section_id: str = "agreement") -> Section | None:
     """Agreement with the reference ratings: table and plot of r/ρ/MSE with CIs, counselor
-    baseline, folds, calibration."""
+    baseline, folds, calibration. `section_id` prefixes the figures' ids (several evaluations
+    share a page)."""
     agreement = ev.tables.get("agreement")
     calibration = ev.tables.get("calibration")
     ci_level = _ci_level(ev.meta)
@@ -489,7 +490,7 @@ def agreement_section(ev: Findings) -> Section | None:
             _agreement_table(overall, ev.meta, ci_level, raters),
         ]
         if overall.height:
-            blocks.append(_agreement_figure(overall, "fig-agreement", ci_level, raters))
+            blocks.append(_agreement_figure(overall, f"{section_id}-fig", ci_level, raters))
         blocks += _comparisons(ev.tables.get("comparisons"), ci_level)
         blocks += _counselor_baseline(ev.meta) + _folds(agreement, first_rater(ev.meta))
     elif isinstance(ev.meta.get("dimensions"), dict):
@@ -498,7 +499,7 @@ def agreement_section(ev: Findings) -> Section | None:
     if calibration is not None and calibration.height:
         blocks += [
             Heading("Calibration"),
-            _calibration_figure(calibration, ev.tables.get("pairs"), "fig-calibration"),
+            _calibration_figure(calibration, ev.tables.get("pairs"), f"{section_id}-calibration"),
         ]
     blocks = shown(blocks)
-    return Section("agreement", "Agreement", blocks) if blocks else None
+    return Section(section_id, "Agreement", blocks) if blocks else None
