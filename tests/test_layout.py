@@ -1,7 +1,8 @@
 """The package keeps its rooms (care_ray.ROOMS): no import circle anywhere in care_ray/, no room
 importing a room above it, no module past ~1,000 lines. Imports are read from the source — the
-function-level ones too, since they close circles just as well at run time; only imports under
-`if TYPE_CHECKING:` are left out (they never run)."""
+function-level ones too, since they close circles just as well at run time, and those under
+`if TYPE_CHECKING:` (a type that needs a circle to be named is a sign the code is in the wrong
+place; ../shared/tools/import-circles.py counts them as well)."""
 
 from __future__ import annotations
 
@@ -18,25 +19,11 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _import_nodes(tree: ast.AST):
-    """Every Import/ImportFrom node, except those inside `if TYPE_CHECKING:`."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
-                stack.extend(child.orelse)
-                continue
-            if isinstance(child, ast.Import | ast.ImportFrom):
-                yield child
-            stack.append(child)
+    """Every Import/ImportFrom node, wherever it stands."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
 
 
 def import_graph(root: Path) -> dict[str, set[str]]:
@@ -172,7 +159,7 @@ def test_the_checks_catch_a_planted_circle_an_upward_import_and_a_long_module(tm
     )
     (pkg / "high" / "e.py").write_text("from pkg.high.d import *\n")
     graph = import_graph(pkg)
-    assert circles(graph) == [["pkg.low.a", "pkg.low.b"]]  # d ↔ e is only a type-checking import
+    assert circles(graph) == [["pkg.high.d", "pkg.high.e"], ["pkg.low.a", "pkg.low.b"]]
     assert upward_imports(graph, {"low": (), "high": ("low",)}) == [
         "pkg.low.c (low) imports pkg.high.d (high)"
     ]

@@ -37,7 +37,7 @@ from care_ray.common.errors import UserError
 from care_ray.common.options import cli
 from care_ray.contracts.rubric import Rubric, load_rubric
 from care_ray.evaluation import metrics as ev
-from care_ray.evaluation.evaluate import CLIENT_WAI, Truth, parse_truth
+from care_ray.evaluation.evaluate import CLIENT_WAI, Truth, parse_truth, truth_field
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,11 @@ class BaselineConfig(BaseModel):
         description="folder for sessions/ (the scores), folds.parquet, manifest.json, "
         "fingerprint.json"
     )
-    truth: list[str] = Field(
-        default_factory=lambda: [CLIENT_WAI],
-        min_length=1,
-        description="what to learn, repeatable, as in evaluate: client_wai (one model per "
-        "dimension on the mean of the client's items) or labels.NAME=DIMENSION[,DIMENSION] (one "
-        "model per label, its prediction standing for those dimensions; ESConv: --truth "
-        "labels.empathy=bond --truth labels.relevance=goal,task)",
+    truth: list[str] = truth_field(
+        "what to learn, repeatable, as in evaluate: client_wai (one model per dimension on the "
+        "mean of the client's items) or labels.NAME=DIMENSION[,DIMENSION] (one model per label, "
+        "its prediction standing for those dimensions; ESConv: --truth labels.empathy=bond "
+        "--truth labels.relevance=goal,task)"
     )
     folds: PathOrURI | None = Field(
         None,

@@ -44,6 +44,12 @@ class EvaluateError(UserError):
     """A mistake in the evaluation's input (a folder, a truth spec, a fold source)."""
 
 
+def truth_field(description: str) -> Any:
+    """The truth option evaluate and baseline share: `client_wai` (the default) or
+    `labels.NAME=DIMENSION[,DIMENSION]` specs, parsed by parse_truth."""
+    return Field(default_factory=lambda: [CLIENT_WAI], min_length=1, description=description)
+
+
 class EvaluateConfig(BaseModel):
     """Agreement of a scoring run's dimension scores with the client's own ratings (or a proxy
     label): Pearson r, Spearman rho and MSE with bootstrap intervals, the counselor baseline and the
@@ -62,15 +68,13 @@ class EvaluateConfig(BaseModel):
     out: Path = Field(
         description="folder for metrics.json, pairs/agreement/calibration.parquet, calibration.svg"
     )
-    truth: list[str] = Field(
-        default_factory=lambda: [CLIENT_WAI],
-        min_length=1,
-        description="what to compare with, repeatable: client_wai (default: the client's own "
+    truth: list[str] = truth_field(
+        "what to compare with, repeatable: client_wai (default: the client's own "
         "WAI-SR, dimension = mean of its rated items) or labels.NAME=DIMENSION[,DIMENSION] (a "
         "numeric session label stands for those dimensions, e.g. --truth labels.empathy=bond "
         "--truth labels.relevance=goal,task); labels.NAME alone compares NAME with every "
         "dimension. The counselor baseline (counselor_wai, where present) is compared with the "
-        "same truth",
+        "same truth"
     )
     folds: PathOrURI | None = Field(
         None,

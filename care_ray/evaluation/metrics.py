@@ -454,6 +454,20 @@ def _bootstrap_distribution(
     return np.atleast_2d(np.asarray(res.bootstrap_distribution, dtype=float))
 
 
+def _seeded_subsample(
+    arrays: tuple[np.ndarray, ...], max_n: int | None, seed: int
+) -> tuple[np.random.Generator, int, tuple[np.ndarray, ...]]:
+    """(the seeded generator, m, the arrays) where above `max_n` rows the arrays are cut to a
+    seeded subsample of max_n rows (the m-out-of-n bootstrap resamples those)."""
+    rng = np.random.default_rng(seed)
+    n = len(arrays[0])
+    m = n if max_n is None or n <= max_n else max_n
+    if m < n:
+        chosen = rng.choice(n, size=m, replace=False)
+        arrays = tuple(a[chosen] for a in arrays)
+    return rng, m, arrays
+
+
 def bootstrap_agreement(
     predicted: Sequence[float],
     observed: Sequence[float],
@@ -481,11 +495,7 @@ def bootstrap_agreement(
     n = len(p)
     if resamples <= 0 or n < 3:
         return out
-    rng = np.random.default_rng(seed)
-    m = n if max_n is None or n <= max_n else max_n
-    if m < n:
-        chosen = rng.choice(n, size=m, replace=False)
-        p, t = p[chosen], t[chosen]
+    rng, m, (p, t) = _seeded_subsample((p, t), max_n, seed)
     dist = _bootstrap_distribution((p, t), agreement_statistics, resamples, rng)
     lo, hi, degenerate = percentile_interval(dist, level)
     if m < n:
@@ -545,11 +555,7 @@ def compare_raters(
     n = len(t)
     if resamples <= 0 or n < 3:
         return out
-    rng = np.random.default_rng(seed)
-    m = n if max_n is None or n <= max_n else max_n
-    if m < n:
-        chosen = rng.choice(n, size=m, replace=False)
-        x, y, t = x[chosen], y[chosen], t[chosen]
+    rng, m, (x, y, t) = _seeded_subsample((x, y, t), max_n, seed)
     dist = _bootstrap_distribution((x, y, t), difference_statistics, resamples, rng)
     lo, hi, degenerate = percentile_interval(dist, level)
     if m < n:
@@ -583,21 +589,15 @@ def comparison_table(
                     & pl.col(col_a).is_not_null()
                     & pl.col(col_b).is_not_null()
                 )
-                stats = compare_raters(
-                    cell[col_a].to_numpy(),
-                    cell[col_b].to_numpy(),
-                    cell["observed"].to_numpy(),
-                    resamples,
-                    seed,
-                    level,
-                    max_n,
-                )
+                a, b, observed = (cell[c].to_numpy() for c in (col_a, col_b, "observed"))
+                stats = compare_raters(a, b, observed, resamples, seed, level, max_n)
                 rows.append({"rater_a": name_a, "rater_b": name_b, "dimension": dim, **stats})
-    table = (
-        pl.DataFrame(rows, schema=COMPARISON_SCHEMA, orient="row")
-        if rows
-        else pl.DataFrame(schema=COMPARISON_SCHEMA)
-    )
+    return _stat_rows(rows, COMPARISON_SCHEMA)
+
+
+def _stat_rows(rows: list[dict[str, Any]], schema: dict[str, Any]) -> pl.DataFrame:
+    """Rows of statistics as a table of `schema`; undefined statistics (NaN) are null."""
+    table = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
     return table.with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
@@ -634,21 +634,10 @@ def agreement_table(
                 if fold is not None and cell.height == 0:
                     continue
                 cell_resamples = resamples if fold is None or fold_intervals else 0
-                stats = bootstrap_agreement(
-                    cell[column].to_numpy(),
-                    cell["observed"].to_numpy(),
-                    cell_resamples,
-                    seed,
-                    level,
-                    max_n,
-                )
+                predicted, observed = cell[column].to_numpy(), cell["observed"].to_numpy()
+                stats = bootstrap_agreement(predicted, observed, cell_resamples, seed, level, max_n)
                 rows.append({"rater": rater, "dimension": dim, "fold": fold, **stats})
-    table = (
-        pl.DataFrame(rows, schema=AGREEMENT_SCHEMA, orient="row")
-        if rows
-        else pl.DataFrame(schema=AGREEMENT_SCHEMA)
-    )
-    return table.with_columns(pl.col(pl.Float64).fill_nan(None))
+    return _stat_rows(rows, AGREEMENT_SCHEMA)
 
 
 def fold_agreement_summary(

@@ -68,7 +68,7 @@ class DraftConfig(ScoreConfig):
     SESSION_SCORES: ClassVar[bool] = False  # a teacher's answers to given ratings are no scores
 
     def prompt_stage(self) -> type[BuildItemPrompts]:
-        return BuildDraftPrompts
+        return BuildDraftPrompts  # the known rating goes into the question
 
     _ratings: tuple[pa.Table, pa.Table] | None = PrivateAttr(None)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -17,9 +17,6 @@ from care_ray.common.options import cli
 from care_ray.contracts.output import output_schema
 from care_ray.scoring.engines import EngineConfig
 from care_ray.scoring.items import ERROR_REASONS
-
-if TYPE_CHECKING:
-    from care_ray.scoring.stages import BuildItemPrompts
 
 
 def _json_mapping(value: Any) -> Any:
@@ -107,9 +104,7 @@ class ScoreConfig(BaseModel):
         description="score every session with this language's rubric (en | zh) (default: each "
         "session's own language, as sft-data does)",
     )
-    rubric: Path | None = Field(
-        None, description="your own rubric YAML (see schemas/rubrics/) for every session"
-    )
+    rubric: Path | None = Field(None, description="your own rubric YAML for every session")
     dtype: str = Field(
         "auto",
         description="weights dtype: auto | float32 | bfloat16 | float16 (auto = float32 on CPU)",
@@ -252,11 +247,10 @@ class ScoreConfig(BaseModel):
     MANIFEST_KIND: ClassVar[str] = "care-ray scores"
     SESSION_SCORES: ClassVar[bool] = True
 
-    def prompt_stage(self) -> type[BuildItemPrompts]:
-        """The Ray Data stage that turns a block of sessions into (session, item) prompts."""
-        from care_ray.scoring.stages import BuildItemPrompts
-
-        return BuildItemPrompts
+    def prompt_stage(self) -> type[Any] | None:
+        """The Ray Data stage that turns a block of sessions into (session, item) prompts, where a
+        task needs its own (drafting); None: scoring's BuildItemPrompts."""
+        return None
 
     def selected_sessions(self) -> pa.ChunkedArray:
         """The session ids this run covers, in corpus order."""

@@ -31,7 +31,7 @@ from care_ray.scoring.checks import (
 )
 from care_ray.scoring.config import ScoreConfig
 from care_ray.scoring.results import RunFolder
-from care_ray.scoring.stages import ScoreItemsActor, _write_results_batch
+from care_ray.scoring.stages import BuildItemPrompts, ScoreItemsActor, _write_results_batch
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
             and pairs_done_before == 0
         )
         plan_ref = None if everything else ray.put(plan)
-        columns = list(config.prompt_stage().columns)
+        prompt_stage = config.prompt_stage() or BuildItemPrompts
+        columns = list(prompt_stage.columns)
         corpus = sessions_dataset(config.sessions)
         if plan_ref is not None and pending_sessions <= SMALL_PLAN_SESSIONS:
             # a --limit or a resume with little left: read just those sessions here rather than
@@ -140,7 +141,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
         ds_ = (
             sessions_ds.repartition(target_num_rows_per_block=config.sessions_per_block)
             .map_batches(
-                config.prompt_stage(),
+                prompt_stage,
                 fn_constructor_kwargs=dict(config=config, item_ids=item_ids, plan_ref=plan_ref),
                 batch_format="pyarrow",
                 batch_size=None,

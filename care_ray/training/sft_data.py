@@ -106,13 +106,8 @@ class SFTOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    target: str = Field(
-        "score+rationale",
-        description="score+rationale (CARE) | score (the ablation)",
-    )
-    folds: int = Field(
-        5, ge=2, description="client-disjoint folds, stratified on the session's mean score"
-    )
+    target: str = Field("score+rationale", description="score+rationale (CARE) | score (ablation)")
+    folds: int = Field(5, ge=2, description="client-disjoint folds, stratified on the mean score")
     seed: int = Field(123, description="seed of the folds and of the session sample")
     label_map: LabelMapSpec | None = Field(
         None,

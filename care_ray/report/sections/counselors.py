@@ -10,17 +10,8 @@ import math
 
 import polars as pl
 
+from care_ray.report import figures as fg
 from care_ray.report.blocks import Block, Bullets, Details, Paragraph, Plot, Section, Table
-from care_ray.report.figures import (
-    MODEL_COLOR,
-    MUTED_COLOR,
-    figure,
-    legend_below,
-    panels,
-    plot,
-    row_labels,
-    whiskers,
-)
 from care_ray.report.format import est_ci, finite, integer, num, short
 from care_ray.report.load import Findings
 
@@ -31,11 +22,11 @@ def _figure(
     profiles: pl.DataFrame, outcomes: list[str], overall: dict[str, float], fig_id: str
 ) -> Plot:
     n_shown = min(profiles["counselor_id"].n_unique(), 2 * TOP_COUNSELORS)
-    fig = figure(
+    fig = fg.figure(
         min(3.6 * len(outcomes), 11) + 0.8,
         (0.3 * n_shown + 1.0) * math.ceil(len(outcomes) / 3) + 0.5,
     )
-    axes = panels(fig, len(outcomes), 3, sharex=True)
+    axes = fg.panels(fig, len(outcomes), 3, sharex=True)
     for ax, outcome in zip(axes, outcomes, strict=True):
         p = profiles.filter(pl.col("outcome") == outcome).sort("rank")
         shown = (
@@ -44,21 +35,21 @@ def _figure(
             else pl.concat([p.head(TOP_COUNSELORS), p.tail(TOP_COUNSELORS)])
         )
         ys = list(range(shown.height))
-        whiskers(
+        fg.whiskers(
             ax,
             ys,
             shown,
             "pooled_mean",
             "pooled_lo",
             "pooled_hi",
-            MODEL_COLOR,
+            fg.MODEL_COLOR,
             "pooled mean, interval",
         )
         ax.scatter(
             shown["raw_mean"].to_list(),
             ys,
             marker="x",
-            color=MUTED_COLOR,
+            color=fg.MUTED_COLOR,
             s=20,
             label="raw mean",
             zorder=3,
@@ -68,18 +59,18 @@ def _figure(
                 overall[outcome], color="black", linestyle="--", linewidth=0.8, label="overall mean"
             )
         if p.height > 2 * TOP_COUNSELORS:
-            ax.axhline(TOP_COUNSELORS - 0.5, color=MUTED_COLOR, linewidth=0.8, linestyle=":")
+            ax.axhline(TOP_COUNSELORS - 0.5, color=fg.MUTED_COLOR, linewidth=0.8, linestyle=":")
         labels = [
             f"#{r['rank']} {short(r['counselor_id'], 16)} (n={r['n_sessions']})"
             for r in shown.iter_rows(named=True)
         ]
-        row_labels(ax, labels, outcome)
-    legend_below(fig, axes[0])
+        fg.row_labels(ax, labels, outcome)
+    fg.legend_below(fig, axes[0])
     caption = (
         f"Counselors ranked by pooled mean (top and bottom {TOP_COUNSELORS} per "
         "outcome), with intervals; × marks the unpooled mean."
     )
-    return plot(fig, fig_id, caption)
+    return fg.plot(fig, fig_id, caption)
 
 
 def _overall_means(an: Findings) -> dict[str, float]:
