@@ -97,6 +97,12 @@ def test_two_folds_train_and_the_loss_falls(two_fold_run):
         first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
         assert last < 0.8 * first, f"fold {fold}: loss {first:.2f} → {last:.2f} did not fall"
         assert rec["metrics"]["train_tokens_per_s"] > 0
+        # what a person watched: progress rows, a learning curve, TensorBoard events
+        log_rows = (Path(rec["progress"]["train_log"])).read_text().splitlines()
+        assert any('"kind": "heldout"' in r for r in log_rows) and any(
+            '"kind": "train"' in r for r in log_rows
+        )
+        assert Path(rec["progress"]["learning_curve"]).is_file()
     assert _fold_record(two_fold_run, 1)["attempts"] == [{"start_step": 0, "world_size": 2}]
 
 

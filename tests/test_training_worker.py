@@ -70,11 +70,28 @@ def _adapter(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def straight_run(sft_data, tiny_model, tmp_path_factory):
+    import logging
+
     work = tmp_path_factory.mktemp("worker-run")
-    cfg = _config(tiny_model, sft_data, work)
+    cfg = _config(tiny_model, sft_data, work, log_every_steps=3)
     recorder = Recorder(work / "reports")
-    result = FoldTraining(cfg, 0, WorkerEnv(report=recorder)).run()
-    return {"cfg": cfg, "result": result, "reports": recorder.reports, "work": work}
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Lines(level=logging.INFO)
+    logger = logging.getLogger("care_ray.training.worker")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        result = FoldTraining(cfg, 0, WorkerEnv(report=recorder)).run()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return {"cfg": cfg, "result": result, "reports": recorder.reports, "work": work, "lines": lines}
 
 
 def test_one_in_process_worker_trains_and_reports_each_epoch(straight_run):
@@ -124,3 +141,35 @@ def test_eval_every_steps_reports_inside_an_epoch(sft_data, tiny_model, tmp_path
     steps = [m["step"] for m, _ in recorder.reports]
     assert steps == [3, 6, result["steps_per_epoch"]]
     assert recorder.reports[0][0]["epoch"] == pytest.approx(3 / result["steps_per_epoch"])
+
+
+def test_progress_lines_and_rows_a_person_can_watch(straight_run):
+    """A line every log_every_steps steps (fold, epoch, step of total, loss, learning rate,
+    tokens/s, elapsed, time left) and one per held-out evaluation; the same rows in the result,
+    written as train_log.jsonl, a learning curve and TensorBoard events."""
+    import json
+
+    from care_ray.training.curves import write_fold_records
+
+    result, lines = straight_run["result"], straight_run["lines"]
+    total = 2 * result["steps_per_epoch"]
+    step_lines = [x for x in lines if "| step " in x]
+    assert [int(x.split("| step ")[1].split("/")[0]) for x in step_lines] == list(
+        range(3, total + 1, 3)
+    )
+    assert all(f"/{total} |" in x and "tokens/s" in x and "left" in x for x in step_lines)
+    held = [x for x in lines if "held-out at step" in x]
+    assert len(held) == 2 and all("r goal" in x and "best" in x for x in held)
+    train_rows = [r for r in result["log"] if r["kind"] == "train"]
+    eval_rows = [r for r in result["log"] if r["kind"] == "heldout"]
+    assert [r["step"] for r in train_rows] == list(range(3, total + 1, 3))
+    assert [r["step"] for r in eval_rows] == [total // 2, total]
+    losses = dict(map(tuple, result["loss_history"]))
+    assert train_rows[0]["loss"] == pytest.approx(sum(losses[s] for s in (1, 2, 3)) / 3)
+    fold_dir = straight_run["work"] / "fold0"
+    fold_dir.mkdir()
+    written = write_fold_records(fold_dir, result["loss_history"], result["log"])
+    rows = [json.loads(x) for x in (fold_dir / "train_log.jsonl").read_text().splitlines()]
+    assert rows == json.loads(json.dumps(result["log"]))
+    assert (fold_dir / "learning_curve.svg").read_text().startswith("<?xml")
+    assert written["tensorboard"] and any((fold_dir / "tensorboard").iterdir())

@@ -131,6 +131,15 @@ class FinetuneConfig(_Strict):
     )
     trust_remote_code: bool = False
 
+    log_every_steps: int = Field(
+        5,
+        ge=1,
+        description="rank 0 prints a progress line (step, loss, learning rate, tokens/s, elapsed, "
+        "time left) every N optimizer steps, and at least every log_every_seconds",
+    )
+    log_every_seconds: float = Field(
+        60.0, gt=0, description="the longest silence between two progress lines"
+    )
     eval_every_steps: int | None = Field(
         None,
         ge=1,

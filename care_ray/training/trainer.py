@@ -108,6 +108,7 @@ def export_fold(
     cfg: FinetuneConfig, fold: int, result, data_manifest: dict[str, Any], fit_seconds: float
 ) -> dict[str, Any]:
     """Best checkpoint of a fold → output_dir/foldK/{adapter|model}/ + metrics.json (+ merged/)."""
+    from care_ray.training.curves import write_fold_records
     from care_ray.training.selection import (
         best_checkpoint,
         export_checkpoint,
@@ -152,6 +153,9 @@ def export_fold(
         "label_map": data_manifest.get("label_map"),
         "loss_history": run_info.get("loss_history"),
         "attempts": run_info.get("attempts"),
+        "progress": write_fold_records(
+            fold_dir, run_info.get("loss_history") or [], run_info.get("log") or []
+        ),
         "run_path": result.path,
         "seconds": round(fit_seconds, 1),
         "config": cfg.model_dump(mode="json"),

@@ -141,6 +141,7 @@ class FoldTraining:
             "epoch": 0,
             "step_in_epoch": 0,
             "loss_history": [],
+            "log": [],  # one row per progress line and per held-out evaluation (train_log.jsonl)
             "attempts": [],
         }
         self._build(env.resume_from)
@@ -149,6 +150,7 @@ class FoldTraining:
         )
         self.my_eval, self.my_real = equal_shards(self.held_out, self.rank, self.world)
         self.window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+        self.progress = Progress(self, started_step=self.state["global_step"])
         if self.rank == 0:
             log.info(
                 "fold %d: %d train / %d held-out examples (%d / %d dropped > max_seq_len), %d "
@@ -179,7 +181,7 @@ class FoldTraining:
         optimizer_state: dict[str, Any] = {}
         if resume_from is not None:
             saved = loop.load_trainer_state(resume_from)
-            self.state.update({k: saved[k] for k in self.state})
+            self.state.update({k: saved[k] for k in self.state if k in saved})
             if self.rank == 0 or not self.fsdp:  # under FSDP rank 0 reads it and broadcasts
                 optimizer_state = loop.load_trainer_state(resume_from, loop.OPTIMIZER_FILE)
         model = loop.build_model(
@@ -298,6 +300,7 @@ class FoldTraining:
         )
         metrics = finite_or_none(metrics)
         self.window.update(loss_sum=0.0, steps=0, tokens=0, seconds=0.0)
+        self.progress.after_evaluation(metrics)
         model_state, optim_state = loop.full_state(self.model, self.optimizer, self.cfg.method)
         name = f"step-{state['global_step']:06d}"
         if self.rank != 0:
@@ -337,6 +340,7 @@ class FoldTraining:
             for step_in_epoch in range(state["step_in_epoch"], self.steps_per_epoch):
                 self.step(micro[step_in_epoch * accum : (step_in_epoch + 1) * accum])
                 state["step_in_epoch"] = step_in_epoch + 1
+                self.progress.after_step()
                 maybe_inject_failure(cfg, self.rank, state["global_step"])
                 last_of_epoch = step_in_epoch + 1 == self.steps_per_epoch
                 if (
@@ -350,10 +354,115 @@ class FoldTraining:
             self.evaluate_and_report(epoch_done=True)
         return {
             "loss_history": state["loss_history"],
+            "log": state["log"],
             "attempts": state["attempts"],
             "steps": state["global_step"],
             "steps_per_epoch": self.steps_per_epoch,
         }
+
+
+class Progress:
+    """What a person watching a fine-tune sees: rank 0 logs one line every `log_every_steps`
+    optimizer steps (and at least every `log_every_seconds`) with the fold, epoch, step of total,
+    running loss, learning rate, tokens/s, elapsed and time left, and one line per held-out
+    evaluation; the same rows are kept in the training state (so a resumed run keeps its history)
+    and written to train_log.jsonl when the fold is exported."""
+
+    def __init__(self, training: FoldTraining, started_step: int):
+        self.t = training
+        self.started = time.monotonic()
+        self.started_step = started_step
+        self.last_line = self.started
+        self.losses: list[float] = []
+        self.best: float | None = None
+
+    def after_step(self) -> None:
+        t, cfg = self.t, self.t.cfg
+        self.losses.append(t.state["loss_history"][-1][1])
+        step = t.state["global_step"]
+        now = time.monotonic()
+        if step % cfg.log_every_steps and now - self.last_line < cfg.log_every_seconds:
+            return
+        self.last_line = now
+        total = t.steps_per_epoch * cfg.epochs
+        elapsed = now - self.started
+        done = step - self.started_step
+        left = elapsed / done * (total - step) if done else float("nan")
+        row = {
+            "kind": "train",
+            "fold": t.fold,
+            "epoch": round(step / t.steps_per_epoch, 3),
+            "step": step,
+            "steps": total,
+            "loss": sum(self.losses) / len(self.losses),
+            "learning_rate": t.scheduler.get_last_lr()[0],
+            "tokens_per_s": t.window["tokens"] / t.window["seconds"]
+            if t.window["seconds"]
+            else 0.0,
+            "elapsed_s": round(elapsed, 1),
+            "left_s": None if left != left else round(left, 1),
+        }
+        self.losses = []
+        t.state["log"].append(row)
+        if t.rank == 0:
+            log.info(
+                "fold %d | epoch %.2f | step %d/%d | loss %.4f | lr %.2e | %.0f tokens/s | "
+                "%s elapsed, %s left",
+                t.fold,
+                row["epoch"],
+                step,
+                total,
+                row["loss"],
+                row["learning_rate"],
+                row["tokens_per_s"] * t.world,
+                _clock(elapsed),
+                _clock(left),
+            )
+
+    def after_evaluation(self, metrics: dict[str, Any]) -> None:
+        t = self.t
+        score = metrics.get("heldout_selection_score")
+        if isinstance(score, int | float) and (self.best is None or score > self.best):
+            self.best = float(score)
+        per_dim = {
+            k.removeprefix("heldout_pearson_"): v
+            for k, v in metrics.items()
+            if k.startswith("heldout_pearson_")
+            and k.removeprefix("heldout_pearson_") in ("goal", "task", "bond")
+        }
+        row = {
+            "kind": "heldout",
+            "fold": t.fold,
+            "step": metrics.get("step"),
+            "epoch": metrics.get("epoch"),
+            "pearson": per_dim,
+            "mse_mean": metrics.get("heldout_mse_mean"),
+            "selection_score": score,
+            "best_selection_score": self.best,
+        }
+        t.state["log"].append(row)
+        if t.rank == 0:
+            shown = ", ".join(f"{d} {'–' if r is None else f'{r:.3f}'}" for d, r in per_dim.items())
+            log.info(
+                "fold %d | held-out at step %s: r %s | MSE %s | selection %s (best %s)",
+                t.fold,
+                metrics.get("step"),
+                shown or "–",
+                _fmt(metrics.get("heldout_mse_mean")),
+                _fmt(score),
+                _fmt(self.best),
+            )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "–"
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing done yet to extrapolate from
+        return "?"
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes}m{s:02d}s"
 
 
 def maybe_inject_failure(cfg: FinetuneConfig, rank: int, step: int) -> None:
