@@ -261,6 +261,38 @@ def test_relative_time_is_kept_and_counted_absolute_dates_go(engines):
     assert counts == {("DATE_TIME", "below_threshold"): 3}
 
 
+def test_dots_in_chat_text_are_not_urls(engines):
+    analyzer, anonymizer = engines["pattern"]
+    text = "Hi..how are you? I need.Tel me more at www.support-line.org or help.org/x today"
+    session = {"session_id": "s", "turns": [{"role": "client", "text": text}]}
+    red, counts, _ = redact_session(session, analyzer, anonymizer, policy(False))
+    assert red["turns"][0]["text"] == (
+        "Hi..how are you? I need.Tel me more at [URL_1] or [URL_2] today"
+    )
+    assert counts[("URL", "not_a_url")] == 2 and counts[("URL", "redacted")] == 2
+
+
+class FindsTomOnce:
+    """An analyzer stub standing for an NER model that catches "Tom" in one sentence only."""
+
+    def analyze(self, text, language, entities):
+        from presidio_analyzer import RecognizerResult
+
+        i = text.find("Tom said")
+        return [RecognizerResult("PERSON", i, i + 3, 0.85)] if i >= 0 else []
+
+
+def test_a_name_found_once_is_redacted_in_every_turn(engines):
+    turns = ["Tom said hi.", "I told Tom and TOM, and fed the tom cat."]
+    session = {"session_id": "s", "turns": [{"role": "client", "text": t} for t in turns]}
+    red, counts, _ = redact_session(session, FindsTomOnce(), engines["ner"][1], policy(True))
+    assert [t["text"] for t in red["turns"]] == [
+        "[PERSON_1] said hi.",
+        "I told [PERSON_1] and [PERSON_1], and fed the tom cat.",
+    ]
+    assert counts == {("PERSON", "redacted"): 3}
+
+
 def test_redacting_twice_changes_nothing(planted, engines):
     """Placeholders are never re-detected, so pattern redaction is a fixed point. An NER model's
     guesses depend on context, and the context changed: a second pass may redact more (the toy
@@ -384,19 +416,29 @@ def test_the_cli_redacts_a_corpus_with_ray_data(planted, engines, tmp_path, toy_
     assert no_network == []
 
 
+def _is_local(host: str) -> bool:
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    return address.is_loopback or address.is_private
+
+
 @pytest.fixture
 def no_network(monkeypatch):
-    """Any outbound connection attempt is recorded and refused (Ray's own local sockets are
-    Unix sockets and loopback TCP: only non-loopback addresses count)."""
+    """Any outbound connection attempt is recorded and refused, as in test_model_paths.py, except
+    to this machine's own addresses (Ray's driver talks to its local GCS and raylet over TCP)."""
     attempts: list = []
     real_connect = socket.socket.connect
 
     def watch(self, address, *a, **kw):
-        host = address[0] if isinstance(address, tuple) else ""
-        if host and host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("10."):
+        if isinstance(address, tuple) and not _is_local(str(address[0])):
             attempts.append(address)
             raise OSError("network disabled by the test")
         return real_connect(self, address, *a, **kw)
 
     monkeypatch.setattr(socket.socket, "connect", watch)
+    monkeypatch.setattr(socket.socket, "connect_ex", watch)
     return attempts

@@ -3,9 +3,9 @@ others are not), and consistent pseudonyms over one session's turns.
 
 A finding is kept unless it falls inside a placeholder (so a redacted corpus redacts to itself),
 scores below its entity's threshold, is on the allow-list ("Hope", "Grace", "May" are counseling
-words before they are names), or is a DATE_TIME with no absolute date in it ("today", "every
-night", "next week" carry the story, not the identity). Of overlapping findings the pattern one
-wins over an NER one, then the higher score.
+words before they are names), is a "URL" that is prose ("Hi..how"), or is a DATE_TIME with no
+absolute date in it ("today", "every night", "next week" carry the story, not the identity). Of
+overlapping findings the pattern one wins over an NER one, then the higher score.
 Counts are kept per entity type and reason; no text leaves this module except the redacted turn."""
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Any
 
 from care_ray.corpus.redact.engine import _MONTH, DEFAULT_ENTITIES, NER_ENTITIES
 
-REDACTED, ALLOWED, BELOW_THRESHOLD, RELATIVE_TIME_KEPT = (
+REDACTED, ALLOWED, BELOW_THRESHOLD, RELATIVE_TIME_KEPT, NOT_A_URL = (
     "redacted",
     "allowed",
     "below_threshold",
     "relative_time_kept",
+    "not_a_url",
 )
-REASONS = (REDACTED, ALLOWED, BELOW_THRESHOLD, RELATIVE_TIME_KEPT)
+REASONS = (REDACTED, ALLOWED, BELOW_THRESHOLD, RELATIVE_TIME_KEPT, NOT_A_URL)
 
 # Placeholder labels: short enough that the dialogue still reads.
 LABELS = {
@@ -49,6 +50,17 @@ ABSOLUTE_DATE = re.compile(
     re.IGNORECASE,
 )
 _SPACE = re.compile(r"\s+")
+
+
+def prose_not_url(surface: str) -> bool:
+    """Chat text joins sentences with dots ("Hi..how", "good...th", "two.You"), and Presidio's
+    URL pattern reads the word after the dots as a top-level domain (.how, .th, .you are real
+    ones). A host has no empty label, and a bare host (no scheme, no www., no path) whose last
+    label is capitalised is a missing space after a full stop."""
+    if ".." in surface:
+        return True
+    bare = "://" not in surface and not surface.lower().startswith("www.") and "/" not in surface
+    return bare and surface.rsplit(".", 1)[-1][:1].isupper()
 
 
 def normalize(surface: str) -> str:
@@ -138,6 +150,8 @@ def choose_findings(text: str, results: Iterable[Any], policy: RedactionPolicy, 
             counts[(r.entity_type, BELOW_THRESHOLD)] += 1
         elif normalize(surface) in policy.allow:
             counts[(r.entity_type, ALLOWED)] += 1
+        elif r.entity_type == "URL" and prose_not_url(surface):
+            counts[(r.entity_type, NOT_A_URL)] += 1
         elif r.entity_type == "DATE_TIME" and not ABSOLUTE_DATE.search(surface):
             counts[(r.entity_type, RELATIVE_TIME_KEPT)] += 1
         else:
@@ -157,28 +171,59 @@ def choose_findings(text: str, results: Iterable[Any], policy: RedactionPolicy, 
     return kept
 
 
-def redact_text(
-    text: str,
-    analyzer: Any,
-    anonymizer: Any,
-    policy: RedactionPolicy,
-    pseudonyms: Pseudonyms,
-    counts: Counter,
-) -> str:
-    """One turn's text with its chosen findings replaced by the session's placeholders."""
+def find_in_session(
+    texts: list[str], analyzer: Any, policy: RedactionPolicy, counts: Counter
+) -> list[list[Any]]:
+    """Per turn, the findings to redact. A name, place or organisation the model found once is
+    redacted wherever else it appears in the session (whole words, any case): an NER model's
+    guess depends on the sentence, and a name caught in one turn must not be read in the next."""
+    from presidio_analyzer import RecognizerResult
+
+    found = [
+        choose_findings(
+            text,
+            analyzer.analyze(text=text, language="en", entities=list(policy.entities)),
+            policy,
+            counts,
+        )
+        for text in texts
+    ]
+    names: dict[tuple[str, str], bool] = {}  # (type, normalized) → was it ever written lowercase
+    for text, kept in zip(texts, found, strict=True):
+        for r in kept:
+            surface = text[r.start : r.end]
+            if r.entity_type in NER_ENTITIES and normalize(surface):
+                key = (r.entity_type, normalize(surface))
+                names[key] = names.get(key, False) or surface == surface.lower()
+    for (entity, norm), lowercase_seen in sorted(names.items()):
+        pattern = re.compile(
+            r"(?<!\w)" + r"\s+".join(map(re.escape, norm.split())) + r"(?!\w)", re.IGNORECASE
+        )
+        for text, kept in zip(texts, found, strict=True):
+            taken = kept + [_Span(*m.span()) for m in PLACEHOLDER.finditer(text)]
+            for m in pattern.finditer(text):
+                # "Night" found in "Christmas Night" is not "every night": a capitalised find
+                # spreads to its capitalised (or upper-case) mentions only
+                if m.group(0) == m.group(0).lower() and not lowercase_seen:
+                    continue
+                if not any(_overlaps(_Span(*m.span()), k) for k in taken):
+                    kept.append(RecognizerResult(entity, m.start(), m.end(), 1.0))
+                    counts[(entity, REDACTED)] += 1
+            kept.sort(key=lambda r: r.start)
+    return found
+
+
+def anonymize_turn(text: str, kept: list[Any], anonymizer: Any, pseudonyms: Pseudonyms) -> str:
+    """One turn's text with its findings replaced by the session's placeholders."""
     from presidio_anonymizer.entities import OperatorConfig
 
-    results = analyzer.analyze(text=text, language="en", entities=list(policy.entities))
-    kept = choose_findings(text, results, policy, counts)
     if not kept:
         return text
-    for r in kept:  # assign in text order (the anonymizer replaces from the end)
-        pseudonyms.placeholder(r.entity_type, text[r.start : r.end])
     operators = {
         t: OperatorConfig("custom", {"lambda": lambda s, t=t: pseudonyms.placeholder(t, s)})
         for t in {r.entity_type for r in kept}
     }
-    # kept findings are final (counted, placeholders assigned): no merging of neighbours
+    # the findings are final (counted, placeholders assigned): no merging of neighbours
     return anonymizer.anonymize(
         text=text, analyzer_results=kept, operators=operators, merge_entities_with_spaces=False
     ).text
@@ -189,12 +234,17 @@ def redact_session(
 ) -> tuple[dict[str, Any], Counter, Pseudonyms]:
     """The session with every turn's text redacted (roles, ids, labels untouched), the counts per
     (entity type, reason), and the placeholders it used."""
-    taken = {m.group(0) for t in session["turns"] for m in PLACEHOLDER.finditer(t["text"])}
+    texts = [t["text"] for t in session["turns"]]
+    taken = {m.group(0) for text in texts for m in PLACEHOLDER.finditer(text)}
     pseudonyms = Pseudonyms(policy.key, taken)
     counts: Counter = Counter()
+    found = find_in_session(texts, analyzer, policy, counts)
+    for text, kept in zip(texts, found, strict=True):
+        for r in kept:  # numbered in order of appearance (the anonymizer replaces from the end)
+            pseudonyms.placeholder(r.entity_type, text[r.start : r.end])
     turns = [
-        {**t, "text": redact_text(t["text"], analyzer, anonymizer, policy, pseudonyms, counts)}
-        for t in session["turns"]
+        {**t, "text": anonymize_turn(text, kept, anonymizer, pseudonyms)}
+        for t, text, kept in zip(session["turns"], texts, found, strict=True)
     ]
     return {**session, "turns": turns}, counts, pseudonyms
 

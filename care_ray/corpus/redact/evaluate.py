@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from care_ray.common.errors import UserError
-from care_ray.corpus.redact.core import RedactionPolicy, choose_findings
+from care_ray.corpus.redact.core import RedactionPolicy, find_in_session
 
 
 def load_labels(path: Path) -> list[dict[str, Any]]:
@@ -67,8 +67,7 @@ def evaluate_labels(path: Path, analyzer: Any, policy: RedactionPolicy) -> dict[
     examples = load_labels(path)
     total: dict[str, Counter] = {}
     for ex in examples:
-        results = analyzer.analyze(text=ex["text"], language="en", entities=list(policy.entities))
-        kept = choose_findings(ex["text"], results, policy, Counter())
+        (kept,) = find_in_session([ex["text"]], analyzer, policy, Counter())
         predicted = [(r.start, r.end, r.entity_type) for r in kept]
         for t, c in score_spans(ex["spans"], predicted).items():
             total.setdefault(t, Counter()).update(c)
