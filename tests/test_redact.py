@@ -369,7 +369,19 @@ def test_bad_input_is_one_line(planted, tmp_path):
         runner.invoke(app, [*base, "--key-file", str(tmp_path / "short.key")])
     )
     assert "ENTITY=SCORE" in one_line_error(runner.invoke(app, [*base, "--threshold", "PERSON"]))
+    assert "unknown FOO" in one_line_error(runner.invoke(app, [*base, "--entities", "PERSON,FOO"]))
+    (tmp_path / "t.yaml").write_text("PERSON: 0.7\nURL: high\n")
+    assert "not a number" in one_line_error(
+        runner.invoke(app, [*base, "--thresholds", str(tmp_path / "t.yaml")])
+    )
     assert not (tmp_path / "out").exists()
+
+
+def test_thresholds_come_from_flags_over_a_yaml_file(tmp_path):
+    from care_ray.corpus.redact import parse_thresholds
+
+    (tmp_path / "t.yaml").write_text("PERSON: 0.7\nurl: 0.4\n")
+    assert parse_thresholds(["PERSON=0.6"], tmp_path / "t.yaml") == {"PERSON": 0.6, "URL": 0.4}
 
 
 def test_the_cli_redacts_a_corpus_with_ray_data(planted, engines, tmp_path, toy_ner, no_network):
