@@ -1,5 +1,5 @@
-"""`care-ray ingest | validate | export | tiny-model`: sources into a corpus and back, and the tiny
-model for tests and smoke runs."""
+"""`care-ray ingest | validate | export | redact | tiny-model`: sources into a corpus and back, a
+de-identified copy of a corpus, and the tiny model for tests and smoke runs."""
 
 from __future__ import annotations
 
@@ -203,6 +203,119 @@ def export_command(o: ExportOptions) -> None:
     typer.echo(f"wrote {n} sessions to {o.out}")
 
 
+class RedactOptions(BaseModel):
+    """Write a de-identified copy of a corpus (same contract, same quarantine/manifest discipline):
+    Presidio finds PII, each session gets consistent placeholders ([PERSON_1], [PHONE_1], ...).
+    With --evaluate only: measure recall and precision on a hand-labelled sample."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sessions: Path | None = Field(None, description="the corpus folder to redact")
+    out: Path | None = Field(None, description="the redacted corpus folder to write")
+    entities: str | None = Field(
+        None,
+        description="comma-separated entity types to redact (default: PERSON, LOCATION, "
+        "ORGANIZATION with --ner-model, and PHONE_NUMBER, EMAIL_ADDRESS, URL, CREDIT_CARD, "
+        "IBAN_CODE, IP_ADDRESS, US_SSN, DATE_TIME, STREET_ADDRESS)",
+    )
+    allow: Path | None = Field(
+        None, description="allow-list file: one term per line, case-insensitive, never redacted"
+    )
+    threshold: list[str] = Field(
+        default_factory=list,
+        description="ENTITY=SCORE, repeated: findings scoring below it are kept (e.g. PERSON=0.6)",
+    )
+    thresholds: Path | None = Field(None, description="the thresholds as a YAML {ENTITY: SCORE}")
+    key_file: Path | None = Field(
+        None,
+        description="a secret key file (>= 16 bytes): placeholders become HMAC-SHA256 tags of "
+        "the value, so the same person links across sessions (default: independent per session)",
+    )
+    ner_model: Path | None = Field(
+        None,
+        description="a local spaCy pipeline folder whose NER finds names, places, organisations "
+        "(without one only pattern entities are redacted)",
+    )
+    write_mapping: Path | None = Field(
+        None,
+        description="write the original → placeholder mapping to this file (mode 0600); never "
+        "written otherwise",
+    )
+    evaluate: Path | None = Field(
+        None,
+        description='a labelled JSON-lines sample {"text", "entities": [{"start", "end", "type"}]}:'
+        " print per-entity recall and precision and write them as JSON next to it (or to --out)",
+    )
+    workers: int = Field(1, ge=1, description="redaction workers (Ray actors, half a CPU each)")
+    ray_address: str | None = Field(None, description="Ray cluster address (default: local)")
+
+
+def redact_command(o: RedactOptions) -> None:
+    from care_ray.common.errors import UserError
+    from care_ray.corpus.redact import (
+        RedactionPolicy,
+        RedactRun,
+        build_analyzer,
+        check_ner_model,
+        evaluate_labels,
+        evaluation_table,
+        load_allow,
+        load_key,
+        parse_thresholds,
+        redact_corpus,
+        redact_summary,
+    )
+    from care_ray.corpus.redact.engine import DEFAULT_ENTITIES
+    from care_ray.corpus.redact.job import PATTERN_ONLY_NOTE, check_entities
+
+    check_ner_model(o.ner_model)
+    wanted = (
+        tuple(e.strip().upper() for e in o.entities.split(",") if e.strip())
+        if o.entities
+        else DEFAULT_ENTITIES
+    )
+    policy = RedactionPolicy(
+        entities=check_entities(wanted, o.ner_model),
+        thresholds=parse_thresholds(o.threshold, o.thresholds),
+        allow=load_allow(o.allow),
+        key=load_key(o.key_file),
+    )
+    if o.evaluate is None and (o.sessions is None or o.out is None):
+        raise UserError("redact needs --sessions and --out (or --evaluate LABELS.jsonl)")
+    if o.evaluate is not None:
+        report = evaluate_labels(o.evaluate, build_analyzer(o.ner_model), policy)
+        report["redaction"] = policy.describe(str(o.ner_model) if o.ner_model else None)
+        target = (o.out or o.evaluate.parent) / f"{o.evaluate.stem}.evaluation.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(report, indent=2) + "\n")
+        typer.echo(evaluation_table(report))
+        if o.ner_model is None:
+            typer.echo(f"note: {PATTERN_ONLY_NOTE}")
+        typer.echo(f"evaluation: {target}")
+        if o.sessions is None:
+            return
+    assert o.sessions is not None and o.out is not None
+    if o.write_mapping is not None:
+        typer.secho(
+            f"warning: writing the original → placeholder mapping to {o.write_mapping} (mode "
+            "0600): it re-identifies the corpus; keep it apart from the redacted text",
+            fg="yellow",
+            err=True,
+        )
+    manifest = redact_corpus(
+        RedactRun(
+            sessions=o.sessions,
+            out=o.out,
+            policy=policy,
+            ner_model=o.ner_model,
+            write_mapping=o.write_mapping,
+            workers=o.workers,
+            ray_address=o.ray_address,
+        )
+    )
+    typer.echo(redact_summary(manifest, o.out))
+
+
 class TinyModelOptions(BaseModel):
     """Build a tiny random Llama (+ local tokenizer, chat template) for tests and cluster smoke runs."""
 
@@ -224,4 +337,5 @@ def register(app: typer.Typer) -> None:
     command(app, "ingest", IngestOptions, ingest_command, help=_ingest_help())
     command(app, "validate", CorpusOptions, validate_command)
     command(app, "export", ExportOptions, export_command)
+    command(app, "redact", RedactOptions, redact_command)
     command(app, "tiny-model", TinyModelOptions, tiny_model_command)
