@@ -203,6 +203,15 @@ def export_command(o: ExportOptions) -> None:
     typer.echo(f"wrote {n} sessions to {o.out}")
 
 
+NER_MODEL_HELP = (
+    "a local spaCy pipeline folder whose NER finds names, places, organisations (without one only "
+    "pattern entities are redacted)"
+)
+WRITE_MAPPING_HELP = (
+    "write the original → placeholder mapping to this file (mode 0600); never written otherwise"
+)
+
+
 class RedactOptions(BaseModel):
     """Write a de-identified copy of a corpus (same contract, same quarantine/manifest discipline):
     Presidio finds PII, each session gets consistent placeholders ([PERSON_1], [PHONE_1], ...).
@@ -231,16 +240,8 @@ class RedactOptions(BaseModel):
         description="a secret key file (>= 16 bytes): placeholders become HMAC-SHA256 tags of "
         "the value, so the same person links across sessions (default: independent per session)",
     )
-    ner_model: Path | None = Field(
-        None,
-        description="a local spaCy pipeline folder whose NER finds names, places, organisations "
-        "(without one only pattern entities are redacted)",
-    )
-    write_mapping: Path | None = Field(
-        None,
-        description="write the original → placeholder mapping to this file (mode 0600); never "
-        "written otherwise",
-    )
+    ner_model: Path | None = Field(None, description=NER_MODEL_HELP)
+    write_mapping: Path | None = Field(None, description=WRITE_MAPPING_HELP)
     evaluate: Path | None = Field(
         None,
         description='a labelled JSON-lines sample {"text", "entities": [{"start", "end", "type"}]}:'

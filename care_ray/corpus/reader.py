@@ -26,6 +26,17 @@ def sessions_dataset(corpus: Path | str) -> ds.Dataset:
     return ds.dataset(root.path, filesystem=root.fs, format="parquet", partitioning="hive")
 
 
+def open_sessions(corpus: Path | str, error: type[Exception] = FileNotFoundError) -> ds.Dataset:
+    """sessions_dataset, with a missing or empty corpus said in one line as `error`."""
+    try:
+        dataset = sessions_dataset(corpus)
+    except FileNotFoundError as e:
+        raise error(str(e)) from None
+    if not dataset.files:
+        raise error(f"no sessions in {corpus}")
+    return dataset
+
+
 def iter_session_batches(corpus: Path | str, batch_size: int = 1000) -> Iterator[pa.Table]:
     for batch in sessions_dataset(corpus).to_batches(batch_size=batch_size):
         yield conform_table(pa.Table.from_batches([batch]))

@@ -265,14 +265,9 @@ READ_COLUMNS = ["session_id", "client_id", "turns", CLIENT_WAI, "labels"]
 
 
 def _batches(corpus: str | Path, columns: list[str], batch_size: int) -> Iterator[pa.Table]:
-    from care_ray.corpus.reader import sessions_dataset
+    from care_ray.corpus.reader import open_sessions
 
-    try:
-        dataset = sessions_dataset(corpus)
-    except FileNotFoundError as e:
-        raise BaselineError(str(e)) from None
-    if not dataset.files:
-        raise BaselineError(f"no sessions in {corpus}")
+    dataset = open_sessions(corpus, BaselineError)
     wanted = [c for c in columns if c in dataset.schema.names]
     for batch in dataset.to_batches(columns=wanted, batch_size=batch_size):
         if batch.num_rows:

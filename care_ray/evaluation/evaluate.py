@@ -278,14 +278,9 @@ def read_predicted(scores: str | Path, dimensions: list[str]) -> tuple[pl.DataFr
 
 def read_corpus(sessions: str | Path, session_ids: pl.Series, columns: list[str]) -> pa.Table:
     """The corpus rows of `session_ids`, only `columns` (those the corpus has)."""
-    from care_ray.corpus.reader import sessions_dataset
+    from care_ray.corpus.reader import open_sessions
 
-    try:
-        dataset = sessions_dataset(sessions)
-    except FileNotFoundError as e:
-        raise EvaluateError(str(e)) from None
-    if not dataset.files:
-        raise EvaluateError(f"no sessions in {sessions}")
+    dataset = open_sessions(sessions, EvaluateError)
     wanted = [
         "session_id",
         *[c for c in columns if c in dataset.schema.names and c != "session_id"],
