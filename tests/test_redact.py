@@ -7,6 +7,7 @@ claim about a real model."""
 
 from __future__ import annotations
 
+import html
 import json
 import random
 import re
@@ -426,6 +427,19 @@ def test_the_cli_redacts_a_corpus_with_ray_data(planted, engines, tmp_path, toy_
         assert redact_session(s, analyzer, anonymizer, policy(False))[0] == s
     assert all(PLACEHOLDER.search(t) for t in texts.values())
     assert no_network == []
+    # what is made from it says so: the analysis records how, and the report shows it
+    from care_ray.cli import app as cli_app
+
+    analysis, report = tmp_path / "analysis", tmp_path / "report"
+    ran = CliRunner().invoke(cli_app, ["analyze", "--sessions", str(out), "--out", str(analysis)])
+    assert ran.exit_code == 0, ran.output
+    said = json.loads((analysis / "manifest.json").read_text())["corpus_redaction"]
+    assert said.startswith("redacted (") and "PERSON" in said and "keyed hash" in said
+    page = CliRunner().invoke(
+        cli_app, ["report", "--analysis", str(analysis), "--out", str(report)]
+    )
+    assert page.exit_code == 0, page.output
+    assert said in html.unescape((report / "report.html").read_text())
 
 
 def _is_local(host: str) -> bool:

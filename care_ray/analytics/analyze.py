@@ -35,6 +35,7 @@ from care_ray.cluster.storage import PathOrURI
 from care_ray.common.errors import UserError
 from care_ray.common.options import cli
 from care_ray.common.sql import connect, parquet_glob, read_query
+from care_ray.corpus.reader import redaction_summary
 
 log = logging.getLogger(__name__)
 
@@ -882,6 +883,7 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
         {
             "kind": "care-ray analysis",
             "mode": mode,
+            "corpus_redaction": redaction_summary(cfg.sessions),
             "outcomes": names,
             "outcome_definitions": {
                 o.name: " ".join(

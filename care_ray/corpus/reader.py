@@ -134,3 +134,22 @@ def validate_corpus(corpus: Path) -> dict[str, Any]:
         "problems": problems[:50],
         "n_problems": len(problems),
     }
+
+
+def redaction_summary(corpus: Path | str) -> str | None:
+    """One line on how a corpus was de-identified (`care-ray redact` records it in the corpus's
+    manifest.json), for the outputs made from it; None for a corpus that was not redacted."""
+    from care_ray.cluster.storage import location
+
+    text = location(corpus).join("manifest.json").read_text()
+    redaction = (json.loads(text) if text else {}).get("redaction") or {}
+    if not redaction.get("redacted"):
+        return None
+    entities = ", ".join(redaction.get("entities") or []) or "none"
+    model = redaction.get("ner_model") or "no NER model (pattern entities only)"
+    linked = (
+        "linked across sessions by a keyed hash"
+        if redaction.get("linked_across_sessions")
+        else "numbered per session"
+    )
+    return f"redacted ({entities}; {model}; placeholders {linked})"

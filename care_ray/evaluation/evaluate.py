@@ -29,6 +29,7 @@ from care_ray.cluster.storage import PathOrURI, is_uri
 from care_ray.common.errors import UserError
 from care_ray.contracts.rubric import Rubric, load_rubric
 from care_ray.corpus.ratings import RATIONALE_KEY
+from care_ray.corpus.reader import redaction_summary
 from care_ray.evaluation import metrics as ev
 
 log = logging.getLogger(__name__)
@@ -698,6 +699,7 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {
         "kind": "care-ray evaluation",
+        "corpus_redaction": redaction_summary(config.sessions),
         "truth": {
             "spec": config.truth,
             "kind": truth.kind,

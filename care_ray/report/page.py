@@ -69,6 +69,7 @@ def _provenance(meta: dict) -> list[tuple[str, str]]:
         "rubric": "rubric file",
         "scores": "scores folder",
         "sessions": "corpus folder",
+        "corpus_redaction": "corpus",
         "outcomes": "outcomes",
         "by": "grouped by",
         "alpha": "alpha",
