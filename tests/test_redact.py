@@ -295,21 +295,16 @@ def test_a_name_found_once_is_redacted_in_every_turn(engines):
 
 
 def test_redacting_twice_changes_nothing(planted, engines):
-    """Placeholders are never re-detected, so pattern redaction is a fixed point. An NER model's
-    guesses depend on context, and the context changed: a second pass may redact more (the toy
-    model here does), but it keeps every placeholder and numbers past the ones already there."""
-    once = [r for r, _, _ in redact_all(sessions_of(planted), engines, "pattern")]
-    twice = redact_all(once, engines, "pattern")
-    assert [r for r, _, _ in twice] == once
-    assert all(c[(e, "redacted")] == 0 for _, c, _ in twice for e in DEFAULT_ENTITIES)
-    ner_once = [r for r, _, _ in redact_all(sessions_of(planted), engines, "ner")]
-    for first, (second, _, pseudonyms) in zip(
-        ner_once, redact_all(ner_once, engines, "ner"), strict=True
-    ):
-        before = Counter(PLACEHOLDER.findall(text_of(first)))
-        after = Counter(PLACEHOLDER.findall(text_of(second)))
-        assert all(after[p] == n for p, n in before.items())  # every placeholder kept
-        assert not set(pseudonyms.originals) & set(before)
+    """Placeholders are never re-detected, and the detection runs to a fixpoint on its own output
+    (an NER model reads context, and a replaced name changes its neighbours' context): a second
+    pass changes nothing and redacts nothing, with patterns alone and with the model."""
+    for kind in ("pattern", "ner"):
+        once = [r for r, _, _ in redact_all(sessions_of(planted), engines, kind)]
+        twice = redact_all(once, engines, kind)
+        assert [r for r, _, _ in twice] == once, kind
+        assert all(
+            n == 0 for _, c, _ in twice for (_, reason), n in c.items() if reason == "redacted"
+        )
 
 
 def test_evaluate_matches_a_hand_count(tmp_path):

@@ -229,15 +229,22 @@ def anonymize_turn(text: str, kept: list[Any], anonymizer: Any, pseudonyms: Pseu
     ).text
 
 
-def redact_session(
-    session: dict[str, Any], analyzer: Any, anonymizer: Any, policy: RedactionPolicy
-) -> tuple[dict[str, Any], Counter, Pseudonyms]:
-    """The session with every turn's text redacted (roles, ids, labels untouched), the counts per
-    (entity type, reason), and the placeholders it used."""
+# An NER model reads context, and replacing a name changes the context of its neighbours: the
+# detection runs again on its own output until nothing more is found, so that redacting a redacted
+# session changes nothing. Two passes settle every case seen; a third is the bound.
+FIXPOINT_PASSES = 3
+
+
+def _redact_once(
+    session: dict[str, Any],
+    analyzer: Any,
+    anonymizer: Any,
+    policy: RedactionPolicy,
+    pseudonyms: Pseudonyms,
+    counts: Counter,
+) -> dict[str, Any]:
     texts = [t["text"] for t in session["turns"]]
-    taken = {m.group(0) for text in texts for m in PLACEHOLDER.finditer(text)}
-    pseudonyms = Pseudonyms(policy.key, taken)
-    counts: Counter = Counter()
+    pseudonyms.taken |= {m.group(0) for text in texts for m in PLACEHOLDER.finditer(text)}
     found = find_in_session(texts, analyzer, policy, counts)
     for text, kept in zip(texts, found, strict=True):
         for r in kept:  # numbered in order of appearance (the anonymizer replaces from the end)
@@ -246,7 +253,27 @@ def redact_session(
         {**t, "text": anonymize_turn(text, kept, anonymizer, pseudonyms)}
         for t, text, kept in zip(session["turns"], texts, found, strict=True)
     ]
-    return {**session, "turns": turns}, counts, pseudonyms
+    return {**session, "turns": turns}
+
+
+def redact_session(
+    session: dict[str, Any], analyzer: Any, anonymizer: Any, policy: RedactionPolicy
+) -> tuple[dict[str, Any], Counter, Pseudonyms]:
+    """The session with every turn's text redacted (roles, ids, labels untouched) — a fixpoint of
+    the detection (FIXPOINT_PASSES) —, the counts per (entity type, reason) and the placeholders
+    it used. A later pass adds only what it redacts to the counts: the findings it keeps were
+    counted by the first."""
+    pseudonyms = Pseudonyms(policy.key)
+    counts: Counter = Counter()
+    current = _redact_once(session, analyzer, anonymizer, policy, pseudonyms, counts)
+    for _ in range(FIXPOINT_PASSES - 1):
+        more: Counter = Counter()
+        again = _redact_once(current, analyzer, anonymizer, policy, pseudonyms, more)
+        if again == current:
+            break
+        counts.update({k: n for k, n in more.items() if k[1] == "redacted"})
+        current = again
+    return current, counts, pseudonyms
 
 
 def counts_table(counts: Counter) -> dict[str, dict[str, int]]:
