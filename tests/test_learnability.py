@@ -17,7 +17,7 @@ What turns it red (temporary mutations, run on 2026-11-30 in a copy of the tree,
   late, `labels[i, len(e.prompt_ids) + 1 : len(s) + 1]`): the full variant predicted one constant
   score at every checkpoint (held-out r undefined, selection score -2.0), so
   `best >= MIN_HELDOUT_R` failed; test_the_loss_sees_exactly_the_target_tokens failed too.
-- Scoring prompt one token off the training prompt (care_ray/prompts.py `render_items` and
+- Scoring prompt one token off the training prompt (care_ray/scoring/prompts.py `render_items` and
   `_suffix_ids`: a space before the item text): the learned score survived it (scored r 0.985 vs
   0.985 at training, 99.4% of item scores equal), so r alone would not notice; the prompt
   identity checks did: test_scoring_sends_the_token_ids_training_learned_from (320 of 320 prompts

@@ -1,5 +1,7 @@
 """analytics: findings mined from a corpus and its scores (or its own labels) — interaction
 features (Polars), drivers (regressions), group contrasts, challenges in low-scored rationales,
-and the `analyze` job that runs the SQL of queries/ and writes the tables.
+links of predicted alliance with outcomes (outcomes), the intervals every table carries
+(intervals), and the `analyze` job that runs the SQL of queries/ and writes the tables (analyze,
+with what it left out and why in notes).
 
 May import: common, contracts, cluster, corpus, scoring, evaluation."""
