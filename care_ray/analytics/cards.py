@@ -163,14 +163,14 @@ def ensure_analysis(cfg: CardsConfig) -> tuple[Path, str]:
     """(the analysis folder, the mode: scores | client_wai | labels), running analyze if needed."""
     if cfg.analysis is not None:
         manifest = _manifest(cfg.analysis)
-        scores = str(manifest.get("scores") or "")
-        mode = "client_wai" if Path(scores).name == CLIENT_WAI_SCORES else manifest.get("mode")
+        used = str(manifest.get("scores") or "")
+        mode = "client_wai" if Path(used).name == CLIENT_WAI_SCORES else manifest.get("mode")
         return cfg.analysis, str(mode)
     out = Path(cfg.out) / "analysis"
     scores: PathOrURI | None = cfg.scores
     mode = "scores" if scores else "labels"
     if scores is None and _client_wai_scores(cfg, out / CLIENT_WAI_SCORES):
-        scores, mode = out / CLIENT_WAI_SCORES, "client_wai"
+        scores, mode = str(out / CLIENT_WAI_SCORES), "client_wai"
     analyze(
         AnalyzeConfig(
             sessions=cfg.sessions,
@@ -332,7 +332,7 @@ def _low_items(scores: PathOrURI | None, session_ids: list[str], low: float) -> 
     return items.filter(pl.col("score") <= low).sort("score", "session_id", "item_id")
 
 
-def _first_quote(quotes: object) -> str | None:
+def _first_quote(quotes: Any) -> str | None:
     if isinstance(quotes, str):
         return quotes or None
     return next((str(q) for q in (quotes or []) if q), None)
@@ -459,7 +459,7 @@ def build_cards(cfg: CardsConfig) -> CardData:
         for o in outcomes
     }
     population_mean = {
-        o: float(profiles.filter(pl.col("outcome") == o).get_column("population_mean").first())
+        o: float(profiles.filter(pl.col("outcome") == o).get_column("population_mean").mean())  # type: ignore[arg-type]
         for o in outcomes
         if population[o]
     }

@@ -52,7 +52,7 @@ def _scale(lo: float, hi: float, width: float) -> Any:
 
 
 def _range(
-    values: Sequence[float], outcome_scale: tuple[float, float] | None
+    values: Sequence[float] | np.ndarray, outcome_scale: tuple[float, float] | None
 ) -> tuple[float, float]:
     if outcome_scale:
         return outcome_scale
