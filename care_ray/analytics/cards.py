@@ -23,6 +23,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -201,10 +202,15 @@ def _table(folder: Path, name: str) -> pl.DataFrame | None:
 # --- per-counselor figures ---------------------------------------------------------------------
 
 
-def trend(y: np.ndarray, alpha: float) -> dict[str, float | None]:
-    """OLS slope of y on its order 0..n-1 with the t interval at 1 − alpha (n >= 3, else None)."""
+@cache
+def _t_quantile(q: float, df: int) -> float:
     from scipy.stats import t as student
 
+    return float(student.ppf(q, df))
+
+
+def trend(y: np.ndarray, alpha: float) -> dict[str, float | None]:
+    """OLS slope of y on its order 0..n-1 with the t interval at 1 − alpha (n >= 3, else None)."""
     n = len(y)
     empty: dict[str, float | None] = {"slope": None, "slope_lo": None, "slope_hi": None}
     if n < 3:
@@ -215,7 +221,7 @@ def trend(y: np.ndarray, alpha: float) -> dict[str, float | None]:
     slope = float((xc * (y - y.mean())).sum() / sxx)
     resid = y - y.mean() - slope * xc
     se = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx)
-    half = float(student.ppf(1 - alpha / 2, n - 2)) * se
+    half = _t_quantile(1 - alpha / 2, n - 2) * se
     return {"slope": slope, "slope_lo": slope - half, "slope_hi": slope + half}
 
 
@@ -401,7 +407,13 @@ def _moments(
         key = (row["dimension"], number)
         counts.setdefault(cid, {})[key] = counts.setdefault(cid, {}).get(key, 0) + 1
         mine = moments.setdefault(cid, [])
-        if cfg.quotes and has_text and len(mine) < cfg.max_moments:
+        seen = {m["session_id"] for m in mine}  # one moment per session: more of their work
+        if (
+            cfg.quotes
+            and has_text
+            and len(mine) < cfg.max_moments
+            and row["session_id"] not in seen
+        ):
             mine.append(
                 {
                     "session_id": row["session_id"],
