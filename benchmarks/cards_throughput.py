@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -62,7 +63,8 @@ def main() -> None:
     c = corpus(args.sessions, args.per_counselor)
     generated = time.perf_counter() - started
     out = workdir() / "cards-bench"
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's cards must not count
+    out.mkdir(parents=True)
     care_ray = [sys.executable, "-m", "care_ray"]
     analysis = timed(
         [
