@@ -274,6 +274,44 @@ def test_missing_corpus_is_one_line(tmp_path):
     assert code == 2 and "corpus not found" in output and len(output.strip().splitlines()) == 1
 
 
+def test_labels_when_the_corpus_has_no_client_ratings(corpus):
+    from care_ray.corpus.ingest import ingest_files
+
+    root = corpus["root"]
+    sessions, ratings = _sessions()
+    for s in sessions:
+        del s["client_wai"]
+        items = ratings[s["session_id"]]
+        s["labels"] = {"empathy": float(np.mean([items[i] for i in (3, 5, 7, 9)]))}
+    jsonl = root / "labels.jsonl"
+    jsonl.write_text("".join(json.dumps(s) + "\n" for s in sessions), encoding="utf-8")
+    ingest_files("sessions-jsonl", [jsonl], root / "labels-corpus")
+    out = root / "cards-labels"
+    code, output = _cards("--sessions", str(root / "labels-corpus"), "--out", str(out))
+    assert code == 0, output
+    assert "(labels)" in output
+    row = pl.read_parquet(out / "cards.parquet").filter(pl.col("counselor_id") == "weak_bond")
+    assert row.item(0, "empathy_is_below")
+    html = _card(out, "weak_bond")
+    assert "Empathy" in html and "session labels" in html
+
+
+def test_the_process_pool_writes_the_same_cards(corpus, model_free, monkeypatch, tmp_path):
+    from care_ray.analytics.cards import CardsConfig, build_cards
+    from care_ray.report import cards as report_cards
+
+    cfg = CardsConfig(
+        sessions=corpus["corpus"], analysis=model_free / "analysis", out=tmp_path / "pool"
+    )
+    data = build_cards(cfg)
+    monkeypatch.setattr(report_cards, "IN_PROCESS_BELOW", 0)
+    monkeypatch.setattr(report_cards, "CHUNK", 4)
+    index = report_cards.write_cards(data, cfg.out, quotes=True, sort_by_score=False, workers=2)
+    written = sorted(p.name for p in (tmp_path / "pool" / "cards").glob("*.html"))
+    assert written == sorted(p.name for p in (model_free / "cards").glob("*.html"))
+    assert index.read_text(encoding="utf-8").count("<tr>") == len(written) + 1
+
+
 def test_card_and_index_in_chromium(scored, tmp_path):
     from test_report_browser import CHROMIUM, CHROMIUM_ARGS
 

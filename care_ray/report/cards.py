@@ -185,7 +185,7 @@ def driver_sentence(d: dict[str, Any]) -> str:
     more = "more" if d["coef_std"] > 0 else "less"
     yours = d.get("yours")
     return (
-        f"Counselors with the strongest {name} scores (the top quarter, {d['n_top']}) average "
+        f"Counselors with the strongest {name} scores (the top quarter: {plural(d['n_top'], 'counselor')}) average "
         f"{num(d['top_mean'])} {d['label']}; yours is {num(yours)} (all counselors: "
         f"{num(d['population_mean'])}). Across sessions, {more} of it goes with higher {name} "
         f"({d['coef_std']:+.2f} sd per sd, the other features held fixed). An association, not a "
