@@ -323,19 +323,34 @@ def _assign_cluster(rationale: str, clusters: list[tuple[int, list[str]]]) -> in
 
 
 def _low_items(scores: PathOrURI | None, session_ids: list[str], low: float) -> pl.DataFrame | None:
+    """The low-scored items of these sessions (the filter pushed into the Parquet scan, so only
+    they are read); None without a scoring run's items/."""
     if scores is None:
         return None
-    from care_ray.scoring.results import read_item_rows
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
 
-    columns = ["session_id", "item_id", "dimension", "score", "rationale", "quotes"]
-    table = read_item_rows(scores, columns, session_ids)
-    if table is None:
-        table = read_item_rows(scores, columns[:4], session_ids)
-        if table is None:
-            return None
-    items = pl.from_arrow(table)
+    from care_ray.scoring.results import RunFolder
+
+    run = RunFolder(scores)
+    files = run.readable("items")
+    if not files:
+        return None
+    dataset = ds.dataset(files, filesystem=run.loc.fs, format="parquet")
+    columns = [
+        c
+        for c in ("session_id", "item_id", "dimension", "score", "rationale", "quotes")
+        if c in dataset.schema.names
+    ]
+    if len(columns) < 4 or columns[:4] != ["session_id", "item_id", "dimension", "score"]:
+        return None
+    wanted = (pc.field("score") <= low) & pc.field("session_id").isin(
+        pa.array(session_ids, pa.string())
+    )
+    items = pl.from_arrow(dataset.to_table(columns=columns, filter=wanted))
     assert isinstance(items, pl.DataFrame)
-    return items.filter(pl.col("score") <= low).sort("score", "session_id", "item_id")
+    return items.sort("score", "session_id", "item_id")
 
 
 def _first_quote(quotes: Any) -> str | None:
