@@ -1,4 +1,5 @@
-"""`care-ray analyze`: findings from a corpus and its scores (or its own labels)."""
+"""`care-ray analyze`: findings from a corpus and its scores (or its own labels); `care-ray cards`:
+one feedback card per counselor."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import typer
 
 from care_ray.analytics.analyze import AnalyzeConfig
+from care_ray.analytics.cards import CardsConfig
 from care_ray.cli.options import command
 from care_ray.common.errors import UserError
 
@@ -23,5 +25,28 @@ def analyze_command(cfg: AnalyzeConfig) -> None:
     typer.echo(json.dumps(manifest, indent=2, ensure_ascii=False))
 
 
+def cards_command(cfg: CardsConfig) -> None:
+    from care_ray.analytics.cards import build_cards, cards_table
+    from care_ray.report.cards import write_cards
+
+    if not cfg.sessions.exists():
+        raise UserError(f"corpus not found: {cfg.sessions}")
+    if cfg.scores is not None and "://" not in cfg.scores and not Path(cfg.scores).exists():
+        raise UserError(f"scores not found: {cfg.scores}")
+    if cfg.analysis is not None and not cfg.analysis.is_dir():
+        raise UserError(f"analysis not found: {cfg.analysis}")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise UserError(f"--out {cfg.out} exists and is not a folder")
+    data = build_cards(cfg)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    table = cards_table(data)
+    if not cfg.quotes:
+        table = table.drop("moments")
+    table.write_parquet(Path(cfg.out) / "cards.parquet")
+    index = write_cards(data, cfg.out, cfg.quotes, cfg.sort_by_score, cfg.workers)
+    typer.echo(f"{len(data.cards)} cards ({data.mode}); index: {index}")
+
+
 def register(app: typer.Typer) -> None:
     command(app, "analyze", AnalyzeConfig, analyze_command)
+    command(app, "cards", CardsConfig, cards_command)
