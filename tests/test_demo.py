@@ -1,5 +1,5 @@
 """The README's first command, end to end: `care-ray demo` ends in a report.html that a real
-browser renders (tiny model → ingest ESConv → score → evaluate → analyze → report)."""
+browser renders (tiny model → ingest ESConv → score → baseline → evaluate → analyze → cards → report)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
     report = Path(p.stdout.strip().splitlines()[-1])
     assert report == out / "report" / "report.html" and report.is_file()
     steps = [line for line in p.stderr.splitlines() if line.startswith("[") and ": done in" in line]
-    assert len(steps) == 8
+    assert len(steps) == 9
     summary = json.loads((out / "demo-summary.json").read_text())
     assert summary["ingest"]["sessions_written"] == 1496
     assert summary["score"]["items_scored"] + summary["score"]["items_errors"] == 6 * 12
@@ -63,6 +63,10 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
     )  # every conversation with the seeker's ratings
     manifest = json.loads((out / "analysis-esconv" / "manifest.json").read_text())
     assert {"population", "contrasts", "drivers", "features"} <= set(manifest["tables"])
+    # counselor cards on the synthetic corpus: one page per counselor, listed in the index
+    assert summary["cards"]["cards"] == 40 and summary["cards"]["mode"] == "scores"
+    assert len(list((out / "cards" / "cards").glob("*.html"))) == 40
+    assert (out / "cards" / "index.html").is_file() and (out / "cards" / "cards.parquet").is_file()
 
 
 def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
@@ -100,6 +104,11 @@ def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
             assert page.locator("text=baseline").count() >= 2
             assert page.locator("text=Scorers side by side").count() >= 1
             page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
+            # the report links to the counselor cards, and the link lands on their index
+            page.get_by_role("link", name="Counselor feedback cards").click()
+            page.wait_for_load_state("load")
+            assert page.url.endswith("/cards/index.html"), page.url
+            assert page.locator("a[href^='cards/']").count() == 40
         finally:
             context.close()
     assert [c for c in console if c[0] == "error"] == [] and errors == []

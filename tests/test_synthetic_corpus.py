@@ -3,9 +3,7 @@ whose sessions table agrees with its items."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from care_ray.analytics import synthetic
 from care_ray.contracts.rubric import load_rubric
 from care_ray.corpus.reader import iter_sessions, validate_corpus
 
@@ -20,14 +19,7 @@ N_SESSIONS = 200
 
 
 def _generator():
-    """benchmarks/synthetic_corpus.py (benchmarks/ is scripts, not a package)."""
-    if "synthetic_corpus" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_corpus.py"
-        spec = importlib.util.spec_from_file_location("synthetic_corpus", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["synthetic_corpus"] = module  # its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules["synthetic_corpus"]
+    return synthetic
 
 
 @pytest.fixture(scope="module")

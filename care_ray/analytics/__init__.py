@@ -2,6 +2,7 @@
 features (Polars), drivers (regressions), group contrasts, challenges in low-scored rationales,
 links of predicted alliance with outcomes (outcomes), the intervals every table carries
 (intervals), and the `analyze` job that runs the SQL of queries/ and writes the tables (analyze,
-with what it left out and why in notes).
+with what it left out and why in notes), the counselor cards' figures (cards) and a synthetic
+scored corpus with planted effects for benchmarks and the demo (synthetic).
 
 May import: common, contracts, cluster, corpus, scoring, evaluation."""

@@ -60,6 +60,19 @@ FEATURE_WORDS = {
 }
 
 
+_SCORES_HELP = (
+    "a `care-ray score` run folder or URI; without it the outcomes are the clients' own ratings "
+    "(client_wai) or the corpus's labels (model-free)"
+)
+_ANALYSIS_HELP = (
+    "a folder written by `care-ray analyze` on this corpus; without it the analysis is run into "
+    "OUT/analysis"
+)
+_COUNSELORS_HELP = (
+    "repeatable: only these counselors' cards (default every counselor with --min-sessions)"
+)
+
+
 class CardsConfig(BaseModel):
     """One self-contained feedback card (HTML) per counselor with enough sessions, an index page
     and cards.parquet: standing per dimension beside the population, strengths, the weakest
@@ -70,20 +83,11 @@ class CardsConfig(BaseModel):
 
     sessions: Path = Field(description="corpus folder written by `care-ray ingest`")
     out: Path = Field(description="folder for index.html, cards/ and cards.parquet")
-    scores: PathOrURI | None = Field(
-        None,
-        description="a `care-ray score` run folder or URI; without it the outcomes are the "
-        "clients' own ratings (client_wai) or the corpus's labels (model-free)",
-    )
-    analysis: Path | None = Field(
-        None,
-        description="a folder written by `care-ray analyze` on this corpus; without it the "
-        "analysis is run into OUT/analysis",
-    )
+    scores: PathOrURI | None = Field(None, description=_SCORES_HELP)
+    analysis: Path | None = Field(None, description=_ANALYSIS_HELP)
     counselors: list[str] = Field(
         default_factory=list,
-        description="repeatable: only these counselors' cards (default every counselor with "
-        "--min-sessions)",
+        description=_COUNSELORS_HELP,
         json_schema_extra=cli(flag="--counselor"),
     )
     min_sessions: int = Field(5, ge=2, description="counselors with fewer sessions get no card")

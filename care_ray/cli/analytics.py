@@ -26,8 +26,7 @@ def analyze_command(cfg: AnalyzeConfig) -> None:
 
 
 def cards_command(cfg: CardsConfig) -> None:
-    from care_ray.analytics.cards import build_cards, cards_table
-    from care_ray.report.cards import write_cards
+    from care_ray.report.cards import write_card_set
 
     if not cfg.sessions.exists():
         raise UserError(f"corpus not found: {cfg.sessions}")
@@ -37,14 +36,8 @@ def cards_command(cfg: CardsConfig) -> None:
         raise UserError(f"analysis not found: {cfg.analysis}")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise UserError(f"--out {cfg.out} exists and is not a folder")
-    data = build_cards(cfg)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    table = cards_table(data)
-    if not cfg.quotes:
-        table = table.drop("moments")
-    table.write_parquet(Path(cfg.out) / "cards.parquet")
-    index = write_cards(data, cfg.out, cfg.quotes, cfg.sort_by_score, cfg.workers)
-    typer.echo(f"{len(data.cards)} cards ({data.mode}); index: {index}")
+    n_cards, mode, index = write_card_set(cfg)
+    typer.echo(f"{n_cards} cards ({mode}); index: {index}")
 
 
 def register(app: typer.Typer) -> None:

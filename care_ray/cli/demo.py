@@ -155,6 +155,32 @@ def _analyze_scores(ctx: dict) -> dict:
     return {"analyze_scores": _analysis(ctx, "analysis-scores", scores=scores, by=DEMO_BY)}
 
 
+# ESConv has no counselor ids, so the cards are shown on the synthetic corpus (planted effects,
+# a few star and weak counselors): 40 counselors x 25 sessions, a few seconds to make
+CARDS_SESSIONS, CARDS_PER_COUNSELOR = 1_000, 25
+
+
+def _cards(ctx: dict) -> dict:
+    from care_ray.analytics.cards import CardsConfig
+    from care_ray.analytics.synthetic import generate
+    from care_ray.report.cards import write_card_set
+
+    corpus = ctx["out"] / "synthetic"
+    generate(
+        corpus,
+        CARDS_SESSIONS,
+        seed=7,
+        log=lambda _: None,
+        sessions_per_counselor=CARDS_PER_COUNSELOR,
+    )
+    n_cards, mode, index = write_card_set(
+        CardsConfig(
+            sessions=corpus / "sessions", scores=str(corpus / "scores"), out=ctx["out"] / "cards"
+        )
+    )
+    return {"cards": {"cards": n_cards, "mode": mode, "index": str(index)}}
+
+
 def _report(ctx: dict) -> dict:
     from care_ray.report.page import write_report
 
@@ -163,6 +189,12 @@ def _report(ctx: dict) -> dict:
         evaluation=[ctx["out"] / "evaluation-baseline", ctx["out"] / "evaluation"],
         analyses=[ctx["out"] / "analysis-esconv", ctx["out"] / "analysis-scores"],
         title="care-ray demo: ESConv — a lexical baseline and the tiny random model",
+        links=[
+            (
+                f"Counselor feedback cards ({ctx['cards']['cards']} counselors, synthetic corpus)",
+                Path(ctx["cards"]["index"]),
+            )
+        ],
     )
     return {"report": str(page)}
 
@@ -175,6 +207,7 @@ DEMO_STEPS: list[tuple[str, Callable[[dict], dict]]] = [
     ("evaluate both against the seekers' ratings", _evaluate),
     ("analyze all of ESConv (model-free)", _analyze_corpus),
     ("analyze the scored sample", _analyze_scores),
+    ("counselor cards on a synthetic corpus", _cards),
     ("write the report", _report),
 ]
 
@@ -206,8 +239,9 @@ def run_demo(
 
 
 class DemoOptions(BaseModel):
-    """The whole pipeline on local Ray: tiny model → ingest ESConv → score a sample → evaluate →
-    analyze → report.html (its path is the last line printed)."""
+    """The whole pipeline on local Ray: tiny model → ingest ESConv → score a sample → baseline →
+    evaluate → analyze → counselor cards (synthetic corpus) → report.html (its path is the last
+    line printed)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from care_ray.analytics.cards import CardData, chunks, mean_score
+from care_ray.analytics.cards import (
+    CardData,
+    CardsConfig,
+    build_cards,
+    cards_table,
+    chunks,
+    mean_score,
+)
 from care_ray.report.format import ci, level, num, plural
 from care_ray.report.page import environment
 
@@ -305,3 +312,17 @@ def write_cards(
         encoding="utf-8",
     )
     return index
+
+
+def write_card_set(cfg: CardsConfig) -> tuple[int, str, Path]:
+    """`care-ray cards`: build the cards, write OUT/cards.parquet, the card pages and the index;
+    returns (cards written, mode, index path)."""
+    data = build_cards(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = cards_table(data)
+    if not cfg.quotes:
+        table = table.drop("moments")
+    table.write_parquet(out / "cards.parquet")
+    index = write_cards(data, out, cfg.quotes, cfg.sort_by_score, cfg.workers)
+    return len(data.cards), data.mode, index

@@ -14,6 +14,7 @@ Tables in, HTML string out, with these promises:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cache
@@ -163,10 +164,12 @@ def build_report(
     analyses: Sequence[Findings],
     title: str = DEFAULT_TITLE,
     generated_at: datetime | None = None,
+    links: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The whole page as one HTML string (no scripts, no external resources). `evaluation`: one
     evaluate folder or several (e.g. a model against a baseline on a sample, and the baseline on
-    every rated session)."""
+    every rated session). `links`: (label, relative href) pairs to pages written beside it, such
+    as the counselor cards' index."""
     generated_at = generated_at or datetime.now(UTC)
     evaluations = (
         []
@@ -197,7 +200,7 @@ def build_report(
     return (
         environment()
         .get_template("page.html.j2")
-        .render(title=title, summary=summary, sources=sources, groups=groups)
+        .render(title=title, summary=summary, sources=sources, groups=groups, links=list(links))
     )
 
 
@@ -206,8 +209,10 @@ def write_report(
     evaluation: Path | Sequence[Path] | None = None,
     analyses: Sequence[Path] = (),
     title: str | None = None,
+    links: Sequence[tuple[str, Path]] = (),
 ) -> Path:
-    """Load the folders, build the page, write OUT/report.html; returns its path."""
+    """Load the folders, build the page, write OUT/report.html; returns its path. `links`:
+    (label, file) pairs the page links to, by paths relative to OUT."""
     evaluations = (
         []
         if evaluation is None
@@ -219,8 +224,12 @@ def write_report(
         raise ReportError("nothing to report: give --evaluation DIR and/or --analysis DIR")
     evs = [load_findings(Path(p), EVALUATION_KIND) for p in evaluations]
     ans = [load_findings(p, ANALYSIS_KIND) for p in analyses]
-    page = build_report(evs, ans, title=title or DEFAULT_TITLE)
     out = Path(out)
+    hrefs = [
+        (label, Path(os.path.relpath(Path(target).resolve(), out.resolve())).as_posix())
+        for label, target in links
+    ]
+    page = build_report(evs, ans, title=title or DEFAULT_TITLE, links=hrefs)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
