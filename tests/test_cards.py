@@ -313,50 +313,30 @@ def test_the_process_pool_writes_the_same_cards(corpus, model_free, monkeypatch,
 
 
 def test_card_and_index_in_chromium(scored, tmp_path):
-    from test_report_browser import CHROMIUM, CHROMIUM_ARGS
-
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium")
-    from playwright import sync_api
+    from browser import chromium_page
 
     from care_ray.report.cards import file_name
 
-    console, errors, requests, dialogs = [], [], [], []
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = context.new_page()
-            page.on("console", lambda msg: console.append((msg.type, msg.text)))
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.on("request", lambda req: requests.append(req.url))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto((scored / "index.html").resolve().as_uri(), wait_until="load")
-            link = page.locator("a", has_text="weak_task")
-            assert link.count() == 1
-            link.click()
-            page.wait_for_load_state("load")
-            assert page.url.endswith(file_name("weak_task"))
-            plots = page.locator("figure svg.plot")
-            assert plots.count() == 6  # a histogram and a trend per dimension
-            for i in range(plots.count()):
-                plot = plots.nth(i)
-                caption = page.locator(f"figcaption#{plot.get_attribute('aria-labelledby')}")
-                assert caption.count() == 1 and caption.inner_text().strip()
-                box = plot.bounding_box()
-                assert box is not None and box["width"] > 50 and box["height"] > 50, box
-            for title in ("Where you stand", "Moments from your sessions", "Your trend"):
-                assert page.locator("h2", has_text=title).first.is_visible()
-            assert page.locator("script").count() == 0
-            quote = page.locator("blockquote.quote", has_text="<script>")
-            assert quote.count() >= 1 and PLANTED in quote.first.inner_text()
-        finally:
-            context.close()
-    assert not dialogs and not errors, (dialogs, errors)
-    assert not [m for m in console if m[0] == "error"], console
-    assert not [u for u in requests if not u.startswith(("file:", "data:"))], requests
+    with chromium_page(tmp_path) as (page, log):
+        page.goto((scored / "index.html").resolve().as_uri(), wait_until="load")
+        link = page.locator("a", has_text="weak_task")
+        assert link.count() == 1
+        link.click()
+        page.wait_for_load_state("load")
+        assert page.url.endswith(file_name("weak_task"))
+        plots = page.locator("figure svg.plot")
+        assert plots.count() == 6  # a histogram and a trend per dimension
+        for i in range(plots.count()):
+            plot = plots.nth(i)
+            caption = page.locator(f"figcaption#{plot.get_attribute('aria-labelledby')}")
+            assert caption.count() == 1 and caption.inner_text().strip()
+            box = plot.bounding_box()
+            assert box is not None and box["width"] > 50 and box["height"] > 50, box
+        for title in ("Where you stand", "Moments from your sessions", "Your trend"):
+            assert page.locator("h2", has_text=title).first.is_visible()
+        assert page.locator("script").count() == 0
+        quote = page.locator("blockquote.quote", has_text="<script>")
+        assert quote.count() >= 1 and PLANTED in quote.first.inner_text()
+    assert not log.dialogs and not log.errors, (log.dialogs, log.errors)
+    assert not [m for m in log.console if m[0] == "error"], log.console
+    assert not [u for u in log.requests if not u.startswith(("file:", "data:"))], log.requests

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_report_browser import CHROMIUM, CHROMIUM_ARGS
+from browser import chromium_page
 
 pytestmark = pytest.mark.slow
 
@@ -71,45 +71,24 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
 
 def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
     out, p = demo_run
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/setup does it)"
-        )
-    from playwright import sync_api
-
-    console, errors, requests = [], [], []
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = context.new_page()
-            page.on("console", lambda msg: console.append((msg.type, msg.text)))
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.on("request", lambda req: requests.append(req.url))
-            page.goto((out / "report" / "report.html").resolve().as_uri(), wait_until="load")
-            plots = page.locator("figure svg.plot")
-            assert plots.count() >= 4
-            for i in range(plots.count()):
-                box = plots.nth(i).bounding_box()
-                assert box is not None and box["width"] > 50 and box["height"] > 50
-            for title in ("Agreement", "Population", "Group contrasts"):
-                assert page.locator("h2, h3", has_text=title).first.is_visible(), title
-            # the baseline's held-out agreement, labelled for what it is, and the side by side
-            assert page.locator("h2", has_text="evaluation-baseline").first.is_visible()
-            assert page.locator("text=baseline").count() >= 2
-            assert page.locator("text=Scorers side by side").count() >= 1
-            page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
-            # the report links to the counselor cards, and the link lands on their index
-            page.get_by_role("link", name="Counselor feedback cards").click()
-            page.wait_for_load_state("load")
-            assert page.url.endswith("/cards/index.html"), page.url
-            assert page.locator("a[href^='cards/']").count() == 40
-        finally:
-            context.close()
-    assert [c for c in console if c[0] == "error"] == [] and errors == []
-    assert all(u.startswith(("file:", "data:", "about:")) for u in requests)
+    with chromium_page(tmp_path) as (page, log):
+        page.goto((out / "report" / "report.html").resolve().as_uri(), wait_until="load")
+        plots = page.locator("figure svg.plot")
+        assert plots.count() >= 4
+        for i in range(plots.count()):
+            box = plots.nth(i).bounding_box()
+            assert box is not None and box["width"] > 50 and box["height"] > 50
+        for title in ("Agreement", "Population", "Group contrasts"):
+            assert page.locator("h2, h3", has_text=title).first.is_visible(), title
+        # the baseline's held-out agreement, labelled for what it is, and the side by side
+        assert page.locator("h2", has_text="evaluation-baseline").first.is_visible()
+        assert page.locator("text=baseline").count() >= 2
+        assert page.locator("text=Scorers side by side").count() >= 1
+        page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
+        # the report links to the counselor cards, and the link lands on their index
+        page.get_by_role("link", name="Counselor feedback cards").click()
+        page.wait_for_load_state("load")
+        assert page.url.endswith("/cards/index.html"), page.url
+        assert page.locator("a[href^='cards/']").count() == 40
+    assert [c for c in log.console if c[0] == "error"] == [] and log.errors == []
+    assert all(u.startswith(("file:", "data:", "about:")) for u in log.requests)

@@ -11,22 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from browser import chromium_page
 from test_report import PLANTED, SECTION_TITLES, write_analysis, write_evaluation
 from typer.testing import CliRunner
 
 from care_ray.cli import app
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT_COPY = Path("/tmp/care-ray-report.png")
 
 
@@ -59,65 +49,40 @@ def report_html(tmp_path_factory) -> Path:
 
 
 def test_report_renders_in_chromium(report_html, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/setup does it)"
-        )
-    try:
-        from playwright import sync_api
-    except ImportError:
-        pytest.fail("playwright is not installed: pip install -e '.[dev]'")
+    with chromium_page(tmp_path) as (page, log):
+        page.goto(report_html.resolve().as_uri(), wait_until="load")
 
-    console, page_errors, requests, dialogs = [], [], [], []
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            page = context.new_page()
-            page.on("console", lambda msg: console.append((msg.type, msg.text)))
-            page.on("pageerror", lambda err: page_errors.append(str(err)))
-            page.on("request", lambda req: requests.append(req.url))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(report_html.resolve().as_uri(), wait_until="load")
+        plots = page.locator("figure svg.plot")
+        assert plots.count() >= 12
+        for i in range(plots.count()):
+            plot = plots.nth(i)
+            caption = page.locator(f"figcaption#{plot.get_attribute('aria-labelledby')}")
+            assert caption.count() == 1 and caption.inner_text().strip(), f"plot {i} unlabelled"
+            box = plot.bounding_box()
+            assert box is not None and box["width"] > 50 and box["height"] > 50, (
+                f"plot {i} ({caption.inner_text()}) renders at {box}"
+            )
+        images = page.locator("img")
+        for i in range(images.count()):
+            box = images.nth(i).bounding_box()
+            assert box is not None and box["width"] > 0 and box["height"] > 0
 
-            plots = page.locator("figure svg.plot")
-            assert plots.count() >= 12
-            for i in range(plots.count()):
-                plot = plots.nth(i)
-                caption = page.locator(f"figcaption#{plot.get_attribute('aria-labelledby')}")
-                assert caption.count() == 1 and caption.inner_text().strip(), f"plot {i} unlabelled"
-                box = plot.bounding_box()
-                assert box is not None and box["width"] > 50 and box["height"] > 50, (
-                    f"plot {i} ({caption.inner_text()}) renders at {box}"
-                )
-            images = page.locator("img")
-            for i in range(images.count()):
-                box = images.nth(i).bounding_box()
-                assert box is not None and box["width"] > 0 and box["height"] > 0
+        for title in SECTION_TITLES:
+            heading = page.locator("h2, h3", has_text=title).first
+            assert heading.is_visible(), title
 
-            for title in SECTION_TITLES:
-                heading = page.locator("h2, h3", has_text=title).first
-                assert heading.is_visible(), title
+        assert page.locator("script").count() == 0
+        quote = page.locator("blockquote.quote", has_text=PLANTED)
+        assert quote.count() == 1 and PLANTED in quote.inner_text()
+        assert page.locator("text=counselor ids").count() >= 1  # notes of the labels analysis
 
-            assert page.locator("script").count() == 0
-            quote = page.locator("blockquote.quote", has_text=PLANTED)
-            assert quote.count() == 1 and PLANTED in quote.inner_text()
-            assert page.locator("text=counselor ids").count() >= 1  # notes of the labels analysis
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
 
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            context.close()
-
-    assert not dialogs, f"a planted script ran: {dialogs}"
-    assert not page_errors, page_errors
-    assert not [m for m in console if m[0] == "error"], console
-    external = [u for u in requests if not u.startswith(("file:", "data:"))]
+    assert not log.dialogs, f"a planted script ran: {log.dialogs}"
+    assert not log.errors, log.errors
+    assert not [m for m in log.console if m[0] == "error"], log.console
+    external = [u for u in log.requests if not u.startswith(("file:", "data:"))]
     assert not external, f"the page fetched {external}"
     assert shot.stat().st_size > 10_000
     shutil.copyfile(shot, SCREENSHOT_COPY)
