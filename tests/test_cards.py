@@ -340,3 +340,53 @@ def test_card_and_index_in_chromium(scored, tmp_path):
     assert not log.dialogs and not log.errors, (log.dialogs, log.errors)
     assert not [m for m in log.console if m[0] == "error"], log.console
     assert not [u for u in log.requests if not u.startswith(("file:", "data:"))], log.requests
+
+
+@pytest.mark.slow
+def test_cards_from_a_real_engine_run_on_esconv(scored_esconv, esconv_corpus, tmp_path):
+    """The cards on what `care-ray score` really wrote (the tiny model through Ray Data + vLLM on
+    ESConv): ESConv has no counselor ids, so the six scored sessions are given two helpers."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run, _ = scored_esconv
+    scores = pl.read_parquet(run / "sessions")
+    helper = {s: f"helper-{'ab'[i % 2]}" for i, s in enumerate(sorted(scores["session_id"]))}
+    corpus = tmp_path / "corpus"
+    shutil.copytree(esconv_corpus, corpus)
+    for part in (corpus / "sessions").rglob("*.parquet"):
+        table = pq.read_table(part)
+        ids = table.column("session_id").to_pylist()
+        column = pa.array([helper.get(s) for s in ids], pa.string())
+        pq.write_table(
+            table.set_column(table.schema.get_field_index("counselor_id"), "counselor_id", column),
+            part,
+        )
+    out = tmp_path / "cards"
+    code, output = _cards(
+        "--sessions", str(corpus), "--scores", str(run), "--out", str(out), "--min-sessions", "2"
+    )
+    assert code == 0, output
+    assert "2 cards (scores)" in output
+    cards = pl.read_parquet(out / "cards.parquet").sort("counselor_id")
+    assert cards["counselor_id"].to_list() == ["helper-a", "helper-b"]
+    assert cards["n_sessions"].to_list() == [3, 3]
+    own = scores.with_columns(
+        pl.col("session_id").replace_strict(helper).alias("counselor_id")
+    ).sort("counselor_id")
+    for dim in ("goal", "task", "bond"):
+        expected = own.group_by("counselor_id", maintain_order=True).agg(pl.col(dim).mean())[dim]
+        assert np.allclose(cards[f"{dim}_raw_mean"].to_numpy(), expected.to_numpy()), dim
+    # every quoted moment is one of that helper's own low-scored items, from the engine's answers
+    items = pl.read_parquet(run / "items")
+    for row in cards.iter_rows(named=True):
+        for m in row["moments"]:
+            assert helper[m["session_id"]] == row["counselor_id"]
+            item = items.filter(
+                (pl.col("session_id") == m["session_id"]) & (pl.col("item_id") == m["item_id"])
+            )
+            assert item.height == 1 and item["score"][0] == m["score"] <= 2
+    for name in ("helper-a", "helper-b"):
+        assert "Where you stand" in _card(out, name)
