@@ -131,6 +131,9 @@ def toy_ner(tmp_path_factory) -> Path:
     import spacy
     from spacy.training import Example
 
+    # thinc draws its initial weights from numpy's global state, which earlier tests move: without
+    # a fixed seed the toy model's span boundaries (e.g. "Grace helps" as one PERSON) vary by run
+    spacy.util.fix_random_seed(0)
     rng = random.Random(0)
     nlp = spacy.blank("en")
     ner = nlp.add_pipe("ner")
