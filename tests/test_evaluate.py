@@ -847,3 +847,43 @@ def test_scale_checks_skip_without_items_or_enough_sessions(evaluated):
     assert "no item scores" in summary["predicted"]["skipped"]
     assert "at least 30" in summary["client"]["skipped"]
     assert not (evaluated["out"] / "scale.parquet").exists()
+
+
+def test_expected_scores_are_evaluated_beside_the_decoded_ones(corpus, tmp_path):
+    """A run whose sessions carry `<dim>_expected` is two scorers: model (decoded) and
+    model_expected, compared on the same sessions with the paired interval of their difference;
+    --no-expected evaluates the decoded scores alone."""
+    corpus_dir, sessions = corpus
+    greedy, expected = _planted(sessions, 3.0, seed=2), _planted(sessions, 0.15, seed=1)
+    folder = _write_scores(tmp_path / "run", greedy)
+    table = pq.read_table(folder / "sessions" / "part-0.parquet")
+    sids = table.column("session_id").to_pylist()
+    for d in DIMS:
+        table = table.append_column(
+            f"{d}_expected", pa.array([expected[d].get(s, 2.5) for s in sids], pa.float64())
+        )
+    pq.write_table(table, folder / "sessions" / "part-0.parquet")
+    res = _evaluate(corpus_dir, folder, tmp_path / "out", "--resamples", "400")
+    assert res.exit_code == 0, res.output
+    metrics = _strict_json(tmp_path / "out" / "metrics.json")
+    assert [(r["name"], r["score"]) for r in metrics["raters"]] == [
+        ("model", "greedy"),
+        ("model_expected", "expected"),
+    ]
+    agreement = pq.read_table(tmp_path / "out" / "agreement.parquet").to_pandas()
+    overall = agreement[agreement["fold"].isna()]
+    truth = _truth(sessions)
+    for d in DIMS:
+        row = overall[(overall["rater"] == "model_expected") & (overall["dimension"] == d)].iloc[0]
+        want = _expected(expected[d], truth[d])
+        assert row["pearson"] == pytest.approx(want["pearson"])
+    comparisons = pq.read_table(tmp_path / "out" / "comparisons.parquet").to_pandas()
+    assert {(r.rater_a, r.rater_b) for r in comparisons.itertuples()} == {
+        ("model", "model_expected")
+    }
+    assert all(r.difference_hi < 0 for r in comparisons.itertuples())  # expected is far better
+    res = _evaluate(corpus_dir, folder, tmp_path / "out2", "--no-expected")
+    assert res.exit_code == 0, res.output
+    assert [r["name"] for r in _strict_json(tmp_path / "out2" / "metrics.json")["raters"]] == [
+        "model"
+    ]

@@ -487,6 +487,14 @@ def test_a_planted_signal_is_learned_and_scored_back(planted, tiny_model, method
     assert abs(scored_r - best) <= MAX_R_GAP, (
         f"scored r {scored_r:.3f} vs held-out r {best:.3f} at training time"
     )
+    # the expected score (Σ s·p(s) at the score token) beside the decoded one, same sessions
+    expected = ds.dataset(scores / "sessions").to_table(columns=["session_id", "goal_expected"])
+    expected_r = pearsonr(
+        expected.column("goal_expected").to_pylist(),
+        [_goal_truth(planted["sessions"][s]) for s in expected.column("session_id").to_pylist()],
+    ).statistic
+    print(f"{method}-{target}: held-out r greedy {scored_r:.3f}, expected {expected_r:.3f}")
+    assert expected_r >= MIN_HELDOUT_R - 0.1, (scored_r, expected_r)
 
     # a fine-tuned model is scored with the prompt layout it trained on, and refused with the other
     # (the full model, trained without padding, scored its held-out fold at r = 0.00 with it)

@@ -300,3 +300,31 @@ def test_aligned_prefix_blocks_reach_the_engine(esconv_corpus, tiny_model, tmp_p
         # find every shared token cached and compute exactly their own item's tokens
         exact = [r["prompt_tokens"] - (r["cached_tokens"] or 0) == own[r["item_id"]] for r in mine]
         assert sum(exact) >= 8, [r["prompt_tokens"] - (r["cached_tokens"] or 0) for r in mine]
+
+
+def test_each_item_keeps_the_score_tokens_distribution(scored):
+    """p(1..5) read at the score token: sums to 1 over the rubric's values (what the top-k left
+    out is bounded and kept), the expected score is Σ s·p(s), and the greedy guided score is the
+    distribution's argmax (the raw log-probabilities rank the allowed values as the mask leaves them)."""
+    out, _ = scored
+    items = pq.read_table(out / "items").to_pylist()
+    assert items and all(r["score_probs"] is not None for r in items)
+    for r in items:
+        p = r["score_probs"]
+        assert len(p) == 5 and sum(p) == pytest.approx(1.0) and min(p) >= 0
+        assert r["expected_score"] == pytest.approx(sum((k + 1) * q for k, q in enumerate(p)))
+        mean = r["expected_score"]
+        assert r["score_sd"] == pytest.approx(
+            sum(q * (k + 1 - mean) ** 2 for k, q in enumerate(p)) ** 0.5
+        )
+        assert 0 <= r["score_unseen_max"] <= 1
+        assert r["score"] == 1 + max(range(5), key=lambda k: p[k])
+    sessions = {r["session_id"]: r for r in pq.read_table(out / "sessions").to_pylist()}
+    for sid, s in sessions.items():
+        for dim in ("goal", "task", "bond"):
+            vals = [
+                r["expected_score"]
+                for r in items
+                if r["session_id"] == sid and r["dimension"] == dim
+            ]
+            assert s[f"{dim}_expected"] == pytest.approx(sum(vals) / 4)

@@ -526,6 +526,11 @@ def _items(
         ),
         "engine": pa.array(np.full(rows, "synthetic")),
         "run_fingerprint": pa.array(np.full(rows, FINGERPRINT)),
+        # a synthetic score is drawn, not decoded: no distribution at a score token
+        "score_probs": pa.nulls(rows, pa.list_(pa.float64())),
+        "expected_score": pa.nulls(rows, pa.float64()),
+        "score_sd": pa.nulls(rows, pa.float64()),
+        "score_unseen_max": pa.nulls(rows, pa.float64()),
     }
     schema = pa.schema([RESULT_SCHEMA.field(c) for c in ITEM_COLUMNS])
     return pa.Table.from_pydict({c: columns[c] for c in ITEM_COLUMNS}, schema=schema)

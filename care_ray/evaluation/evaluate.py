@@ -65,6 +65,12 @@ class EvaluateConfig(BaseModel):
         "the folder's name; the first one unnamed is 'model'): every scorer is compared with the "
         "same truth on the sessions all of them scored, the first one with each other one",
     )
+    expected: bool = Field(
+        True,
+        description="a run that kept the score token's probabilities (`<dim>_expected`) is also "
+        "evaluated on its expected scores, as the scorer NAME_expected beside NAME (greedy), with "
+        "the paired interval of their difference",
+    )
     sessions: PathOrURI = Field(description="the corpus folder that was scored, a path or a URI")
     out: Path = Field(
         description="folder for metrics.json, pairs/agreement/calibration.parquet, calibration.svg"
@@ -197,6 +203,7 @@ class Scorer:
     name: str
     path: str
     column: str
+    kind: str = "greedy"  # or "expected": the run's `<dim>_expected` columns (Σ s·p(s))
 
 
 def parse_scorers(specs: list[str]) -> list[Scorer]:
@@ -225,6 +232,18 @@ def parse_scorers(specs: list[str]) -> list[Scorer]:
     return out
 
 
+def expected_scorers(scorers: list[Scorer], dimensions: list[str]) -> list[Scorer]:
+    """NAME_expected for each scorer whose run kept expected scores (after the given ones, so
+    the first scorer, pairs.parquet's `predicted`, stays the decoded score)."""
+    taken = {s.name for s in scorers}
+    out = []
+    for s in scorers:
+        name = f"{s.name}_expected"
+        if name not in taken and has_expected_scores(s.path, dimensions):
+            out.append(Scorer(name, s.path, f"predicted_{name}", "expected"))
+    return out
+
+
 def scores_kind(path: str) -> str:
     """The "kind" in a scores folder's manifest.json ("care-ray baseline scores" for a baseline),
     "scores" when there is none to read."""
@@ -249,10 +268,24 @@ def _parquet_dataset(folder: Path, partitioning: str | None = None) -> ds.Datase
     return dataset if dataset.files else None
 
 
-def read_predicted(scores: str | Path, dimensions: list[str]) -> tuple[pl.DataFrame, str]:
+def has_expected_scores(scores: str | Path, dimensions: list[str]) -> bool:
+    """Whether a run's sessions carry expected scores (`<dim>_expected`, not all null)."""
+    from care_ray.scoring.results import NoScores, read_session_scores
+
+    try:
+        arrow, _ = read_session_scores(scores)
+    except NoScores:
+        return False
+    cols = [f"{d}_expected" for d in dimensions if f"{d}_expected" in arrow.schema.names]
+    return any(arrow.column(c).null_count < arrow.num_rows for c in cols)
+
+
+def read_predicted(
+    scores: str | Path, dimensions: list[str], kind: str = "greedy"
+) -> tuple[pl.DataFrame, str]:
     """Long (session_id, dimension, predicted) from the run's sessions/ table, or from its
     committed items/ by queries/session_scores.sql (the same definition: a dimension needs all of
-    its items scored). A local folder or a URI."""
+    its items scored). A local folder or a URI. `kind="expected"` reads `<dim>_expected`."""
     from care_ray.scoring.results import NoScores, read_session_scores
 
     try:
@@ -260,6 +293,15 @@ def read_predicted(scores: str | Path, dimensions: list[str]) -> tuple[pl.DataFr
     except NoScores as e:
         raise EvaluateError(str(e)) from None
     folder = f"{scores}/{origin.split()[0].rstrip('/')}"
+    if kind == "expected":
+        arrow = arrow.select(
+            [
+                "session_id",
+                *[f"{d}_expected" for d in dimensions if f"{d}_expected" in arrow.schema.names],
+            ]
+        ).rename_columns(
+            ["session_id", *[d for d in dimensions if f"{d}_expected" in arrow.schema.names]]
+        )
     names = arrow.schema.names
     if "session_id" not in names:
         raise EvaluateError(f"{folder} has no session_id column")
@@ -621,11 +663,13 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
     dimensions = list(rubric.dimensions)
     truth = parse_truth(config.truth, dimensions)
     scorers = parse_scorers(config.scores)
+    if config.expected:
+        scorers += expected_scorers(scorers, dimensions)
     first = scorers[0]
     frames: dict[str, pl.DataFrame] = {}
     origins: dict[str, str] = {}
     for scorer in scorers:
-        frame, origins[scorer.name] = read_predicted(scorer.path, dimensions)
+        frame, origins[scorer.name] = read_predicted(scorer.path, dimensions, scorer.kind)
         frames[scorer.name] = frame
     predicted, origin = frames[first.name], origins[first.name]
     scored = predicted["session_id"].unique()
@@ -714,6 +758,7 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
                 "path": s.path,
                 "column": s.column,
                 "kind": scores_kind(s.path),
+                "score": s.kind,
                 "predicted_from": origins[s.name],
                 "n_scored_sessions": frames[s.name]["session_id"].n_unique(),
             }

@@ -138,6 +138,13 @@ class ScoreConfig(BaseModel):
         "ablation)",
         json_schema_extra=cli(flag="--score-only/--with-rationale"),
     )
+    score_logprobs: int = Field(
+        20,
+        ge=0,
+        le=20,
+        description="read the top-k log-probabilities at the score token for p(1..5), the "
+        "expected score and its SD (vLLM engine; 0: the decoded score alone)",
+    )
     sessions_per_block: int = Field(
         default_factory=lambda: int(os.environ.get("CARE_RAY_SESSIONS_PER_BLOCK", 16)),
         ge=1,
@@ -223,6 +230,7 @@ class ScoreConfig(BaseModel):
                 "samples": self.samples,
                 "seed": self.seed,
                 "max_new_tokens": self.max_new_tokens,
+                "score_logprobs": self.score_logprobs,
             },
             "max_model_len": self.max_model_len,
             **({"prefix_alignment": self.prefix_alignment()} if self.align_prefix_blocks else {}),
@@ -290,6 +298,7 @@ class ScoreConfig(BaseModel):
                 self.max_rationale_chars, self.max_quotes, self.max_quote_chars, self.score_only
             ),
             score_only=self.score_only,
+            score_logprobs=self.score_logprobs if self.engine == "vllm" else 0,
             crash_once_marker=self.crash_once_marker,
             fail_while_marker=self.fail_while_marker,
         )

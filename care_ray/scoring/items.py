@@ -20,6 +20,12 @@ from care_ray.contracts.output import (
     parse_item_output,
     quote_found_share,
 )
+from care_ray.scoring.distribution import (
+    ScoreDistribution,
+    allowed_scores,
+    mean_distribution,
+    read_score_distribution,
+)
 from care_ray.scoring.engines import Engine, EngineConfig, Generation
 from care_ray.scoring.results import RESULT_SCHEMA
 
@@ -44,6 +50,18 @@ def _judge(samples: Sequence, schema: dict) -> tuple[list[dict], InvalidOutput |
     return valid, first_err
 
 
+def _distribution(samples: Sequence, allowed: tuple[int, ...] | None) -> ScoreDistribution | None:
+    """The score distribution of an item: its samples' (those that carry log-probabilities)."""
+    if not allowed:
+        return None
+    read = [
+        read_score_distribution(s.chosen, s.top_logprobs, allowed)
+        for s in samples
+        if getattr(s, "top_logprobs", None)
+    ]
+    return mean_distribution([d for d in read if d is not None])
+
+
 def score_item_prompts(
     prompts: pa.Table, engine: Engine, config: EngineConfig, run_meta: dict[str, Any]
 ) -> pa.Table:
@@ -52,6 +70,7 @@ def score_item_prompts(
     # Answers are judged against the schema that steered generation, tighter bounds included:
     # a --max-rationale-chars the grammar let slip is an error row, never a longer rationale.
     schema = config.output_schema or output_schema(score_only=config.score_only)
+    allowed = allowed_scores(schema) if config.score_logprobs else None
     texts = prompts.column("prompt_token_ids").to_pylist()
     budget = config.max_new_tokens
     try:
@@ -110,10 +129,15 @@ def score_item_prompts(
         first = valid[0] if valid else None
         scores = [v["score"] for v in valid]
         samples = [] if isinstance(g, Exception) else g.samples
+        dist = _distribution(samples, allowed) if ok else None
         row.update(
             status="ok" if ok else "error",
             score=statistics.fmean(scores) if scores else None,
             scores=scores or None,
+            score_probs=list(dist.probs) if dist else None,
+            expected_score=dist.expected if dist else None,
+            score_sd=dist.sd if dist else None,
+            score_unseen_max=dist.unseen_max if dist else None,
             rationale=first.get("rationale") if first else None,
             quotes=first.get("quotes") if first else None,
             quote_found=quote_found_share(first["quotes"], dialogues[i])

@@ -42,6 +42,11 @@ RESULT_SCHEMA = pa.schema(
         ("status", pa.string()),  # ok | error
         ("score", pa.float64()),  # the score; the mean of valid samples when samples > 1
         ("scores", pa.list_(pa.int8())),
+        # p(value) at the score token over the rubric's values, lowest first (--score-logprobs)
+        ("score_probs", pa.list_(pa.float64())),
+        ("expected_score", pa.float64()),  # Σ value · p(value)
+        ("score_sd", pa.float64()),  # the distribution's standard deviation
+        ("score_unseen_max", pa.float64()),  # mass allowed values outside the top-k could hold
         ("rationale", pa.string()),
         ("quotes", pa.list_(pa.string())),
         ("quote_found", pa.float64()),
@@ -398,8 +403,11 @@ def read_session_scores(
             f"no scores in {run.loc.uri} (expected sessions/ or items/ of a `care-ray score` run)"
         )
     con = connect(memory_limit)
-    con.register("_items_arrow", ds.dataset(items, filesystem=run.loc.fs, format="parquet"))
-    con.sql("SELECT * FROM _items_arrow").create_view("items")
+    dataset = ds.dataset(items, filesystem=run.loc.fs, format="parquet")
+    con.register("_items_arrow", dataset)
+    # a run from before expected scores has no such column: its sessions get none
+    added = "" if "expected_score" in dataset.schema.names else ", NULL::DOUBLE AS expected_score"
+    con.sql(f"SELECT *{added} FROM _items_arrow").create_view("items")
     return con.sql(read_query("session_scores")).to_arrow_table(), (
         "items/ (queries/session_scores.sql)"
     )

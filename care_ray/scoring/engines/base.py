@@ -16,6 +16,10 @@ class Sample:
     text: str
     finish_reason: str | None
     output_tokens: int
+    # (token text, log-probability) of the top-k tokens at each generated position, and each
+    # position's chosen text: where the engine was asked for them (EngineConfig.score_logprobs)
+    chosen: list[str] | None = None
+    top_logprobs: list[list[tuple[str, float]]] | None = None
 
 
 @dataclass
@@ -66,6 +70,13 @@ class EngineConfig(BaseModel):
         description="transformers engine: most padded tokens in one batch, rows × (longest prompt"
         " + largest max_tokens), i.e. the KV cache the batch ends with; default max_num_seqs ×"
         " max_model_len, the cache vLLM would size for max_num_seqs full-length sequences",
+    )
+    score_logprobs: int = Field(
+        0,
+        ge=0,
+        le=20,
+        description="top-k log-probabilities returned per generated token (0: none), read at the"
+        " score token for the expected score (vllm only)",
     )
     guided: bool = Field(True, description="JSON-schema guided decoding (vllm only)")
     output_schema: dict = Field(

@@ -10,6 +10,7 @@ from care_ray.scoring.engines.base import EngineConfig, Generation, Sample
 log = logging.getLogger(__name__)
 
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+SCORE_WITHIN = 16  # generated positions whose log-probabilities are kept
 
 
 def _on_cpu() -> bool:
@@ -86,6 +87,7 @@ class VLLMEngine:
             max_tokens=max_tokens,
             seed=self.config.seed if self.config.temperature > 0 else None,
             structured_outputs=structured,
+            logprobs=self.config.score_logprobs or None,
         )
 
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
@@ -104,7 +106,7 @@ class VLLMEngine:
         outs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
         return [
             Generation(
-                samples=[Sample(c.text, c.finish_reason, len(c.token_ids)) for c in o.outputs],
+                samples=[_sample(c) for c in o.outputs],
                 prompt_tokens=len(o.prompt_token_ids or []),
                 cached_tokens=o.num_cached_tokens,
             )
@@ -120,3 +122,16 @@ class VLLMEngine:
         except Exception:  # already down: nothing left to release
             log.debug("engine shutdown raised", exc_info=True)
         self.llm = None
+
+
+def _sample(c) -> Sample:
+    """One completion; with log-probabilities, each position's chosen text and top-k."""
+    sample = Sample(c.text, c.finish_reason, len(c.token_ids))
+    if c.logprobs:
+        chosen, top = [], []
+        # the score comes right after `{"score":`: the first positions are all that is read
+        for tid, position in zip(c.token_ids[:SCORE_WITHIN], c.logprobs, strict=False):
+            chosen.append((position[tid].decoded_token or "") if tid in position else "")
+            top.append([(lp.decoded_token or "", lp.logprob) for lp in position.values()])
+        sample.chosen, sample.top_logprobs = chosen, top
+    return sample
