@@ -52,6 +52,8 @@ def main() -> None:
         "engine": "vllm",
         "run_fingerprint": "bench",
     }
+    unseen: list[float] = []
+    sds: list[float] = []
     engine = VLLMEngine(with_lp)
     score_item_prompts(chunks[0], engine, with_lp, meta)  # warm-up, off the clock
     seconds, items, tokens, read = (
@@ -71,6 +73,8 @@ def main() -> None:
             tokens[on] += sum(x or 0 for x in out.column("output_tokens").to_pylist())
             if on:
                 read += out.num_rows - out.column("expected_score").null_count
+                unseen += [x for x in out.column("score_unseen_max").to_pylist() if x is not None]
+                sds += [x for x in out.column("score_sd").to_pylist() if x is not None]
     finally:
         engine.shutdown()
     rate = {k: items[k] / seconds[k] for k in seconds}
@@ -82,7 +86,10 @@ def main() -> None:
             f"  {name}: {items[k]} items, {tokens[k]} output tokens, {rate[k]:.1f} items/s, "
             f"{tokens[k] / seconds[k]:.0f} tokens/s"
         )
-    print(f"  items with a distribution: {read} of {items[True]}")
+    print(
+        f"  items with a distribution: {read} of {items[True]}; mean SD {sum(sds) / max(len(sds), 1):.3f}; "
+        f"unseen mass bound: mean {sum(unseen) / max(len(unseen), 1):.4f}, max {max(unseen, default=0):.4f}"
+    )
     print(
         f"cost: items/s without ÷ with = {rate[False] / rate[True]:.3f}  (goal <= 1.05); "
         f"tokens/s ratio {(tokens[False] / seconds[False]) / (tokens[True] / seconds[True]):.3f}"

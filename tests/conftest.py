@@ -118,6 +118,11 @@ def scored_esconv(esconv_corpus, tiny_model, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("scored-esconv")
     config = ScoreConfig(
-        sessions=esconv_corpus, model=str(tiny_model), out=out, limit=6, **SMALL_ANSWERS
+        sessions=esconv_corpus,
+        model=str(tiny_model),
+        out=out,
+        limit=6,
+        score_logprobs=20,  # the shared run keeps the score distribution (test_scoring checks it)
+        **SMALL_ANSWERS,
     )
     return out, score_corpus(config)

@@ -454,6 +454,8 @@ def test_a_planted_signal_is_learned_and_scored_back(planted, tiny_model, method
             "--max-new-tokens",
             MAX_NEW_TOKENS,
             "--no-progress",
+            "--score-logprobs",
+            20,
             *(["--score-only"] if target == "score" else []),
             *(["--align-prefix-blocks", "--block-size", ALIGN] if target == "score" else []),
         ]

@@ -245,6 +245,7 @@ def test_score_with_adapter_really_applies_it(
             limit=2,
             items="bond",
             adapter=str(random_adapter),
+            score_logprobs=20,
         )
     )
     assert tuned["items_in"] == 8
@@ -256,6 +257,8 @@ def test_score_with_adapter_really_applies_it(
     } == {None}
     shared = b.keys() & t.keys()
     assert shared
+    # the score distribution is read through the adapter too
+    assert all(r["expected_score"] is not None and r["score_probs"] for r in t.values())
     # greedy decoding on the same prompts: any difference comes from the adapter
     assert (
         sum(

@@ -139,11 +139,13 @@ class ScoreConfig(BaseModel):
         json_schema_extra=cli(flag="--score-only/--with-rationale"),
     )
     score_logprobs: int = Field(
-        20,
+        0,
         ge=0,
         le=20,
         description="read the top-k log-probabilities at the score token for p(1..5), the "
-        "expected score and its SD (vLLM engine; 0: the decoded score alone)",
+        "expected score and its SD (vLLM engine; 0: the decoded score alone). Off by default: "
+        "vLLM returns them for every generated token, which halves items/s on CPU "
+        "(benchmarks/RESULTS.md)",
     )
     sessions_per_block: int = Field(
         default_factory=lambda: int(os.environ.get("CARE_RAY_SESSIONS_PER_BLOCK", 16)),
