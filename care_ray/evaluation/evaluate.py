@@ -232,14 +232,16 @@ def parse_scorers(specs: list[str]) -> list[Scorer]:
     return out
 
 
-def expected_scorers(scorers: list[Scorer], dimensions: list[str]) -> list[Scorer]:
+def expected_scorers(
+    scorers: list[Scorer], dimensions: list[str], runs: dict | None = None
+) -> list[Scorer]:
     """NAME_expected for each scorer whose run kept expected scores (after the given ones, so
     the first scorer, pairs.parquet's `predicted`, stays the decoded score)."""
     taken = {s.name for s in scorers}
     out = []
     for s in scorers:
         name = f"{s.name}_expected"
-        if name not in taken and has_expected_scores(s.path, dimensions):
+        if name not in taken and has_expected_scores(s.path, dimensions, runs):
             out.append(Scorer(name, s.path, f"predicted_{name}", "expected"))
     return out
 
@@ -268,12 +270,26 @@ def _parquet_dataset(folder: Path, partitioning: str | None = None) -> ds.Datase
     return dataset if dataset.files else None
 
 
-def has_expected_scores(scores: str | Path, dimensions: list[str]) -> bool:
+def _session_scores(scores: str | Path, runs: dict | None) -> tuple[pa.Table, str]:
+    """read_session_scores, once per folder where `runs` (folder → result) is given: a run is
+    read for its decoded and its expected scores alike."""
+    from care_ray.scoring.results import read_session_scores
+
+    if runs is None:
+        return read_session_scores(scores)
+    if str(scores) not in runs:
+        runs[str(scores)] = read_session_scores(scores)
+    return runs[str(scores)]
+
+
+def has_expected_scores(
+    scores: str | Path, dimensions: list[str], runs: dict | None = None
+) -> bool:
     """Whether a run's sessions carry expected scores (`<dim>_expected`, not all null)."""
-    from care_ray.scoring.results import NoScores, read_session_scores
+    from care_ray.scoring.results import NoScores
 
     try:
-        arrow, _ = read_session_scores(scores)
+        arrow, _ = _session_scores(scores, runs)
     except NoScores:
         return False
     cols = [f"{d}_expected" for d in dimensions if f"{d}_expected" in arrow.schema.names]
@@ -281,15 +297,15 @@ def has_expected_scores(scores: str | Path, dimensions: list[str]) -> bool:
 
 
 def read_predicted(
-    scores: str | Path, dimensions: list[str], kind: str = "greedy"
+    scores: str | Path, dimensions: list[str], kind: str = "greedy", runs: dict | None = None
 ) -> tuple[pl.DataFrame, str]:
     """Long (session_id, dimension, predicted) from the run's sessions/ table, or from its
     committed items/ by queries/session_scores.sql (the same definition: a dimension needs all of
     its items scored). A local folder or a URI. `kind="expected"` reads `<dim>_expected`."""
-    from care_ray.scoring.results import NoScores, read_session_scores
+    from care_ray.scoring.results import NoScores
 
     try:
-        arrow, origin = read_session_scores(scores)
+        arrow, origin = _session_scores(scores, runs)
     except NoScores as e:
         raise EvaluateError(str(e)) from None
     folder = f"{scores}/{origin.split()[0].rstrip('/')}"
@@ -663,13 +679,14 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
     dimensions = list(rubric.dimensions)
     truth = parse_truth(config.truth, dimensions)
     scorers = parse_scorers(config.scores)
+    runs: dict = {}  # each folder read once, for its decoded and expected scores
     if config.expected:
-        scorers += expected_scorers(scorers, dimensions)
+        scorers += expected_scorers(scorers, dimensions, runs)
     first = scorers[0]
     frames: dict[str, pl.DataFrame] = {}
     origins: dict[str, str] = {}
     for scorer in scorers:
-        frame, origins[scorer.name] = read_predicted(scorer.path, dimensions, scorer.kind)
+        frame, origins[scorer.name] = read_predicted(scorer.path, dimensions, scorer.kind, runs)
         frames[scorer.name] = frame
     predicted, origin = frames[first.name], origins[first.name]
     scored = predicted["session_id"].unique()
