@@ -33,7 +33,7 @@ def main() -> None:
 
     model = a.model or str(tiny_model())
     with_lp = ScoreConfig(
-        sessions=esconv_corpus(), model=model, out=workdir() / "unused", **BOUNDS
+        sessions=esconv_corpus(), model=model, out=workdir() / "unused", score_logprobs=20, **BOUNDS
     ).engine_config()
     without = with_lp.model_copy(update={"score_logprobs": 0})
     rubric = load_rubric()

@@ -305,6 +305,43 @@ def test_aligned_prefix_blocks_reach_the_engine(esconv_corpus, tiny_model, tmp_p
         assert sum(exact) >= 8, [r["prompt_tokens"] - (r["cached_tokens"] or 0) for r in mine]
 
 
+def test_logits_read_during_generation_equal_a_one_token_probe(esconv_corpus, tiny_model, tmp_path):
+    """The distribution comes from the logits captured while the answer is generated (no second
+    request); where that cannot happen the one-token probe reads it. Both give the same numbers,
+    and the guided greedy score is their argmax."""
+    from care_ray.contracts.rubric import load_rubric
+    from care_ray.corpus.reader import sessions_dataset
+    from care_ray.scoring.engines.vllm import VLLMEngine
+    from care_ray.scoring.engines.vllm_capture import ScoreLogitsCapture
+    from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
+
+    config = cfg(esconv_corpus, tiny_model, tmp_path, score_logprobs=20).engine_config()
+    rubric = load_rubric()
+    turns = sessions_dataset(esconv_corpus).to_table(columns=["session_id", "turns"]).slice(0, 2)
+    builder = PromptBuilder(
+        rubric, load_tokenizer(str(tiny_model)), config.max_model_len, config.max_new_tokens
+    )
+    prompts = builder.build_item_prompts(turns, rubric.items).column("prompt_token_ids").to_pylist()
+    engine = VLLMEngine(config)
+    try:
+        assert engine._value_tokens is not None  # the tiny tokenizer's digits are single tokens
+        captured = engine.generate(prompts, config.max_new_tokens)
+        assert not ScoreLogitsCapture.captured  # each call takes its own captures away
+        engine._value_tokens = None  # as where the logits cannot be captured
+        probed = engine.generate(prompts, config.max_new_tokens)
+    finally:
+        engine.shutdown()
+    assert len(captured) == len(probed) == 24
+    for a, b in zip(captured, probed, strict=True):
+        sa, sb = a.samples[0], b.samples[0]
+        assert sa.text == sb.text and sa.chosen == sb.chosen and sa.top_logprobs
+        got = dict(sa.top_logprobs[-1])
+        want = dict(sb.top_logprobs[-1])
+        assert set(got) == set(want) == {"1", "2", "3", "4", "5"}
+        assert all(got[v] == pytest.approx(want[v], abs=1e-4) for v in got)
+        assert sa.chosen[-1].strip() == max(got, key=got.get)  # greedy = argmax
+
+
 def test_each_item_keeps_the_score_tokens_distribution(scored):
     """p(1..5) read at the score token: sums to 1 over the rubric's values (what the top-k left
     out is bounded and kept), the expected score is Σ s·p(s), and the greedy guided score is the

@@ -139,13 +139,13 @@ class ScoreConfig(BaseModel):
         json_schema_extra=cli(flag="--score-only/--with-rationale"),
     )
     score_logprobs: int = Field(
-        0,
+        20,
         ge=0,
         le=20,
-        description="read the top-k log-probabilities at the score token for p(1..5), the "
-        "expected score and its SD (vLLM engine; 0: the decoded score alone). Off by default: "
-        "vLLM returns them for every generated token, which halves items/s on CPU "
-        "(benchmarks/RESULTS.md)",
+        description="keep the distribution over the rubric's values at the score token: p(1..5), "
+        "the expected score and its SD (vLLM engine). 0: the decoded score alone. The logits are "
+        "read during generation (3% fewer items/s, benchmarks/RESULTS.md); where they cannot be "
+        "(an engine in another process), a one-token probe reads the top-k log-probabilities",
     )
     sessions_per_block: int = Field(
         default_factory=lambda: int(os.environ.get("CARE_RAY_SESSIONS_PER_BLOCK", 16)),

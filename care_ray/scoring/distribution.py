@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+SCORE_WITHIN = 16  # generated positions where the score token is looked for: it follows `{"score":`
 _BEFORE_SCORE = re.compile(r'^\s*\{\s*"score"\s*:\s*$')
 _LEADING_INT = re.compile(r"^\s*(\d+)")
 

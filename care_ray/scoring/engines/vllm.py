@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 
+from care_ray.scoring.distribution import SCORE_WITHIN, allowed_scores, score_position
 from care_ray.scoring.engines.base import EngineConfig, Generation, Sample
 
 log = logging.getLogger(__name__)
 
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-SCORE_WITHIN = 16  # generated positions whose log-probabilities are kept
 
 
 def _on_cpu() -> bool:
@@ -64,6 +65,10 @@ class VLLMEngine:
                 max_loras=2,
             )
             self.lora_request = LoRARequest("adapter", 1, config.adapter)
+        if config.score_logprobs:
+            from care_ray.scoring.engines.vllm_capture import ScoreLogitsCapture
+
+            kwargs["logits_processors"] = [ScoreLogitsCapture]
         log.info(
             "starting vLLM engine (cpu=%s, prefix cache=%s, adapter=%s)",
             cpu,
@@ -71,10 +76,18 @@ class VLLMEngine:
             bool(config.adapter),
         )
         self.llm: LLM | None = LLM(**kwargs)
+        self._calls = 0
+        self._value_tokens: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        if config.score_logprobs:
+            self._value_tokens = _value_tokens(
+                self.llm.get_tokenizer(), allowed_scores(config.output_schema or {})
+            )
 
-    def _params(self, max_tokens: int):
+    def _params(self, max_tokens: int, capture: str | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
+
+        from care_ray.scoring.engines.vllm_capture import KEY, TOKENS
 
         structured = (
             StructuredOutputsParams(json=self.config.output_schema)
@@ -87,7 +100,11 @@ class VLLMEngine:
             max_tokens=max_tokens,
             seed=self.config.seed if self.config.temperature > 0 else None,
             structured_outputs=structured,
-            logprobs=self.config.score_logprobs or None,
+            extra_args=(
+                {KEY: capture, TOKENS: list(self._value_tokens[1])}
+                if capture and self._value_tokens
+                else None
+            ),
         )
 
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
@@ -95,23 +112,93 @@ class VLLMEngine:
 
         if self.llm is None:
             raise RuntimeError("the vLLM engine was shut down")
-        params = (
-            [self._params(m) for m in max_tokens]
-            if isinstance(max_tokens, list)
-            else self._params(max_tokens)
-        )
+        self._calls += 1
+        capture = bool(self.config.score_logprobs and self._value_tokens)
+        keys = [f"{id(self)}-{self._calls}-{i}" if capture else None for i in range(len(prompts))]
+        budgets = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
+        params = [self._params(m, k) for m, k in zip(budgets, keys, strict=True)]
         # token ids, not text: the engine's one core is spared 12 tokenisations of each transcript,
         # and no tokenizer can add a second BOS in front of the chat template's own
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         outs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
-        return [
+        gens = [
             Generation(
-                samples=[_sample(c) for c in o.outputs],
+                samples=[Sample(c.text, c.finish_reason, len(c.token_ids)) for c in o.outputs],
                 prompt_tokens=len(o.prompt_token_ids or []),
                 cached_tokens=o.num_cached_tokens,
             )
             for o in outs
         ]
+        if self.config.score_logprobs:
+            self._read_score_tokens(prompts, outs, gens, keys)
+        return gens
+
+    def _read_score_tokens(
+        self, prompts: list[list[int]], outs, gens: list[Generation], keys: list[str | None]
+    ) -> None:
+        """Each answer's distribution over the rubric's values at its score token: from the
+        logits captured during generation (vllm_capture), else by a one-token probe."""
+        from care_ray.scoring.engines.vllm_capture import ScoreLogitsCapture
+
+        assert self.llm is not None
+        tokenizer = self.llm.get_tokenizer()
+        missed = []
+        for i, (o, g) in enumerate(zip(outs, gens, strict=True)):
+            key = keys[i]
+            seen = ScoreLogitsCapture.captured.pop(key, {}) if key else {}
+            for c, sample in zip(o.outputs, g.samples, strict=True):
+                head = list(c.token_ids[:SCORE_WITHIN])
+                pieces = [tokenizer.decode([t]) for t in head]
+                pos = score_position(pieces)
+                if pos is None:
+                    continue
+                sample.chosen = pieces[: pos + 1]
+                logits = seen.get(tuple(head[:pos]))
+                if logits is None or self._value_tokens is None:
+                    missed.append((prompts[i], head[:pos], sample))
+                    continue
+                top = max(logits)
+                log_total = top + math.log(sum(math.exp(v - top) for v in logits))
+                sample.top_logprobs = [[] for _ in range(pos)] + [
+                    [
+                        (str(value), v - log_total)
+                        for value, v in zip(self._value_tokens[0], logits, strict=True)
+                    ]
+                ]
+        if missed:
+            self._probe_score_tokens(missed)
+
+    def _probe_score_tokens(self, missed: list[tuple[list[int], list[int], Sample]]) -> None:
+        """The top-k log-probabilities at each answer's score token, read by a one-token probe:
+        the prompt plus the answer up to the score, `max_tokens=1`, `logprobs=k`, constrained to
+        the rubric's values (a fallback where the logits were not captured: an engine in another
+        process, or value tokens that are not single tokens). The prompt is in the prefix cache,
+        so it costs one short prefill and one step. vLLM computes log-probabilities from the
+        logits after the structured-output mask: without the constraint a model that has not
+        learned the format may rank no digit in its top-k; with it, the top-k are the allowed
+        values, in the same ratios as under the JSON grammar at that position."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
+
+        assert self.llm is not None
+        allowed = allowed_scores(self.config.output_schema or {})
+        if not allowed:
+            return  # no rubric values to read (items.py leaves the columns null)
+        probes = [TokensPrompt(prompt_token_ids=[*prompt, *head]) for prompt, head, _ in missed]
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            # under the constraint only the allowed values have mass: more is detokenized for nothing
+            logprobs=min(self.config.score_logprobs, len(allowed)),
+            structured_outputs=StructuredOutputsParams(choice=[str(v) for v in allowed]),
+        )
+        done = self.llm.generate(probes, params, lora_request=self.lora_request, use_tqdm=False)
+        for (_, head, sample), o in zip(missed, done, strict=True):
+            top = o.outputs[0].logprobs[0] if o.outputs and o.outputs[0].logprobs else {}
+            sample.top_logprobs = [[] for _ in head] + [
+                [(lp.decoded_token or "", lp.logprob) for lp in top.values()]
+            ]
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)
@@ -124,14 +211,19 @@ class VLLMEngine:
         self.llm = None
 
 
-def _sample(c) -> Sample:
-    """One completion; with log-probabilities, each position's chosen text and top-k."""
-    sample = Sample(c.text, c.finish_reason, len(c.token_ids))
-    if c.logprobs:
-        chosen, top = [], []
-        # the score comes right after `{"score":`: the first positions are all that is read
-        for tid, position in zip(c.token_ids[:SCORE_WITHIN], c.logprobs, strict=False):
-            chosen.append((position[tid].decoded_token or "") if tid in position else "")
-            top.append([(lp.decoded_token or "", lp.logprob) for lp in position.values()])
-        sample.chosen, sample.top_logprobs = chosen, top
-    return sample
+def _value_tokens(tokenizer, allowed) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(values, their token ids) where every allowed value is one token of the vocabulary, as
+    the digits 1-5 are in Llama-3's and SmolLM2's; else None (the probe reads them)."""
+    if not allowed:
+        return None
+    ids = []
+    for value in allowed:
+        tid = tokenizer.convert_tokens_to_ids(str(value))
+        if (
+            not isinstance(tid, int)
+            or tid == tokenizer.unk_token_id
+            or tokenizer.decode([tid]) != str(value)
+        ):
+            return None
+        ids.append(tid)
+    return tuple(allowed), tuple(ids)
