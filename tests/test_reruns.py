@@ -557,3 +557,31 @@ def test_selection_means_skip_undefined_dimensions_by_one_rule():
         "none",
         "nan",
     )
+
+
+def test_selection_sees_a_checkpoint_that_decodes_the_mode_but_ranks_sessions_well():
+    """#30: greedy 5 everywhere (no r) while Σ s·p(s) follows the truth. Selecting on the
+    expected score (the default) ranks it by that r; on the greedy score it ranks last."""
+    from care_ray.training.selection import NO_DEFINED_SCORE, best_checkpoint, heldout_metrics
+
+    sids = [f"s{k}" for k in range(8)]
+    truth = [5, 4, 5, 3, 5, 2, 4, 5]
+    mode = [(5, 4.0 + 0.2 * t) for t in truth]  # expected tracks the truth, argmax never moves
+    args = (sids, [3] * 8, ["bond"] * 8, truth, mode)
+    expected = heldout_metrics(*args)
+    greedy = heldout_metrics(*args, select_on="greedy")
+    assert math.isnan(expected["heldout_pearson_bond"])  # the decoded score: constant
+    assert expected["heldout_expected_pearson_bond"] == pytest.approx(1.0)
+    assert expected["heldout_selection_score"] == pytest.approx(1.0)
+    assert (
+        expected["heldout_selected_on"] == "expected" and greedy["heldout_selected_on"] == "greedy"
+    )
+    assert greedy["heldout_selection_score"] == NO_DEFINED_SCORE
+    # both kinds are kept whichever ranks
+    assert greedy["heldout_expected_pearson_mean"] == expected["heldout_expected_pearson_mean"]
+    spread = [(t, float(t)) for t in [3, 3, 4, 4, 3, 4, 3, 3]]  # varies, weakly related
+    weak = heldout_metrics(sids, [3] * 8, ["bond"] * 8, truth, spread)
+    ranked = [("mode", {**expected, "step": 1}), ("weak", {**weak, "step": 2})]
+    assert best_checkpoint(ranked, "heldout_selection_score")[0] == "mode"
+    with pytest.raises(ValueError, match="select_on"):
+        heldout_metrics(*args, select_on="argmax")

@@ -117,16 +117,21 @@ def test_best_checkpoint_is_chosen_by_heldout_pearson_and_written_with_metrics(t
         assert len(cands) == 2  # one checkpoint per epoch, num_to_keep=2
         assert m["heldout_selection_score"] == max(c["heldout_selection_score"] for c in cands)
         # one rule for every mean: over the defined dimensions, with their count; none defined → null, ranked last
-        defined = [
-            m[f"heldout_pearson_{d}"]
-            for d in ("goal", "task", "bond")
-            if m[f"heldout_pearson_{d}"] is not None
-        ]
-        assert m["heldout_pearson_n_defined"] == len(defined)
-        assert m["heldout_pearson_mean"] == (
-            pytest.approx(sum(defined) / len(defined)) if defined else None
+        # ranked on the expected score by default (#30); the decoded score's r is kept beside it
+        assert rec["selected_on"] == m["heldout_selected_on"] == "expected"
+        for kind in ("", "expected_"):
+            defined = [
+                m[f"heldout_{kind}pearson_{d}"]
+                for d in ("goal", "task", "bond")
+                if m[f"heldout_{kind}pearson_{d}"] is not None
+            ]
+            assert m[f"heldout_{kind}pearson_n_defined"] == len(defined)
+            assert m[f"heldout_{kind}pearson_mean"] == (
+                pytest.approx(sum(defined) / len(defined)) if defined else None
+            )
+        assert m["heldout_selection_score"] == (
+            m["heldout_expected_pearson_mean"] if defined else -2.0
         )
-        assert m["heldout_selection_score"] == (m["heldout_pearson_mean"] if defined else -2.0)
         assert rec["selected_checkpoint"] in {c["checkpoint"] for c in cands}
         assert rec["selected_by"] == "heldout_selection_score" and rec["proxy_labels"] is True
         for dim in ("goal", "task", "bond"):

@@ -150,6 +150,7 @@ def test_progress_lines_and_rows_a_person_can_watch(straight_run):
     import json
 
     from care_ray.training.curves import write_fold_records
+    from care_ray.training.selection import finite_or_none
 
     result, lines = straight_run["result"], straight_run["lines"]
     total = 2 * result["steps_per_epoch"]
@@ -159,7 +160,11 @@ def test_progress_lines_and_rows_a_person_can_watch(straight_run):
     )
     assert all(f"/{total} |" in x and "tokens/s" in x and "left" in x for x in step_lines)
     held = [x for x in lines if "held-out at step" in x]
-    assert len(held) == 2 and all("r goal" in x and "best" in x for x in held)
+    # both scores' r, and which one ranks the checkpoints (#30)
+    assert len(held) == 2 and all(
+        "r greedy goal" in x and "; expected goal" in x and "selection (expected)" in x
+        for x in held
+    )
     train_rows = [r for r in result["log"] if r["kind"] == "train"]
     eval_rows = [r for r in result["log"] if r["kind"] == "heldout"]
     assert [r["step"] for r in train_rows] == list(range(3, total + 1, 3))
@@ -170,6 +175,7 @@ def test_progress_lines_and_rows_a_person_can_watch(straight_run):
     fold_dir.mkdir()
     written = write_fold_records(fold_dir, result["loss_history"], result["log"])
     rows = [json.loads(x) for x in (fold_dir / "train_log.jsonl").read_text().splitlines()]
-    assert rows == json.loads(json.dumps(result["log"]))
+    assert rows == json.loads(json.dumps(finite_or_none(result["log"])))  # NaN (no r): null
+    assert all(set(r["pearson_expected"]) == set(r["pearson"]) for r in eval_rows)
     assert (fold_dir / "learning_curve.svg").read_text().startswith("<?xml")
     assert written["tensorboard"] and any((fold_dir / "tensorboard").iterdir())

@@ -152,6 +152,12 @@ class FinetuneConfig(_Strict):
     max_eval_examples: int | None = Field(
         None, ge=1, description="smoke runs: held-out examples, whole sessions first"
     )
+    select_on: Literal["expected", "greedy"] = Field(
+        "expected",
+        description="which held-out score makes heldout_selection_score: 'expected' (Σ s·p(s) over "
+        "the score token's digits; what `care-ray score --score-logprobs` reports) or 'greedy' "
+        "(the decoded score). Both are printed and kept in metrics.json",
+    )
     selection_metric: str = Field(
         "heldout_selection_score",
         description="reported metric that picks the checkpoint kept as best (higher is better)",

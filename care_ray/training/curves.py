@@ -19,8 +19,11 @@ TENSORBOARD = "tensorboard"
 
 
 def write_train_log(fold_dir: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    from care_ray.training.selection import finite_or_none
+
     path = Path(fold_dir) / TRAIN_LOG
-    path.write_text("".join(json.dumps(dict(r), default=str) + "\n" for r in rows))
+    # NaN (an undefined r) is not JSON: it is written as null
+    path.write_text("".join(json.dumps(finite_or_none(dict(r)), default=str) + "\n" for r in rows))
     return path
 
 
@@ -47,9 +50,12 @@ def write_learning_curve(
         if r.get("kind") == "heldout" and isinstance(r.get("selection_score"), int | float)
     ]
     if evals:
+        kind = next((r.get("selected_on") for r in rows if r.get("selected_on")), "greedy")
         right = ax.twinx()
-        right.plot(*zip(*evals, strict=True), "o-", color="#e07b16", label="held-out r (mean)")
-        right.set_ylabel("held-out Pearson r (mean)")
+        right.plot(
+            *zip(*evals, strict=True), "o-", color="#e07b16", label=f"held-out r ({kind} score)"
+        )
+        right.set_ylabel(f"held-out Pearson r, mean ({kind} score)")
         right.set_ylim(-1.05, 1.05)
         fig.legend(loc="outside lower center", ncols=2, fontsize=8)
     path = Path(fold_dir) / LEARNING_CURVE
@@ -74,9 +80,10 @@ def write_tensorboard(fold_dir: Path, rows: Sequence[Mapping[str, Any]]) -> Path
                 writer.add_scalar("train/learning_rate", r["learning_rate"], step)
                 writer.add_scalar("train/tokens_per_s", r["tokens_per_s"], step)
             elif r.get("kind") == "heldout":
-                for dim, value in (r.get("pearson") or {}).items():
-                    if isinstance(value, int | float):
-                        writer.add_scalar(f"heldout/pearson_{dim}", value, step)
+                for key, tag in (("pearson", "pearson"), ("pearson_expected", "expected_pearson")):
+                    for dim, value in (r.get(key) or {}).items():
+                        if isinstance(value, int | float) and value == value:
+                            writer.add_scalar(f"heldout/{tag}_{dim}", value, step)
     return folder
 
 

@@ -23,6 +23,9 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 NOT_EXPORTED = ("trainer_state.pt", "optimizer.pt")  # for resuming, not for serving
 
 
+SCORE_KINDS = ("expected", "greedy")
+
+
 def heldout_metrics(
     session_ids: Sequence[str],
     item_ids: Sequence[int],
@@ -30,32 +33,36 @@ def heldout_metrics(
     true_scores: Sequence[int],
     predictions: Sequence[tuple[int, float]],
     prefix: str = "heldout_",
+    select_on: str = "expected",
 ) -> dict[str, float | str]:
     """Per-item (argmax, expected) predictions → per-dimension Pearson/Spearman/MSE of dimension
-    means against the targets, item-level exact accuracy, and `{prefix}selection_score`.
+    means against the targets, for the decoded score (`{prefix}pearson_goal`, …) and the expected
+    one (`{prefix}expected_pearson_goal`, …), item-level exact accuracy, and
+    `{prefix}selection_score` from the kind named by `select_on`.
 
     One rule for every mean (MEAN_RULE, also written into the metrics): a mean is over the
     dimensions where the statistic is defined, `{prefix}STAT_n_defined` counts them, and a mean
     with none defined is null. A dimension with a constant predictor (common early in training)
     has no r and is left out, never counted as 0. Ray Train ranks checkpoints by a finite number,
     so `{prefix}selection_score` is the Pearson mean, or NO_DEFINED_SCORE (below any mean of r)
-    when no dimension has one: such a checkpoint ranks last."""
+    when no dimension has one: such a checkpoint ranks last. The expected score (Σ s·p(s)) is the
+    default: a checkpoint that puts its mass on the mode decodes a constant (no r) yet may rank
+    sessions well, and `care-ray score --score-logprobs` reports that score."""
+    if select_on not in SCORE_KINDS:
+        raise ValueError(f"select_on must be one of {SCORE_KINDS}, not {select_on!r}")
     dims = dict(zip(item_ids, dimensions, strict=True))
     truth = dimension_means(session_ids, item_ids, list(true_scores), dims)
     argmax = dimension_means(session_ids, item_ids, [p[0] for p in predictions], dims)
     expected = dimension_means(session_ids, item_ids, [p[1] for p in predictions], dims)
     present = [d for d in DIMENSIONS if d in truth] + sorted(set(truth) - set(DIMENSIONS))
-    by_dim = dimension_agreement(argmax, truth, present)
-    agreement = flat_metrics(by_dim, prefix)
-    mean = agreement[f"{prefix}pearson_mean"]
-    metrics: dict[str, float | str] = {**agreement}
-    metrics.update(
-        {
-            f"{prefix}pearson_expected_{d}": m["pearson"]
-            for d, m in dimension_agreement(expected, truth, present).items()
-        }
-    )
+    metrics: dict[str, float | str] = {
+        **flat_metrics(dimension_agreement(argmax, truth, present), prefix),
+        **flat_metrics(dimension_agreement(expected, truth, present), f"{prefix}expected_"),
+    }
+    mean = metrics[f"{prefix}{'expected_' if select_on == 'expected' else ''}pearson_mean"]
+    assert isinstance(mean, float)
     metrics[f"{prefix}selection_score"] = NO_DEFINED_SCORE if math.isnan(mean) else mean
+    metrics[f"{prefix}selected_on"] = select_on
     metrics[f"{prefix}mean_rule"] = MEAN_RULE
     metrics[f"{prefix}item_accuracy"] = float(
         sum(p[0] == t for p, t in zip(predictions, true_scores, strict=True))

@@ -132,6 +132,7 @@ def export_fold(
     record = {
         "fold": fold,
         "selected_by": cfg.selection_metric,
+        "selected_on": cfg.select_on,
         "selected_checkpoint": checkpoint.path,
         "metrics": dict(metrics),
         "candidates": [
@@ -139,6 +140,8 @@ def export_fold(
                 "checkpoint": c.path,
                 "step": m.get("step"),
                 cfg.selection_metric: m.get(cfg.selection_metric),
+                "heldout_pearson_mean": m.get("heldout_pearson_mean"),
+                "heldout_expected_pearson_mean": m.get("heldout_expected_pearson_mean"),
                 "train_loss": m.get("train_loss"),
                 "train_tokens_per_s": m.get("train_tokens_per_s"),
             }
@@ -193,9 +196,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         record = export_fold(cfg, fold, result, data_manifest, time.time() - t0)
         records.append(record)
         log.info(
-            "fold %d: best %s = %.3f at step %s",
+            "fold %d: best %s (%s) = %.3f at step %s",
             fold,
             cfg.selection_metric,
+            cfg.select_on,
             record["metrics"][cfg.selection_metric],
             record["metrics"].get("step"),
         )

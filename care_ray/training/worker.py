@@ -281,7 +281,9 @@ class FoldTraining:
             [w["loss_sum"], w["steps"], w["tokens"], w["seconds"]], self.device
         )
         state = self.state
-        metrics: dict[str, Any] = dict(heldout_metrics(sids, iids, dims, scores, ps))
+        metrics: dict[str, Any] = dict(
+            heldout_metrics(sids, iids, dims, scores, ps, select_on=self.cfg.select_on)
+        )
         metrics.update(
             {
                 "fold": self.fold,
@@ -424,38 +426,44 @@ class Progress:
         score = metrics.get("heldout_selection_score")
         if isinstance(score, int | float) and (self.best is None or score > self.best):
             self.best = float(score)
-        per_dim = {
-            k.removeprefix("heldout_pearson_"): v
-            for k, v in metrics.items()
-            if k.startswith("heldout_pearson_")
-            and k.removeprefix("heldout_pearson_") in ("goal", "task", "bond")
-        }
+        dims = [d for d in ("goal", "task", "bond") if f"heldout_pearson_{d}" in metrics]
+        per_dim = {d: metrics.get(f"heldout_pearson_{d}") for d in dims}
+        expected = {d: metrics.get(f"heldout_expected_pearson_{d}") for d in dims}
         row = {
             "kind": "heldout",
             "fold": t.fold,
             "step": metrics.get("step"),
             "epoch": metrics.get("epoch"),
             "pearson": per_dim,
+            "pearson_expected": expected,
             "mse_mean": metrics.get("heldout_mse_mean"),
+            "selected_on": metrics.get("heldout_selected_on"),
             "selection_score": score,
             "best_selection_score": self.best,
         }
         t.state["log"].append(row)
         if t.rank == 0:
-            shown = ", ".join(f"{d} {'–' if r is None else f'{r:.3f}'}" for d, r in per_dim.items())
+
+            def shown(rs: dict[str, Any]) -> str:
+                return ", ".join(f"{d} {_fmt(r)}" for d, r in rs.items()) or "–"
+
             log.info(
-                "fold %d | held-out at step %s: r %s | MSE %s | selection %s (best %s)",
+                "fold %d | held-out at step %s: r greedy %s; expected %s | MSE %s | "
+                "selection (%s) %s, best %s",
                 t.fold,
                 metrics.get("step"),
-                shown or "–",
+                shown(per_dim),
+                shown(expected),
                 _fmt(metrics.get("heldout_mse_mean")),
+                metrics.get("heldout_selected_on"),
                 _fmt(score),
                 _fmt(self.best),
             )
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) else "–"
+    defined = isinstance(value, int | float) and value == value  # NaN: r undefined
+    return f"{value:.3f}" if defined else "–"
 
 
 def _clock(seconds: float) -> str:
