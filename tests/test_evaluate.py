@@ -863,6 +863,25 @@ def test_expected_scores_are_evaluated_beside_the_decoded_ones(corpus, tmp_path)
             f"{d}_expected", pa.array([expected[d].get(s, 2.5) for s in sids], pa.float64())
         )
     pq.write_table(table, folder / "sessions" / "part-0.parquet")
+    # the items' spread (SD of the score token's distribution) grows with the expected score's miss
+    truth = _truth(sessions)
+    miss = {
+        (s, d): abs(expected[d][s] - truth[d][s])
+        for d in DIMS
+        for s in sids
+        if s in expected[d] and not math.isnan(truth[d].get(s, math.nan))
+    }
+    (folder / "items").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "session_id": [s for s, _ in miss for _ in range(2)],
+                "dimension": [d for _, d in miss for _ in range(2)],
+                "score_sd": [0.05 + m + k * 0.01 for m in miss.values() for k in range(2)],
+            }
+        ),
+        folder / "items" / "part-0.parquet",
+    )
     res = _evaluate(corpus_dir, folder, tmp_path / "out", "--resamples", "400")
     assert res.exit_code == 0, res.output
     metrics = _strict_json(tmp_path / "out" / "metrics.json")
@@ -870,9 +889,35 @@ def test_expected_scores_are_evaluated_beside_the_decoded_ones(corpus, tmp_path)
         ("model", "greedy"),
         ("model_expected", "expected"),
     ]
+    pairs = pq.read_table(tmp_path / "out" / "pairs.parquet").to_pandas()
+    # calibration of the expected scores: their own bins, and a fitted line per rater
+    bins = pq.read_table(tmp_path / "out" / "calibration_expected.parquet").to_pandas()
+    for d in DIMS:
+        mine = pairs[pairs["dimension"] == d]
+        assert bins[bins["dimension"] == d]["n"].sum() == len(mine)
+        fit = stats.linregress(mine["predicted_model_expected"], mine["observed"])
+        got = metrics["calibration"]["fit"]["model_expected"][d]
+        assert got["slope"] == pytest.approx(fit.slope) and got["n"] == len(mine)
+        assert got["slope_lo"] < got["slope"] < got["slope_hi"]
+    # error by spread decile: ten equal groups, the widest ones miss most
+    spread = pq.read_table(tmp_path / "out" / "spread.parquet").to_pandas()
+    for d in DIMS:
+        rows = spread[spread["dimension"] == d].sort_values("decile")
+        mine = pairs[pairs["dimension"] == d]
+        assert list(rows["decile"]) == list(range(1, 11)) and rows["n"].sum() == len(mine)
+        assert rows["n"].max() - rows["n"].min() <= 1
+        errors = list(rows["abs_error_expected"])
+        assert errors == sorted(errors)  # spread is the miss, plus a constant
+        summary = metrics["spread"]["by_dimension"][d]
+        spread_of = {k: 0.055 + m for k, m in miss.items()}
+        rho = stats.spearmanr(
+            [spread_of[(s, d)] for s in mine["session_id"]],
+            (mine["predicted_model_expected"] - mine["observed"]).abs(),
+        )
+        assert summary["spearman"] == pytest.approx(rho.statistic) and summary["spearman"] > 0.99
+        assert summary["top_over_bottom"] > 1
     agreement = pq.read_table(tmp_path / "out" / "agreement.parquet").to_pandas()
     overall = agreement[agreement["fold"].isna()]
-    truth = _truth(sessions)
     for d in DIMS:
         row = overall[(overall["rater"] == "model_expected") & (overall["dimension"] == d)].iloc[0]
         want = _expected(expected[d], truth[d])

@@ -31,6 +31,7 @@ from care_ray.contracts.rubric import Rubric, load_rubric
 from care_ray.corpus.ratings import RATIONALE_KEY
 from care_ray.corpus.reader import redaction_summary
 from care_ray.evaluation import metrics as ev
+from care_ray.evaluation.checks import expected_checks, scale_checks
 
 log = logging.getLogger(__name__)
 
@@ -745,6 +746,17 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
     baseline = counselor_baseline(pairs, agreement, truth_dims)
     low, high = float(min(rubric.scale)), float(max(rubric.scale))
     calibration = ev.calibration_table(pairs, low, high, config.bin_width)
+    # the first run's expected scores (#30): their own calibration, and error by spread
+    kept = next((s for s in scorers[1:] if s.kind == "expected" and s.path == first.path), None)
+    uncertainty_tables, uncertainty = expected_checks(
+        (kept.name, kept.column) if kept else None,
+        first.path,
+        pairs,
+        truth_dims,
+        low,
+        high,
+        config.bin_width,
+    )
     items = read_items(first.path, pairs["session_id"], ["session_id", "dimension", "quote_found"])
     quote_share, quote_by_dim = (
         ev.quote_found_share(items, truth_dims) if items is not None else (None, None)
@@ -756,7 +768,15 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         )
         for d in truth_dims
     }
-    scale_metrics, scale_tables = scale_checks(config, scorers, own, rubric)
+    scale_metrics, scale_tables = scale_checks(
+        (first.name, first.path),
+        own,
+        rubric,
+        config.scale_resamples,
+        config.seed,
+        config.level,
+        config.scale_min_sessions,
+    )
 
     metrics: dict[str, Any] = {
         "kind": "care-ray evaluation",
@@ -809,7 +829,16 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
         "quote_found_share": quote_share,
         "quote_found_by_dimension": quote_by_dim,
         "rationale_overlap": rationale_metrics(own, config, rubric),
-        "calibration": {"low": low, "high": high, "bin_width": config.bin_width},
+        "calibration": {
+            "low": low,
+            "high": high,
+            "bin_width": config.bin_width,
+            "fit": ev.calibration_fit(pairs, raters, truth_dims, config.level),
+            "fit_note": "observed = intercept + slope · predicted per rater (slope 1 and "
+            "intercept 0: calibrated); calibration.parquet bins the first rater's scores"
+            + (", calibration_expected.parquet its expected scores" if kept else ""),
+        },
+        "spread": uncertainty,
         "scale": scale_metrics,
         "bootstrap": {
             "resamples": config.resamples,
@@ -833,6 +862,7 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
             "calibration": calibration.height,
             **({"comparisons": comparisons.height} if len(scorers) > 1 else {}),
             **{name: t.height for name, t in scale_tables.items()},
+            **{name: t.height for name, t in uncertainty_tables.items()},
         },
     }
     if fold_source and metrics["folds"] is None:
@@ -842,131 +872,5 @@ def evaluate_run(config: EvaluateConfig) -> dict[str, Any]:
     tables = {"pairs": pairs, "agreement": agreement, "calibration": calibration}
     if len(scorers) > 1:
         tables["comparisons"] = comparisons
-    write_outputs(config.out, metrics, {**tables, **scale_tables}, figure)
+    write_outputs(config.out, metrics, {**tables, **scale_tables, **uncertainty_tables}, figure)
     return _json_safe(metrics)
-
-
-SCALE_SCHEMAS: dict[str, dict[str, Any]] = {
-    "scale": {
-        "source": pl.String,
-        "dimension": pl.String,
-        **{f"{s}{x}": pl.Float64 for s in ("alpha", "omega") for x in ("", "_lo", "_hi")},
-        "n": pl.Int64,
-    },
-    "item_rest": {
-        "source": pl.String,
-        "dimension": pl.String,
-        "item_id": pl.Int64,
-        "r": pl.Float64,
-        "n": pl.Int64,
-    },
-    "dimension_correlations": {
-        "source": pl.String,
-        "dimension_a": pl.String,
-        "dimension_b": pl.String,
-        "r": pl.Float64,
-        "n": pl.Int64,
-    },
-    "factor_models": {
-        "source": pl.String,
-        "model": pl.String,
-        **{k: pl.Float64 for k in ("cfi", "rmsea", "srmr", "chi2", "df", "aic", "bic")},
-        "n": pl.Int64,
-    },
-}
-
-
-def scale_matrices(
-    first: Scorer, corpus: pa.Table, rubric: Rubric
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Sessions × items matrices per source: "predicted" (the first scorer's items/ scores) and
-    "client" (the corpus's client_wai), and a note for each source that has none."""
-    from care_ray.evaluation.scale import long_item_matrix
-
-    n_items = max(i.id for i in rubric.items)
-    matrices: dict[str, np.ndarray] = {}
-    notes: dict[str, str] = {}
-    rows = read_item_rows(
-        first.path, ["session_id", "item_id", "score"], corpus["session_id"].to_pylist()
-    )
-    if rows is None or rows.num_rows == 0:
-        notes["predicted"] = (
-            f"{first.name} has no item scores (items/ with session_id, item_id, score): "
-            "a baseline predicts dimensions only"
-        )
-    else:
-        matrices["predicted"] = long_item_matrix(
-            rows["session_id"].to_pylist(),
-            rows["item_id"].to_pylist(),
-            rows["score"].to_pylist(),
-            n_items,
-        )[1]
-    if CLIENT_WAI in corpus.column_names and corpus[CLIENT_WAI].null_count < corpus.num_rows:
-        lists = pl.Series("wai", corpus[CLIENT_WAI], dtype=pl.List(pl.Float64))
-        matrices["client"] = (
-            pl.DataFrame(lists)
-            .select(
-                pl.col("wai").list.get(i - 1, null_on_oob=True).alias(str(i))
-                for i in range(1, n_items + 1)
-            )
-            .to_numpy()
-            .astype(float)
-        )
-    else:
-        notes["client"] = "the corpus has no client_wai ratings for the scored sessions"
-    return matrices, notes
-
-
-def scale_checks(
-    config: EvaluateConfig, scorers: list[Scorer], corpus: pa.Table, rubric: Rubric
-) -> tuple[dict[str, Any] | None, dict[str, pl.DataFrame]]:
-    """Does each source of item ratings behave like the WAI scale (care_ray.evaluation.scale)?
-    Returns metrics.json's `scale` summary and the tables scale, item_rest,
-    dimension_correlations, factor_models (only when some source was checked)."""
-    from care_ray.evaluation import scale
-
-    item_dims = ev.item_dimensions(rubric)
-    matrices, notes = scale_matrices(scorers[0], corpus, rubric)
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in SCALE_SCHEMAS}
-    summary: dict[str, Any] = {}
-    for source, matrix in matrices.items():
-        checks = scale.scale_checks(
-            matrix,
-            item_dims,
-            config.scale_resamples,
-            config.seed,
-            config.level,
-            config.scale_min_sessions,
-        )
-        if "skipped" in checks:
-            summary[source] = {"skipped": checks["skipped"], "n_complete": checks["n_complete"]}
-            continue
-        rows["scale"] += [{"source": source, **r} for r in checks["reliability"]]
-        rows["item_rest"] += [{"source": source, **r} for r in checks["item_rest"]]
-        rows["dimension_correlations"] += [
-            {"source": source, **r} for r in checks["dimension_correlations"]
-        ]
-        rows["factor_models"] += [{"source": source, **r} for r in checks["factor_models"]]
-        summary[source] = {
-            "n_complete": checks["n_complete"],
-            "verdict": checks["verdict"],
-            "alpha": {r["dimension"]: r["alpha"] for r in checks["reliability"]},
-            "omega": {r["dimension"]: r["omega"] for r in checks["reliability"]},
-            "factor_models": {
-                r["model"]: {k: v for k, v in r.items() if k != "model"}
-                for r in checks["factor_models"]
-            },
-        }
-    for source, note in notes.items():
-        summary[source] = {"skipped": note}
-    if not summary:
-        return None, {}
-    summary["predicted_rater"] = scorers[0].name
-    tables = {
-        name: pl.DataFrame(
-            [{c: r.get(c) for c in schema} for r in rows[name]], schema=schema, orient="row"
-        ).with_columns(pl.col(pl.Float64).fill_nan(None))
-        for name, schema in SCALE_SCHEMAS.items()
-        if rows[name]
-    }
-    return summary, tables

@@ -658,14 +658,21 @@ def fold_agreement_summary(
 
 
 def calibration_table(
-    pairs: pl.DataFrame, low: float = 1.0, high: float = 5.0, width: float = 0.5
+    pairs: pl.DataFrame,
+    low: float = 1.0,
+    high: float = 5.0,
+    width: float = 0.5,
+    column: str = "predicted",
 ) -> pl.DataFrame:
-    """Predicted vs observed by bins of the predicted score: [low, low+width), …, the last bin
-    closed at `high` (values outside the scale fall in the end bins). Only non-empty bins; the
-    observed SD is null for a bin of one."""
+    """Predicted (`column`) vs observed by bins of the predicted score: [low, low+width), …, the
+    last bin closed at `high` (values outside the scale fall in the end bins). Only non-empty
+    bins; the observed SD is null for a bin of one."""
     if width <= 0 or high <= low:
         raise ValueError("calibration bins need width > 0 and high > low")
     n_bins = math.ceil((high - low) / width - 1e-9)
+    pairs = pairs.filter(pl.col(column).is_not_null()).with_columns(
+        pl.col(column).alias("predicted")
+    )
     binned = pairs.with_columns(
         ((pl.col("predicted") - low) / width)
         .floor()
@@ -734,3 +741,115 @@ def reference_rationale_frame(
         )
     )
     return frame.filter(pl.col("reference").str.strip_chars().str.len_chars() > 0)
+
+
+def calibration_fit(
+    pairs: pl.DataFrame,
+    raters: Sequence[tuple[str, str]],
+    dimensions: Sequence[str],
+    level: float = 0.95,
+) -> dict[str, dict[str, dict[str, float | int | None]]]:
+    """{rater: {dimension: the least-squares line observed = intercept + slope · predicted}}, with
+    the slope's t interval. A calibrated score has slope 1 and intercept 0; a slope above 1 says
+    the scores are squeezed (they move less than the truth does), below 1 stretched."""
+    from scipy import stats
+
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for name, column in raters:
+        out[name] = {}
+        for dim in dimensions:
+            part = pairs.filter(
+                (pl.col("dimension") == dim)
+                & pl.col(column).is_not_null()
+                & pl.col("observed").is_not_null()
+            )
+            x, y = part[column].to_numpy(), part["observed"].to_numpy()
+            if len(x) < 3 or np.ptp(x) == 0:
+                out[name][dim] = {
+                    "slope": None,
+                    "intercept": None,
+                    "slope_lo": None,
+                    "slope_hi": None,
+                    "n": len(x),
+                }
+                continue
+            fit = stats.linregress(x, y)
+            half = stats.t.ppf(0.5 + level / 2, len(x) - 2) * fit.stderr
+            out[name][dim] = {
+                "slope": float(fit.slope),
+                "intercept": float(fit.intercept),
+                "slope_lo": float(fit.slope - half),
+                "slope_hi": float(fit.slope + half),
+                "n": len(x),
+            }
+    return out
+
+
+SPREAD_SCHEMA = {
+    "dimension": pl.String,
+    "decile": pl.Int64,
+    "n": pl.Int64,
+    "spread_min": pl.Float64,
+    "spread_max": pl.Float64,
+    "spread_mean": pl.Float64,
+    "abs_error_expected": pl.Float64,
+    "abs_error_greedy": pl.Float64,
+}
+
+
+def spread_table(
+    pairs: pl.DataFrame,
+    spread: pl.DataFrame,
+    expected_column: str,
+    dimensions: Sequence[str],
+    bins: int = 10,
+) -> tuple[pl.DataFrame, dict[str, dict[str, float | int | None]]]:
+    """Whether the uncertain scores are the ones that miss. `spread` (session_id, dimension,
+    spread): the mean over the dimension's items of the SD of the score token's distribution.
+    Rows are cut into `bins` equal-count groups by spread (ties broken by session id, so the cut
+    is reproducible), and each group's mean absolute error of the expected and the decoded score
+    is reported; per dimension, Spearman's ρ between spread and the expected score's absolute
+    error (with its p-value) and the ratio of the top group's error to the bottom one's."""
+    from scipy import stats
+
+    summary: dict[str, dict[str, float | int | None]] = {}
+    joined = (
+        pairs.join(spread, on=["session_id", "dimension"], how="inner")
+        .filter(pl.col("spread").is_not_null() & pl.col(expected_column).is_not_null())
+        .with_columns(
+            (pl.col(expected_column) - pl.col("observed")).abs().alias("_err"),
+            (pl.col("predicted") - pl.col("observed")).abs().alias("_err_greedy"),
+        )
+    )
+    parts = []
+    for dim in dimensions:
+        d = joined.filter(pl.col("dimension") == dim).sort("spread", "session_id")
+        n = d.height
+        if n < bins:
+            summary[dim] = {"n": n, "spearman": None, "p": None, "top_over_bottom": None}
+            continue
+        d = d.with_columns((pl.int_range(n) * bins // n).cast(pl.Int64).alias("decile"))
+        table = (
+            d.group_by("decile")
+            .agg(
+                pl.len().cast(pl.Int64).alias("n"),
+                pl.col("spread").min().alias("spread_min"),
+                pl.col("spread").max().alias("spread_max"),
+                pl.col("spread").mean().alias("spread_mean"),
+                pl.col("_err").mean().alias("abs_error_expected"),
+                pl.col("_err_greedy").mean().alias("abs_error_greedy"),
+            )
+            .with_columns(pl.lit(dim).alias("dimension"), pl.col("decile") + 1)
+            .sort("decile")
+        )
+        parts.append(table.select(pl.col(c).cast(t) for c, t in SPREAD_SCHEMA.items()))
+        rho = stats.spearmanr(d["spread"].to_numpy(), d["_err"].to_numpy())
+        errors = table["abs_error_expected"].to_list()
+        summary[dim] = {
+            "n": n,
+            "spearman": float(rho.statistic),
+            "p": float(rho.pvalue),
+            "top_over_bottom": errors[-1] / errors[0] if errors[0] else None,
+        }
+    table = pl.concat(parts) if parts else pl.DataFrame(schema=SPREAD_SCHEMA)
+    return table, summary
