@@ -17,7 +17,7 @@ from scipy.stats.contingency import association
 from statsmodels.stats.proportion import proportion_confint
 from typer.testing import CliRunner
 
-from care_ray.analytics.analyze import AnalyzeConfig, analyze
+from care_ray.analytics.analyze import AnalysisError, AnalyzeConfig, analyze
 from care_ray.analytics.features import compute_features, driver_features, load_vocabulary
 from care_ray.cli import app
 from care_ray.common.paths import queries_dir
@@ -836,3 +836,47 @@ def test_without_any_outcome_the_features_transitions_and_contrasts_are_written(
     assert "Group contrasts" in page and "metadata.quality" in page
     for absent in ("Drivers", "Alliance and outcomes", "Population"):
         assert f">{absent}<" not in page
+
+
+def test_expected_scores_are_analysed_where_the_run_kept_them(synthetic, tmp_path):
+    """#30: `--score-kind auto` reads `<dim>_expected` (Σ s·p(s)) where the run kept it, the
+    decoded score otherwise; the manifest says which; asking for expected scores a run did not
+    keep is a one-line error."""
+    from care_ray.analytics.analyze import load_scores
+
+    scores = synthetic["scores"]
+    assert synthetic["manifest"]["score_kind"] == "greedy"  # the synthetic run kept none
+    with pytest.raises(AnalysisError, match="--score-logprobs"):
+        load_scores(synthetic["run"], "expected")
+    run = tmp_path / "scores-expected"
+    (run / "sessions").mkdir(parents=True)
+    shift = {sid: 0.1 * (k % 5) for k, sid in enumerate(scores)}  # expected ≠ decoded
+    pl.DataFrame(
+        [
+            {
+                "session_id": sid,
+                **dims,
+                **{f"{d}_expected": dims[d] - shift[sid] for d in DIMENSIONS},
+            }
+            for sid, dims in scores.items()
+        ]
+    ).write_parquet(run / "sessions" / "part-0.parquet")
+    for kind, want in (("auto", "expected"), ("expected", "expected"), ("greedy", "greedy")):
+        frame, columns, used = load_scores(run, kind)
+        assert used == want and columns == tuple(DIMENSIONS)
+        got = dict(zip(frame["session_id"], frame["goal"], strict=True))
+        for sid, dims in scores.items():
+            assert got[sid] == pytest.approx(
+                dims["goal"] - (shift[sid] if want == "expected" else 0)
+            )
+    manifest = analyze(
+        AnalyzeConfig(
+            sessions=synthetic["corpus"], scores=run, out=tmp_path / "analysis", min_sessions=2
+        )
+    )
+    assert manifest["score_kind"] == "expected"
+    population = _read(tmp_path / "analysis", "population").filter(
+        (pl.col("group_by") == "all") & (pl.col("outcome") == "bond")
+    )
+    want = np.mean([dims["bond"] - shift[sid] for sid, dims in scores.items()])
+    assert population["mean"][0] == pytest.approx(want)

@@ -204,6 +204,7 @@ def test_scored_cards_quote_moments_with_dialogue_and_escape(scored):
     assert {m["dimension"] for m in weak["moments"]} == {"task"}
     html = _card(scored, "weak_task")
     assert "model&#39;s estimates" in html or "model's estimates" in html
+    assert "the single answer the model found most likely" in html  # decoded scores only
     assert "activities mismatch homework pointless" in html  # the rationale
     assert "&lt;script&gt;alert(" in html and "<script>" not in html
     assert 'class="quoted"' in html and "My manager keeps adding tasks." in html  # the dialogue
@@ -376,9 +377,12 @@ def test_cards_from_a_real_engine_run_on_esconv(scored_esconv, esconv_corpus, tm
     own = scores.with_columns(
         pl.col("session_id").replace_strict(helper).alias("counselor_id")
     ).sort("counselor_id")
+    # the run kept the score token's probabilities: the cards use the expected scores (#30)
     for dim in ("goal", "task", "bond"):
-        expected = own.group_by("counselor_id", maintain_order=True).agg(pl.col(dim).mean())[dim]
-        assert np.allclose(cards[f"{dim}_raw_mean"].to_numpy(), expected.to_numpy()), dim
+        kept = f"{dim}_expected"
+        means = own.group_by("counselor_id", maintain_order=True).agg(pl.col(kept).mean())[kept]
+        assert np.allclose(cards[f"{dim}_raw_mean"].to_numpy(), means.to_numpy()), dim
+    assert "weighted by how likely it found each one" in _card(out, "helper-a")
     # every quoted moment is one of that helper's own low-scored items, from the engine's answers
     items = pl.read_parquet(run / "items")
     for row in cards.iter_rows(named=True):

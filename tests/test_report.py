@@ -622,6 +622,7 @@ def write_analysis(out: Path, full: bool = True, n: int = 150, seed: int = 1) ->
     manifest = {
         "kind": "care-ray analysis",
         "mode": "scores" if full else "labels",
+        "score_kind": "expected" if full else None,
         "outcomes": outcomes,
         "by": ["problem_type", "source"],
         "n_sessions": n,
@@ -699,6 +700,8 @@ def test_full_report_has_every_section_and_no_external_or_script_content(pages):
     ids = re.findall(r'\bid="([^"]+)"', page)
     assert len(ids) == len(set(ids)), "duplicate ids across inline SVGs"
     assert page.count("<svg") >= 10
+    # which score the analysis read (#30)
+    assert "from model scores: expected scores, Σ s·p(s)" in _text(page)
 
 
 def test_sections_follow_the_tables_present(pages):
@@ -1159,3 +1162,29 @@ def test_bad_folders_are_one_line_errors(folders, tmp_path, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_expected_scores_are_named_and_their_spread_is_reported(tmp_path):
+    """#30: an evaluation with an expected-score rater says what it is, and reports whether the
+    uncertain scores are the ones that miss, with the numbers metrics.json holds."""
+    folder = write_evaluation(tmp_path / "ev")
+    meta = json.loads((folder / "metrics.json").read_text())
+    meta["raters"] = [
+        {"name": "model", "score": "greedy"},
+        {"name": "model_expected", "score": "expected"},
+    ]
+    meta["spread"] = {
+        "by_dimension": {
+            "bond": {"n": 120, "spearman": 0.4123, "p": 0.001, "top_over_bottom": 2.345},
+            "goal": {"n": 3, "spearman": None, "p": None, "top_over_bottom": None},
+        }
+    }
+    (folder / "metrics.json").write_text(json.dumps(meta))
+    page = _text(report.build_report(_load(folder), []))
+    assert "model_expected: expected scores, Σ s·p(s)" in page
+    assert "bond: Spearman ρ 0.41 between the spread" in page and "2.35× the narrowest" in page
+    assert "goal: Spearman" not in page  # too few sessions: no line
+    meta["raters"] = [{"name": "model", "score": "greedy"}]
+    meta.pop("spread")
+    (folder / "metrics.json").write_text(json.dumps(meta))
+    assert "expected scores" not in _text(report.build_report(_load(folder), []))

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import polars as pl
@@ -91,6 +91,12 @@ class AnalyzeConfig(BaseModel):
         None,
         description="a `care-ray score` run folder or URI; without it the outcomes are session "
         "labels (model-free)",
+    )
+    score_kind: Literal["auto", "expected", "greedy"] = Field(
+        "auto",
+        description="which score of --scores: 'expected' (Σ s·p(s) at the score token, kept by "
+        "`score --score-logprobs`), 'greedy' (the decoded score), or 'auto': expected where the "
+        "run kept it. manifest.json says which was read",
     )
     outcomes: list[str] = Field(
         default_factory=list,
@@ -360,9 +366,14 @@ def session_values(
     return frame
 
 
-def load_scores(scores: str | Path) -> tuple[pl.DataFrame, tuple[str, ...]]:
+def load_scores(
+    scores: str | Path, kind: str = "auto"
+) -> tuple[pl.DataFrame, tuple[str, ...], str]:
     """Per-session dimension scores of a scoring run (a local folder or a URI): its sessions/
-    table, or recomputed from its committed items/."""
+    table, or recomputed from its committed items/; and which score they are. "expected" (Σ s·p(s)
+    at the score token, `<dim>_expected`) where the run kept it and `kind` is "auto" or
+    "expected"; else "greedy" (the decoded score). The chosen kind takes the dimensions' names, so
+    every analysis reads one kind and the manifest says which."""
     from care_ray.scoring.results import NoScores, read_session_scores
 
     try:
@@ -376,7 +387,22 @@ def load_scores(scores: str | Path) -> tuple[pl.DataFrame, tuple[str, ...]]:
         raise AnalysisError(
             f"{scores}: the scores have no session_id or no {'/'.join(SCORE_OUTCOMES)} columns"
         )
-    return table.select("session_id", *(pl.col(c).cast(pl.Float64) for c in columns)), columns
+    kept = all(
+        f"{c}_expected" in table.columns
+        and table.get_column(f"{c}_expected").null_count() < table.height
+        for c in columns
+    )
+    if kind == "expected" and not kept:
+        raise AnalysisError(
+            f"{scores}: the run kept no expected scores; score with --score-logprobs K, or "
+            "analyze its decoded scores with --score-kind greedy"
+        )
+    used = "expected" if kept and kind != "greedy" else "greedy"
+    source = {c: f"{c}_expected" if used == "expected" else c for c in columns}
+    picked = table.select(
+        "session_id", *(pl.col(source[c]).cast(pl.Float64).alias(c) for c in columns)
+    )
+    return picked, columns, used
 
 
 def _group_column(group: GroupBy) -> pl.Expr:
@@ -761,16 +787,19 @@ def _link_outcomes(
 
 def build_frame(
     cfg: AnalyzeConfig, notes: list[str]
-) -> tuple[pl.DataFrame, list[Outcome], list[GroupBy], str, list[Outcome]]:
+) -> tuple[pl.DataFrame, list[Outcome], list[GroupBy], str, list[Outcome], str | None]:
     """One row per analysed session: ids, outcomes, the outcome labels of outcome_links and --by
-    columns (no turn features yet). Mode: scores, labels, or features (no outcome at all)."""
+    columns (no turn features yet). Mode: scores, labels, or features (no outcome at all); and
+    the kind of score read (None without scores)."""
     con = connect(cfg.memory_limit)
     _bind_parquet(con, "sessions", _sessions_root(cfg.sessions))
     labels, metadata = corpus_keys(con)
     base = _query(con, "analysis_sessions")
     if base.is_empty():
         raise AnalysisError(f"the corpus at {cfg.sessions} has no sessions")
-    scores, score_columns = load_scores(cfg.scores) if cfg.scores else (None, ())
+    scores, score_columns, score_kind = (
+        load_scores(cfg.scores, cfg.score_kind) if cfg.scores else (None, (), None)
+    )
     outcomes = parse_outcomes(cfg.outcomes, score_columns, labels)
     mode = "scores" if cfg.scores else ("labels" if outcomes else "features")
     links = _link_outcomes(cfg, outcomes, labels, mode, score_columns)
@@ -824,7 +853,7 @@ def build_frame(
             "and no --scores was given, so only the features, transitions and contrasts of the "
             "features are written"
         )
-        return frame, outcomes, groups, mode, links
+        return frame, outcomes, groups, mode, links, score_kind
     analysed = frame.filter(pl.any_horizontal(pl.col(n).is_not_null() for n in names))
     if analysed.is_empty():
         raise AnalysisError(f"no session has a value for any outcome ({', '.join(names)})")
@@ -832,7 +861,7 @@ def build_frame(
         notes.append(
             f"{frame.height - analysed.height} of {frame.height} session(s) have no outcome and were left out"
         )
-    return analysed, outcomes, groups, mode, links
+    return analysed, outcomes, groups, mode, links, score_kind
 
 
 def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
@@ -840,7 +869,7 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     started = time.perf_counter()
     notes: list[str] = []
     vocabulary = load_vocabulary(cfg.vocabulary)
-    frame, outcomes, groups, mode, links = build_frame(cfg, notes)
+    frame, outcomes, groups, mode, links, score_kind = build_frame(cfg, notes)
     names = [o.name for o in outcomes]
     turn_features = compute_features(
         cfg.sessions,
@@ -895,6 +924,7 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
             "n_sessions": frame.height,
             "sessions": str(cfg.sessions),
             "scores": str(cfg.scores) if cfg.scores else None,
+            "score_kind": score_kind,
             "low_threshold": cfg.low_threshold,
             "outcome_labels": [o.name for o in links],
             "alpha": cfg.alpha,

@@ -121,6 +121,7 @@ class CardData:
     cards: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     analysis: str = ""
+    score_kind: str | None = None  # with model scores: "expected" (Σ s·p(s)) or "greedy"
 
 
 # --- the analysis ------------------------------------------------------------------------------
@@ -518,6 +519,7 @@ def build_cards(cfg: CardsConfig) -> CardData:
         population=population,
         population_mean=population_mean,
         analysis=str(folder),
+        score_kind=manifest.get("score_kind") if mode == "scores" else None,
     )
     prof = {
         (r["counselor_id"], r["outcome"]): r

@@ -268,6 +268,7 @@ def write_cards(
     shared = {
         "out": str(folder),
         "mode": data.mode,
+        "score_kind": data.score_kind,
         "alpha": data.alpha,
         "low_threshold": data.low_threshold,
         "population": data.population,

@@ -145,6 +145,11 @@ def _analysis_group(an: Findings, index: int, heading: str) -> Group:
     scored_from = {"scores": "model scores", "labels": "labels"}.get(
         str(an.meta.get("mode")), "an unknown source"
     )
+    if an.meta.get("mode") == "scores":
+        scored_from += {
+            "expected": ": expected scores, Σ s·p(s) over the probabilities of the score token",
+            "greedy": ": decoded (greedy) scores",
+        }.get(str(an.meta.get("score_kind")), "")
     outcomes = ", ".join(map(str, an.meta.get("outcomes") or [])) or "not listed"
     n = integer(an.meta.get("n_sessions"))
     opening = (

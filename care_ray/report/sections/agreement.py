@@ -472,6 +472,48 @@ def _from_metrics(meta: dict, ci_level: str) -> list[Block]:
     ]
 
 
+def _score_kinds(meta: dict) -> list[Block]:
+    """Which raters are expected scores, and whether their spread tells the misses (#30)."""
+    raters = [r for r in meta.get("raters") or [] if isinstance(r, dict)]
+    expected = [str(r.get("name")) for r in raters if r.get("score") == "expected"]
+    if not expected:
+        return []
+    blocks: list[Block] = [
+        Paragraph(
+            f"{', '.join(expected)}: expected scores, Σ s·p(s) over the probabilities the model "
+            "gave each rating at the score token, beside the decoded (greedy) score of the same "
+            "run. The expected score keeps what the model knows when its most likely rating is "
+            "the same for every session."
+        )
+    ]
+    spread = meta.get("spread")
+    by_dim = spread.get("by_dimension") if isinstance(spread, dict) else None
+    if isinstance(by_dim, dict):
+        lines = []
+        for dim, m in by_dim.items():
+            rho, ratio = m.get("spearman"), m.get("top_over_bottom")
+            if rho is None:
+                continue
+            lines.append(
+                f"{dim}: Spearman ρ {num(rho)} between the spread and the expected score's "
+                f"absolute error (n {integer(m.get('n'))})"
+                + (
+                    f"; the widest tenth misses by {num(ratio)}× the narrowest tenth's error"
+                    if ratio is not None
+                    else ""
+                )
+            )
+        if lines:
+            blocks += [
+                Paragraph(
+                    "Are the uncertain scores the ones that miss? Spread is the standard "
+                    "deviation of the score token's distribution, averaged over a dimension's items."
+                ),
+                Bullets(lines),
+            ]
+    return blocks
+
+
 def agreement_section(ev: Findings, section_id: str = "agreement") -> Section | None:
     """Agreement with the reference ratings: table and plot of r/ρ/MSE with CIs, counselor
     baseline, folds, calibration. `section_id` prefixes the figures' ids (several evaluations
@@ -491,6 +533,7 @@ def agreement_section(ev: Findings, section_id: str = "agreement") -> Section | 
         ]
         if overall.height:
             blocks.append(_agreement_figure(overall, f"{section_id}-fig", ci_level, raters))
+        blocks += _score_kinds(ev.meta)
         blocks += _comparisons(ev.tables.get("comparisons"), ci_level)
         blocks += _counselor_baseline(ev.meta) + _folds(agreement, first_rater(ev.meta))
     elif isinstance(ev.meta.get("dimensions"), dict):
