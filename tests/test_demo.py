@@ -52,7 +52,10 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
     assert summary["evaluate_baseline"]["n_sessions"] > 1000
     assert all(r is not None and r > 0.1 for r in summary["evaluate_baseline"]["pearson"].values())
     side = json.loads((out / "evaluation" / "metrics.json").read_text())
-    assert {"model", "baseline"} <= set(side["by_rater"])
+    assert {"model", "model_expected", "baseline"} <= set(side["by_rater"])
+    assert json.loads((out / "analysis-scores" / "manifest.json").read_text())["score_kind"] == (
+        "expected"
+    )
     import duckdb
 
     rated = duckdb.sql(
@@ -84,6 +87,9 @@ def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
         assert page.locator("h2", has_text="evaluation-baseline").first.is_visible()
         assert page.locator("text=baseline").count() >= 2
         assert page.locator("text=Scorers side by side").count() >= 1
+        # the model's expected scores (#30): evaluated beside the decoded ones, analysed, named
+        assert page.get_by_text("model_expected: expected scores, Σ s·p(s)").first.is_visible()
+        assert page.get_by_text("from model scores: expected scores").first.is_visible()
         page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
         # the report links to the counselor cards, and the link lands on their index
         page.get_by_role("link", name="Counselor feedback cards").click()

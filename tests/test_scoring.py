@@ -303,6 +303,8 @@ def test_aligned_prefix_blocks_reach_the_engine(esconv_corpus, tiny_model, tmp_p
         # find every shared token cached and compute exactly their own item's tokens
         exact = [r["prompt_tokens"] - (r["cached_tokens"] or 0) == own[r["item_id"]] for r in mine]
         assert sum(exact) >= 8, [r["prompt_tokens"] - (r["cached_tokens"] or 0) for r in mine]
+    # the score distribution is kept (the default) with aligned prompts too
+    assert rows and all(r["expected_score"] is not None for r in rows)
 
 
 def test_logits_read_during_generation_equal_a_one_token_probe(esconv_corpus, tiny_model, tmp_path):
