@@ -394,3 +394,44 @@ def test_job_entrypoint_parses_arguments_and_reports_config_errors(tmp_path):
     assert (
         res.returncode == 0 and "--set" in res.stdout and "--out" in res.stdout
     )  # the same options as `care-ray finetune`
+
+
+@pytest.mark.slow
+def test_a_worker_killed_for_memory_ends_the_command_in_one_line(
+    esconv_corpus, tiny_model, tmp_path_factory
+):
+    """#29: Ray's memory monitor's error in a worker (injected at step 2, no retries left) ends
+    `care-ray finetune` with one line naming what ran out, the fold and step, the settings to
+    change and the log that keeps Ray's report; the exit status is non-zero. (Ray's own console
+    output of the failure is not silenced yet.)"""
+    import yaml
+    from typer.testing import CliRunner
+
+    from care_ray.cli import app
+
+    work = tmp_path_factory.mktemp("finetune-oom")
+    data = _sft(esconv_corpus, tiny_model, work / "sft", "score")
+    cfg = _config(
+        tiny_model,
+        data,
+        work,
+        "oom",
+        folds=[0],
+        epochs=1,
+        max_train_examples=16,
+        max_eval_examples=8,
+        eval_every_steps=1,
+        max_failures=0,
+        fault_injection={"at_step": 2, "flag_file": str(work / "oom.flag"), "kind": "oom"},
+    )
+    config = work / "oom.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["finetune", "--config", str(config)])
+    assert result.exit_code != 0
+    # the command's own last line (Ray's streamed worker logs come before it)
+    line = [x for x in result.output.splitlines() if x.strip()][-1]
+    assert "fold 0 failed after step 1 (its last checkpoint)" in line, line
+    assert "host RAM" in line and "gradient_checkpointing=true" in line, line
+    log_path = Path(line.rsplit("Ray's full report: ", 1)[1])
+    assert log_path == Path(cfg.output_dir) / "failure-fold0.log"
+    assert "running low on memory (injected at step 2)" in log_path.read_text()

@@ -54,12 +54,15 @@ class ScalingSettings(_Strict):
 
 
 class FaultInjection(_Strict):
-    """Chaos testing of the resume path: worker `rank` exits hard once, at optimizer step
-    `at_step`, the first time (the flag file records that it happened)."""
+    """Chaos testing: worker `rank` fails once, at optimizer step `at_step`, the first time (the
+    flag file records that it happened). `exit`: the process dies hard, as on a lost node (the
+    resume path); `oom`: it raises the error Ray's memory monitor leaves; `raise`: an error of
+    its own (the one-line failure)."""
 
     at_step: int = Field(ge=1)
     flag_file: Path
     rank: int = 0
+    kind: Literal["exit", "oom", "raise"] = "exit"
 
 
 class FinetuneConfig(_Strict):

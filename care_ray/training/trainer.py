@@ -192,7 +192,14 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     started = time.time()
     for fold in folds:
         t0 = time.time()
-        result = make_trainer(cfg, fold).fit()
+        try:
+            result = make_trainer(cfg, fold).fit()
+        except Exception as e:  # Ray Train gave up (after max_failures restarts): one line
+            from care_ray.training.failures import fold_failure
+
+            raise fold_failure(
+                e, fold, cfg.output_dir, cfg.storage_path, f"{cfg.name}-fold{fold}"
+            ) from None
         record = export_fold(cfg, fold, result, data_manifest, time.time() - t0)
         records.append(record)
         log.info(

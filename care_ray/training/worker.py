@@ -479,8 +479,17 @@ def maybe_inject_failure(cfg: FinetuneConfig, rank: int, step: int) -> None:
     if fi is None or rank != fi.rank or step != fi.at_step or Path(fi.flag_file).exists():
         return
     Path(fi.flag_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(fi.flag_file).write_text(f"worker rank {rank} exited at step {step}\n")
-    log.warning("fault injection: worker rank %d exits at step %d", rank, step)
+    Path(fi.flag_file).write_text(f"worker rank {rank} failed ({fi.kind}) at step {step}\n")
+    log.warning("fault injection: worker rank %d fails (%s) at step %d", rank, fi.kind, step)
+    if fi.kind == "oom":
+        from ray.exceptions import OutOfMemoryError
+
+        raise OutOfMemoryError(
+            "Task was killed due to the node running low on memory (injected at step "
+            f"{step}): memory usage threshold exceeded"
+        )
+    if fi.kind == "raise":
+        raise RuntimeError(f"injected failure at step {step}")
     os._exit(1)
 
 
