@@ -862,8 +862,8 @@ def test_expected_scores_are_analysed_where_the_run_kept_them(synthetic, tmp_pat
         ]
     ).write_parquet(run / "sessions" / "part-0.parquet")
     for kind, want in (("auto", "expected"), ("expected", "expected"), ("greedy", "greedy")):
-        frame, columns, used = load_scores(run, kind)
-        assert used == want and columns == tuple(DIMENSIONS)
+        frame, columns, used, note = load_scores(run, kind)
+        assert used == want and columns == tuple(DIMENSIONS) and note is None
         got = dict(zip(frame["session_id"], frame["goal"], strict=True))
         for sid, dims in scores.items():
             assert got[sid] == pytest.approx(
@@ -880,3 +880,20 @@ def test_expected_scores_are_analysed_where_the_run_kept_them(synthetic, tmp_pat
     )
     want = np.mean([dims["bond"] - shift[sid] for sid, dims in scores.items()])
     assert population["mean"][0] == pytest.approx(want)
+    # one session's bond has a decoded score but no expected one: auto keeps to the decoded
+    # scores (the two would cover different sessions), and says why; expected drops it
+    partial = tmp_path / "scores-partial"
+    (partial / "sessions").mkdir(parents=True)
+    table = pl.read_parquet(run / "sessions" / "part-0.parquet")
+    lost = table["session_id"][0]
+    table.with_columns(
+        pl.when(pl.col("session_id") == lost)
+        .then(None)
+        .otherwise(pl.col("bond_expected"))
+        .alias("bond_expected")
+    ).write_parquet(partial / "sessions" / "part-0.parquet")
+    _, _, used, note = load_scores(partial, "auto")
+    assert used == "greedy" and note.startswith("1 session dimension(s)")
+    frame, _, used, note = load_scores(partial, "expected")
+    assert used == "expected" and "left out" in note
+    assert frame.filter(pl.col("session_id") == lost)["bond"][0] is None

@@ -325,11 +325,24 @@ def test_logits_read_during_generation_equal_a_one_token_probe(esconv_corpus, ti
     )
     prompts = builder.build_item_prompts(turns, rubric.items).column("prompt_token_ids").to_pylist()
     engine = VLLMEngine(config)
+    seen: list[int] = []
+    read, probe = engine._read_score_tokens, engine._probe_score_tokens
+
+    def reading(*args):  # what the capture held when the answers were read
+        seen.append(sum(len(v) for v in ScoreLogitsCapture.captured.values()))
+        return read(*args)
+
+    def no_probe(missed):
+        raise AssertionError(f"{len(missed)} answers were probed, not read from the capture")
+
     try:
-        assert engine._value_tokens is not None  # the tiny tokenizer's digits are single tokens
+        assert engine._capturing and engine._value_tokens is not None  # single-token digits
+        engine._read_score_tokens, engine._probe_score_tokens = reading, no_probe
         captured = engine.generate(prompts, config.max_new_tokens)
+        assert seen and seen[0] >= len(prompts)  # at least the score position of each answer
         assert not ScoreLogitsCapture.captured  # each call takes its own captures away
-        engine._value_tokens = None  # as where the logits cannot be captured
+        engine._probe_score_tokens = probe
+        engine._value_tokens = None  # as where the logits cannot be captured: the probe reads
         probed = engine.generate(prompts, config.max_new_tokens)
     finally:
         engine.shutdown()

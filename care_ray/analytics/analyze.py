@@ -368,12 +368,13 @@ def session_values(
 
 def load_scores(
     scores: str | Path, kind: str = "auto"
-) -> tuple[pl.DataFrame, tuple[str, ...], str]:
+) -> tuple[pl.DataFrame, tuple[str, ...], str, str | None]:
     """Per-session dimension scores of a scoring run (a local folder or a URI): its sessions/
     table, or recomputed from its committed items/; and which score they are. "expected" (Σ s·p(s)
     at the score token, `<dim>_expected`) where the run kept it and `kind` is "auto" or
-    "expected"; else "greedy" (the decoded score). The chosen kind takes the dimensions' names, so
-    every analysis reads one kind and the manifest says which."""
+    "expected" ("auto": only where every decoded score has one); else "greedy" (the decoded
+    score). The chosen kind takes the dimensions' names, so every analysis reads one kind and the
+    manifest says which; and a note where the two kinds cover different sessions."""
     from care_ray.scoring.results import NoScores, read_session_scores
 
     try:
@@ -397,12 +398,33 @@ def load_scores(
             f"{scores}: the run kept no expected scores; score with --score-logprobs K, or "
             "analyze its decoded scores with --score-kind greedy"
         )
-    used = "expected" if kept and kind != "greedy" else "greedy"
+    # an expected score needs all of a dimension's items read (their subset of the decoded ones)
+    missing = sum(
+        table.get_column(f"{c}_expected").null_count() - table.get_column(c).null_count()
+        for c in columns
+        if kept
+    )
+    used = (
+        "expected"
+        if kept and (kind == "expected" or (kind == "auto" and not missing))
+        else "greedy"
+    )
+    note = None
+    if kept and missing and kind != "greedy":
+        note = (
+            f"{missing} session dimension(s) have a decoded score but no expected one (an item "
+            "without a readable score token): "
+            + (
+                "they are left out of the expected scores analysed"
+                if used == "expected"
+                else "the decoded scores are analysed (--score-kind expected reads the rest)"
+            )
+        )
     source = {c: f"{c}_expected" if used == "expected" else c for c in columns}
     picked = table.select(
         "session_id", *(pl.col(source[c]).cast(pl.Float64).alias(c) for c in columns)
     )
-    return picked, columns, used
+    return picked, columns, used, note
 
 
 def _group_column(group: GroupBy) -> pl.Expr:
@@ -797,9 +819,11 @@ def build_frame(
     base = _query(con, "analysis_sessions")
     if base.is_empty():
         raise AnalysisError(f"the corpus at {cfg.sessions} has no sessions")
-    scores, score_columns, score_kind = (
-        load_scores(cfg.scores, cfg.score_kind) if cfg.scores else (None, (), None)
+    scores, score_columns, score_kind, score_note = (
+        load_scores(cfg.scores, cfg.score_kind) if cfg.scores else (None, (), None, None)
     )
+    if score_note:
+        notes.append(f"scores: {score_note}")
     outcomes = parse_outcomes(cfg.outcomes, score_columns, labels)
     mode = "scores" if cfg.scores else ("labels" if outcomes else "features")
     links = _link_outcomes(cfg, outcomes, labels, mode, score_columns)

@@ -132,7 +132,7 @@ def export_fold(
     record = {
         "fold": fold,
         "selected_by": cfg.selection_metric,
-        "selected_on": cfg.select_on,
+        "selected_on": metrics.get("heldout_selected_on", cfg.select_on),
         "selected_checkpoint": checkpoint.path,
         "metrics": dict(metrics),
         "candidates": [
@@ -192,8 +192,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     started = time.time()
     for fold in folds:
         t0 = time.time()
+        trainer = make_trainer(cfg, fold)
         try:
-            result = make_trainer(cfg, fold).fit()
+            result = trainer.fit()
         except Exception as e:  # Ray Train gave up (after max_failures restarts): one line
             from care_ray.training.failures import fold_failure
 

@@ -65,7 +65,14 @@ class VLLMEngine:
                 max_loras=2,
             )
             self.lora_request = LoRARequest("adapter", 1, config.adapter)
-        if config.score_logprobs:
+        # the capture is read where the sampler runs: only an in-process engine core with one
+        # worker shares this process's memory; elsewhere the probe reads the distribution
+        self._capturing = bool(
+            config.score_logprobs
+            and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+            and config.tensor_parallel_size == 1
+        )
+        if self._capturing:
             from care_ray.scoring.engines.vllm_capture import ScoreLogitsCapture
 
             kwargs["logits_processors"] = [ScoreLogitsCapture]
@@ -78,7 +85,7 @@ class VLLMEngine:
         self.llm: LLM | None = LLM(**kwargs)
         self._calls = 0
         self._value_tokens: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-        if config.score_logprobs:
+        if self._capturing:
             self._value_tokens = _value_tokens(
                 self.llm.get_tokenizer(), allowed_scores(config.output_schema or {})
             )
@@ -120,17 +127,24 @@ class VLLMEngine:
         # token ids, not text: the engine's one core is spared 12 tokenisations of each transcript,
         # and no tokenizer can add a second BOS in front of the chat template's own
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        outs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
-        gens = [
-            Generation(
-                samples=[Sample(c.text, c.finish_reason, len(c.token_ids)) for c in o.outputs],
-                prompt_tokens=len(o.prompt_token_ids or []),
-                cached_tokens=o.num_cached_tokens,
-            )
-            for o in outs
-        ]
-        if self.config.score_logprobs:
-            self._read_score_tokens(prompts, outs, gens, keys)
+        try:
+            outs = self.llm.generate(inputs, params, lora_request=self.lora_request, use_tqdm=False)
+            gens = [
+                Generation(
+                    samples=[Sample(c.text, c.finish_reason, len(c.token_ids)) for c in o.outputs],
+                    prompt_tokens=len(o.prompt_token_ids or []),
+                    cached_tokens=o.num_cached_tokens,
+                )
+                for o in outs
+            ]
+            if self.config.score_logprobs:
+                self._read_score_tokens(prompts, outs, gens, keys)
+        finally:
+            if capture:  # what this call captured, read or not (an error must not leave it behind)
+                from care_ray.scoring.engines.vllm_capture import ScoreLogitsCapture
+
+                for key in keys:
+                    ScoreLogitsCapture.captured.pop(key or "", None)
         return gens
 
     def _read_score_tokens(
@@ -145,7 +159,7 @@ class VLLMEngine:
         missed = []
         for i, (o, g) in enumerate(zip(outs, gens, strict=True)):
             key = keys[i]
-            seen = ScoreLogitsCapture.captured.pop(key, {}) if key else {}
+            seen = ScoreLogitsCapture.captured.get(key, {}) if key else {}
             for c, sample in zip(o.outputs, g.samples, strict=True):
                 head = list(c.token_ids[:SCORE_WITHIN])
                 pieces = [tokenizer.decode([t]) for t in head]
@@ -153,10 +167,11 @@ class VLLMEngine:
                 if pos is None:
                     continue
                 sample.chosen = pieces[: pos + 1]
-                logits = seen.get(tuple(head[:pos]))
-                if logits is None or self._value_tokens is None:
+                at_score = seen.get(tuple(head[:pos]))
+                if at_score is None or self._value_tokens is None:
                     missed.append((prompts[i], head[:pos], sample))
                     continue
+                logits = at_score.tolist()  # the device copy waits until now, not every step
                 top = max(logits)
                 log_total = top + math.log(sum(math.exp(v - top) for v in logits))
                 sample.top_logprobs = [[] for _ in range(pos)] + [

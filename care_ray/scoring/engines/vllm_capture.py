@@ -5,9 +5,10 @@ detokenizes the top-k at every generated token (2.07x fewer items/s here); a one
 answer costs a second request (1.12-1.18x). This reads five numbers per early step instead.
 
 It sees the logits the sampler sees (after the structured-output mask, before temperature), in
-the process that runs the sampler: the engine core of `LLM` when it runs in-process
-(VLLM_ENABLE_V1_MULTIPROCESSING=0, as the engine actors set it) with one worker. Elsewhere nothing
-is captured and the engine falls back to the probe. Imported only where vLLM is installed."""
+the process that runs the sampler. The engine registers it only where that is its own process:
+an in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0, as the engine actors set it) with
+one worker; elsewhere it reads the distribution with a one-token probe. Imported only where vLLM
+is installed."""
 
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ TOKENS = "care_ray_score_tokens"  # extra_args: the value tokens' ids, in the ru
 
 
 class ScoreLogitsCapture(LogitsProcessor):
-    # capture key → {the generated tokens before a position: the value tokens' logits there}.
-    # Keyed by the prefix, so the samples of one prompt (n > 1) share what they share.
-    captured: ClassVar[dict[str, dict[tuple[int, ...], list[float]]]] = {}
+    # capture key → {the generated tokens before a position: the value tokens' logits there, a
+    # view of a small device tensor}. Keyed by the prefix, so the samples of one prompt (n > 1)
+    # share what they share; a chunked or recomputed step is overwritten by its last pass.
+    captured: ClassVar[dict[str, dict[tuple[int, ...], torch.Tensor]]] = {}
 
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
         self.requests: dict[int, tuple[str, tuple[int, ...], list[int]]] = {}
+        self.columns: dict[tuple[int, ...], torch.Tensor] = {}  # value token ids, on the device
 
     def is_argmax_invariant(self) -> bool:
         return False  # vLLM skips argmax-invariant processors for greedy requests
@@ -38,15 +41,19 @@ class ScoreLogitsCapture(LogitsProcessor):
         process_dict_updates(self.requests, batch_update, _tracked)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        groups: dict[tuple[int, ...], list[tuple[int, str, tuple[int, ...]]]] = {}
+        # one gather per step and no host copy: a per-step sync would stall the GPU's queue; the
+        # caller copies the few values it reads after generation
+        picked: dict[tuple[int, ...], torch.Tensor] = {}
         for row, (key, tokens, output) in self.requests.items():
-            if len(output) < POSITIONS:
-                groups.setdefault(tokens, []).append((row, key, tuple(output)))
-        for tokens, rows in groups.items():
-            index = torch.tensor([r for r, _, _ in rows], device=logits.device)
-            values = logits.index_select(0, index)[:, list(tokens)].float().tolist()
-            for (_, key, prefix), v in zip(rows, values, strict=True):
-                self.captured.setdefault(key, {})[prefix] = v
+            if len(output) >= POSITIONS:
+                continue
+            values = picked.get(tokens)
+            if values is None:
+                columns = self.columns.get(tokens)
+                if columns is None:
+                    columns = self.columns[tokens] = torch.tensor(tokens, device=logits.device)
+                values = picked[tokens] = logits.index_select(1, columns)
+            self.captured.setdefault(key, {})[tuple(output)] = values[row]
         return logits
 
 
