@@ -29,6 +29,8 @@ def demo_run(tmp_path_factory, esconv_dir):
             "6",
             "--esconv",
             str(esconv_dir),
+            "--model",
+            "tiny",  # offline and fast; the README's run uses SmolLM2 (measured in README)
         ],
         capture_output=True,
         text=True,
@@ -87,6 +89,8 @@ def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
         assert page.locator("h2", has_text="evaluation-baseline").first.is_visible()
         assert page.locator("text=baseline").count() >= 2
         assert page.locator("text=Scorers side by side").count() >= 1
+        # the report says what the model's scores are
+        assert page.get_by_text("the tiny random model (random weights").first.is_visible()
         # the model's expected scores (#30): evaluated beside the decoded ones, analysed, named
         assert page.get_by_text("model_expected: expected scores, Σ s·p(s)").first.is_visible()
         assert page.get_by_text("from model scores: expected scores").first.is_visible()

