@@ -399,27 +399,17 @@ def load_scores(
             "analyze its decoded scores with --score-kind greedy"
         )
     # an expected score needs all of a dimension's items read (their subset of the decoded ones)
-    missing = sum(
-        table.get_column(f"{c}_expected").null_count() - table.get_column(c).null_count()
-        for c in columns
-        if kept
+    nulls = lambda c: table.get_column(c).null_count()  # noqa: E731
+    missing = sum(nulls(f"{c}_expected") - nulls(c) for c in columns) if kept else 0
+    auto = kind == "auto" and not missing
+    used = "expected" if kept and (kind == "expected" or auto) else "greedy"
+    note = (
+        f"{missing} session dimension(s) have a decoded score but no expected one (an item "
+        "without a readable score token): "
+        + ("left out" if used == "expected" else "the decoded scores are analysed instead")
+        if missing and kind != "greedy"
+        else None
     )
-    used = (
-        "expected"
-        if kept and (kind == "expected" or (kind == "auto" and not missing))
-        else "greedy"
-    )
-    note = None
-    if kept and missing and kind != "greedy":
-        note = (
-            f"{missing} session dimension(s) have a decoded score but no expected one (an item "
-            "without a readable score token): "
-            + (
-                "they are left out of the expected scores analysed"
-                if used == "expected"
-                else "the decoded scores are analysed (--score-kind expected reads the rest)"
-            )
-        )
     source = {c: f"{c}_expected" if used == "expected" else c for c in columns}
     picked = table.select(
         "session_id", *(pl.col(source[c]).cast(pl.Float64).alias(c) for c in columns)
