@@ -220,12 +220,14 @@ def main() -> int:
             f"| {name_} | {_f(r['pearson'])} [{_f(r['pearson_lo'])}, {_f(r['pearson_hi'])}] | "
             f"{_f(r['spearman'])} | {_f(r['mse'])} | {distinct} |"
         )
-    print("| a − b | r difference [95% CI] |")
-    print("| --- | --- |")
+    print("| a − b | r difference [95% CI] | MSE difference [95% CI] |")
+    print("| --- | --- | --- |")
     for r in cmp.iter_rows(named=True):
         print(
             f"| {r['rater_a']} − {r['rater_b']} | {_f(r['difference'])} "
-            f"[{_f(r['difference_lo'])}, {_f(r['difference_hi'])}] |"
+            f"[{_f(r['difference_lo'])}, {_f(r['difference_hi'])}] | "
+            f"{_f(r['mse_difference'])} [{_f(r['mse_difference_lo'])}, "
+            f"{_f(r['mse_difference_hi'])}] |"
         )
     print(
         json.dumps(
