@@ -311,13 +311,9 @@ def read_predicted(
         raise EvaluateError(str(e)) from None
     folder = f"{scores}/{origin.split()[0].rstrip('/')}"
     if kind == "expected":
-        arrow = arrow.select(
-            [
-                "session_id",
-                *[f"{d}_expected" for d in dimensions if f"{d}_expected" in arrow.schema.names],
-            ]
-        ).rename_columns(
-            ["session_id", *[d for d in dimensions if f"{d}_expected" in arrow.schema.names]]
+        kept = [d for d in dimensions if f"{d}_expected" in arrow.schema.names]
+        arrow = arrow.select(["session_id", *[f"{d}_expected" for d in kept]]).rename_columns(
+            ["session_id", *kept]
         )
     names = arrow.schema.names
     if "session_id" not in names:

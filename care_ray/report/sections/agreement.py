@@ -498,7 +498,7 @@ def _score_kinds(meta: dict) -> list[Block]:
                 f"{dim}: Spearman ρ {num(rho)} between the spread and the expected score's "
                 f"absolute error (n {integer(m.get('n'))})"
                 + (
-                    f"; the widest tenth misses by {num(ratio)}× the narrowest tenth's error"
+                    f"; the widest tenth's mean error is {num(ratio)}× the narrowest tenth's"
                     if ratio is not None
                     else ""
                 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 from care_ray.scoring.distribution import SCORE_WITHIN, allowed_scores, score_position
@@ -94,8 +93,6 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        from care_ray.scoring.engines.vllm_capture import KEY, TOKENS
-
         structured = (
             StructuredOutputsParams(json=self.config.output_schema)
             if self.config.guided and self.config.output_schema
@@ -107,12 +104,16 @@ class VLLMEngine:
             max_tokens=max_tokens,
             seed=self.config.seed if self.config.temperature > 0 else None,
             structured_outputs=structured,
-            extra_args=(
-                {KEY: capture, TOKENS: list(self._value_tokens[1])}
-                if capture and self._value_tokens
-                else None
-            ),
+            extra_args=self._capture_args(capture),
         )
+
+    def _capture_args(self, capture: str | None) -> dict | None:
+        """SamplingParams.extra_args that ask vllm_capture to keep this request's value logits."""
+        if not capture or self._value_tokens is None:
+            return None
+        from care_ray.scoring.engines.vllm_capture import KEY, TOKENS
+
+        return {KEY: capture, TOKENS: list(self._value_tokens[1])}
 
     def generate(self, prompts: list[list[int]], max_tokens: int | list[int]) -> list[Generation]:
         from vllm.inputs import TokensPrompt
@@ -171,14 +172,10 @@ class VLLMEngine:
                 if at_score is None or self._value_tokens is None:
                     missed.append((prompts[i], head[:pos], sample))
                     continue
-                logits = at_score.tolist()  # the device copy waits until now, not every step
-                top = max(logits)
-                log_total = top + math.log(sum(math.exp(v - top) for v in logits))
+                # over the allowed values; the device copy waits until now, not every step
+                logprobs = at_score.float().log_softmax(0).tolist()
                 sample.top_logprobs = [[] for _ in range(pos)] + [
-                    [
-                        (str(value), v - log_total)
-                        for value, v in zip(self._value_tokens[0], logits, strict=True)
-                    ]
+                    list(zip(map(str, self._value_tokens[0]), logprobs, strict=True))
                 ]
         if missed:
             self._probe_score_tokens(missed)
