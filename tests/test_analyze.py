@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from care_ray.analytics.analyze import AnalysisError, AnalyzeConfig, analyze
 from care_ray.analytics.features import compute_features, driver_features, load_vocabulary
+from care_ray.analytics.timeline import TIMELINE_TABLES
 from care_ray.cli import app
 from care_ray.common.paths import queries_dir
 
@@ -316,7 +317,9 @@ def test_manifest_lists_every_table_written(synthetic):
         "outcome_links",
     }
     assert expected <= on_disk, manifest["notes"]
-    assert manifest["left_out"] == {}  # every table written: nothing left out
+    # every table written but the timeline's: these turns carry no ratings
+    assert set(manifest["left_out"]) == {*TIMELINE_TABLES, "timeline_links"}
+    assert all("rated turns" in why for why in manifest["left_out"].values())
     assert manifest["alpha"] == 0.05  # the level of every interval in the tables
     json.loads((out / "manifest.json").read_text())
 
@@ -806,8 +809,12 @@ def test_without_any_outcome_the_features_transitions_and_contrasts_are_written(
         "trajectory_summary",
         "trajectory_clients",
         "outcome_links",
+        *TIMELINE_TABLES,
+        "timeline_links",
     }
-    assert all(reason.startswith("no outcome") for reason in left_out.values())
+    assert all(
+        reason.startswith("no outcome") or "rated turns" in reason for reason in left_out.values()
+    )
     assert any("no outcome" in note for note in manifest["notes"])
     features = _read(out, "features")
     assert features.height == len(sessions)

@@ -26,6 +26,8 @@ ALIASES = {
 }
 EMOTION_DROP = "emotion_drop=labels.initial_emotion_intensity-labels.final_emotion_intensity"
 README = Path(__file__).resolve().parents[1] / "README.md"
+TIMELINE = ("timeline_sessions", "ruptures", "timeline_summary", "timeline_precedents")
+TIMELINE += ("timeline_links", "timeline_curve")
 
 
 def _conversations(esconv_dir: Path) -> list[tuple[str, dict]]:
@@ -123,6 +125,8 @@ def findings(esconv_dir, esconv_corpus, tmp_path_factory):
         "drivers": read("drivers"),
         "features": read("features"),
         "outcome_links": read("outcome_links"),
+        "out": out,
+        **{name: read(name) for name in TIMELINE},
     }
 
 
@@ -356,3 +360,160 @@ def test_readme_states_the_recomputed_figures(findings):
     missing = [f for f in figures if f not in section]
     assert not missing, f"README figures not found: {missing}"
     assert re.search(r"care-ray analyze --sessions \S+ --outcome empathy,relevance", section)
+
+
+# ---------------------------------------------------------------- the timeline of per-turn ratings
+
+
+def raw_curves(esconv_dir: Path) -> list[dict]:
+    """FailedESConv conversations from the raw JSON: their (turn, rating) points, the strategies
+    of each turn and the post-chat survey."""
+    with open(esconv_dir / "FailedESConv.json", encoding="utf-8") as f:
+        conversations = json.load(f)
+    out = []
+    for obj in conversations:
+        annotations = [turn.get("annotation") or {} for turn in obj["dialog"]]
+        points = [(i, float(a["feedback"])) for i, a in enumerate(annotations) if a.get("feedback")]
+        strategies = [ALIASES.get(a.get("strategy"), a.get("strategy")) for a in annotations]
+        seeker = (obj.get("survey_score") or {}).get("seeker") or {}
+        out.append(
+            {
+                "points": points,
+                "n_turns": len(obj["dialog"]),
+                "strategies": strategies,
+                "empathy": _rating(seeker, "empathy"),
+                "relevance": _rating(seeker, "relevance"),
+            }
+        )
+    return out
+
+
+def raw_segments(curves: list[dict]) -> list[dict]:
+    segments = []
+    for c in curves:
+        for (t0, v0), (t1, v1) in zip(c["points"], c["points"][1:], strict=False):
+            between = {s for s in c["strategies"][t0 + 1 : t1] if s}
+            later = [v for t, v in c["points"] if t > t1]
+            repaired = v1 - v0 <= -2 and any(v >= v0 - 1 for v in later)
+            segments.append({"change": v1 - v0, "strategies": between, "repaired": repaired})
+    return segments
+
+
+def _fisher_ci(r: float, n: int) -> tuple[float, float]:
+    half = stats.norm.ppf(0.975) / np.sqrt(n - 3)
+    return float(np.tanh(np.arctanh(r) - half)), float(np.tanh(np.arctanh(r) + half))
+
+
+def test_timeline_of_failed_esconv_recomputed_from_the_raw_json(esconv_dir, findings):
+    from statsmodels.stats.proportion import proportion_confint
+
+    curves = raw_curves(esconv_dir)
+    with_curve = [c for c in curves if len(c["points"]) >= 2]
+    segments = raw_segments(with_curve)
+    drops = [s for s in segments if s["change"] <= -2]
+    sessions = findings["timeline_sessions"]
+    assert sessions.height == len(with_curve)
+    assert int(sessions["n_points"].sum()) - sessions.height == len(segments)
+    assert findings["ruptures"].height == len(drops)
+    assert int(findings["ruptures"]["repaired"].sum()) == sum(s["repaired"] for s in drops)
+    overall = findings["timeline_summary"].filter(pl.col("group_by") == "all").to_dicts()[0]
+    with_drop = sum(
+        any(b - a <= -2 for (_, a), (_, b) in zip(c["points"], c["points"][1:], strict=False))
+        for c in with_curve
+    )
+    assert overall["sessions_with_rupture"] == with_drop
+    lo, hi = proportion_confint(with_drop, len(with_curve), alpha=0.05, method="wilson")
+    assert (overall["rupture_share_lo"], overall["rupture_share_hi"]) == pytest.approx((lo, hi))
+
+
+def test_timeline_links_and_precedents_recomputed(esconv_dir, findings):
+    from statsmodels.stats.multitest import multipletests
+
+    with_curve = [c for c in raw_curves(esconv_dir) if len(c["points"]) >= 2]
+    links = {(r["predictor"], r["outcome"]): r for r in findings["timeline_links"].to_dicts()}
+    for outcome in ("empathy", "relevance"):
+        rows = [c for c in with_curve if np.isfinite(c[outcome])]
+        means = [np.mean([v for _, v in c["points"]]) for c in rows]
+        r = stats.pearsonr(means, [c[outcome] for c in rows]).statistic
+        got = links[("turn_rating_mean", outcome)]
+        assert got["n"] == len(rows) and got["r"] == pytest.approx(r)
+        assert (got["r_lo"], got["r_hi"]) == pytest.approx(_fisher_ci(r, len(rows)))
+    segments = raw_segments(with_curve)
+    kinds = {
+        "drop": [s for s in segments if s["change"] <= -2],
+        "rise": [s for s in segments if s["change"] >= 2],
+        "steady": [s for s in segments if s["change"] == 0],
+    }
+    strategies = sorted({x for s in segments for x in s["strategies"]})
+    expected = {}
+    for strategy in strategies:
+        steady = sum(strategy in s["strategies"] for s in kinds["steady"])
+        for kind in ("drop", "rise"):
+            hit = sum(strategy in s["strategies"] for s in kinds[kind])
+            table = [[hit, len(kinds[kind]) - hit], [steady, len(kinds["steady"]) - steady]]
+            expected[(strategy, kind)] = stats.fisher_exact(table)[1]
+    got = {(r["strategy"], r["segment"]): r for r in findings["timeline_precedents"].to_dicts()}
+    assert set(got) == set(expected)
+    keys = sorted(expected)
+    adjusted = multipletests([expected[k] for k in keys], method="fdr_bh")[1]
+    for key, p_adj in zip(keys, adjusted, strict=True):
+        assert got[key]["p_value"] == pytest.approx(expected[key])
+        assert got[key]["p_adjusted"] == pytest.approx(p_adj)
+
+
+def test_readme_states_the_timeline_figures(esconv_dir, findings):
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index("<!-- timeline-findings") :]
+    block = block[: block.index("\n\n")]
+    curves = raw_curves(esconv_dir)
+    with_curve = [c for c in curves if len(c["points"]) >= 2]
+    segments = raw_segments(with_curve)
+    drops = [s for s in segments if s["change"] <= -2]
+    with_drop = sum(
+        any(b - a <= -2 for (_, a), (_, b) in zip(c["points"], c["points"][1:], strict=False))
+        for c in with_curve
+    )
+    first = [v for c in with_curve for t, v in c["points"] if t / (c["n_turns"] - 1) < 0.2]
+    rest = [v for c in with_curve for t, v in c["points"] if t / (c["n_turns"] - 1) >= 0.2]
+    precedents = findings["timeline_precedents"].sort("p_adjusted")
+    figures = [
+        f"{sum(bool(c['points']) for c in curves)} of FailedESConv's {len(curves)} conversations",
+        f"({sum(len(c['points']) for c in curves)} ratings)",
+        f"{len(with_curve)} have two",
+        f"{len(segments)} consecutive pairs",
+        f"{len(drops)} drops",
+        f"{sum(s['change'] >= 2 for s in segments)} rises",
+        f"{sum(s['change'] == 0 for s in segments)} with no change",
+        f"{with_drop} of {len(with_curve)} conversations",
+        f"{sum(s['repaired'] for s in drops)} of the {len(drops)} ruptures",
+        f"({np.mean(first):.1f}, over {len(first)} ratings)",
+        f"about {np.mean(rest):.1f} after it ({len(rest)} ratings)",
+        f"none of {precedents.height} strategy comparisons",
+        f"p {precedents['p_adjusted'][0]:.2f}",
+    ]
+    for row in findings["timeline_links"].to_dicts():
+        figures.append(f"{row['r']:.2f} [{row['r_lo']:.2f}, {row['r_hi']:.2f}]")
+    missing = [f for f in figures if f not in " ".join(block.split())]
+    assert not missing, f"README timeline figures not found: {missing}"
+    assert (precedents["p_adjusted"] >= 0.05).all()
+
+
+def test_the_timeline_section_renders_in_chromium(findings, tmp_path):
+    from browser import chromium_page
+
+    result = CliRunner().invoke(
+        app, ["report", "--analysis", str(findings["out"]), "--out", str(tmp_path / "report")]
+    )
+    assert result.exit_code == 0, result.output
+    with chromium_page(tmp_path) as (page, log):
+        page.goto((tmp_path / "report" / "report.html").as_uri())
+        section = page.locator("section", has_text="Alliance over the session").last
+        text = section.inner_text()
+        assert "have at least one rupture" in text and "were repaired" in text
+        assert section.locator("svg").count() == 1
+        summary = section.locator("details summary").first
+        assert "Drop 1:" in summary.inner_text()
+        summary.click()
+        assert section.locator("details table").first.is_visible()
+        section.screenshot(path=str(tmp_path / "timeline.png"))
+    assert log.errors == [] and all(u.startswith("file://") for u in log.requests)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +29,22 @@ from care_ray.analytics.features import (
     load_vocabulary,
 )
 from care_ray.analytics.notes import compact_notes, left_out
+from care_ray.analytics.specs import (
+    BASE_BY,
+    ID_COLUMNS,
+    AnalysisError,
+    GroupBy,
+    Outcome,
+    parse_by,
+    parse_outcomes,
+)
+from care_ray.analytics.timeline import (
+    TIMELINE_TABLES,
+    TimelineSettings,
+    timeline_links,
+    timeline_tables,
+)
 from care_ray.cluster.storage import PathOrURI
-from care_ray.common.errors import UserError
 from care_ray.common.options import cli
 from care_ray.common.sql import connect, parquet_glob, read_query
 from care_ray.corpus.reader import redaction_summary
@@ -40,8 +52,6 @@ from care_ray.corpus.reader import redaction_summary
 log = logging.getLogger(__name__)
 
 SCORE_OUTCOMES = ("goal", "task", "bond")
-BASE_BY = ("source", "language")
-ID_COLUMNS = ["session_id", "source", "client_id", "counselor_id", "session_index"]
 TABLES = (
     "population",
     "counselor_profiles",
@@ -57,10 +67,15 @@ TABLES = (
     "trajectory_summary",
     "trajectory_clients",
     "outcome_links",
+    *TIMELINE_TABLES,
+    "timeline_links",
 )
-# Without any outcome (no --scores, no numeric label) only these are written (mode "features").
+# Without any outcome (no --scores, no numeric label) only these are written (mode "features"):
+# the features, and the timeline of ratings the turns carry (its own outcome).
 NEED_OUTCOMES = tuple(
-    t for t in TABLES if t not in ("features", "transitions", "transition_tests", "contrasts")
+    t
+    for t in TABLES
+    if t not in ("features", "transitions", "transition_tests", "contrasts", *TIMELINE_TABLES)
 )
 OUTCOME_HELP = (
     "with --scores: goal, task, bond (default all three); any numeric label as labels.KEY (or KEY); "
@@ -72,10 +87,6 @@ BY_HELP = (
     "source | language | metadata.KEY | labels.KEY | KEY (metadata, then labels) | "
     "NAME=COLUMN:V1,V2 (two groups: those values vs 'other')"
 )
-
-
-class AnalysisError(UserError):
-    """A mistake in what was asked of the analysis (printed as one line by the CLI)."""
 
 
 class AnalyzeConfig(BaseModel):
@@ -145,6 +156,21 @@ class AnalyzeConfig(BaseModel):
         ge=2,
         description="rationale clusters per dimension (default: chosen by the clustering)",
     )
+    rupture_drop: float = Field(
+        2.0,
+        gt=0,
+        description="timeline: a drop of at least this between consecutive points of a session's "
+        "curve (its rated turns) is a rupture",
+    )
+    repair_within: float = Field(
+        1.0,
+        ge=0,
+        description="timeline: a rupture is repaired when a later point of the session is back "
+        "within this of the value before the drop",
+    )
+    timeline_examples: int = Field(
+        3, ge=0, description="timeline: the largest drops whose dialogue is kept for the report"
+    )
     seed: int = 0
     memory_limit: str = Field(
         "3GB", pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", description="DuckDB memory limit, e.g. 3GB"
@@ -155,151 +181,6 @@ class AnalyzeConfig(BaseModel):
         ge=0,
         description="above this many sessions the drivers use clustered OLS instead of a mixed model",
     )
-
-
-@dataclass(frozen=True)
-class Term:
-    sign: float
-    column: str  # a column of the session frame: a score column or labels.KEY
-
-
-@dataclass(frozen=True)
-class Outcome:
-    name: str
-    terms: tuple[Term, ...]
-
-    def expr(self) -> pl.Expr:
-        total = pl.lit(0.0)
-        for term in self.terms:
-            total = total + term.sign * pl.col(term.column).cast(pl.Float64)
-        return total.alias(self.name)
-
-
-@dataclass(frozen=True)
-class GroupBy:
-    name: str  # the column in the session frame and the `group_by` / `by` value in the tables
-    column: str  # source | language | labels.KEY | metadata.KEY
-    values: tuple[str, ...] | None = None  # a two-group split: these values vs "other"
-
-
-# --- parsing what was asked ------------------------------------------------------------------------
-
-
-def _split_list(specs: list[str]) -> list[str]:
-    return [part.strip() for spec in specs for part in spec.split(",") if part.strip()]
-
-
-def _resolve_ref(ref: str, score_columns: tuple[str, ...], labels: list[str]) -> tuple[str, str]:
-    """(default outcome name, frame column) for one outcome term."""
-    if ref.startswith("labels."):
-        key = ref[len("labels.") :]
-        if key not in labels:
-            raise AnalysisError(
-                f"unknown label {key!r} in --outcome; the corpus has labels: {', '.join(labels) or 'none'}"
-            )
-        return key, f"labels.{key}"
-    if ref.startswith("scores."):
-        ref = ref[len("scores.") :]
-    if ref in score_columns:
-        return ref, ref
-    if ref in labels:
-        return ref, f"labels.{ref}"
-    have = [f"scores: {', '.join(score_columns)}"] if score_columns else ["no --scores given"]
-    raise AnalysisError(
-        f"unknown outcome {ref!r}; {have[0]}; labels: {', '.join(labels) or 'none'}"
-    )
-
-
-def parse_outcomes(
-    specs: list[str], score_columns: tuple[str, ...], labels: list[str]
-) -> list[Outcome]:
-    """Outcome specs (see OUTCOME_HELP) → outcomes; defaults: the scores' dimensions, else every label."""
-    parts = _split_list(specs)
-    if not parts:
-        if score_columns:
-            parts = list(score_columns)
-        elif labels:
-            parts = [f"labels.{key}" for key in labels]
-        else:  # nothing to score sessions by: the analysis is of the features alone
-            return []
-    outcomes = []
-    for part in parts:
-        if "=" in part:
-            name, expr = (s.strip() for s in part.split("=", 1))
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise AnalysisError(
-                    f"--outcome {part!r}: the name before '=' must be a plain identifier"
-                )
-            tokens = [t for t in re.split(r"\s*([+-])\s*", expr) if t != ""]
-            if tokens and tokens[0] not in "+-":
-                tokens.insert(0, "+")
-            if (
-                len(tokens) < 2
-                or len(tokens) % 2
-                or any(tokens[i] not in "+-" for i in range(0, len(tokens), 2))
-            ):
-                raise AnalysisError(
-                    f"--outcome {part!r}: expected NAME=TERM-TERM (terms: goal, task, bond, labels.KEY)"
-                )
-            terms = tuple(
-                Term(1.0 if sign == "+" else -1.0, _resolve_ref(ref, score_columns, labels)[1])
-                for sign, ref in zip(tokens[::2], tokens[1::2], strict=True)
-            )
-            outcomes.append(Outcome(name, terms))
-        else:
-            name, column = _resolve_ref(part, score_columns, labels)
-            outcomes.append(Outcome(name, (Term(1.0, column),)))
-    names = [o.name for o in outcomes]
-    reserved = set(ID_COLUMNS) | set(BASE_FEATURES) | {"started_at", "language"}
-    clash = sorted({n for n in names if names.count(n) > 1 or n in reserved})
-    if clash:
-        raise AnalysisError(
-            f"outcome name(s) {', '.join(clash)} repeat or clash with a column name; name them with NAME=…"
-        )
-    return outcomes
-
-
-def _resolve_column(ref: str, metadata: list[str], labels: list[str]) -> str:
-    if ref in BASE_BY:
-        return ref
-    for kind, keys in (("metadata", metadata), ("labels", labels)):
-        if ref.startswith(kind + "."):
-            if ref[len(kind) + 1 :] not in keys:
-                raise AnalysisError(
-                    f"unknown --by column {ref!r}; the corpus has {kind} keys: {', '.join(keys) or 'none'}"
-                )
-            return ref
-    if ref in metadata:
-        return f"metadata.{ref}"
-    if ref in labels:
-        return f"labels.{ref}"
-    raise AnalysisError(
-        f"unknown --by column {ref!r}; choose {', '.join(BASE_BY)}, metadata keys "
-        f"({', '.join(metadata) or 'none'}) or labels ({', '.join(labels) or 'none'})"
-    )
-
-
-def parse_by(specs: list[str], metadata: list[str], labels: list[str]) -> list[GroupBy]:
-    groups: list[GroupBy] = []
-    for spec in specs:
-        parts = [spec.strip()] if "=" in spec else _split_list([spec])
-        for part in parts:
-            if "=" in part:
-                name, rest = (s.strip() for s in part.split("=", 1))
-                ref, _, values = rest.partition(":")
-                vals = tuple(v.strip() for v in values.split(",") if v.strip())
-                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not vals:
-                    raise AnalysisError(
-                        f"--by {part!r}: expected NAME=COLUMN:VALUE[,VALUE…], e.g. failed=metadata.split:failed"
-                    )
-                groups.append(GroupBy(name, _resolve_column(ref.strip(), metadata, labels), vals))
-            else:
-                column = _resolve_column(part, metadata, labels)
-                groups.append(GroupBy(column, column))
-    names = [g.name for g in groups]
-    if len(set(names)) < len(names):
-        raise AnalysisError(f"--by names repeat: {', '.join(names)}")
-    return groups
 
 
 # --- the session frame -----------------------------------------------------------------------------
@@ -920,6 +801,7 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     )
     if mode != "features":
         tables.update(challenge_tables(cfg, notes))
+    tables.update(_timeline(cfg, frame, groups, names, vocabulary.strategy, notes))
     return write_outputs(
         cfg,
         tables,
@@ -942,11 +824,47 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
             "low_threshold": cfg.low_threshold,
             "outcome_labels": [o.name for o in links],
             "alpha": cfg.alpha,
+            "timeline": {"rupture_drop": cfg.rupture_drop, "repair_within": cfg.repair_within},
             "left_out": left_out(tables, notes, TABLES),
             "notes": compact_notes(notes),
         },
         started,
     )
+
+
+def _timeline(
+    cfg: AnalyzeConfig,
+    frame: pl.DataFrame,
+    groups: list[GroupBy],
+    outcomes: list[str],
+    strategy_map: dict[str, str],
+    notes: list[str],
+) -> dict[str, pl.DataFrame]:
+    """The timeline tables of the ratings the turns carry, and their links to the outcomes."""
+    settings = TimelineSettings(
+        cfg.rupture_drop, cfg.repair_within, cfg.timeline_examples, cfg.min_sessions, cfg.alpha
+    )
+    by = [g.name for g in groups if g.name in frame.columns and g.name != "source"]
+    tables = timeline_tables(
+        _sessions_root(cfg.sessions),
+        frame.select("session_id", *by) if by else None,
+        settings,
+        strategy_map,
+        cfg.memory_limit,
+        notes,
+    )
+    links = (
+        timeline_links(tables["timeline_sessions"], frame, outcomes, cfg.alpha, notes)
+        if tables and outcomes
+        else pl.DataFrame()
+    )
+    if not links.is_empty():
+        tables["timeline_links"] = links
+    elif tables:
+        notes.append(
+            "timeline_links: absent — no session-level outcome with enough sessions that have a curve"
+        )
+    return tables
 
 
 def outcome_links_table(

@@ -179,6 +179,33 @@ ANALYSIS_TABLES: dict[str, tuple[str, ...]] = {
         "p_value",
         "p_adjusted",
     ),
+    "timeline_curve": ("dimension", "position", "n", "mean", "mean_lo", "mean_hi"),
+    "timeline_summary": (
+        "dimension",
+        "group_by",
+        "grp",
+        "sessions",
+        "sessions_with_rupture",
+        "rupture_share",
+        "ruptures",
+        "repaired",
+        "repaired_share",
+    ),
+    "timeline_precedents": (
+        "dimension",
+        "strategy",
+        "segment",
+        "segments",
+        "with_strategy",
+        "share",
+        "steady_segments",
+        "steady_share",
+        "odds_ratio",
+        "p_value",
+        "p_adjusted",
+    ),
+    "timeline_dialogue": ("rank", "turn_index", "role", "text", "strategy", "rating", "drop"),
+    "timeline_links": ("predictor", "outcome", "n", "r", "r_lo", "r_hi", "p_adjusted"),
 }
 
 

@@ -17,6 +17,7 @@ from care_ray.report.sections.drivers import drivers_section
 from care_ray.report.sections.outcomes import outcomes_section
 from care_ray.report.sections.population import population_section
 from care_ray.report.sections.scale import scale_section
+from care_ray.report.sections.timeline import timeline_section
 from care_ray.report.sections.trajectories import trajectories_section
 from care_ray.report.sections.transitions import transitions_section
 
@@ -32,6 +33,7 @@ ANALYSIS_SECTIONS: tuple[tuple[str, AnalysisSection], ...] = (
     ("transitions", transitions_section),
     ("challenges", challenges_section),
     ("trajectories", trajectories_section),
+    ("timeline", timeline_section),
 )
 
 __all__ = ["ANALYSIS_SECTIONS", "agreement_section", "analysis_sections", "scale_section"]
