@@ -271,7 +271,10 @@ def test_checkpointing_chosen_from_memory_at_llama_8b_shape():
     assert loop.checkpointing_needed(LLAMA_31_8B, 8192, free_bytes=40 * GB, shards=8, **full)[0]
 
 
-def test_checkpointing_setting_auto_is_off_on_cpu_and_true_turns_it_on(caplog):
+def test_checkpointing_auto_left_to_a_cpu_worker_is_off_and_true_turns_it_on(caplog):
+    """On CPU the driver's memory plan resolves `auto` before the workers start
+    (test_training.py: test_auto_checkpointing_follows_the_plan_on_cpu); one that still reaches a
+    worker is off."""
     import logging
 
     caplog.set_level(logging.INFO, logger="care_ray.training.loop")
@@ -281,7 +284,9 @@ def test_checkpointing_setting_auto_is_off_on_cpu_and_true_turns_it_on(caplog):
     model = _model("lora")
     assert not loop.setup_checkpointing(model, cfg, longest_tokens=8192, **kwargs)
     assert not model.is_gradient_checkpointing
-    assert "gradient checkpointing off (auto: off without a CUDA device)" in caplog.text
+    assert (
+        "gradient checkpointing off (auto: on CPU the driver's memory plan decides" in caplog.text
+    )
     forced = cfg.model_copy(update={"gradient_checkpointing": True})
     assert loop.setup_checkpointing(model, forced, longest_tokens=8192, **kwargs)
     assert model.is_gradient_checkpointing

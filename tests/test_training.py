@@ -103,6 +103,10 @@ def test_two_folds_train_and_the_loss_falls(two_fold_run):
             '"kind": "train"' in r for r in log_rows
         )
         assert Path(rec["progress"]["learning_curve"]).is_file()
+        # each metric row carries every worker's measured peak (process RSS on CPU)
+        peaks = rec["metrics"]["peak_memory_gib_per_worker"]
+        assert len(peaks) == 2 and all(0.3 < p < 8 for p in peaks)
+        assert rec["metrics"]["peak_memory_gib"] == max(peaks)
     assert _fold_record(two_fold_run, 1)["attempts"] == [{"start_step": 0, "world_size": 2}]
 
 
@@ -434,3 +438,81 @@ def test_a_worker_killed_for_memory_ends_the_command_in_one_line(
     log_path = Path(line.rsplit("Ray's full report: ", 1)[1])
     assert log_path == Path(cfg.output_dir) / "failure-fold0.log"
     assert "running low on memory (injected at step 2)" in log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def plan_data(esconv_corpus, tiny_model, tmp_path_factory) -> Path:
+    return _sft(esconv_corpus, tiny_model, tmp_path_factory.mktemp("plan") / "sft", "score")
+
+
+def _finetune_cli(tiny_model, data: Path, out: Path, *sets: str):
+    from typer.testing import CliRunner
+
+    from care_ray.cli import app
+
+    args = ["finetune", "--config", str(REPO / "configs" / "finetune-tiny-cpu.yaml")]
+    for s in (f"model={tiny_model}", f"data={data}", "folds=[0]", *sets):
+        args += ["--set", s]
+    return CliRunner().invoke(app, [*args, "--out", str(out)])
+
+
+def _plan_rows(result) -> list[dict]:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output[result.output.index("{") :])["folds"]
+
+
+def test_dry_run_prints_each_folds_plan_without_starting_ray(plan_data, tiny_model, tmp_path):
+    """Not marked slow: the suite's guard fails this test if a Ray Train run starts."""
+    from care_ray.training.loop import optimizer_steps_per_epoch
+
+    rows = _plan_rows(_finetune_cli(tiny_model, plan_data, tmp_path / "run", "dry_run=true"))
+    (row,) = rows
+    n_train = len(list(iter_fold(read_examples(plan_data), 0, held_out=False)))
+    cfg = load_finetune_config(REPO / "configs" / "finetune-tiny-cpu.yaml")
+    steps = optimizer_steps_per_epoch(
+        min(n_train, cfg.max_train_examples or n_train),
+        2,
+        cfg.micro_batch_size,
+        cfg.grad_accum_steps,
+    )
+    assert row["steps_per_epoch"] == steps and row["steps"] == steps * cfg.epochs
+    parts = row["parts_gib"]
+    assert row["memory_per_worker_gib"] == pytest.approx(
+        parts["weights"]
+        + parts["trainable_state"]
+        + parts["activations"]
+        + parts["loss"]
+        + parts["runtime"],
+        abs=0.01,
+    )
+    assert row["gradient_checkpointing"] is False and row["why"].startswith("auto: fits without")
+    assert "available / 2 workers" in row["memory_limit_source"]
+    assert not (tmp_path / "run").exists()  # nothing written, nothing started
+
+
+def test_auto_checkpointing_follows_the_plan_on_cpu(plan_data, tiny_model, tmp_path):
+    (row,) = _plan_rows(_finetune_cli(tiny_model, plan_data, tmp_path / "a", "dry_run=true"))
+    parts = row["parts_gib"]
+    with_ckpt = (
+        row["memory_per_worker_gib"] - parts["activations"] + parts["activations_checkpointed"]
+    )
+    between = (row["memory_per_worker_gib"] + with_ckpt) / 2
+    (tight,) = _plan_rows(
+        _finetune_cli(
+            tiny_model, plan_data, tmp_path / "b", "dry_run=true", f"memory_limit_gib={between}"
+        )
+    )
+    assert tight["gradient_checkpointing"] is True and tight["why"].startswith("auto: needed")
+    assert tight["memory_limit_source"] == "memory_limit_gib"
+
+
+def test_a_config_that_cannot_fit_is_refused_before_ray_in_one_line(
+    plan_data, tiny_model, tmp_path
+):
+    result = _finetune_cli(tiny_model, plan_data, tmp_path / "run", "memory_limit_gib=0.5")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    message = lines[-1]
+    assert "does not fit" in message and "even with gradient checkpointing" in message
+    assert "has 0.5 GiB (memory_limit_gib)" in message and "would fit with" in message
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()

@@ -119,8 +119,20 @@ class FinetuneConfig(_Strict):
     )
     gradient_checkpointing: Literal["auto"] | bool = Field(
         "auto",
-        description="auto: on only where the longest micro-batch's activations would not fit the "
-        "device's free memory (never on CPU); the decision is logged",
+        description="auto: on only where the memory plan of the longest micro-batch would not "
+        "fit what a worker has (free GPU memory; on CPU the host's available RAM shared among "
+        "the workers); the decision is logged",
+    )
+    memory_limit_gib: float | None = Field(
+        None,
+        gt=0,
+        description="the memory one worker may use, for the memory plan; default: what the device "
+        "has (free GPU memory on CUDA, on CPU 90% of the host's available RAM / workers on it)",
+    )
+    dry_run: bool = Field(
+        False,
+        description="print each fold's plan (examples, steps, tokens per step, memory per worker, "
+        "checkpointing on/off and why) and stop before Ray Train starts",
     )
     packing: bool = Field(
         True,

@@ -385,7 +385,7 @@ def checkpointed_activation_bytes(
 def loss_bytes(shape: ModelShape, tokens: int, dtype_bytes: int, fused: bool) -> int:
     """Peak memory of the LM head + cross-entropy: logits in the compute dtype, their fp32 copy,
     log-softmax and its gradient for every token; fused, one chunk of target positions."""
-    rows = fused_chunk_rows(shape.vocab) if fused else tokens
+    rows = min(tokens, fused_chunk_rows(shape.vocab)) if fused else tokens
     return rows * shape.vocab * (dtype_bytes + 12)
 
 
@@ -431,9 +431,9 @@ def setup_checkpointing(
     third more compute, so only where it is needed). On CPU `auto` is off. Logs the decision."""
     setting = cfg.gradient_checkpointing
     if setting != "auto":
-        on, why = bool(setting), "set in the config"
+        on, why = bool(setting), "set in the config, or decided by the driver's memory plan"
     elif device is None or device.type != "cuda" or not longest_tokens:
-        on, why = False, "auto: off without a CUDA device"
+        on, why = False, "auto: on CPU the driver's memory plan decides; none was made"
     else:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         on, why = checkpointing_needed(

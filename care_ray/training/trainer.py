@@ -175,6 +175,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from care_ray.cluster.storage import is_uri, publish_folder
     from care_ray.common.guard import refuse_in_fast_tests
     from care_ray.evaluation.metrics import fold_summary
+    from care_ray.training.memory import plan_folds
     from care_ray.training.selection import finite_or_none, write_metrics
     from care_ray.training.sft_data import read_manifest
 
@@ -185,6 +186,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         # exports are written on this disk, then copied up once every fold is done
         cfg = cfg.model_copy(update={"output_dir": tempfile.mkdtemp(prefix="care-ray-export-")})
     folds = held_out_folds(cfg)
+    fold_configs, plans = plan_folds(cfg, folds)  # a fold that cannot fit ends here, before Ray
+    if cfg.dry_run:
+        return {"name": cfg.name, "dry_run": True, "folds": plans}
     refuse_in_fast_tests("a Ray Train run")
     start_ray(cfg.ray_address, log_to_driver=True)
     check_worker_resources(cfg)
@@ -192,7 +196,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     started = time.time()
     for fold in folds:
         t0 = time.time()
-        trainer = make_trainer(cfg, fold)
+        trainer = make_trainer(fold_configs[fold], fold)
         try:
             result = trainer.fit()
         except Exception as e:  # Ray Train gave up (after max_failures restarts): one line

@@ -79,6 +79,15 @@ def fold_examples(cfg: FinetuneConfig, fold: int) -> tuple[list[dict], list[dict
     return train, held_out
 
 
+def peak_memory_bytes(device: torch.device) -> int:
+    """This worker's peak so far: its process's peak RSS on CPU, torch's peak allocation on CUDA."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     import torch.distributed as dist
 
@@ -300,6 +309,8 @@ class FoldTraining:
                 "attempt_start_step": state["attempts"][-1]["start_step"],
             }
         )
+        peaks = [round(b / 2**30, 3) for b in all_gather(peak_memory_bytes(self.device))]
+        metrics.update(peak_memory_gib=max(peaks), peak_memory_gib_per_worker=peaks)
         metrics = finite_or_none(metrics)
         self.window.update(loss_sum=0.0, steps=0, tokens=0, seconds=0.0)
         self.progress.after_evaluation(metrics)
