@@ -112,7 +112,7 @@ def small_answer_flags() -> list[str]:
 @pytest.fixture(scope="session")
 def scored_esconv(esconv_corpus, tiny_model, tmp_path_factory):
     """The first 6 ESConv sessions × 12 items scored once by the tiny model through Ray Data +
-    vLLM: (the run folder, its manifest). Tests that read scores share it."""
+    vLLM, with a 2-point timeline: (the run folder, its manifest). Tests that read scores share it."""
     from care_ray.scoring.config import ScoreConfig
     from care_ray.scoring.pipeline import score_corpus
 
@@ -123,6 +123,7 @@ def scored_esconv(esconv_corpus, tiny_model, tmp_path_factory):
         out=out,
         limit=6,
         score_logprobs=20,  # the shared run keeps the score distribution (test_scoring checks it)
+        timeline=2,  # and two cut points per session (OUT/timeline/, test_scoring checks it)
         **SMALL_ANSWERS,
     )
     return out, score_corpus(config)

@@ -512,7 +512,7 @@ def test_the_timeline_section_renders_in_chromium(findings, tmp_path):
         assert "have at least one rupture" in text and "were repaired" in text
         assert section.locator("svg").count() == 1
         summary = section.locator("details summary").first
-        assert "Drop 1:" in summary.inner_text()
+        assert "Drop 1 of turn_rating: 5.0 → 1.0" in summary.inner_text()
         summary.click()
         assert section.locator("details table").first.is_visible()
         section.screenshot(path=str(tmp_path / "timeline.png"))

@@ -47,6 +47,67 @@ def test_every_session_gets_twelve_validated_items(scored):
     assert not (out / "errors").exists() or not pairs(out / "errors")
 
 
+def test_timeline_cut_points_are_scored_once_and_joined_back(scored, esconv_corpus):
+    """`score --timeline 2`: each session also scored after two of its client turns (one item per
+    dimension), into OUT/timeline/ with points.parquet; a rerun scores nothing again."""
+    import polars as pl
+
+    from care_ray.corpus.reader import sessions_dataset
+    from care_ray.scoring.timeline import cut_turns
+
+    out, m = scored
+    timeline = m["timeline"]
+    assert timeline["items"] == "1,3,4"  # the first item of each dimension: task, bond, goal
+    points = pl.read_parquet(out / "timeline" / "points.parquet")
+    turns = {
+        r["session_id"]: [t["role"] for t in r["turns"]]
+        for r in sessions_dataset(esconv_corpus)
+        .head(6, columns=["session_id", "turns"])
+        .to_pylist()
+    }
+    expected = {(sid, k) for sid, roles in turns.items() for k in cut_turns(roles, 2)}
+    assert {(r["session_id"], r["cut_turn"]) for r in points.to_dicts()} == expected
+    assert timeline["cut_points"] == len(expected) and points.height == 3 * len(expected)
+    assert points.select("session_id", "cut_turn", "item_id").is_unique().all()
+    for r in points.to_dicts():
+        assert turns[r["session_id"]][r["cut_turn"]] == "client"
+        assert r["position"] == pytest.approx(r["cut_turn"] / (r["n_turns"] - 1))
+        assert r["score"] in (1, 2, 3, 4, 5) and r["expected_score"] is not None
+    assert set(points["dimension"]) == {"goal", "task", "bond"}
+    # a rerun: every pair of both folders is already there, no engine starts
+    again = score_corpus(cfg(esconv_corpus, m["config"]["model"], out, limit=6, timeline=2))
+    assert again["pairs_done_before"] == 72 and again["timeline"]["items_scored"] == points.height
+    assert pl.read_parquet(out / "timeline" / "points.parquet").height == points.height
+
+
+def test_analyze_reads_the_timeline_with_each_sessions_end(scored, esconv_corpus, tmp_path):
+    import polars as pl
+    from typer.testing import CliRunner
+
+    from care_ray.cli import app
+
+    out, _ = scored
+    result = CliRunner().invoke(
+        app,
+        ["analyze", "--sessions", str(esconv_corpus), "--scores", str(out), "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    curves = pl.read_parquet(tmp_path / "timeline_points.parquet").filter(
+        pl.col("dimension") != "turn_rating"
+    )
+    assert set(curves["dimension"]) == {"goal", "task", "bond"}
+    cut = pl.read_parquet(out / "timeline" / "points.parquet")
+    for (sid, dim), curve in curves.group_by("session_id", "dimension"):
+        positions = curve.sort("turn_index")["position"].to_list()
+        assert positions[-1] == 1.0  # the full-session score of the same item ends the curve
+        assert (
+            len(positions)
+            == cut.filter((pl.col("session_id") == sid) & (pl.col("dimension") == dim)).height + 1
+        )
+    sessions = pl.read_parquet(tmp_path / "timeline_sessions.parquet")
+    assert sessions.filter(pl.col("dimension") == "bond").height == 6
+
+
 def test_session_scores_are_the_mean_of_their_dimension_items(scored):
     out, _ = scored
     items = pq.read_table(out / "items").to_pylist()

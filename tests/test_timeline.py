@@ -176,3 +176,24 @@ def test_a_corpus_without_turn_ratings_says_why_there_is_no_timeline(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert "ruptures" not in manifest["tables"]
     assert "no session has two or more rated turns" in manifest["left_out"]["ruptures"]
+
+
+def test_cut_points_are_client_turns_spread_over_the_session():
+    import pyarrow as pa
+
+    from care_ray.scoring.timeline import cut_sessions, cut_turns
+
+    roles = ["client", "counselor"] * 10  # client turns 0, 2, ..., 18; the last turn is 19
+    # the 1st, 5th (index 4.5 rounds half to even) and 10th client turn
+    assert cut_turns(roles, 3) == [0, 8, 18]
+    assert cut_turns(roles, 50) == list(range(0, 20, 2))  # fewer client turns than cuts: all
+    assert cut_turns(["counselor", "client"], 4) == []  # the only client turn is the end
+    assert cut_turns(roles, 0) == []
+    turns = [{"role": r, "text": f"t{i}"} for i, r in enumerate(roles)]
+    batch = pa.table({"session_id": ["s"], "turns": [turns], "language": ["en"], "source": ["x"]})
+    sessions, cuts = cut_sessions(batch, 3)
+    assert sessions["session_id"].to_pylist() == ["s@t0", "s@t8", "s@t18"]
+    # the prompt a cut gets is the prompt of the session ending there: its turns 0..K
+    assert [len(t) for t in sessions["turns"].to_pylist()] == [1, 9, 19]
+    assert sessions["turns"].to_pylist()[1] == turns[:9]
+    assert cuts["position"].to_pylist() == pytest.approx([0, 8 / 19, 18 / 19])

@@ -801,7 +801,7 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     )
     if mode != "features":
         tables.update(challenge_tables(cfg, notes))
-    tables.update(_timeline(cfg, frame, groups, names, vocabulary.strategy, notes))
+    tables.update(_timeline(cfg, frame, groups, names, vocabulary.strategy, score_kind, notes))
     return write_outputs(
         cfg,
         tables,
@@ -838,9 +838,13 @@ def _timeline(
     groups: list[GroupBy],
     outcomes: list[str],
     strategy_map: dict[str, str],
+    score_kind: str | None,
     notes: list[str],
 ) -> dict[str, pl.DataFrame]:
-    """The timeline tables of the ratings the turns carry, and their links to the outcomes."""
+    """The timeline tables of the ratings the turns carry and of the scores' cut points, and
+    their links to the outcomes."""
+    from care_ray.analytics.timeline import scored_points
+
     settings = TimelineSettings(
         cfg.rupture_drop, cfg.repair_within, cfg.timeline_examples, cfg.min_sessions, cfg.alpha
     )
@@ -852,6 +856,7 @@ def _timeline(
         strategy_map,
         cfg.memory_limit,
         notes,
+        scored_points(cfg.scores, score_kind) if cfg.scores else None,
     )
     links = (
         timeline_links(tables["timeline_sessions"], frame, outcomes, cfg.alpha, notes)

@@ -45,16 +45,68 @@ class TimelineSettings:
     alpha: float
 
 
-def timeline_points(corpus: Path, memory_limit: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(points, segments) of the corpus's rated turns; both empty when no session has two."""
+def scored_points(scores: str | Path, score_kind: str | None) -> pl.DataFrame | None:
+    """A scores folder's timeline (OUT/timeline/points.parquet, written by `score --timeline`)
+    and the full-session scores of the same items (cut_turn -1), as (session_id, dimension,
+    cut_turn, value); value: the expected score where `score_kind` is expected and it was kept.
+    None when the folder has no timeline."""
+    import pyarrow.parquet as pq
+
+    from care_ray.cluster.storage import location
+    from care_ray.scoring.results import RunFolder
+    from care_ray.scoring.timeline import POINTS_FILE, TIMELINE_DIR
+
+    target = location(scores).join(TIMELINE_DIR).join(POINTS_FILE)
+    if not target.exists():
+        return None
+    with target.fs.open_input_file(target.path) as f:
+        cuts = pl.from_arrow(pq.read_table(f))
+    assert isinstance(cuts, pl.DataFrame)
+    ends = pl.from_arrow(
+        RunFolder(scores).read(
+            "items", columns=["session_id", "item_id", "dimension", "score", "expected_score"]
+        )
+    )
+    assert isinstance(ends, pl.DataFrame)
+    ends = ends.filter(pl.col("item_id").is_in(cuts.get_column("item_id").unique().implode()))
+
+    def value(frame: pl.DataFrame) -> pl.Expr:
+        if score_kind == "expected" and "expected_score" in frame.columns:
+            return pl.coalesce(pl.col("expected_score"), pl.col("score"))
+        return pl.col("score")
+
+    columns = ["session_id", "dimension", "cut_turn", "value"]
+    return pl.concat(
+        [
+            cuts.with_columns(value(cuts).cast(pl.Float64).alias("value")).select(columns),
+            ends.with_columns(
+                pl.lit(-1, pl.Int32).alias("cut_turn"), value(ends).cast(pl.Float64).alias("value")
+            ).select(columns),
+        ],
+        how="vertical_relaxed",
+    )
+
+
+def timeline_points(
+    corpus: Path, memory_limit: str, scored: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(points, segments) of the corpus's rated turns and, given `scored` (scored_points), the
+    model's curves; both empty when no session has two points on any dimension."""
     con = connect(memory_limit)
     con.read_parquet(parquet_glob(corpus), hive_partitioning=True, union_by_name=True).create_view(
         "sessions"
     )
-    if "rating" not in str(con.sql("SELECT turns FROM sessions LIMIT 0").types[0]).lower():
+    parts = []
+    if "rating" in str(con.sql("SELECT turns FROM sessions LIMIT 0").types[0]).lower():
+        parts.append(con.sql(read_query("timeline_points")).pl())
+    if scored is not None:
+        con.register("scored_points", scored)
+        parts.append(con.sql(read_query("timeline_model_points")).pl())
+    parts = [p for p in parts if p.height]
+    if not parts:
         con.close()
         return pl.DataFrame(), pl.DataFrame()
-    points = con.sql(read_query("timeline_points")).pl()
+    points = pl.concat(parts, how="vertical_relaxed")
     con.register("timeline_points", points)
     segments = con.sql(read_query("timeline_segments")).pl() if points.height else pl.DataFrame()
     con.close()
@@ -330,14 +382,15 @@ def timeline_tables(
     strategy_map: dict[str, str],
     memory_limit: str,
     notes: list[str],
+    scored: pl.DataFrame | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """Every timeline table the corpus supports (none, with a note, when no session has two rated
-    turns)."""
-    points, segments = timeline_points(corpus, memory_limit)
+    """Every timeline table the corpus (its rated turns) and `scored` (a model's cut points)
+    support; none, with a note, when no session has two points."""
+    points, segments = timeline_points(corpus, memory_limit, scored)
     if points.is_empty():
         notes.append(
             f"{', '.join(TIMELINE_TABLES)}, timeline_links: absent — no session has two or more "
-            "rated turns (turns.rating)"
+            "rated turns (turns.rating) and the scores have no timeline (score --timeline N)"
         )
         return {}
     ruptures = mark_ruptures(points, segments, settings)

@@ -179,6 +179,20 @@ class ScoreConfig(BaseModel):
         description="a local --out is one filesystem mounted on every node (else a multi-node "
         "run needs an object-store URI)",
     )
+    timeline: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="also score each session at N cut points spread over its client turns (the "
+        "transcript up to that turn, then the item: the prompt a session ending there gets), "
+        "score only, into OUT/timeline/ with points.parquet (session, cut turn, position, item, "
+        "score); 0: no timeline",
+    )
+    timeline_items: str | None = Field(
+        None,
+        description="the items scored at cut points, as --items (default: the first item of each "
+        "dimension)",
+    )
     crash_once_marker: str | None = Field(
         None, description="TEST ONLY: fault injection", json_schema_extra=cli(hidden=True)
     )

@@ -176,7 +176,7 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
                     bar.update(min(len(json.loads(ids)), bar.total - bar.n))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Ray Data stages:\n%s", ds_.stats())
-    return finalize(
+    manifest = finalize(
         config.out,
         session_ids,
         item_ids,
@@ -185,6 +185,55 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
         {"pairs_done_before": pairs_done_before, "errors_released_for_retry": released},
         fingerprint,
     )
+    if config.timeline:
+        manifest["timeline"] = score_timeline(config, session_ids)
+        run.loc.join("manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def score_timeline(config: ScoreConfig, session_ids: Sequence[str] | pa.ChunkedArray) -> dict:
+    """The cut points of the selected sessions (care_ray.scoring.timeline), scored as a run of
+    their own into OUT/timeline/ on the same Ray cluster, and OUT/timeline/points.parquet."""
+    from care_ray.contracts.rubric import rubric_for_language
+    from care_ray.scoring.timeline import (
+        TIMELINE_DIR,
+        default_items,
+        remove_cut_corpus,
+        write_cut_corpus,
+        write_points,
+    )
+
+    rubric = rubric_for_language(None, config.rubric, config.language)
+    folder, cuts = write_cut_corpus(config.sessions, session_ids, config.timeline)
+    try:
+        sub = config.model_copy(
+            update=dict(
+                sessions=folder,
+                out=RunFolder(config.out).loc.join(TIMELINE_DIR).uri,
+                items=config.timeline_items or default_items(rubric),
+                score_only=True,
+                timeline=0,
+                limit=None,
+            )
+        )
+        log.info(
+            "timeline: %d cut points of %d sessions × items %s",
+            cuts.num_rows,
+            len(set(cuts.column("session_id").to_pylist())),
+            sub.items,
+        )
+        manifest = score_corpus(sub) if cuts.num_rows else {}
+        points = write_points(config.out, cuts) if cuts.num_rows else 0
+    finally:
+        remove_cut_corpus(folder)
+    return {
+        "cut_points": cuts.num_rows,
+        "items": sub.items,
+        "items_scored": manifest.get("items_scored", 0),
+        "items_errors": manifest.get("items_errors", 0),
+        "points": points,
+        "folder": str(sub.out),
+    }
 
 
 def finalize(

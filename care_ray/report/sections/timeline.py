@@ -13,7 +13,12 @@ from care_ray.report.figures import figure, plot
 from care_ray.report.format import est_ci, integer, level, num, p_cell, p_text, pct, pct_ci
 from care_ray.report.load import Findings
 
-DIMENSION_NAMES = {"turn_rating": "the client's own ratings during the session"}
+DIMENSION_NAMES = {
+    "turn_rating": "the client's own ratings during the session",
+    "goal": "the model's goal at cut points",
+    "task": "the model's task at cut points",
+    "bond": "the model's bond at cut points",
+}
 MAX_PRECEDENTS = 8
 
 
@@ -31,6 +36,8 @@ def _curve_figure(curve: pl.DataFrame, fig_id: str, ci_level: str) -> Plot:
         lo, hi = c["mean_lo"].fill_null(float("nan")), c["mean_hi"].fill_null(float("nan"))
         ax.fill_between(x, lo.to_list(), hi.to_list(), alpha=0.2)
     ax.set_xlim(0, 1)
+    if curve["mean"].is_between(1, 5).all():  # a rating scale: the band is cut at its ends
+        ax.set_ylim(0.8, 5.2)
     ax.set_xlabel("position in the session (0 = first turn, 1 = last)")
     ax.set_ylabel("mean rating")
     ax.legend(fontsize=8, loc="best")
@@ -45,6 +52,10 @@ def _curve_figure(curve: pl.DataFrame, fig_id: str, ci_level: str) -> Plot:
 def _summary_blocks(
     summary: pl.DataFrame, drop: float, within: float, ci_level: str
 ) -> list[Block]:
+    order = {d: i for i, d in enumerate(DIMENSION_NAMES)}
+    summary = summary.sort(
+        pl.col("dimension").replace_strict(order, default=len(order)), "group_by", "grp"
+    )
     overall = summary.filter(pl.col("group_by") == "all").to_dicts()
 
     def share(r: dict, name: str) -> str:
@@ -71,6 +82,7 @@ def _summary_blocks(
         blocks.append(
             Table(
                 [
+                    "dimension",
                     "by",
                     "group",
                     "sessions",
@@ -80,6 +92,7 @@ def _summary_blocks(
                 ],
                 [
                     [
+                        str(r["dimension"]),
                         str(r["group_by"]),
                         str(r["grp"]),
                         integer(r["sessions"]),
@@ -95,7 +108,7 @@ def _summary_blocks(
                     ]
                     for r in rows
                 ],
-                numeric_from=2,
+                numeric_from=3,
             )
         )
     return blocks
@@ -123,7 +136,7 @@ def _precedent_blocks(precedents: pl.DataFrame, alpha: float) -> list[Block]:
             [
                 [
                     str(r["strategy"]),
-                    f"{r['segment']} ({integer(r['segments'])})",
+                    f"{r['segment']} of {r['dimension']} ({integer(r['segments'])})",
                     pct(r["share"]),
                     pct(r["steady_share"]),
                     num(r["odds_ratio"]),
@@ -155,7 +168,8 @@ def _dialogue_blocks(dialogue: pl.DataFrame) -> list[Block]:
         ]
         blocks.append(
             Details(
-                f"Drop {rank}: {num(first.get('value_before'), 0)} → {num(first.get('value_after'), 0)} "
+                f"Drop {rank} of {first.get('dimension')}: {num(first.get('value_before'), 1)} → "
+                f"{num(first.get('value_after'), 1)} "
                 f"(turns {turns[0]['turn_index']}–{turns[-1]['turn_index']}, {repaired})",
                 [Table(["turn", "speaker", "text", "strategy", "rating"], rows, numeric_from=4)],
             )
