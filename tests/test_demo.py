@@ -49,6 +49,8 @@ def test_demo_prints_progress_and_ends_with_the_report_path(demo_run):
     summary = json.loads((out / "demo-summary.json").read_text())
     assert summary["ingest"]["sessions_written"] == 1496
     assert summary["score"]["items_scored"] + summary["score"]["items_errors"] == 6 * 12
+    timeline = summary["score"]["timeline"]  # each session at 3 cut points, one item per dimension
+    assert timeline["cut_points"] == 6 * 3 and timeline["points"] == timeline["items_scored"] > 0
     assert summary["evaluate"]["n_sessions"] >= 1
     # the baseline: cross-fitted over every rated conversation, evaluated on all of them
     assert summary["evaluate_baseline"]["n_sessions"] > 1000
@@ -94,6 +96,11 @@ def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
         # the model's expected scores (#30): evaluated beside the decoded ones, analysed, named
         assert page.get_by_text("model_expected: expected scores, Σ s·p(s)").first.is_visible()
         assert page.get_by_text("from model scores: expected scores").first.is_visible()
+        # the timeline: FailedESConv's own ratings and the model's cut points
+        assert page.get_by_text(
+            "the client's own ratings during the session: 55 of 172"
+        ).first.is_visible()
+        assert page.get_by_text("the model's bond at cut points").first.is_visible()
         page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
         # the report links to the counselor cards, and the link lands on their index
         page.get_by_role("link", name="Counselor feedback cards").click()

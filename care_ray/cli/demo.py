@@ -64,6 +64,10 @@ def _ingest(ctx: dict) -> dict:
     }
 
 
+# cut points per scored session: the model's path through the session (analyze's timeline)
+DEMO_TIMELINE = 3
+
+
 def _score(ctx: dict) -> dict:
     from care_ray.scoring.config import ScoreConfig
     from care_ray.scoring.pipeline import score_corpus
@@ -79,6 +83,7 @@ def _score(ctx: dict) -> dict:
         max_rationale_chars=200,
         max_quotes=1,
         max_quote_chars=80,
+        timeline=DEMO_TIMELINE,
         progress=False,
     )
     m = score_corpus(cfg)
@@ -92,7 +97,7 @@ def _score(ctx: dict) -> dict:
         "cached_prompt_tokens",
         "seconds",
     )
-    return {"score": {k: m[k] for k in keep}}
+    return {"score": {**{k: m[k] for k in keep}, "timeline": m.get("timeline")}}
 
 
 # ESConv has no WAI ratings: the seeker's own empathy rating stands in for Bond, relevance for Goal and Task
