@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from care_ray.cluster.resources import plan_cpus
+from care_ray.cluster.resources import engine_cpus, plan_cpus
 from care_ray.scoring.results import (
     ITEM_COLUMNS,
     RESULT_SCHEMA,
@@ -29,6 +29,16 @@ def test_engines_never_take_the_cpus_that_read_and_write_tasks_need():
     assert plan_cpus(2, 1, 1.0, 0) == 0.75  # asked for too much: clamped
     assert plan_cpus(16, 4, None, 0) == 1.0
     assert plan_cpus(2, 1, None, 1) == 1.0  # GPU engines: CPUs are not the constraint
+    # engines pinned to a 2-CPU node of a cluster whose head has 16: sized from the 2 (four
+    # engines at 1 CPU each would wait forever), the light tasks go to the head
+    nodes = [{"CPU": 16.0}, {"CPU": 2.0, "engine_node": 4.0}]
+    pinned, elsewhere = engine_cpus(nodes, {"engine_node": 1})
+    assert (pinned, elsewhere) == (2.0, 16.0)
+    assert plan_cpus(pinned, 4, None, 0, cpus_elsewhere=elsewhere) == 0.5
+    assert engine_cpus(nodes, {}) == (18.0, 0.0) and plan_cpus(18, 4, None, 0) == 1.0
+    # a 1-CPU head cannot take the whole reserve: the pinned node keeps what it lacks
+    assert plan_cpus(2, 1, None, 0, cpus_elsewhere=1.0) == 1.0
+    assert plan_cpus(2, 2, None, 0, cpus_elsewhere=1.0) == pytest.approx(0.875)
     with pytest.raises(ValueError, match="do not fit"):
         plan_cpus(2, 4, None, 0)
 

@@ -12,17 +12,41 @@ from care_ray.common.errors import UserError
 log = logging.getLogger(__name__)
 
 
+RESERVE_CPUS = 1.25  # Ray Data's file-listing task (a whole CPU) and the prompt actor's quarter
+
+
+def engine_cpus(
+    node_resources: list[dict[str, float]], engine_resources: dict[str, float]
+) -> tuple[float, float]:
+    """(CPUs engines may use, CPUs of every other node): with --engine-resources, engines run only
+    on the nodes that have all of them, so those nodes' CPUs are theirs to share."""
+    if not engine_resources:
+        return sum(n.get("CPU", 0.0) for n in node_resources), 0.0
+    pinned = [all(n.get(k, 0.0) > 0 for k in engine_resources) for n in node_resources]
+    cpus = [n.get("CPU", 0.0) for n in node_resources]
+    return (
+        sum(c for c, p in zip(cpus, pinned, strict=True) if p),
+        sum(c for c, p in zip(cpus, pinned, strict=True) if not p),
+    )
+
+
 def plan_cpus(
-    total_cpus: float, num_engines: int, requested: float | None, gpus_per_engine: float
+    total_cpus: float,
+    num_engines: int,
+    requested: float | None,
+    gpus_per_engine: float,
+    cpus_elsewhere: float = 0.0,
 ) -> float:
     """CPUs per engine actor such that read, prompt and write tasks always keep a share of the
     node: 2 engine actors at 1 CPU each on a 2-core node deadlock the pipeline, and so does one
     engine at 1 CPU, since Ray Data's file-listing task always asks for a whole CPU. The reserve
     is that CPU plus the prompt actor's quarter (CPUs are logical: the engine still computes
-    on the cores it finds)."""
+    on the cores it finds). `total_cpus`: the CPUs the engines may run on (the pinned nodes'
+    with --engine-resources, see engine_cpus); `cpus_elsewhere`: other nodes' CPUs, where the
+    light tasks can go instead, so only what they lack is reserved on the engines' nodes."""
     if gpus_per_engine > 0:
         return requested or 1.0
-    reserve = 1.25
+    reserve = max(0.0, RESERVE_CPUS - cpus_elsewhere)
     fit = (total_cpus - reserve) / num_engines
     if fit < 0.25:
         raise ValueError(

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from care_ray.cluster.ray import start_ray
-from care_ray.cluster.resources import check_custom_resources, plan_cpus
+from care_ray.cluster.resources import check_custom_resources, engine_cpus, plan_cpus
 from care_ray.common.versions import package_versions
 from care_ray.scoring.checks import (
     check_alignment_fits_the_model,
@@ -110,11 +110,16 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     )
 
     engine_cfg = config.engine_config()
+    # engines pinned with --engine-resources are sized from their nodes' CPUs, not the cluster's
+    pinned_cpus, other_cpus = engine_cpus(
+        [n["Resources"] for n in alive_nodes], config.engine_resources
+    )
     cpus = plan_cpus(
-        ray.cluster_resources().get("CPU", 1.0),
+        pinned_cpus or 1.0,
         config.num_engines,
         config.cpus_per_engine,
         config.gpus_per_engine,
+        cpus_elsewhere=other_cpus,
     )
     light_cpus = 0.25
     if pending_sessions:
