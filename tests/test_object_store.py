@@ -143,16 +143,16 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
     assert 0 < before < 6 * 4
 
     ray.shutdown()  # the rerun's local Ray starts with this process's AWS_* settings
-    m = score_corpus(
-        ScoreConfig(
-            sessions=s3_corpus,
-            model=str(tiny_model),
-            out=out,
-            limit=6,
-            items="bond",
-            **{**SMALL_ANSWERS, "sessions_per_block": 1},
-        )
+    rerun = ScoreConfig(
+        sessions=s3_corpus,
+        model=str(tiny_model),
+        out=out,
+        limit=6,
+        items="bond",
+        timeline=2,  # the cut points too: a run folder of their own under s3://…/scores/timeline
+        **{**SMALL_ANSWERS, "sessions_per_block": 1},
     )
+    m = score_corpus(rerun)
     assert m["pairs_done_before"] >= before
     assert m["items_scored"] + m["items_errors"] == m["items_in"] == 24
     keys = [
@@ -169,6 +169,16 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
         i.base_name for i in run.loc.fs.get_file_info(pafs.FileSelector(run.loc.join("items").path))
     }
     assert names == {Path(p).name for p in run.committed("items")}  # no orphans left behind
+    # the timeline on the object store: its points joined back, and a rerun adds nothing
+    import pyarrow.parquet as pq
+
+    points_file = run.loc.join("timeline", "points.parquet")
+    with points_file.fs.open_input_file(points_file.path) as f:
+        points = pq.read_table(f).to_pylist()
+    assert len(points) == m["timeline"]["points"] == 3 * m["timeline"]["cut_points"] > 0
+    assert len({(r["session_id"], r["cut_turn"], r["item_id"]) for r in points}) == len(points)
+    again = score_corpus(rerun)
+    assert again["timeline"]["items_scored"] == len(points) and again["pairs_done_before"] == 24
     ray.shutdown()
 
 
