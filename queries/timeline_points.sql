@@ -6,7 +6,8 @@
 -- Parameters: none.
 -- turn_index counts from 0 over all turns; position = turn_index / (n_turns - 1), 0 at the first
 -- turn and 1 at the last, so sessions of different lengths share one axis.
--- Output: session_id, source, counselor_id, dimension, n_turns, turn_index, role, position, value.
+-- Output: session_id, source, counselor_id, dimension, n_turns, turn_index, role, position, value,
+--         rationale (null: a rating carries none).
 WITH turns AS (
     SELECT session_id, CAST(source AS VARCHAR) AS source, counselor_id, len(turns) AS n_turns,
            generate_subscripts(turns, 1) - 1 AS turn_index, unnest(turns) AS turn
@@ -20,7 +21,7 @@ rated AS (
 SELECT session_id, source, counselor_id, 'turn_rating' AS dimension, n_turns, turn_index,
        turn.role AS role,
        turn_index / greatest(n_turns - 1, 1) AS position,
-       CAST(turn.rating AS DOUBLE) AS value
+       CAST(turn.rating AS DOUBLE) AS value, NULL::VARCHAR AS rationale
 FROM rated
 WHERE n_rated >= 2
 ORDER BY session_id, turn_index;

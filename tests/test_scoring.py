@@ -74,7 +74,17 @@ def test_timeline_cut_points_are_scored_once_and_joined_back(scored, esconv_corp
         assert r["position"] == pytest.approx(r["cut_turn"] / (r["n_turns"] - 1))
         assert r["score"] in (1, 2, 3, 4, 5) and r["expected_score"] is not None
     assert set(points["dimension"]) == {"goal", "task", "bond"}
-    # a rerun: every pair of both folders is already there, no engine starts
+    # a drop of >= 2 between consecutive cut points of an item: the cut after it has a full answer
+    ordered = points.sort("session_id", "item_id", "cut_turn")
+    after_drop = ordered.filter(
+        (pl.col("score").shift(1).over("session_id", "item_id") - pl.col("score")) >= 2
+    )
+    assert after_drop.height > 0  # the random tiny model's scores jump: the path is exercised
+    assert after_drop["rationale"].is_not_null().all()
+    assert (
+        timeline["answered_after_drops"] == after_drop.select("session_id", "cut_turn").n_unique()
+    )
+    # a rerun: every pair of every folder is already there, no engine starts
     again = score_corpus(cfg(esconv_corpus, m["config"]["model"], out, limit=6, timeline=2))
     assert again["pairs_done_before"] == 72 and again["timeline"]["items_scored"] == points.height
     assert pl.read_parquet(out / "timeline" / "points.parquet").height == points.height

@@ -64,7 +64,8 @@ def scored_points(scores: str | Path, score_kind: str | None) -> pl.DataFrame | 
     assert isinstance(cuts, pl.DataFrame)
     ends = pl.from_arrow(
         RunFolder(scores).read(
-            "items", columns=["session_id", "item_id", "dimension", "score", "expected_score"]
+            "items",
+            columns=["session_id", "item_id", "dimension", "score", "expected_score", "rationale"],
         )
     )
     assert isinstance(ends, pl.DataFrame)
@@ -75,7 +76,7 @@ def scored_points(scores: str | Path, score_kind: str | None) -> pl.DataFrame | 
             return pl.coalesce(pl.col("expected_score"), pl.col("score"))
         return pl.col("score")
 
-    columns = ["session_id", "dimension", "cut_turn", "value"]
+    columns = ["session_id", "dimension", "cut_turn", "value", "rationale"]
     return pl.concat(
         [
             cuts.with_columns(value(cuts).cast(pl.Float64).alias("value")).select(columns),
@@ -127,6 +128,12 @@ def mark_ruptures(
         pl.col("turn_index").alias("later_turn"),
         pl.col("value").alias("later_value"),
     )
+    said = points.select(
+        "session_id",
+        "dimension",
+        pl.col("turn_index").alias("turn_after"),
+        pl.col("rationale").alias("rationale_after"),
+    )
     repairs = (
         drops.select("session_id", "dimension", "turn_after", "value_before")
         .join(later, on=["session_id", "dimension"])
@@ -139,6 +146,7 @@ def mark_ruptures(
     )
     return (
         drops.join(repairs, on=["session_id", "dimension", "turn_after"], how="left")
+        .join(said, on=["session_id", "dimension", "turn_after"], how="left")
         .with_columns(pl.col("repair_turn").is_not_null().alias("repaired"))
         .select(
             "session_id",
@@ -154,6 +162,7 @@ def mark_ruptures(
             "repair_turn",
             "turns_between",
             "strategies",
+            "rationale_after",  # the model's full answer at the cut after a drop, where given
         )
         .sort("session_id", "dimension", "turn_before")
     )
@@ -361,6 +370,7 @@ def dialogue_table(
             "value_before",
             "value_after",
             "repaired",
+            "rationale_after",
         )
     )
     con = connect()

@@ -193,6 +193,13 @@ class ScoreConfig(BaseModel):
         description="the items scored at cut points, as --items (default: the first item of each "
         "dimension)",
     )
+    timeline_drop: float = Field(
+        2.0,
+        ge=0,
+        description="a drop of at least this between consecutive cut points of an item gets a "
+        "full answer (rationale and quotes) at the cut after it, in OUT/timeline/answers/; 0: "
+        "none",
+    )
     crash_once_marker: str | None = Field(
         None, description="TEST ONLY: fault injection", json_schema_extra=cli(hidden=True)
     )

@@ -228,6 +228,7 @@ def score_timeline(config: ScoreConfig, session_ids: Sequence[str] | pa.ChunkedA
             sub.items,
         )
         manifest = score_corpus(sub) if cuts.num_rows else {}
+        answered = _answer_drops(config, sub, folder, cuts) if cuts.num_rows else 0
         points = write_points(config.out, cuts) if cuts.num_rows else 0
     finally:
         remove_cut_corpus(folder)
@@ -236,9 +237,46 @@ def score_timeline(config: ScoreConfig, session_ids: Sequence[str] | pa.ChunkedA
         "items": sub.items,
         "items_scored": manifest.get("items_scored", 0),
         "items_errors": manifest.get("items_errors", 0),
+        "answered_after_drops": answered,
         "points": points,
         "folder": str(sub.out),
     }
+
+
+def _answer_drops(config: ScoreConfig, sub: ScoreConfig, folder: Path, cuts: pa.Table) -> int:
+    """Full answers (rationale and quotes) for the cut points after a drop of at least
+    --timeline-drop, into OUT/timeline/answers/ (a run folder of its own): what the client would
+    say at that moment. Returns the cut points answered."""
+    from care_ray.scoring.timeline import (
+        ANSWERS_DIR,
+        drop_cuts,
+        remove_cut_corpus,
+        write_subset_corpus,
+    )
+
+    if not config.timeline_drop:
+        return 0
+    drops = drop_cuts(config.out, cuts, config.timeline_drop)
+    ids = sorted(set(drops.column("cut_id").to_pylist()))
+    if not ids:
+        return 0
+    subset = write_subset_corpus(folder, ids)
+    try:
+        score_corpus(
+            sub.model_copy(
+                update=dict(
+                    sessions=subset,
+                    out=RunFolder(sub.out).loc.join(ANSWERS_DIR).uri,
+                    items=",".join(
+                        str(i) for i in sorted(set(drops.column("item_id").to_pylist()))
+                    ),
+                    score_only=config.score_only,
+                )
+            )
+        )
+    finally:
+        remove_cut_corpus(subset)
+    return len(ids)
 
 
 def finalize(

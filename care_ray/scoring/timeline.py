@@ -28,6 +28,7 @@ from care_ray.contracts.rubric import Rubric
 
 TIMELINE_DIR = "timeline"
 POINTS_FILE = "points.parquet"
+ANSWERS_DIR = "answers"  # OUT/timeline/answers/: full answers at the cut after a drop
 CUT_MARK = "@t"
 CUT_COLUMNS = ("session_id", "turns", "language", "source")
 
@@ -129,16 +130,48 @@ def write_cut_corpus(
     return folder, cuts
 
 
+def drop_cuts(out: str | Path, cuts: pa.Table, drop: float) -> pa.Table:
+    """(cut_id, item_id) of every cut point that follows a drop of at least `drop` on its item."""
+    from care_ray.scoring.results import RunFolder
+
+    con = RunFolder(location(out).join(TIMELINE_DIR)).connect()
+    con.register("cuts", cuts)
+    con.execute("SET VARIABLE drop = ?", [float(drop)])
+    drops = con.sql(read_query("timeline_drops")).to_arrow_table()
+    con.close()
+    return drops
+
+
+def write_subset_corpus(folder: Path, session_ids: Sequence[str]) -> Path:
+    """The sessions of a cut corpus with these ids, as a corpus in a new local folder."""
+    from care_ray.corpus.reader import sessions_dataset
+
+    source = sessions_dataset(folder)
+    subset = Path(tempfile.mkdtemp(prefix="care-ray-cuts-"))
+    ds.write_dataset(
+        source.to_table(filter=pc.field("session_id").isin(pa.array(session_ids, pa.string()))),
+        subset / "sessions",
+        format="parquet",
+        partitioning=ds.partitioning(pa.schema([source.schema.field("source")]), flavor="hive"),
+    )
+    return subset
+
+
 def write_points(out: str | Path, cuts: pa.Table) -> int:
     """OUT/timeline/points.parquet: each scored cut-point item joined back to its session, cut
-    turn and position (queries/timeline_scored_points.sql); returns its rows."""
+    turn and position, with the full answer where one was given after a drop
+    (queries/timeline_scored_points.sql); returns its rows."""
     import pyarrow.parquet as pq
 
     from care_ray.scoring.results import RunFolder
 
     run = RunFolder(location(out).join(TIMELINE_DIR))
+    answers = RunFolder(run.loc.join(ANSWERS_DIR)).read(
+        "items", columns=["session_id", "item_id", "rationale", "quotes"]
+    )
     con = run.connect()
     con.register("cuts", cuts)
+    con.register("answers", answers)
     points = con.sql(read_query("timeline_scored_points")).to_arrow_table()
     con.close()
     target = run.loc.join(POINTS_FILE)

@@ -171,7 +171,14 @@ def _dialogue_blocks(dialogue: pl.DataFrame) -> list[Block]:
                 f"Drop {rank} of {first.get('dimension')}: {num(first.get('value_before'), 1)} → "
                 f"{num(first.get('value_after'), 1)} "
                 f"(turns {turns[0]['turn_index']}–{turns[-1]['turn_index']}, {repaired})",
-                [Table(["turn", "speaker", "text", "strategy", "rating"], rows, numeric_from=4)],
+                [
+                    Table(["turn", "speaker", "text", "strategy", "rating"], rows, numeric_from=4),
+                    Paragraph(
+                        f"The model's answer at the cut after the drop: “{first['rationale_after']}”"
+                        if first.get("rationale_after")
+                        else None
+                    ),
+                ],
             )
         )
     return blocks
