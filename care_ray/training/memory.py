@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 
 GiB = 1024**3
 # What a CPU training worker holds before its model: Python with torch, transformers, PEFT and
-# Ray Train imported, gloo, the data: 0.6 GiB for the imports alone, ~0.7 GiB measured on a
-# tiny-model worker (benchmarks/memory_plan.py).
-CPU_RUNTIME_BYTES = int(0.7 * GiB)
+# Ray Train imported, gloo, the data: 0.6 GiB for the imports alone (measured), which the
+# tiny-model rows of benchmarks/memory_plan.py bear out.
+CPU_RUNTIME_BYTES = int(0.6 * GiB)
 # On CUDA: the context and kernels' workspaces (not in the free memory torch reports).
 CUDA_RUNTIME_BYTES = 2 * GiB
+SCORE_PREFIX_TOKENS = 8  # `{"score":` after the held-out prompt, as the evaluation appends it
 HEADROOM = 0.9  # of what the device has: the allocator's fragmentation, the other processes
 
 
@@ -51,13 +52,18 @@ class MemoryPlan:
     activations: int  # without gradient checkpointing
     activations_checkpointed: int
     loss: int
+    evaluation: (
+        int  # the held-out pass's padded batch, on top: the allocator keeps what training freed
+    )
     runtime: int
     limit: int | None  # None on CUDA without memory_limit_gib: each worker reads its GPU
     limit_source: str
 
     def need(self, checkpointing: bool) -> int:
         acts = self.activations_checkpointed if checkpointing else self.activations
-        return self.weights + self.trainable_state + acts + self.loss + self.runtime
+        return (
+            self.weights + self.trainable_state + acts + self.loss + self.evaluation + self.runtime
+        )
 
     def decide(self, setting: str | bool) -> tuple[bool, bool, str]:
         """(checkpointing on, fits, why) for the config's `gradient_checkpointing`."""
@@ -78,7 +84,8 @@ class MemoryPlan:
             f"fold {self.fold} memory per worker: ~{gib(self.need(checkpointing))} = weights "
             f"{gib(self.weights)} + trainable state {gib(self.trainable_state)} + activations "
             f"{gib(self.activations_checkpointed if checkpointing else self.activations)} "
-            f"({self.tokens} tokens) + loss {gib(self.loss)} + runtime {gib(self.runtime)}; has "
+            f"({self.tokens} tokens) + loss {gib(self.loss)} + evaluation {gib(self.evaluation)} "
+            f"+ runtime {gib(self.runtime)}; has "
             f"{limit}; gradient checkpointing {'on' if checkpointing else 'off'} ({why})"
             + ("" if fits else " — does not fit")
         )
@@ -148,8 +155,19 @@ def worker_limit(cfg: FinetuneConfig, device: str) -> tuple[int | None, str]:
     ), f"{HEADROOM:.0%} of the host's {gib(available)} available / {n} workers"
 
 
-def plan_fold(cfg: FinetuneConfig, fold: int, tokens: int) -> MemoryPlan:
-    """The plan of one fold whose longest micro-batch holds `tokens` tokens."""
+def evaluation_bytes(config, rows: int, tokens: int, dtype_bytes: int) -> int:
+    """The held-out pass (score_by_first_digit): `rows` right-padded prompts of `tokens` tokens,
+    one layer at a time: the attention scores sdpa's masked kernel materializes (fp32) and the
+    layer's hidden and MLP tensors. Measured on SmolLM2, 4 x 1,900 tokens: +0.79 GiB of peak RSS
+    after training (benchmarks/memory_plan.py)."""
+    per_token = 4 * config.hidden_size + 2 * config.intermediate_size
+    scores = rows * config.num_attention_heads * tokens * tokens * 4
+    return scores + rows * tokens * per_token * dtype_bytes
+
+
+def plan_fold(cfg: FinetuneConfig, fold: int, tokens: int, eval_tokens: int = 0) -> MemoryPlan:
+    """The plan of one fold whose longest micro-batch holds `tokens` tokens and whose longest
+    held-out prompt `eval_tokens`."""
     import torch
     from transformers import AutoConfig
 
@@ -165,9 +183,8 @@ def plan_fold(cfg: FinetuneConfig, fold: int, tokens: int) -> MemoryPlan:
     precision = precision_plan(cfg.precision, cfg.method, torch.device(device))
     load_bytes = torch.finfo(precision.load_dtype).bits // 8
     compute_bytes = torch.finfo(precision.compute_dtype or precision.load_dtype).bits // 8
-    shape = ModelShape.of(
-        AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    )
+    config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    shape = ModelShape.of(config)
     shapes = weight_shapes(cfg.model)
     params = sum(math.prod(s) for s in shapes.values())
     trainable = trainable_params(cfg, shapes)
@@ -190,15 +207,16 @@ def plan_fold(cfg: FinetuneConfig, fold: int, tokens: int) -> MemoryPlan:
             shape, tokens, compute_bytes, dropout
         ),
         loss=loss_bytes(shape, tokens, compute_bytes, cfg.fused_loss),
+        evaluation=evaluation_bytes(config, cfg.eval_batch_size, eval_tokens, compute_bytes),
         runtime=CUDA_RUNTIME_BYTES if device == "cuda" else CPU_RUNTIME_BYTES,
         limit=limit,
         limit_source=source,
     )
 
 
-def fold_tokens(cfg: FinetuneConfig, fold: int) -> tuple[int, int, int]:
-    """(longest micro-batch tokens, training examples, tokens of the whole training set) of a
-    fold, encoded as the workers will encode it."""
+def fold_tokens(cfg: FinetuneConfig, fold: int) -> tuple[int, int, int, int]:
+    """(longest micro-batch tokens, training examples, tokens of the whole training set, longest
+    held-out prompt) of a fold, encoded as the workers will encode it."""
     from care_ray.contracts.rubric import load_rubric
     from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
     from care_ray.training.loop import encode_examples, longest_micro_batch_tokens
@@ -206,10 +224,12 @@ def fold_tokens(cfg: FinetuneConfig, fold: int) -> tuple[int, int, int]:
 
     tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
     builder = PromptBuilder(load_rubric(cfg.rubric) if cfg.rubric else load_rubric(), tok)
-    train_rows, _ = fold_examples(cfg, fold)
+    train_rows, eval_rows = fold_examples(cfg, fold)
     encoded, _ = encode_examples(train_rows, tok, builder.render, cfg.max_seq_len)
+    held_out, _ = encode_examples(eval_rows, tok, builder.render, cfg.max_seq_len)
     longest = longest_micro_batch_tokens(encoded, cfg.micro_batch_size, cfg.packing)
-    return longest, len(encoded), sum(e.length for e in encoded)
+    longest_prompt = max((len(e.prompt_ids) for e in held_out), default=0) + SCORE_PREFIX_TOKENS
+    return longest, len(encoded), sum(e.length for e in encoded), longest_prompt
 
 
 def what_would_fit(cfg: FinetuneConfig, plan: MemoryPlan) -> list[str]:
@@ -268,8 +288,8 @@ def plan_folds(
 
     configs, rows = {}, []
     for fold in folds:
-        longest, n_train, train_tokens = fold_tokens(cfg, fold)
-        plan = plan_fold(cfg, fold, longest)
+        longest, n_train, train_tokens, eval_tokens = fold_tokens(cfg, fold)
+        plan = plan_fold(cfg, fold, longest, eval_tokens)
         log.info(plan.line(cfg.gradient_checkpointing))
         configs[fold] = resolved(cfg, plan)
         steps = optimizer_steps_per_epoch(
@@ -297,6 +317,7 @@ def plan_folds(
                         "activations",
                         "activations_checkpointed",
                         "loss",
+                        "evaluation",
                         "runtime",
                     )
                 },
