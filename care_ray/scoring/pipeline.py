@@ -213,7 +213,7 @@ def score_timeline(config: ScoreConfig, session_ids: Sequence[str] | pa.ChunkedA
     try:
         sub = config.model_copy(
             update=dict(
-                sessions=folder,
+                sessions=str(folder),
                 out=RunFolder(config.out).loc.join(TIMELINE_DIR).uri,
                 items=config.timeline_items or default_items(rubric),
                 score_only=True,
@@ -265,7 +265,7 @@ def _answer_drops(config: ScoreConfig, sub: ScoreConfig, folder: Path, cuts: pa.
         score_corpus(
             sub.model_copy(
                 update=dict(
-                    sessions=subset,
+                    sessions=str(subset),
                     out=RunFolder(sub.out).loc.join(ANSWERS_DIR).uri,
                     items=",".join(
                         str(i) for i in sorted(set(drops.column("item_id").to_pylist()))
