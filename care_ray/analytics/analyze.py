@@ -801,7 +801,10 @@ def analyze(cfg: AnalyzeConfig) -> dict[str, Any]:
     )
     if mode != "features":
         tables.update(challenge_tables(cfg, notes))
-    tables.update(_timeline(cfg, frame, groups, names, vocabulary.strategy, score_kind, notes))
+    # the curves against the session-level outcomes: the labels analysed, or with --scores the
+    # outcome labels (not the model's own session scores, which end its curves)
+    targets = [o.name for o in links] if mode == "scores" else names
+    tables.update(_timeline(cfg, frame, groups, targets, vocabulary.strategy, score_kind, notes))
     return write_outputs(
         cfg,
         tables,
