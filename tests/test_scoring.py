@@ -116,6 +116,16 @@ def test_analyze_reads_the_timeline_with_each_sessions_end(scored, esconv_corpus
         )
     sessions = pl.read_parquet(tmp_path / "timeline_sessions.parquet")
     assert sessions.filter(pl.col("dimension") == "bond").height == 6
+    # the curves go with the seekers' own ratings, never with the scores that end them
+    links = pl.read_parquet(tmp_path / "timeline_links.parquet")
+    assert set(links["outcome"]) <= {
+        "empathy",
+        "relevance",
+        "initial_emotion_intensity",
+        "final_emotion_intensity",
+        "supporter_relevance",
+    }
+    assert set(links["predictor"]) >= {"bond_mean", "bond_last"}
 
 
 def test_session_scores_are_the_mean_of_their_dimension_items(scored):
