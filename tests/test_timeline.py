@@ -197,3 +197,26 @@ def test_cut_points_are_client_turns_spread_over_the_session():
     assert [len(t) for t in sessions["turns"].to_pylist()] == [1, 9, 19]
     assert sessions["turns"].to_pylist()[1] == turns[:9]
     assert cuts["position"].to_pylist() == pytest.approx([0, 8 / 19, 18 / 19])
+
+
+def test_a_bad_timeline_item_is_one_line_before_anything_runs(tiny_model, tmp_path):
+    """Not marked slow: the suite's guard fails this test if an engine starts."""
+    result = CliRunner().invoke(
+        app,
+        [
+            "score",
+            "--sessions",
+            str(tmp_path / "nowhere"),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(tmp_path / "out"),
+            "--timeline",
+            "4",
+            "--timeline-items",
+            "bond,99",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--timeline-items: '99' is neither a dimension" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()

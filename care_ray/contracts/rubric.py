@@ -60,8 +60,9 @@ class Rubric(BaseModel):
     def item(self, item_id: int) -> RubricItem:
         return next(i for i in self.items if i.id == item_id)
 
-    def select(self, spec: str | None) -> list[RubricItem]:
-        """'all' / None, a dimension name ('task'), or item ids ('1,2,10')."""
+    def select(self, spec: str | None, option: str = "--items") -> list[RubricItem]:
+        """'all' / None, a dimension name ('task'), or item ids ('1,2,10'); a mistake names
+        `option`."""
         if spec is None or spec.strip().lower() in ("", "all"):
             return list(self.items)
         chosen: list[RubricItem] = []
@@ -72,7 +73,7 @@ class Rubric(BaseModel):
                 chosen.append(self.item(int(part)))
             else:
                 raise ValueError(
-                    f"--items: {part!r} is neither a dimension ({', '.join(self.dimensions)}) nor an item id"
+                    f"{option}: {part!r} is neither a dimension ({', '.join(self.dimensions)}) nor an item id"
                 )
         unique: dict[int, RubricItem] = {}
         for item in chosen:

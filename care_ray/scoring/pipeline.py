@@ -74,7 +74,10 @@ def score_corpus(config: ScoreConfig) -> dict[str, Any]:
     from care_ray.scoring.results import pending_plan, release_errors
 
     started = time.time()
-    items = rubric_for_language(None, config.rubric, config.language).select(config.items)
+    rubric = rubric_for_language(None, config.rubric, config.language)
+    items = rubric.select(config.items)
+    if config.timeline and config.timeline_items:  # a typo fails now, not after the full run
+        rubric.select(config.timeline_items, "--timeline-items")
     session_ids = config.selected_sessions()
     item_ids = [i.id for i in items]
     run = RunFolder(config.out)
