@@ -46,5 +46,5 @@ def test_memory_errors_name_what_ran_out_and_the_settings(tmp_path):
     assert "before its first checkpoint" in line and "host RAM" in line
     assert "micro_batch_size" in line and "max_seq_len" in line
     gpu = _raised(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    line = str(fold_failure(gpu, 1, str(tmp_path), str(tmp_path), "r-fold1"))
-    assert "GPU memory" in line and "host RAM" not in line
+    line = str(fold_failure(gpu, 1, str(tmp_path), str(tmp_path), "r-fold1", "~9 GiB of 8 GiB"))
+    assert "GPU memory (the plan: ~9 GiB of 8 GiB)" in line and "host RAM" not in line

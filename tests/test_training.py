@@ -435,6 +435,7 @@ def test_a_worker_killed_for_memory_ends_the_command_in_one_line(
     line = [x for x in result.output.splitlines() if x.strip()][-1]
     assert "fold 0 failed after step 1 (its last checkpoint)" in line, line
     assert "host RAM" in line and "gradient_checkpointing=true" in line, line
+    assert "(the plan: ~" in line and "GiB per worker of" in line, line  # estimate vs limit
     log_path = Path(line.rsplit("Ray's full report: ", 1)[1])
     assert log_path == Path(cfg.output_dir) / "failure-fold0.log"
     assert "running low on memory (injected at step 2)" in log_path.read_text()

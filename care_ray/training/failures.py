@@ -89,18 +89,22 @@ def last_checkpoint_step(storage_path: str, run_name: str) -> int | None:
     return max(steps, default=None)
 
 
-def failure_line(error: BaseException, fold: int, step: int | None, log_path: Path) -> str:
-    """The one line a failed fold ends with."""
+def failure_line(
+    error: BaseException, fold: int, step: int | None, log_path: Path, plan: str | None = None
+) -> str:
+    """The one line a failed fold ends with; `plan`: the memory plan's estimate vs the limit,
+    said where a worker ran out of memory."""
     text = report_text(error)
     where = f"fold {fold} failed " + (
         f"after step {step} (its last checkpoint)" if step else "before its first checkpoint"
     )
+    planned = f" (the plan: {plan})" if plan else ""
     if any(marker in text for marker in GPU_OOM):
-        what = f"a training worker ran out of GPU memory. Try {MEMORY_KNOBS}"
+        what = f"a training worker ran out of GPU memory{planned}. Try {MEMORY_KNOBS}"
     elif any(marker in text for marker in HOST_OOM):
         what = (
-            "Ray's memory monitor killed a training worker: the node ran out of host RAM. "
-            f"Try {MEMORY_KNOBS}"
+            "Ray's memory monitor killed a training worker: the node ran out of host "
+            f"RAM{planned}. Try {MEMORY_KNOBS}"
         )
     else:
         what = worker_line(error)
@@ -108,7 +112,12 @@ def failure_line(error: BaseException, fold: int, step: int | None, log_path: Pa
 
 
 def fold_failure(
-    error: BaseException, fold: int, output_dir: str, storage_path: str, run_name: str
+    error: BaseException,
+    fold: int,
+    output_dir: str,
+    storage_path: str,
+    run_name: str,
+    plan: str | None = None,
 ) -> FinetuneFailed:
     """Write Ray's report under output_dir (a local folder) and make the one-line error."""
     folder = Path(output_dir)
@@ -116,4 +125,4 @@ def fold_failure(
     log_path = folder / FAILURE_LOG.format(fold=fold)
     log_path.write_text(report_text(error), encoding="utf-8")
     step = last_checkpoint_step(storage_path, run_name)
-    return FinetuneFailed(failure_line(error, fold, step, log_path))
+    return FinetuneFailed(failure_line(error, fold, step, log_path, plan))

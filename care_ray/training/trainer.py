@@ -202,8 +202,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         except Exception as e:  # Ray Train gave up (after max_failures restarts): one line
             from care_ray.training.failures import fold_failure
 
+            plan = next(p for p in plans if p["fold"] == fold)
+            estimate = (
+                f"~{plan['memory_per_worker_gib']} GiB per worker of "
+                f"{plan['memory_limit_gib'] or '?'} GiB, {plan['memory_limit_source']}"
+            )
             raise fold_failure(
-                e, fold, cfg.output_dir, cfg.storage_path, f"{cfg.name}-fold{fold}"
+                e, fold, cfg.output_dir, cfg.storage_path, f"{cfg.name}-fold{fold}", estimate
             ) from None
         record = export_fold(cfg, fold, result, data_manifest, time.time() - t0)
         records.append(record)
