@@ -150,6 +150,7 @@ def test_score_to_s3_kill_the_driver_and_resume_exactly_once(s3_env, s3_corpus, 
         limit=6,
         items="bond",
         timeline=2,  # the cut points too: a run folder of their own under s3://…/scores/timeline
+        timeline_drop=0,  # (the answers after drops are one more run folder of the same kind)
         **{**SMALL_ANSWERS, "sessions_per_block": 1},
     )
     m = score_corpus(rerun)

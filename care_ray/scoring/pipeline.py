@@ -222,6 +222,9 @@ def score_timeline(config: ScoreConfig, session_ids: Sequence[str] | pa.ChunkedA
                 score_only=True,
                 timeline=0,
                 limit=None,
+                # a block holds as many sessions' cut points as the full run's block holds
+                # sessions: one session's cuts share a block, and so the prefix cache
+                sessions_per_block=config.sessions_per_block * config.timeline,
             )
         )
         log.info(
