@@ -100,16 +100,13 @@ def write_cut_corpus(
     wanted = pc.field("session_id").isin(pa.array(session_ids, pa.string()))
     folder = Path(tempfile.mkdtemp(prefix="care-ray-cuts-"))
     cut_rows: list[pa.Table] = []
-    schema = None
 
     def batches() -> Iterator[pa.RecordBatch]:
-        nonlocal schema
         for batch in source.to_batches(
             columns=list(CUT_COLUMNS), filter=wanted, batch_size=batch_size
         ):
             sessions, cuts = cut_sessions(pa.Table.from_batches([batch]), n)
             cut_rows.append(cuts)
-            schema = sessions.schema
             yield from sessions.to_batches()
 
     first = source.schema

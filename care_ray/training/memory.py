@@ -32,7 +32,6 @@ GiB = 1024**3
 CPU_RUNTIME_BYTES = int(0.6 * GiB)
 # On CUDA: the context and kernels' workspaces (not in the free memory torch reports).
 CUDA_RUNTIME_BYTES = 2 * GiB
-SCORE_PREFIX_TOKENS = 8  # `{"score":` after the held-out prompt, as the evaluation appends it
 HEADROOM = 0.9  # of what the device has: the allocator's fragmentation, the other processes
 
 
@@ -219,7 +218,11 @@ def fold_tokens(cfg: FinetuneConfig, fold: int) -> tuple[int, int, int, int]:
     held-out prompt) of a fold, encoded as the workers will encode it."""
     from care_ray.contracts.rubric import load_rubric
     from care_ray.scoring.prompts import PromptBuilder, load_tokenizer
-    from care_ray.training.loop import encode_examples, longest_micro_batch_tokens
+    from care_ray.training.loop import (
+        encode_examples,
+        longest_micro_batch_tokens,
+        score_digit_ids,
+    )
     from care_ray.training.worker import fold_examples
 
     tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
@@ -228,7 +231,8 @@ def fold_tokens(cfg: FinetuneConfig, fold: int) -> tuple[int, int, int, int]:
     encoded, _ = encode_examples(train_rows, tok, builder.render, cfg.max_seq_len)
     held_out, _ = encode_examples(eval_rows, tok, builder.render, cfg.max_seq_len)
     longest = longest_micro_batch_tokens(encoded, cfg.micro_batch_size, cfg.packing)
-    longest_prompt = max((len(e.prompt_ids) for e in held_out), default=0) + SCORE_PREFIX_TOKENS
+    prefix, _ = score_digit_ids(tok)  # the evaluation reads the score after prompt + `{"score":`
+    longest_prompt = max((len(e.prompt_ids) for e in held_out), default=0) + len(prefix)
     return longest, len(encoded), sum(e.length for e in encoded), longest_prompt
 
 
