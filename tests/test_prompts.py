@@ -145,3 +145,57 @@ def test_aligned_prompts_share_whole_kv_blocks_and_differ_only_by_newline_tokens
     assert len(pads) > 1  # sessions of different lengths get different padding
     # the padding comes out of the transcript's budget, never past the context
     assert aligned.budget == plain.budget - (block - 1)
+
+
+def _blank_line_tokenizer():
+    """A byte-level BPE that learned a token for a blank line, as SmolLM2's did: the header's
+    closing "\\n\\n" is one token alone but two before the transcript's first word."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from care_ray.models.tiny import LLAMA3_CHAT_TEMPLATE, SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = [load_rubric().prompt.model_dump_json(), *[":\n\n" + "a line\n\n" * 50] * 20]
+    tok.train_from_iterator(
+        text,
+        trainer=trainers.BpeTrainer(
+            vocab_size=600,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        chat_template=LLAMA3_CHAT_TEMPLATE,
+    )
+
+
+def test_a_header_that_merges_into_the_transcript_is_tokenised_with_it_and_still_aligned():
+    rubric = load_rubric()
+    tok = _blank_line_tokenizer()
+    plain = PromptBuilder(rubric, tok, max_model_len=4096, max_new_tokens=64)
+    header = plain._parts[0]
+    turns = session(n_turns=6)["turns"]
+    _, texts, ids = plain.item_prompts(turns, rubric.items)
+    # the header alone does not tokenise as it does before the transcript ...
+    assert (
+        tok(header, add_special_tokens=False)["input_ids"]
+        != (
+            tok(header + texts[0][len(header) :], add_special_tokens=False)["input_ids"][
+                : len(tok(header, add_special_tokens=False)["input_ids"])
+            ]
+        )
+    )
+    # ... so header and transcript are tokenised together, and every prompt's ids stay exact
+    assert plain._header_merges and plain._pieces_safe
+    assert ids == [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    aligned = PromptBuilder(rubric, tok, max_model_len=4096, max_new_tokens=64, align_to=32)
+    _, _, aligned_ids = aligned.item_prompts(turns, rubric.items)
+    shared = len(os.path.commonprefix(aligned_ids))
+    assert shared % 32 == 0 and shared >= len(os.path.commonprefix(ids))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import pyarrow as pa
 
+from care_ray.common.errors import UserError
 from care_ray.contracts.rubric import Rubric, RubricItem, rubric_for_language
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class PromptBuilder:
         self._pieces_checked = False
         self._suffix_cache: dict[int, list[int]] = {}
         self._pieces_safe = self._parts is not None
+        self._header_merges = False  # the header and the transcript tokenise as one (SmolLM2)
         if max_model_len is not None:
             if tokenizer is None:
                 raise ValueError("a token budget needs a tokenizer")
@@ -247,24 +249,36 @@ class PromptBuilder:
         t, transcript_ids = self._transcript(turns)
         prompts = self.render_items(t.text, items)
         if not self._pieces_safe or self._parts is None:
+            if self.align_to is not None:
+                raise UserError(
+                    "--align-prefix-blocks: this model's tokenizer merges text where the "
+                    "transcript ends and the item begins, so the prompts' shared part cannot end "
+                    "on a block boundary; leave the option off for this model"
+                )
             return t, prompts, self._ids(prompts)
-        if transcript_ids is None:
-            transcript_ids = self._ids(t.text)
-        _, middle, tail = self._parts
-        ids = [
-            self._header_ids + transcript_ids + self._suffix_ids(item, middle, tail)
-            for item in items
-        ]
+        header, middle, tail = self._parts
+        if self._header_merges:
+            # the header's last characters and the transcript's first tokenise as one: the
+            # shared part is tokenised whole, once per session (the items' suffixes stay cached)
+            shared = self._ids(header + t.text)
+        else:
+            if transcript_ids is None:
+                transcript_ids = self._ids(t.text)
+            shared = self._header_ids + transcript_ids
+        ids = [shared + self._suffix_ids(item, middle, tail) for item in items]
         if not self._pieces_checked:
-            self._pieces_checked = True
             if ids[0] != self._ids(prompts[0]):
+                if not self._header_merges:
+                    self._header_merges = True
+                    return self.item_prompts(turns, items)
                 logging.getLogger(__name__).info(
                     "this tokenizer merges across the prompt's pieces; tokenising prompts whole"
                 )
                 self._pieces_safe = False
-                return t, prompts, self._ids(prompts)
+                return self.item_prompts(turns, items)
+            self._pieces_checked = True
         if self.align_to is not None:
-            return self._aligned(t, prompts, ids, len(self._header_ids) + len(transcript_ids))
+            return self._aligned(t, prompts, ids, len(shared))
         return t, prompts, ids
 
     def _aligned(
