@@ -9,6 +9,7 @@ the peak the workers measured (each metric row's `peak_memory_gib_per_worker`: t
 process's peak RSS). A row the plan refuses (it would not fit) is printed as refused.
 
     .venv/bin/python benchmarks/memory_plan.py [--models tiny,smollm2] [--train-examples 8]
+        [--rows packed:0.05:0,packed:0.05:1]
 
 The plan bounds the longest micro-batch of the sampled training set; unpacked micro-batches of 1
 meet that bound exactly once per epoch, packed ones only when the two longest examples share a
@@ -153,6 +154,12 @@ def main() -> int:
     ap.add_argument(
         "--replan", action="store_true", help="no training: plan the finished rows again"
     )
+    ap.add_argument(
+        "--rows",
+        default=None,
+        help="only these rows: packed|unpacked:DROPOUT:CKPT(0|1), comma-separated "
+        "(e.g. packed:0.05:0,packed:0.05:1)",
+    )
     a = ap.parse_args()
     work = workdir() / "memory-plan"
     work.mkdir(parents=True, exist_ok=True)
@@ -177,6 +184,9 @@ def main() -> int:
         model = models[key]
         data = sft_data(model, work)
         for packed, dropout, ckpt in itertools.product((False, True), (0.0, 0.05), (False, True)):
+            name = f"{'packed' if packed else 'unpacked'}:{dropout}:{int(ckpt)}"
+            if a.rows and name not in a.rows.split(","):
+                continue
             row = run_row(model, data, work, packed, dropout, ckpt, a.train_examples)
             print(json.dumps(row), flush=True)
             rows.append(row)

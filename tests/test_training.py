@@ -511,3 +511,29 @@ def test_a_config_that_cannot_fit_is_refused_before_ray_in_one_line(
     assert "does not fit" in message and "even with gradient checkpointing" in message
     assert "has 0.5 GiB (memory_limit_gib)" in message and "would fit with" in message
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_cpu_workers_get_a_pinned_mmap_threshold_when_asked_unless_someone_set_one(
+    tiny_model, monkeypatch
+):
+    """glibc reads MALLOC_MMAP_THRESHOLD_ when a process starts: it has to be in the training
+    workers' own runtime_env. Off by default, not on GPU workers, never over the user's."""
+    from care_ray.training.config import FinetuneConfig
+    from care_ray.training.trainer import worker_runtime_env
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    base = {
+        "name": "t",
+        "model": str(tiny_model),
+        "data": "d",
+        "output_dir": "o",
+        "storage_path": "s",
+    }
+    assert worker_runtime_env(FinetuneConfig.model_validate(base)) == {}
+    base["cpu_mmap_threshold_kib"] = 1024
+    cfg = FinetuneConfig.model_validate(base)
+    assert worker_runtime_env(cfg) == {"env_vars": {"MALLOC_MMAP_THRESHOLD_": str(1024 * 1024)}}
+    gpu = FinetuneConfig.model_validate({**base, "scaling": {"use_gpu": True}})
+    assert worker_runtime_env(gpu) == {}
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert worker_runtime_env(cfg) == {}

@@ -25,13 +25,18 @@ def go_offline() -> None:
     os.environ.update(OFFLINE_ENV)
 
 
+def job_env_vars() -> dict[str, str]:
+    """The env vars of the runtime_env a submitted job (`ray job submit`) runs under; {} elsewhere."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    if RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:
+        return {}
+    job = json.loads(os.environ[RAY_JOB_CONFIG_JSON_ENV_VAR])
+    return ((job.get("runtime_env") or {}).get("env_vars")) or {}
+
+
 def offline_runtime_env() -> dict[str, Any]:
     """The runtime_env that carries the offline switches to every Ray worker. Keys a submitted job
     already sets are left to the job: Ray refuses to merge the same env var from two places."""
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-
-    job_env: dict[str, str] = {}
-    if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ:
-        job = json.loads(os.environ[RAY_JOB_CONFIG_JSON_ENV_VAR])
-        job_env = ((job.get("runtime_env") or {}).get("env_vars")) or {}
+    job_env = job_env_vars()
     return {"env_vars": {k: v for k, v in OFFLINE_ENV.items() if k not in job_env}}

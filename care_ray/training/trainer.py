@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -69,6 +70,20 @@ def with_absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     return cfg.model_copy(update=update)
 
 
+def worker_runtime_env(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The training workers' own runtime_env: on CPU, glibc's mmap threshold pinned at
+    `cpu_mmap_threshold_kib` (read once, when a process starts: it has to be in the worker's
+    environment). Left out where the user or the submitted job already set it."""
+    from care_ray.cluster.offline import job_env_vars
+
+    key = "MALLOC_MMAP_THRESHOLD_"
+    if cfg.scaling.use_gpu or cfg.cpu_mmap_threshold_kib is None:
+        return {}
+    if key in os.environ or key in job_env_vars():
+        return {}
+    return {"env_vars": {key: str(cfg.cpu_mmap_threshold_kib * 1024)}}
+
+
 def make_trainer(cfg: FinetuneConfig, fold: int):
     """The TorchTrainer of one held-out fold."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -91,6 +106,8 @@ def make_trainer(cfg: FinetuneConfig, fold: int):
         run_config=RunConfig(
             name=f"{cfg.name}-fold{fold}",
             storage_path=cfg.storage_path,
+            # Ray Train v2's RunConfig (the one `ray.train` gives at run time); the stubs see v1's
+            worker_runtime_env=worker_runtime_env(cfg),  # type: ignore[call-arg]
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.num_to_keep,
