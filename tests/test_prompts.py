@@ -199,3 +199,20 @@ def test_a_header_that_merges_into_the_transcript_is_tokenised_with_it_and_still
     _, _, aligned_ids = aligned.item_prompts(turns, rubric.items)
     shared = len(os.path.commonprefix(aligned_ids))
     assert shared % 32 == 0 and shared >= len(os.path.commonprefix(ids))
+
+
+def test_alignment_that_cannot_apply_is_refused_in_one_line(tiny_model):
+    import copy
+
+    from care_ray.common.errors import UserError
+
+    tok = copy.deepcopy(load_tokenizer(str(tiny_model)))
+    # a template that rewrites the content: no piece of the prompt is shared text any more
+    tok.chat_template = "{% for m in messages %}{{ m['content'] | upper }}\n{% endfor %}"
+    rubric = load_rubric()
+    turns = session(n_turns=4)["turns"]
+    plain = PromptBuilder(rubric, tok, max_model_len=4096, max_new_tokens=64)
+    assert len(plain.item_prompts(turns, rubric.items)[2]) == 12  # fine without the option
+    aligned = PromptBuilder(rubric, tok, max_model_len=4096, max_new_tokens=64, align_to=32)
+    with pytest.raises(UserError, match="^--align-prefix-blocks: this model's chat template"):
+        aligned.item_prompts(turns, rubric.items)

@@ -134,12 +134,11 @@ def test_a_superseded_run_cannot_write(tmp_path):
     assert _write_results_batch(t, str(tmp_path), "new").column("items").to_pylist() == [1]
 
 
-def test_aligned_prefixes_are_refused_for_a_model_care_ray_fine_tuned(tmp_path):
+def test_aligned_prefixes_are_refused_for_a_model_care_ray_fine_tuned(tmp_path, tiny_model):
     from care_ray.scoring.checks import check_alignment_fits_the_model
     from care_ray.scoring.config import ScoreConfig
 
-    base, adapter = tmp_path / "base", tmp_path / "adapter"
-    base.mkdir()
+    base, adapter = tiny_model, tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "heldout.json").write_text("{}")
 
@@ -161,3 +160,25 @@ def test_aligned_prefixes_are_refused_for_a_model_care_ray_fine_tuned(tmp_path):
         check_alignment_fits_the_model(
             config(adapter=str(adapter), align_prefix_blocks=True, block_size=128)
         )
+
+
+def test_padding_a_model_cannot_take_is_refused_before_ray(tmp_path, tiny_model):
+    """The driver builds a probe session's aligned prompts with the model's own tokenizer: a chat
+    template that rewrites the content leaves no shared text to pad, refused in one line."""
+    import shutil
+
+    from care_ray.common.errors import UserError
+    from care_ray.scoring.checks import check_alignment_fits_the_model
+    from care_ray.scoring.config import ScoreConfig
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ m['content'] | upper }}\n{% endfor %}"
+    )
+    config = ScoreConfig(
+        sessions=str(tmp_path), model=str(model), out=str(tmp_path / "o"), align_prefix_blocks=True
+    )
+    with pytest.raises(UserError, match="^--align-prefix-blocks: this model's chat template"):
+        check_alignment_fits_the_model(config)
+    check_alignment_fits_the_model(config.model_copy(update={"align_prefix_blocks": False}))

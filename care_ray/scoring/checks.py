@@ -45,6 +45,33 @@ def check_alignment_fits_the_model(config: ScoreConfig) -> None:
             + (f", not {asked}" if asked and trained else "")
             + f"; {fix} (padding a model never saw changes what it answers)"
         )
+    asked = config.prefix_alignment()
+    if asked and "://" not in str(config.model):
+        _probe_alignment(config, asked)
+
+
+# a session of two turns: enough for the builder to see whether the prompt's pieces tokenise apart
+_PROBE_TURNS = [
+    {"role": "client", "text": "I have felt stuck at work for weeks."},
+    {"role": "counselor", "text": "That sounds heavy. What happens on a typical day?"},
+]
+
+
+def _probe_alignment(config: ScoreConfig, block: int) -> None:
+    """Build one probe session's prompts with the model's tokenizer and the padding asked for:
+    a tokenizer or chat template the padding cannot apply to is refused here, in one line, rather
+    than in a Ray Data stage."""
+    from care_ray.scoring.prompts import PromptBuilders, load_tokenizer
+
+    builder = PromptBuilders(
+        load_tokenizer(config.model, config.trust_remote_code),
+        config.max_model_len,
+        config.max_new_tokens,
+        rubric_file=config.rubric,
+        language_override=config.language,
+        align_to=block,
+    ).for_language(config.language)
+    builder.item_prompts(_PROBE_TURNS, builder.rubric.items)
 
 
 def check_output_reachable(out: Location, alive_nodes: int, shared_filesystem: bool) -> None:

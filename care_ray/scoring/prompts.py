@@ -250,10 +250,14 @@ class PromptBuilder:
         prompts = self.render_items(t.text, items)
         if not self._pieces_safe or self._parts is None:
             if self.align_to is not None:
+                why = (
+                    "chat template moves or rewrites the prompt's content"
+                    if self._parts is None
+                    else "tokenizer merges text where the transcript ends and the item begins"
+                )
                 raise UserError(
-                    "--align-prefix-blocks: this model's tokenizer merges text where the "
-                    "transcript ends and the item begins, so the prompts' shared part cannot end "
-                    "on a block boundary; leave the option off for this model"
+                    f"--align-prefix-blocks: this model's {why}, so the prompts' shared part "
+                    "cannot end on a block boundary; leave the option off for this model"
                 )
             return t, prompts, self._ids(prompts)
         header, middle, tail = self._parts
