@@ -47,7 +47,7 @@ def check_alignment_fits_the_model(config: ScoreConfig) -> None:
         )
     asked = config.prefix_alignment()
     if asked and "://" not in str(config.model):
-        _probe_alignment(config, asked)
+        _probe_alignment(config)
 
 
 # a session of two turns: enough for the builder to see whether the prompt's pieces tokenise apart
@@ -57,19 +57,16 @@ _PROBE_TURNS = [
 ]
 
 
-def _probe_alignment(config: ScoreConfig, block: int) -> None:
+def _probe_alignment(config: ScoreConfig) -> None:
     """Build one probe session's prompts with the model's tokenizer and the padding asked for:
     a tokenizer or chat template the padding cannot apply to is refused here, in one line, rather
     than in a Ray Data stage."""
-    from care_ray.scoring.prompts import PromptBuilders, load_tokenizer
+    from care_ray.scoring.prompts import load_tokenizer
+    from care_ray.scoring.stages import BuildItemPrompts
 
-    builder = PromptBuilders(
-        load_tokenizer(config.model, config.trust_remote_code),
-        config.max_model_len,
-        config.max_new_tokens,
-        rubric_file=config.rubric,
-        language_override=config.language,
-        align_to=block,
+    # the builders the scoring stage makes, with this model's tokenizer and the padding asked for
+    builder = BuildItemPrompts.make_builders(
+        config, load_tokenizer(config.model, config.trust_remote_code)
     ).for_language(config.language)
     builder.item_prompts(_PROBE_TURNS, builder.rubric.items)
 
