@@ -13,7 +13,9 @@ from care_ray.scoring.results import (
     RESULT_SCHEMA,
     RunFolder,
     consolidate,
+    consolidate_and_count,
     pending_plan,
+    reconcile,
 )
 from care_ray.scoring.stages import _write_results_batch
 
@@ -63,7 +65,7 @@ def test_results_split_into_items_and_errors_and_resume_keys(tmp_path):
     plan, done = pending_plan(run, ["a", "b", "c"], [1, 2])
     assert done == 3 and plan.to_pylist() == [
         {"session_id": "b", "missing": [2]},
-        {"session_id": "c", "missing": [1, 2]},
+        {"session_id": "c", "missing": None},  # every wanted item: no list
     ]
     # a data file without its commit marker (a writer killed in between) is not trusted, and finalize removes it
     (tmp_path / "items" / ".tmp-part-x.parquet").write_bytes(b"half a file")
@@ -124,6 +126,51 @@ def test_a_pair_both_scored_and_failed_keeps_its_score(tmp_path):
     )
     assert consolidate(run)["errors_dropped"] == 1
     assert [(r["session_id"], r["item_id"]) for r in run.read("errors").to_pylist()] == [("a", 2)]
+
+
+def test_one_pass_consolidates_and_counts_the_selected_pairs(tmp_path):
+    run = RunFolder(tmp_path)
+
+    def ok(s, i):
+        return {
+            "session_id": s,
+            "item_id": i,
+            "status": "ok",
+            "score": 3.0,
+            "scores": [3],
+            "rubric_id": "r",
+        }
+
+    def err(s, i):
+        return {"session_id": s, "item_id": i, "status": "error", "error_reason": "truncated"}
+
+    # a: both items scored, item 1 twice (a retried write); b: item 1 failed twice, item 2
+    # failed then scored; c: item 1 failed, item 2 never written; z: not selected
+    run.write_results(results([ok("a", 1), ok("a", 2), err("b", 1), err("b", 2), err("c", 1)]))
+    run.write_results(results([ok("a", 1), err("b", 1), ok("b", 2), ok("z", 1), err("z", 2)]))
+    dropped, counts = consolidate_and_count(run, ["a", "b", "c"], [1, 2])
+    assert dropped == {"items_duplicates": 1, "errors_dropped": 2}
+    assert counts == {
+        "items_in": 6,
+        "items_scored": 3,
+        "items_errors": 2,
+        "missing": 1,
+        "sessions_with_errors": 2,
+    }
+    assert run.read("items").num_rows == 4 and run.read("errors").num_rows == 3
+    with pytest.raises(RuntimeError, match="1 of 6 selected pairs"):
+        reconcile(run, ["a", "b", "c"], counts)
+    # the same counts after consolidation, and with c's last pair failed they reconcile
+    assert consolidate_and_count(run, ["a", "b", "c"], [1, 2]) == (
+        {"items_duplicates": 0, "errors_dropped": 0},
+        counts,
+    )
+    run.write_results(results([err("c", 2)]))
+    manifest = reconcile(
+        run, ["a", "b", "c"], consolidate_and_count(run, ["a", "b", "c"], [1, 2])[1]
+    )
+    assert (manifest["items_errors"], manifest["sessions_complete"]) == (3, 1)
+    assert manifest["errors_by_reason"] == {"truncated": 4}  # z's error counts in the totals
 
 
 def test_a_superseded_run_cannot_write(tmp_path):

@@ -76,6 +76,20 @@ class Location:
     def write_parquet(self, table: pa.Table) -> None:
         self._put(lambda target: pq.write_table(table, target, filesystem=self.fs))
 
+    def write_parquet_stream(self, reader: pa.RecordBatchReader) -> int:
+        """Write the batches as they come (a query's result never held whole); returns rows."""
+        rows = 0
+
+        def write(target: str) -> None:
+            nonlocal rows
+            with pq.ParquetWriter(target, reader.schema, filesystem=self.fs) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+
+        self._put(write)
+        return rows
+
     def _put(self, write) -> None:
         self.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
         if not self.local:

@@ -296,13 +296,13 @@ def finalize(
 ) -> dict[str, Any]:
     """Consolidate to one row per pair, aggregate sessions/ with queries/session_scores.sql,
     reconcile counts (DuckDB over the committed files), write the manifest."""
-    from care_ray.scoring.results import consolidate, reconcile, write_session_scores
+    from care_ray.scoring.results import consolidate_and_count, reconcile, write_session_scores
 
     run = RunFolder(out)
     orphans = run.remove_orphans()
-    dropped = consolidate(run)
+    dropped, pair_counts = consolidate_and_count(run, session_ids, item_ids)
     run.ensure_tables()
-    counts = reconcile(run, session_ids, item_ids)
+    counts = reconcile(run, session_ids, pair_counts)
     foreign = set(counts.pop("fingerprints")) - {fingerprint}
     if fingerprint is not None and foreign:
         raise RuntimeError(

@@ -255,18 +255,42 @@ class RunFolder:
         self.retire(sub, old)
 
 
-def consolidate(run: RunFolder, memory_limit: str = DRIVER_MEMORY) -> dict[str, int]:
-    """One row per (session, item): duplicates from retried write tasks go, and a pair in both
-    items/ and errors/ keeps its score. Rewrites a folder only when it has something to drop."""
+def consolidate_and_count(
+    run: RunFolder,
+    session_ids: Sequence[str] | pa.Array | pa.ChunkedArray,
+    item_ids: Sequence[int],
+    memory_limit: str = DRIVER_MEMORY,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """One pass over the run's rows grouped by pair (queries/results_pairs.sql): consolidation
+    to one row per (session, item) — duplicates from retried write tasks go, a pair in both
+    items/ and errors/ keeps its score, a folder is rewritten only when it has something to
+    drop — and the selected pairs' counts, which consolidation does not change.
+    Returns (rows dropped, counts over the selection)."""
     con = run.connect(memory_limit)
-    dup = con.sql(read_query("results_duplicates")).fetchall()[0]
-    dropped = {"items_duplicates": int(dup[0]), "errors_dropped": int(dup[1])}
+    bind_selection(con, session_ids, item_ids)
+    row = con.sql(read_query("results_pairs")).fetchall()[0]
+    names = ["items_duplicates", "errors_dropped", "items_scored", "items_errors"]
+    values = dict(zip(names, (int(v or 0) for v in row[:4]), strict=True))
+    dropped = {k: values[k] for k in names[:2]}
+    items_in = len(session_ids) * len(item_ids)
+    counts = {
+        "items_in": items_in,
+        "items_scored": values["items_scored"],
+        "items_errors": values["items_errors"],
+        "missing": items_in - values["items_scored"] - values["items_errors"],
+        "sessions_with_errors": int(row[4] or 0),
+    }
     if dropped["items_duplicates"]:
         run.rewrite("items", con, read_query("results_items_deduplicated"))
         con = run.connect(memory_limit)
     if dropped["errors_dropped"]:
         run.rewrite("errors", con, read_query("results_errors_kept"))
-    return dropped
+    return dropped, counts
+
+
+def consolidate(run: RunFolder, memory_limit: str = DRIVER_MEMORY) -> dict[str, int]:
+    """consolidate_and_count with nothing selected: the rows dropped."""
+    return consolidate_and_count(run, [], [], memory_limit)[0]
 
 
 def bind_selection(
@@ -292,12 +316,15 @@ def pending_plan(
     item_ids: Sequence[int],
     memory_limit: str = DRIVER_MEMORY,
 ) -> tuple[pa.Table, int]:
-    """(the selected sessions that still have pairs to score, with those items; pairs already done)."""
+    """(the selected sessions that still have pairs to score, with those items — null: all of
+    them; pairs already done)."""
     con = run.connect(memory_limit)
     bind_selection(con, session_ids, item_ids)
     plan = con.sql(read_query("results_pending")).to_arrow_table()
-    done = con.sql(read_query("results_done_count")).fetchall()[0][0]
-    return plan, int(done or 0)
+    # every selected pair is done or in the plan: no second pass over the rows to count them
+    lengths = pc.list_value_length(plan.column("missing"))
+    missing = pc.sum(pc.fill_null(lengths, len(item_ids))).as_py() or 0
+    return plan, len(session_ids) * len(item_ids) - int(missing)
 
 
 def release_errors(
@@ -320,28 +347,18 @@ def release_errors(
 
 def reconcile(
     run: RunFolder,
-    session_ids: Sequence[str],
-    item_ids: Sequence[int],
+    session_ids: Sequence[str] | pa.Array | pa.ChunkedArray,
+    counts: dict[str, int],
     memory_limit: str = DRIVER_MEMORY,
 ) -> dict[str, Any]:
-    """The manifest's counts over the selected pairs; raises if any pair is missing or counted twice."""
-    con = run.connect(memory_limit)
-    bind_selection(con, session_ids, item_ids)
-    row = con.sql(read_query("results_reconcile")).fetchall()[0]
-    names = [
-        "items_in",
-        "items_scored",
-        "items_errors",
-        "missing",
-        "in_both",
-        "sessions_with_errors",
-    ]
-    counts = dict(zip(names, (int(v or 0) for v in row), strict=True))
-    if counts["missing"] or counts["in_both"]:
+    """The manifest: consolidate_and_count's counts over the selected pairs and the run's
+    totals; raises if any selected pair is neither scored nor failed."""
+    if counts["missing"]:
         raise RuntimeError(
-            f"scoring counts do not reconcile: {counts['missing']} pairs missing, "
-            f"{counts['in_both']} in both items and errors"
+            f"scoring counts do not reconcile: {counts['missing']} of {counts['items_in']} "
+            "selected pairs are neither scored nor failed"
         )
+    con = run.connect(memory_limit)
     prompt_tokens, cached_tokens, reasons, rubrics, fingerprints = con.sql(
         read_query("results_totals")
     ).fetchall()[0]
@@ -363,10 +380,9 @@ def reconcile(
 def write_session_scores(run: RunFolder, memory_limit: str = DRIVER_MEMORY) -> int:
     """sessions/ from queries/session_scores.sql over the committed items; returns its rows."""
     con = run.connect(memory_limit)
-    table = con.sql(read_query("session_scores")).to_arrow_table()
+    reader = con.sql(read_query("session_scores")).to_arrow_reader(100_000)
     run.loc.join("sessions").delete_dir()
-    run.loc.join("sessions", "part-00000.parquet").write_parquet(table)
-    return table.num_rows
+    return run.loc.join("sessions", "part-00000.parquet").write_parquet_stream(reader)
 
 
 def _parquet_files(folder: Location) -> list[str]:

@@ -38,8 +38,9 @@ class BuildItemPrompts:
             config, load_tokenizer(config.model, config.trust_remote_code)
         )
         self.item_ids = item_ids
-        # the resume plan (session → items still to score); None: every session, every item
-        self.pending: dict[str, list[int]] | None = None
+        # the resume plan (session → items still to score, None: all of them); no plan: every
+        # session, every item
+        self.pending: dict[str, list[int] | None] | None = None
         if plan_ref is not None:
             plan = ray.get(plan_ref)
             self.pending = dict(
@@ -79,9 +80,12 @@ class BuildItemPrompts:
         for row in sessions.select(list(self.columns)).to_pylist():
             session = row_to_session(row)
             sid = session["session_id"]
-            missing = self.item_ids if self.pending is None else self.pending.get(sid)
-            if not missing:
+            if self.pending is None:
+                missing = self.item_ids
+            elif sid not in self.pending:
                 continue
+            else:
+                missing = self.pending[sid] or self.item_ids
             one = pa.table({"session_id": [sid], "turns": pa.array([row["turns"]], turns_type)})
             parts += self.session_prompts(session, one, list(missing))
         return pa.concat_tables(parts) if parts else ITEM_PROMPT_SCHEMA.empty_table()
