@@ -371,3 +371,30 @@ def test_rayjob_documented_submit_command_matches_the_manifest():
     assert command[command.index("--") + 1 :] == _entrypoint_argv(), (
         "the comment's command and spec.entrypoint differ"
     )
+
+
+def test_a_local_ray_quiets_the_state_api_poller_it_cannot_serve(monkeypatch):
+    """A local Ray runs without the dashboard, so Ray Train's placement-group cleaner would warn
+    on the console every second of a fine-tune; the workers' setup hook silences that logger."""
+    import importlib
+    import inspect
+    import logging
+
+    import ray
+
+    from care_ray.cluster import ray as care_ray_ray
+
+    seen: dict = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    care_ray_ray.start_ray()
+    assert seen["include_dashboard"] is False
+    module, name = seen["runtime_env"]["worker_process_setup_hook"].rsplit(".", 1)
+    getattr(importlib.import_module(module), name)()
+    for poller in care_ray_ray.STATE_API_POLLERS:
+        assert logging.getLogger(poller).getEffectiveLevel() == logging.ERROR
+        # the installed Ray still warns from there (a renamed module would let it through again)
+        assert "Failed to query Ray Train Controller" in inspect.getsource(
+            importlib.import_module(poller)
+        )

@@ -30,5 +30,23 @@ def start_ray(address: str | None = None, *, log_to_driver: bool = False) -> Non
         address="local",
         log_to_driver=log_to_driver,
         include_dashboard=False,
-        runtime_env=offline_runtime_env(),
+        runtime_env={
+            **offline_runtime_env(),
+            "worker_process_setup_hook": "care_ray.cluster.ray.quiet_state_api_pollers",
+        },
     )
+
+
+# Ray Train's placement-group cleaner asks the state API (served by the dashboard) every second
+# whether the controller lives; a local Ray here runs without the dashboard, so each ask would
+# print a warning on the console for the whole fine-tune. Quiet, it changes nothing: without the
+# state API it cannot tell either way, and Ray removes the group with the job that made it.
+STATE_API_POLLERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_state_api_pollers() -> None:
+    """worker_process_setup_hook of a local Ray: errors only from the STATE_API_POLLERS."""
+    import logging
+
+    for name in STATE_API_POLLERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
