@@ -179,3 +179,49 @@ def test_progress_lines_and_rows_a_person_can_watch(straight_run):
     assert all(set(r["pearson_expected"]) == set(r["pearson"]) for r in eval_rows)
     assert (fold_dir / "learning_curve.svg").read_text().startswith("<?xml")
     assert written["tensorboard"] and any((fold_dir / "tensorboard").iterdir())
+
+
+def test_a_long_optimizer_step_still_prints_within_it(sft_data, tiny_model, tmp_path):
+    """On a CPU one optimizer step can be many minutes of accumulated micro-batches: a line comes
+    once log_every_seconds have passed inside a step too (here: after every micro-batch)."""
+    import logging
+
+    cfg = _config(
+        tiny_model,
+        sft_data,
+        tmp_path,
+        max_train_examples=16,
+        max_eval_examples=8,
+        effective_batch_size=8,  # 4 micro-batches of 2 per step on one worker
+        epochs=1,
+        log_every_steps=1000,
+        log_every_seconds=1e-6,
+    )
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("care_ray.training.worker")
+    handler, old_level = Lines(level=logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = FoldTraining(cfg, 0, WorkerEnv(report=Recorder(tmp_path / "r"))).run()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert result["steps_per_epoch"] == 2
+    within = [x for x in lines if "micro-batch" in x]
+    assert [x.split("| step ")[1].split(" |")[0] for x in within] == [
+        f"{s}/2, micro-batch {m}/4" for s in (1, 2) for m in (1, 2, 3)
+    ]
+    assert all("tokens/s" in x and "left" in x for x in within)
+    rows = [r for r in result["log"] if r["kind"] == "train_micro"]
+    assert [(r["step"], r["micro_batch"]) for r in rows] == [
+        (s, m) for s in (1, 2) for m in (1, 2, 3)
+    ]
+    assert rows[-1]["left_s"] < rows[0]["left_s"] and rows[0]["loss"] > 0
+    # the step lines still come at the end of each step
+    assert [r["step"] for r in result["log"] if r["kind"] == "train"] == [1, 2]

@@ -246,6 +246,10 @@ class FoldTraining:
                 (loss / len(micro_batches)).backward()
             step_loss += loss.item() / len(micro_batches)
             self.window["tokens"] += loop.batch_tokens(batch)
+            if j + 1 < len(micro_batches):
+                self.progress.within_step(
+                    j + 1, len(micro_batches), step_loss, time.perf_counter() - started
+                )
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
         self.optimizer.step()
@@ -427,6 +431,51 @@ class Progress:
                 total,
                 row["loss"],
                 row["learning_rate"],
+                row["tokens_per_s"] * t.world,
+                _clock(elapsed),
+                _clock(left),
+            )
+
+    def within_step(self, done: int, of: int, loss_so_far: float, seconds: float) -> None:
+        """Inside a long optimizer step (many accumulated micro-batches on a CPU), a line once
+        `log_every_seconds` have passed, so no silence is longer: the micro-batch of the step,
+        the step's loss so far, tokens/s and time left counted in micro-batches."""
+        t, cfg = self.t, self.t.cfg
+        now = time.monotonic()
+        if now - self.last_line < cfg.log_every_seconds:
+            return
+        self.last_line = now
+        step = t.state["global_step"]  # steps finished; this one is step + 1
+        total = t.steps_per_epoch * cfg.epochs
+        elapsed = now - self.started
+        micro_done = (step - self.started_step) * of + done
+        left = elapsed / micro_done * ((total - step) * of - done)
+        window_seconds = t.window["seconds"] + seconds
+        row = {
+            "kind": "train_micro",
+            "fold": t.fold,
+            "epoch": round((step + done / of) / t.steps_per_epoch, 3),
+            "step": step + 1,
+            "steps": total,
+            "micro_batch": done,
+            "micro_batches": of,
+            "loss": loss_so_far * of / done,  # the mean over this step's micro-batches so far
+            "tokens_per_s": t.window["tokens"] / window_seconds if window_seconds else 0.0,
+            "elapsed_s": round(elapsed, 1),
+            "left_s": round(left, 1),
+        }
+        t.state["log"].append(row)
+        if t.rank == 0:
+            log.info(
+                "fold %d | epoch %.2f | step %d/%d, micro-batch %d/%d | loss %.4f | %.0f tokens/s "
+                "| %s elapsed, %s left",
+                t.fold,
+                row["epoch"],
+                row["step"],
+                total,
+                done,
+                of,
+                row["loss"],
                 row["tokens_per_s"] * t.world,
                 _clock(elapsed),
                 _clock(left),
