@@ -225,3 +225,10 @@ def test_a_long_optimizer_step_still_prints_within_it(sft_data, tiny_model, tmp_
     assert rows[-1]["left_s"] < rows[0]["left_s"] and rows[0]["loss"] > 0
     # the step lines still come at the end of each step
     assert [r["step"] for r in result["log"] if r["kind"] == "train"] == [1, 2]
+    # and the held-out pass (batches of 4) says where it is before it ends
+    shares = [
+        tuple(map(int, x.split("| ")[2].split(" prompts")[0].split("/")))
+        for x in lines
+        if "held-out evaluation at step" in x
+    ]
+    assert shares and [d for d, _ in shares] == list(range(4, shares[0][1], 4))

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -637,11 +637,13 @@ def score_by_first_digit(
     pad_id: int,
     device: torch.device,
     batch_size: int = 4,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> list[tuple[int, float]]:
     """For each example: (argmax score, expected score) from the next-token logits after the
     prompt + `{"score":`, restricted to the digits 1..5. The argmax is the score greedy guided
     decoding writes; the expectation is a smoother signal for diagnostics. Batches are sorted by
-    length (less padding) and only the last real position goes through the LM head."""
+    length (less padding) and only the last real position goes through the LM head. `on_batch`
+    hears (examples done, examples) after each batch (progress)."""
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     out: list[tuple[int, float] | None] = [None] * len(examples)
@@ -667,6 +669,8 @@ def score_by_first_digit(
                 int(digit_logits[j].argmax().item()) + 1,
                 float((probs[j] * values).sum().item()),
             )
+        if on_batch is not None:
+            on_batch(start + len(idx), len(order))
     model.train()
     return out  # type: ignore[return-value]
 

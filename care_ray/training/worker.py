@@ -159,6 +159,7 @@ class FoldTraining:
         )
         self.my_eval, self.my_real = equal_shards(self.held_out, self.rank, self.world)
         self.window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+        self.last_step_seconds = 0.0
         self.progress = Progress(self, started_step=self.state["global_step"])
         if self.rank == 0:
             log.info(
@@ -255,7 +256,8 @@ class FoldTraining:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.window["seconds"] += time.perf_counter() - started
+        self.last_step_seconds = time.perf_counter() - started
+        self.window["seconds"] += self.last_step_seconds
         self.window["loss_sum"] += step_loss
         self.window["steps"] += 1
         self.state["global_step"] += 1
@@ -276,6 +278,7 @@ class FoldTraining:
                 self.pad_id,
                 self.device,
                 self.cfg.eval_batch_size,
+                on_batch=self.progress.within_evaluation(),
             )
         mine = [
             (e.session_id, e.item_id, e.dimension, e.score, p)
@@ -390,6 +393,9 @@ class Progress:
         self.started = time.monotonic()
         self.started_step = started_step
         self.last_line = self.started
+        # seconds until the next chance to print (a micro-batch's time): a line is due when the
+        # silence would pass log_every_seconds before that chance comes
+        self.wait = 0.0
         self.losses: list[float] = []
         self.best: float | None = None
 
@@ -398,7 +404,8 @@ class Progress:
         self.losses.append(t.state["loss_history"][-1][1])
         step = t.state["global_step"]
         now = time.monotonic()
-        if step % cfg.log_every_steps and now - self.last_line < cfg.log_every_seconds:
+        self.wait = t.last_step_seconds / max(1, cfg.grad_accum_steps)
+        if step % cfg.log_every_steps and now - self.last_line + self.wait < cfg.log_every_seconds:
             return
         self.last_line = now
         total = t.steps_per_epoch * cfg.epochs
@@ -437,12 +444,13 @@ class Progress:
             )
 
     def within_step(self, done: int, of: int, loss_so_far: float, seconds: float) -> None:
-        """Inside a long optimizer step (many accumulated micro-batches on a CPU), a line once
-        `log_every_seconds` have passed, so no silence is longer: the micro-batch of the step,
+        """Inside a long optimizer step (many accumulated micro-batches on a CPU), a line before
+        the silence would pass `log_every_seconds` at the next micro-batch: the micro-batch of the step,
         the step's loss so far, tokens/s and time left counted in micro-batches."""
         t, cfg = self.t, self.t.cfg
         now = time.monotonic()
-        if now - self.last_line < cfg.log_every_seconds:
+        self.wait = seconds / done
+        if now - self.last_line + self.wait < cfg.log_every_seconds:
             return
         self.last_line = now
         step = t.state["global_step"]  # steps finished; this one is step + 1
@@ -480,6 +488,31 @@ class Progress:
                 _clock(elapsed),
                 _clock(left),
             )
+
+    def within_evaluation(self) -> Callable[[int, int], None]:
+        """The held-out pass's progress: a line (rank 0's share) before the silence would pass
+        `log_every_seconds` at its next batch — an evaluation on a CPU can take minutes."""
+        t, cfg = self.t, self.t.cfg
+        began = time.monotonic()
+
+        def on_batch(done: int, of: int) -> None:
+            now = time.monotonic()
+            self.wait = (now - began) / done * cfg.eval_batch_size
+            if now - self.last_line + self.wait < cfg.log_every_seconds or done >= of:
+                return
+            self.last_line = now
+            if t.rank == 0:
+                log.info(
+                    "fold %d | held-out evaluation at step %d | %d/%d prompts | %s elapsed, %s left",
+                    t.fold,
+                    t.state["global_step"],
+                    done,
+                    of,
+                    _clock(now - self.started),
+                    _clock((now - began) / done * (of - done)),
+                )
+
+        return on_batch
 
     def after_evaluation(self, metrics: dict[str, Any]) -> None:
         t = self.t
