@@ -483,6 +483,7 @@ def test_dry_run_prints_each_folds_plan_without_starting_ray(plan_data, tiny_mod
     )
     # glibc's heap over a long CPU run: a share of the activations, unless the threshold is pinned
     assert parts["heap_growth"] == pytest.approx(0.6 * parts["activations"], abs=0.002)
+    assert parts["heap_growth_checkpointed"] == pytest.approx(0.4 * parts["activations"], abs=0.002)
     (pinned,) = _plan_rows(
         _finetune_cli(
             tiny_model, plan_data, tmp_path / "p", "dry_run=true", "cpu_mmap_threshold_kib=1024"

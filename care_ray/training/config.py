@@ -137,7 +137,7 @@ class FinetuneConfig(_Strict):
         "the activations of micro-batches of varying length fragment the heap (SmolLM2, LoRA: "
         "peak 8.1 GiB vs 6.2 GiB at 1024), but pinning it cost 35% of tokens/s here, more than "
         "gradient checkpointing; null (default) keeps glibc's, and the memory plan counts the "
-        "heap's growth over a long run (0.6 x the activations). A MALLOC_MMAP_THRESHOLD_ already "
+        "heap's growth (0.6 x the activations, 0.4 x with checkpointing). A MALLOC_MMAP_THRESHOLD_ already "
         "set wins",
     )
     dry_run: bool = Field(

@@ -33,13 +33,16 @@ CPU_RUNTIME_BYTES = int(0.6 * GiB)
 # On CUDA: the context and kernels' workspaces (not in the free memory torch reports).
 CUDA_RUNTIME_BYTES = 2 * GiB
 HEADROOM = 0.9  # of what the device has: the allocator's fragmentation, the other processes
-# CPU workers on glibc's default allocator: over a long run the heap keeps freed activation
-# blocks of micro-batches of varying length (its mmap threshold moves up), so the peak outgrows a
-# short run's by a share of the activations. Measured over the activations the plan counts:
-# +0.16 in the issue's SmolLM2 run (9.8 GiB against 8.8), +0.24 and +0.6 in two runs of
-# benchmarks/cpu_allocator.py; the largest is counted. A pinned threshold
-# (`cpu_mmap_threshold_kib`) returns those blocks instead: nothing is added then.
-CPU_HEAP_GROWTH = 0.6
+# CPU workers on glibc's default allocator: the heap keeps freed activation blocks of
+# micro-batches of varying length (its mmap threshold moves up), so the peak outgrows what the
+# parts hold by a share of the activations a step passes through the allocator — every layer's,
+# with checkpointing too (recomputed one layer at a time). Measured, as a share of the
+# activations without checkpointing: off, +0.16 in the issue's SmolLM2 run (9.8 GiB against
+# 8.8), +0.24 and +0.6 in two runs of benchmarks/cpu_allocator.py; on, +0.16 and +0.31 in the
+# short packed SmolLM2 rows of benchmarks/memory_plan.py and +0.33 through the first epoch of the
+# issue's run (5.0 GiB against 3.0). The largest of each, rounded up, is counted. A pinned
+# threshold (`cpu_mmap_threshold_kib`) returns those blocks instead: nothing is added then.
+CPU_HEAP_GROWTH = {False: 0.6, True: 0.4}  # checkpointing off / on
 
 
 class MemoryPlanError(UserError):
@@ -64,20 +67,20 @@ class MemoryPlan:
     runtime: int
     limit: int | None  # None on CUDA without memory_limit_gib: each worker reads its GPU
     limit_source: str
-    heap_growth_share: float = 0.0  # of the activations: CPU_HEAP_GROWTH where it applies
+    heap_growth: bool = False  # CPU_HEAP_GROWTH applies (a CPU worker on glibc's default)
 
     def acts(self, checkpointing: bool) -> int:
         return self.activations_checkpointed if checkpointing else self.activations
 
-    def heap_growth(self, checkpointing: bool) -> int:
-        return int(self.heap_growth_share * self.acts(checkpointing))
+    def heap_growth_bytes(self, checkpointing: bool) -> int:
+        return int(CPU_HEAP_GROWTH[checkpointing] * self.activations) if self.heap_growth else 0
 
     def need(self, checkpointing: bool) -> int:
         return (
             self.weights
             + self.trainable_state
             + self.acts(checkpointing)
-            + self.heap_growth(checkpointing)
+            + self.heap_growth_bytes(checkpointing)
             + self.loss
             + self.evaluation
             + self.runtime
@@ -104,8 +107,8 @@ class MemoryPlan:
             f"{gib(self.activations_checkpointed if checkpointing else self.activations)} "
             f"({self.tokens} tokens) + "
             + (
-                f"heap growth {gib(self.heap_growth(checkpointing))} + "
-                if self.heap_growth_share
+                f"heap growth {gib(self.heap_growth_bytes(checkpointing))} + "
+                if self.heap_growth
                 else ""
             )
             + f"loss {gib(self.loss)} + evaluation {gib(self.evaluation)} "
@@ -235,9 +238,7 @@ def plan_fold(cfg: FinetuneConfig, fold: int, tokens: int, eval_tokens: int = 0)
         runtime=CUDA_RUNTIME_BYTES if device == "cuda" else CPU_RUNTIME_BYTES,
         limit=limit,
         limit_source=source,
-        heap_growth_share=CPU_HEAP_GROWTH
-        if device == "cpu" and cfg.cpu_mmap_threshold_kib is None
-        else 0.0,
+        heap_growth=device == "cpu" and cfg.cpu_mmap_threshold_kib is None,
     )
 
 
@@ -268,7 +269,7 @@ def what_would_fit(cfg: FinetuneConfig, plan: MemoryPlan) -> list[str]:
     """Settings that bring the plan under its limit (with checkpointing on), the first of each."""
     assert plan.limit is not None
     fits: list[str] = []
-    per_token_part = plan.acts(True) + plan.heap_growth(True) + plan.loss
+    per_token_part = plan.acts(True) + plan.heap_growth_bytes(True) + plan.loss
     base = plan.need(True) - per_token_part
     per_token = per_token_part / max(plan.tokens, 1)
     room_tokens = int((plan.limit - base) / per_token) if plan.limit > base else 0
@@ -355,8 +356,8 @@ def plan_folds(
                             "runtime",
                         )
                     },
-                    "heap_growth": round(plan.heap_growth(False) / GiB, 3),
-                    "heap_growth_checkpointed": round(plan.heap_growth(True) / GiB, 3),
+                    "heap_growth": round(plan.heap_growth_bytes(False) / GiB, 3),
+                    "heap_growth_checkpointed": round(plan.heap_growth_bytes(True) / GiB, 3),
                 },
             }
         )
