@@ -159,7 +159,7 @@ class FoldTraining:
         )
         self.my_eval, self.my_real = equal_shards(self.held_out, self.rank, self.world)
         self.window = {"loss_sum": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
-        self.last_step_seconds = 0.0
+        self.longest_micro = 0.0  # seconds: the progress lines' wait for their next chance
         self.progress = Progress(self, started_step=self.state["global_step"])
         if self.rank == 0:
             log.info(
@@ -238,6 +238,7 @@ class FoldTraining:
         started = time.perf_counter()
         step_loss = 0.0
         for j, idx in enumerate(micro_batches):
+            micro_started = time.perf_counter()
             batch = loop.micro_batch([self.train[i] for i in idx], self.pad_id, self.cfg.packing)
             with (
                 loop.gradient_sync(self.model, enabled=j == len(micro_batches) - 1),
@@ -247,6 +248,7 @@ class FoldTraining:
                 (loss / len(micro_batches)).backward()
             step_loss += loss.item() / len(micro_batches)
             self.window["tokens"] += loop.batch_tokens(batch)
+            self.longest_micro = max(self.longest_micro, time.perf_counter() - micro_started)
             if j + 1 < len(micro_batches):
                 self.progress.within_step(
                     j + 1, len(micro_batches), step_loss, time.perf_counter() - started
@@ -256,8 +258,7 @@ class FoldTraining:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.last_step_seconds = time.perf_counter() - started
-        self.window["seconds"] += self.last_step_seconds
+        self.window["seconds"] += time.perf_counter() - started
         self.window["loss_sum"] += step_loss
         self.window["steps"] += 1
         self.state["global_step"] += 1
@@ -393,8 +394,9 @@ class Progress:
         self.started = time.monotonic()
         self.started_step = started_step
         self.last_line = self.started
-        # seconds until the next chance to print (a micro-batch's time): a line is due when the
-        # silence would pass log_every_seconds before that chance comes
+        # seconds until the next chance to print, at most (the longest micro-batch or held-out
+        # batch seen: lengths vary): a line is due when the silence would pass log_every_seconds
+        # before that chance comes
         self.wait = 0.0
         self.losses: list[float] = []
         self.best: float | None = None
@@ -404,7 +406,7 @@ class Progress:
         self.losses.append(t.state["loss_history"][-1][1])
         step = t.state["global_step"]
         now = time.monotonic()
-        self.wait = t.last_step_seconds / max(1, cfg.grad_accum_steps)
+        self.wait = t.longest_micro
         if step % cfg.log_every_steps and now - self.last_line + self.wait < cfg.log_every_seconds:
             return
         self.last_line = now
@@ -449,7 +451,7 @@ class Progress:
         the step's loss so far, tokens/s and time left counted in micro-batches."""
         t, cfg = self.t, self.t.cfg
         now = time.monotonic()
-        self.wait = seconds / done
+        self.wait = t.longest_micro
         if now - self.last_line + self.wait < cfg.log_every_seconds:
             return
         self.last_line = now
@@ -494,10 +496,13 @@ class Progress:
         `log_every_seconds` at its next batch — an evaluation on a CPU can take minutes."""
         t, cfg = self.t, self.t.cfg
         began = time.monotonic()
+        chance = [began, 0.0]  # the last chance to print, the longest batch
 
         def on_batch(done: int, of: int) -> None:
             now = time.monotonic()
-            self.wait = (now - began) / done * cfg.eval_batch_size
+            chance[1] = max(chance[1], now - chance[0])
+            chance[0] = now
+            self.wait = chance[1]
             if now - self.last_line + self.wait < cfg.log_every_seconds or done >= of:
                 return
             self.last_line = now
@@ -516,6 +521,7 @@ class Progress:
 
     def after_evaluation(self, metrics: dict[str, Any]) -> None:
         t = self.t
+        self.last_line = time.monotonic()
         score = metrics.get("heldout_selection_score")
         if isinstance(score, int | float) and (self.best is None or score > self.best):
             self.best = float(score)
