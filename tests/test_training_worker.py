@@ -225,10 +225,64 @@ def test_a_long_optimizer_step_still_prints_within_it(sft_data, tiny_model, tmp_
     assert rows[-1]["left_s"] < rows[0]["left_s"] and rows[0]["loss"] > 0
     # the step lines still come at the end of each step
     assert [r["step"] for r in result["log"] if r["kind"] == "train"] == [1, 2]
-    # and the held-out pass (batches of 4) says where it is before it ends
+    # and the held-out pass (batches of 4) says where it is
     shares = [
         tuple(map(int, x.split("| ")[2].split(" prompts")[0].split("/")))
         for x in lines
         if "held-out evaluation at step" in x
     ]
-    assert shares and [d for d, _ in shares] == list(range(4, shares[0][1], 4))
+    assert shares and [d for d, _ in shares] == list(range(4, shares[0][1] + 1, 4))
+
+
+def test_progress_lines_never_leave_a_longer_silence_than_asked(monkeypatch):
+    """The rule alone, on a simulated clock: micro-batches of 12-40 s (packed lengths vary),
+    accumulation 16, a held-out pass between epochs; no silence between lines passes 60 s."""
+    import random
+    from types import SimpleNamespace
+
+    from care_ray.training import worker
+
+    clock = [0.0]
+    monkeypatch.setattr(worker.time, "monotonic", lambda: clock[0])
+    cfg = SimpleNamespace(
+        log_every_steps=1000,
+        log_every_seconds=60.0,
+        epochs=2,
+        grad_accum_steps=16,
+        eval_batch_size=4,
+    )
+    t = SimpleNamespace(
+        cfg=cfg,
+        fold=0,
+        rank=0,
+        world=1,
+        steps_per_epoch=3,
+        longest_micro=0.0,
+        state={"global_step": 0, "loss_history": [], "log": []},
+        window={"tokens": 0, "seconds": 0.0},
+        scheduler=SimpleNamespace(get_last_lr=lambda: [1e-4]),
+    )
+    progress = worker.Progress(t, started_step=0)
+    printed = [0.0]
+    monkeypatch.setattr(worker.log, "info", lambda *args: printed.append(clock[0]))
+    rng = random.Random(3)
+    for _epoch in range(cfg.epochs):
+        for _step in range(t.steps_per_epoch):
+            for j in range(16):
+                dt = rng.uniform(12, 40)
+                clock[0] += dt
+                t.longest_micro = max(t.longest_micro, dt)
+                t.window["tokens"] += 1000
+                if j < 15:
+                    progress.within_step(j + 1, 16, 1.0, dt)
+            t.state["global_step"] += 1
+            t.state["loss_history"].append([t.state["global_step"], 1.0])
+            progress.after_step()
+        on_batch = progress.within_evaluation()
+        for done in range(4, 45, 4):
+            clock[0] += rng.uniform(5, 15)
+            on_batch(min(done, 44), 44)
+        clock[0] += 10  # metrics and the checkpoint's report
+        progress.after_evaluation({"step": t.state["global_step"]})
+    gaps = [b - a for a, b in zip(printed, printed[1:], strict=False)]
+    assert max(gaps) <= 60 and len(printed) < clock[0] / 20  # and not a line per micro-batch

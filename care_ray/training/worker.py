@@ -503,7 +503,7 @@ class Progress:
             chance[1] = max(chance[1], now - chance[0])
             chance[0] = now
             self.wait = chance[1]
-            if now - self.last_line + self.wait < cfg.log_every_seconds or done >= of:
+            if now - self.last_line + self.wait < cfg.log_every_seconds:
                 return
             self.last_line = now
             if t.rank == 0:
