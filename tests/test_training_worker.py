@@ -70,11 +70,18 @@ def _adapter(folder: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def straight_run(sft_data, tiny_model, tmp_path_factory):
-    import logging
 
     work = tmp_path_factory.mktemp("worker-run")
     cfg = _config(tiny_model, sft_data, work, log_every_steps=3)
     recorder = Recorder(work / "reports")
+    result, lines = _run_with_lines(cfg, recorder)
+    return {"cfg": cfg, "result": result, "reports": recorder.reports, "work": work, "lines": lines}
+
+
+def _run_with_lines(cfg: FinetuneConfig, recorder: Recorder) -> tuple[dict, list[str]]:
+    """Fold 0 trained in-process, with the progress lines its logger printed."""
+    import logging
+
     lines: list[str] = []
 
     class Lines(logging.Handler):
@@ -91,7 +98,7 @@ def straight_run(sft_data, tiny_model, tmp_path_factory):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-    return {"cfg": cfg, "result": result, "reports": recorder.reports, "work": work, "lines": lines}
+    return result, lines
 
 
 def test_one_in_process_worker_trains_and_reports_each_epoch(straight_run):
@@ -184,7 +191,6 @@ def test_progress_lines_and_rows_a_person_can_watch(straight_run):
 def test_a_long_optimizer_step_still_prints_within_it(sft_data, tiny_model, tmp_path):
     """On a CPU one optimizer step can be many minutes of accumulated micro-batches: a line comes
     once log_every_seconds have passed inside a step too (here: after every micro-batch)."""
-    import logging
 
     cfg = _config(
         tiny_model,
@@ -197,21 +203,7 @@ def test_a_long_optimizer_step_still_prints_within_it(sft_data, tiny_model, tmp_
         log_every_steps=1000,
         log_every_seconds=1e-6,
     )
-    lines: list[str] = []
-
-    class Lines(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("care_ray.training.worker")
-    handler, old_level = Lines(level=logging.INFO), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        result = FoldTraining(cfg, 0, WorkerEnv(report=Recorder(tmp_path / "r"))).run()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
+    result, lines = _run_with_lines(cfg, Recorder(tmp_path / "r"))
     assert result["steps_per_epoch"] == 2
     within = [x for x in lines if "micro-batch" in x]
     assert [x.split("| step ")[1].split(" |")[0] for x in within] == [
