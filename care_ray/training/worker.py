@@ -394,20 +394,21 @@ class Progress:
         self.started = time.monotonic()
         self.started_step = started_step
         self.last_line = self.started
-        # seconds until the next chance to print, at most (the longest micro-batch or held-out
-        # batch seen: lengths vary): a line is due when the silence would pass log_every_seconds
-        # before that chance comes
-        self.wait = 0.0
         self.losses: list[float] = []
         self.best: float | None = None
+
+    def _due(self, now: float, wait: float) -> bool:
+        """A line is due when the silence would pass log_every_seconds before the next chance
+        to print, `wait` seconds away at most (the longest micro-batch or held-out batch seen:
+        lengths vary)."""
+        return now - self.last_line + wait >= self.t.cfg.log_every_seconds
 
     def after_step(self) -> None:
         t, cfg = self.t, self.t.cfg
         self.losses.append(t.state["loss_history"][-1][1])
         step = t.state["global_step"]
         now = time.monotonic()
-        self.wait = t.longest_micro
-        if step % cfg.log_every_steps and now - self.last_line + self.wait < cfg.log_every_seconds:
+        if step % cfg.log_every_steps and not self._due(now, t.longest_micro):
             return
         self.last_line = now
         total = t.steps_per_epoch * cfg.epochs
@@ -451,8 +452,7 @@ class Progress:
         the step's loss so far, tokens/s and time left counted in micro-batches."""
         t, cfg = self.t, self.t.cfg
         now = time.monotonic()
-        self.wait = t.longest_micro
-        if now - self.last_line + self.wait < cfg.log_every_seconds:
+        if not self._due(now, t.longest_micro):
             return
         self.last_line = now
         step = t.state["global_step"]  # steps finished; this one is step + 1
@@ -494,7 +494,7 @@ class Progress:
     def within_evaluation(self) -> Callable[[int, int], None]:
         """The held-out pass's progress: a line (rank 0's share) before the silence would pass
         `log_every_seconds` at its next batch — an evaluation on a CPU can take minutes."""
-        t, cfg = self.t, self.t.cfg
+        t = self.t
         began = time.monotonic()
         chance = [began, 0.0]  # the last chance to print, the longest batch
 
@@ -502,8 +502,7 @@ class Progress:
             now = time.monotonic()
             chance[1] = max(chance[1], now - chance[0])
             chance[0] = now
-            self.wait = chance[1]
-            if now - self.last_line + self.wait < cfg.log_every_seconds:
+            if not self._due(now, chance[1]):
                 return
             self.last_line = now
             if t.rank == 0:
